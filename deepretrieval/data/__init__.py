@@ -1,0 +1,1 @@
+"""Data: BEIR loaders, bundled collections, task-row preparation."""

@@ -1,0 +1,81 @@
+"""BEIR-format collections: ``corpus.jsonl(.gz)``, ``queries.jsonl``, ``qrels/<split>.tsv``."""
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class FormatError(ValueError):
+    """Malformed input file; the message names the file and line."""
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _find(path: Path, name: str) -> Path:
+    for candidate in (path / name, path / f"{name}.gz"):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"{path}: no {name} or {name}.gz")
+
+
+def iter_jsonl(path: Path, required: tuple[str, ...] = ("_id",)) -> Iterator[dict[str, Any]]:
+    with _open_text(path) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise FormatError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise FormatError(f"{path}:{lineno}: expected a JSON object")
+            missing = [key for key in required if key not in obj]
+            if missing:
+                raise FormatError(f"{path}:{lineno}: missing field(s) {missing}")
+            obj["_id"] = str(obj["_id"])
+            yield obj
+
+
+def load_corpus(path: str | Path) -> Iterator[dict[str, Any]]:
+    path = Path(path)
+    file = _find(path, "corpus.jsonl") if path.is_dir() else path
+    return iter_jsonl(file, required=("_id",))
+
+
+def load_queries(path: str | Path) -> dict[str, str]:
+    path = Path(path)
+    file = _find(path, "queries.jsonl") if path.is_dir() else path
+    return {q["_id"]: str(q.get("text", "")) for q in iter_jsonl(file, required=("_id", "text"))}
+
+
+def load_qrels(path: str | Path, split: str | None = None) -> dict[str, dict[str, int]]:
+    """qrels TSV (``query-id  corpus-id  score`` with a header line, as BEIR ships them) →
+    {query id: {doc id: grade}} in file order."""
+    path = Path(path)
+    file = path / "qrels" / f"{split}.tsv" if split else path
+    if not file.exists():
+        raise FileNotFoundError(f"no qrels file {file}")
+    qrels: dict[str, dict[str, int]] = {}
+    with open(file, encoding="utf-8", newline="") as fh:
+        for lineno, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
+            if not row or (lineno == 1 and row[0].strip().lower() in ("query-id", "query_id", "qid")):
+                continue
+            if len(row) == 4:  # TREC layout: qid 0 docid grade
+                row = [row[0], row[2], row[3]]
+            if len(row) != 3:
+                raise FormatError(f"{file}:{lineno}: expected 3 tab-separated columns "
+                                  f"(query-id, corpus-id, score), got {len(row)}")
+            try:
+                grade = int(float(row[2]))
+            except ValueError:
+                raise FormatError(f"{file}:{lineno}: score {row[2]!r} is not a number") from None
+            qrels.setdefault(row[0].strip(), {})[row[1].strip()] = grade
+    return qrels

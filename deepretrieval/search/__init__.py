@@ -1,0 +1,153 @@
+"""Search backends and the searcher that reaches them (in-process or through the service).
+
+* ``INDEX_TYPES``: on-disk index types by ``meta.json`` ``type`` → loader (``bm25``, more added by
+  other modules, e.g. ``dense``).
+* ``BUILTIN_INDEXES``: names that need no path: bundled collections built on first use
+  (``scifact``) and live engines (``pubmed``, ``ctgov``).
+* :func:`open_index` resolves a name or a path to a loaded backend.
+* :func:`get_searcher` returns the process-wide searcher: the HTTP service client when
+  ``DEEPRETRIEVAL_SEARCH_URL`` is set, the in-process :class:`LocalSearcher` otherwise.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from .base import Backend, SearchError, SearchResult
+
+__all__ = ["Backend", "SearchError", "SearchResult", "Searcher", "LocalSearcher", "open_index",
+           "register_index", "index_root", "get_searcher", "set_searcher", "INDEX_TYPES",
+           "BUILTIN_INDEXES"]
+
+
+def _load_bm25(path: Path) -> Backend:
+    from .bm25 import BM25Index
+    return BM25Index.load(path)
+
+
+INDEX_TYPES: dict[str, Callable[[Path], Backend]] = {"bm25": _load_bm25}
+BUILTIN_INDEXES: dict[str, Callable[[], Backend]] = {}
+_REGISTERED: dict[str, Path] = {}
+
+
+def index_root() -> Path:
+    """Where named indexes live: ``$DEEPRETRIEVAL_INDEX_DIR`` or ``~/.cache/deepretrieval/indexes``."""
+    root = os.environ.get("DEEPRETRIEVAL_INDEX_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "deepretrieval" / "indexes"
+
+
+def register_index(name: str, path: str | os.PathLike) -> None:
+    """Make ``name`` resolve to the index at ``path`` in this process."""
+    _REGISTERED[name] = Path(path)
+
+
+def _env_indexes() -> dict[str, Path]:
+    # DEEPRETRIEVAL_INDEXES="scifact=/data/idx/scifact,nq=/data/idx/nq"
+    out = {}
+    for item in filter(None, os.environ.get("DEEPRETRIEVAL_INDEXES", "").split(",")):
+        name, _, path = item.partition("=")
+        if name and path:
+            out[name.strip()] = Path(path.strip())
+    return out
+
+
+def load_index_dir(path: str | os.PathLike) -> Backend:
+    import json
+    path = Path(path)
+    meta_file = path / "meta.json"
+    if not meta_file.exists():
+        raise SearchError(f"{path} is not an index directory (no meta.json)")
+    kind = json.loads(meta_file.read_text()).get("type")
+    if kind not in INDEX_TYPES:
+        raise SearchError(f"{path}: unknown index type {kind!r} (known: {sorted(INDEX_TYPES)})")
+    return INDEX_TYPES[kind](path)
+
+
+def open_index(name_or_path: str) -> Backend:
+    """Resolve an index name (registered, ``DEEPRETRIEVAL_INDEXES``, under :func:`index_root`,
+    or built in) or a directory path to a loaded backend."""
+    registered = {**_env_indexes(), **_REGISTERED}
+    if name_or_path in registered:
+        return load_index_dir(registered[name_or_path])
+    candidate = index_root() / name_or_path
+    if (candidate / "meta.json").exists():
+        return load_index_dir(candidate)
+    if name_or_path in BUILTIN_INDEXES:
+        return BUILTIN_INDEXES[name_or_path]()
+    if Path(name_or_path).is_dir():
+        return load_index_dir(name_or_path)
+    known = sorted(set(registered) | set(BUILTIN_INDEXES))
+    raise SearchError(f"unknown index {name_or_path!r}; known names: {known}, "
+                      f"or build one under {index_root()} with `deepretrieval index`")
+
+
+class Searcher(Protocol):
+    def search(self, index: str, queries: list[str], k: int, *, return_text: bool = False,
+               options: dict[str, Any] | None = None) -> list[SearchResult]: ...
+
+    async def asearch(self, index: str, queries: list[str], k: int, *, return_text: bool = False,
+                      options: dict[str, Any] | None = None) -> list[SearchResult]: ...
+
+
+class LocalSearcher:
+    """Searches in this process; each index is opened once and kept."""
+
+    def __init__(self) -> None:
+        self._indexes: dict[str, Backend] = {}
+        self._lock = threading.Lock()
+
+    def backend(self, index: str) -> Backend:
+        with self._lock:
+            if index not in self._indexes:
+                self._indexes[index] = open_index(index)
+            return self._indexes[index]
+
+    def search(self, index: str, queries: list[str], k: int, *, return_text: bool = False,
+               options: dict[str, Any] | None = None) -> list[SearchResult]:
+        backend = self.backend(index)
+        # identical queries are searched once
+        unique = list(dict.fromkeys(queries))
+        results = backend.search(unique, k, return_text=return_text, options=options)
+        by_query = dict(zip(unique, results))
+        return [by_query[q] for q in queries]
+
+    async def asearch(self, index: str, queries: list[str], k: int, *, return_text: bool = False,
+                      options: dict[str, Any] | None = None) -> list[SearchResult]:
+        return await asyncio.to_thread(self.search, index, queries, k, return_text=return_text,
+                                       options=options)
+
+
+_SEARCHER: Searcher | None = None
+_SEARCHER_URL: str | None = None
+
+
+def set_searcher(searcher: Searcher | None) -> None:
+    """Override the process-wide searcher (tests, custom deployments)."""
+    global _SEARCHER, _SEARCHER_URL
+    _SEARCHER, _SEARCHER_URL = searcher, None
+
+
+def get_searcher() -> Searcher:
+    global _SEARCHER, _SEARCHER_URL
+    url = os.environ.get("DEEPRETRIEVAL_SEARCH_URL") or None
+    if _SEARCHER is None or url != _SEARCHER_URL:
+        if url:
+            from ..service.client import ServiceSearcher  # noqa: PLC0415
+            _SEARCHER = ServiceSearcher(url, token=os.environ.get("DEEPRETRIEVAL_SEARCH_TOKEN"))
+        else:
+            _SEARCHER = LocalSearcher()
+        _SEARCHER_URL = url
+    return _SEARCHER
+
+
+def _register_builtins() -> None:
+    from ..data import bundled
+    for name in bundled.COLLECTIONS:
+        BUILTIN_INDEXES.setdefault(name, lambda name=name: bundled.bm25_index(name))
+
+
+_register_builtins()

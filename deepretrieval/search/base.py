@@ -1,0 +1,48 @@
+"""Backend contract shared by every search backend (local index, live engine, SQL database).
+
+A backend answers a batch of queries at once. Per-query failures come back as
+``SearchResult.error``; a failure of the whole call raises :class:`SearchError`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+class SearchError(RuntimeError):
+    """The search itself failed (backend down, retries exhausted, unknown index)."""
+
+
+@dataclass
+class SearchResult:
+    ids: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    texts: list[str] | None = None          # filled when return_text=True
+    rows: list[list[Any]] | None = None     # SQL backends: the result rows
+    error: str | None = None                # this query failed; ids/scores are empty
+    info: dict[str, Any] = field(default_factory=dict)  # backend extras (e.g. query translation)
+
+    def to_hits(self, return_scores: bool = True) -> list[dict[str, Any]]:
+        """Search-R1 style hit list: ``[{"id", "score"?, "contents"?}, ...]``."""
+        hits = []
+        for i, doc in enumerate(self.ids):
+            hit: dict[str, Any] = {"id": doc}
+            if return_scores:
+                hit["score"] = float(self.scores[i]) if i < len(self.scores) else None
+            if self.texts is not None:
+                hit["contents"] = self.texts[i]
+            hits.append(hit)
+        return hits
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What every backend implements. ``options`` carries backend-specific per-call parameters
+    (e.g. ``maxdate`` for PubMed); unknown options must be rejected with ValueError."""
+
+    name: str
+
+    def search(self, queries: list[str], k: int, *, return_text: bool = False,
+               options: dict[str, Any] | None = None) -> list[SearchResult]: ...
+
+    def info(self) -> dict[str, Any]: ...

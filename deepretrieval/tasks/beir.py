@@ -1,0 +1,64 @@
+"""BEIR family: rewrite a query for a local index; reward = nDCG of the result."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..metrics import ndcg_at_k, ndcg_paper_at_k, recall_at_k
+from . import Family, SearchPlan, Task, register_task
+
+
+def qrels_from_ground_truth(ground_truth: Any) -> dict[str, float]:
+    """Ground truth ``{"target": [doc ids], "grades": [grades]?}`` (grades default to 1) → qrels
+    in listed order. Accepts lists, tuples and numpy arrays (as read back from parquet)."""
+    if ground_truth is None:
+        return {}
+    target = ground_truth.get("target") if hasattr(ground_truth, "get") else ground_truth
+    if target is None:
+        return {}
+    if isinstance(target, (str, int)):
+        target = [target]
+    ids = [str(t) for t in list(target)]
+    grades = ground_truth.get("grades") if hasattr(ground_truth, "get") else None
+    grades = [1.0] * len(ids) if grades is None else [float(g) for g in list(grades)]
+    if len(grades) != len(ids):
+        raise ValueError("ground truth 'grades' and 'target' differ in length")
+    return dict(zip(ids, grades))
+
+
+class BeirFamily(Family):
+    name = "beir"
+
+    def metric_keys(self, task: Task) -> list[str]:
+        return ["ndcg", "ndcg@10", "ndcg_paper", "recall@100", "recall@1000"]
+
+    def plan(self, task, value, ground_truth, extra_info, mode) -> SearchPlan:
+        k = max(task.train_depth, task.val_depth, 1000)
+        return SearchPlan(index=extra_info.get("search_index") or task.index, query=value, k=k)
+
+    def score(self, task, plan, result, ground_truth, extra_info, mode) -> dict[str, float]:
+        qrels = qrels_from_ground_truth(ground_truth)
+        ranked = result.ids
+        depth = task.depth(mode)
+        variant = task.options.get("ndcg", "trec")
+        primary = ndcg_paper_at_k if variant == "paper" else ndcg_at_k
+        return {"ndcg": primary(ranked, qrels, depth),
+                "ndcg@10": ndcg_at_k(ranked, qrels, 10),
+                "ndcg_paper": ndcg_paper_at_k(ranked, qrels, depth),
+                "recall@100": recall_at_k(ranked, qrels, 100),
+                "recall@1000": recall_at_k(ranked, qrels, 1000)}
+
+
+BEIR = BeirFamily()
+
+_SCIFACT = (
+    "Rewrite the scientific claim below into a search query for a BM25 search engine over "
+    "scientific paper abstracts, so that it retrieves the abstracts that support or refute the "
+    "claim.\n\nClaim: {query}")
+
+register_task(Task(name="scifact", family=BEIR, index="scifact", instruction=_SCIFACT,
+                   reward="beir", train_depth=1000, val_depth=10,
+                   description="BEIR SciFact, BM25, reward 0.1 + nDCG@1000 (train) / @10 (val)"))
+register_task(Task(name="scifact_no_reason", family=BEIR, index="scifact", instruction=_SCIFACT,
+                   reward="beir", train_depth=1000, val_depth=10, reasoning=False,
+                   prefill="<answer>{\"query\": \"",
+                   description="SciFact, answer-only format with the answer prefilled (small models)"))
