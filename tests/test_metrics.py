@@ -1,0 +1,70 @@
+"""Metrics against trec_eval (pytrec_eval) on a real SciFact BM25 run, and the paper variant."""
+import math
+
+import pytest
+
+from deepretrieval.data.beir import load_qrels, load_queries
+from deepretrieval.data.bundled import collection_dir
+from deepretrieval.metrics import (first_hit_rank, first_relevant_rank, hit_at_k, ndcg_at_k,
+                                   ndcg_paper_at_k, recall_at_k)
+
+pytrec_eval = pytest.importorskip("pytrec_eval")
+
+
+@pytest.fixture(scope="module")
+def scifact_run(scifact_index):
+    folder = collection_dir("scifact")
+    queries, qrels = load_queries(folder), load_qrels(folder, "test")
+    qids = list(qrels)
+    results = scifact_index.search([queries[q] for q in qids], 1000)
+    return qids, qrels, results
+
+
+def test_metrics_equal_trec_eval_on_all_300_scifact_queries(scifact_run):
+    qids, qrels, results = scifact_run
+    assert len(qids) == 300
+    # trec_eval sorts by score (ties by doc id); give it strictly decreasing scores in our order
+    run = {q: {doc: float(len(r.ids) - i) for i, doc in enumerate(r.ids)} for q, r in zip(qids, results)}
+    measures = {"ndcg_cut_10", "ndcg_cut_100", "ndcg_cut_1000", "recall_10", "recall_100", "recall_1000"}
+    trec = pytrec_eval.RelevanceEvaluator({q: dict(v) for q, v in qrels.items()}, measures).evaluate(run)
+    for q, r in zip(qids, results):
+        for k in (10, 100, 1000):
+            assert ndcg_at_k(r.ids, qrels[q], k) == pytest.approx(trec[q][f"ndcg_cut_{k}"], abs=1e-6)
+            assert recall_at_k(r.ids, qrels[q], k) == pytest.approx(trec[q][f"recall_{k}"], abs=1e-6)
+
+
+def test_graded_ndcg_equals_trec_eval_and_paper_variant_differs():
+    ranked = ["d3", "x", "d1", "d2", "y"]
+    qrels = {"d1": 1, "d2": 2, "d3": 3}  # listed in ascending grade
+    trec = pytrec_eval.RelevanceEvaluator({"q": qrels}, {"ndcg_cut_5"}).evaluate(
+        {"q": {d: float(10 - i) for i, d in enumerate(ranked)}})
+    assert ndcg_at_k(ranked, qrels, 5) == pytest.approx(trec["q"]["ndcg_cut_5"], abs=1e-9)
+    # paper variant: ideal DCG in qrel order (1, 2, 3), not sorted (3, 2, 1)
+    dcg = 3 / math.log2(2) + 1 / math.log2(4) + 2 / math.log2(5)
+    ideal_listed = 1 / math.log2(2) + 2 / math.log2(3) + 3 / math.log2(4)
+    assert ndcg_paper_at_k(ranked, qrels, 5) == pytest.approx(dcg / ideal_listed)
+    assert ndcg_paper_at_k(ranked, qrels, 5) != pytest.approx(ndcg_at_k(ranked, qrels, 5))
+
+
+def test_binary_paper_variant_equals_standard(scifact_run):
+    qids, qrels, results = scifact_run
+    for q, r in list(zip(qids, results))[:50]:
+        assert ndcg_paper_at_k(r.ids, qrels[q], 10) == pytest.approx(ndcg_at_k(r.ids, qrels[q], 10))
+
+
+def test_rank_metrics():
+    ranked = ["a", "b", "c", "d"]
+    assert first_relevant_rank(ranked, {"c"}) == 3
+    assert first_relevant_rank(ranked, {"c"}, k=2) is None
+    assert first_relevant_rank(ranked, {"c": 0}) is None  # grade 0 is not relevant
+    assert hit_at_k(ranked, ["d"], 4) == 1.0 and hit_at_k(ranked, ["d"], 3) == 0.0
+    assert first_hit_rank([False, False, True]) == 3 and first_hit_rank([]) is None
+
+
+def test_edge_cases():
+    assert recall_at_k(["a"], {}, 10) == 0.0
+    assert ndcg_at_k(["a"], {"b": 0}, 10) == 0.0
+    assert recall_at_k([], {"a"}, 10) == 0.0
+    # a repeated document counts once and does not take a rank position
+    assert recall_at_k(["a", "a", "b"], {"a", "b"}, 1) == 0.5
+    assert recall_at_k(["a", "a", "b"], {"a", "b"}, 2) == 1.0
