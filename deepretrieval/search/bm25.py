@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,9 @@ class BM25Index:
         self.path = path
         self.params = params or {}
         self.backend = "numba" if _numba_available() else "numpy"
+        # numba's parallel scorer changes a process-wide thread count: one parallel call at a time
+        self._parallel = threading.Lock()
+        self.threads = int(os.environ.get("DEEPRETRIEVAL_BM25_THREADS", os.cpu_count() or 1))
 
     # ---- building -------------------------------------------------------------------------
     @classmethod
@@ -166,9 +170,17 @@ class BM25Index:
             if not toks:  # no known term: nothing matches
                 out[i] = SearchResult(texts=[] if return_text else None)
         if todo:
-            docs, scores = self.retriever.retrieve(
-                [token_ids[i] for i in todo], k=k_eff, show_progress=False, return_as="tuple",
-                backend_selection=self.backend, n_threads=0)
+            batch = [token_ids[i] for i in todo]
+            # large batches use all cores; small ones (and concurrent callers) stay serial
+            parallel = (self.backend == "numba" and self.threads > 1 and len(batch) >= 32
+                        and self._parallel.acquire(blocking=False))
+            try:
+                docs, scores = self.retriever.retrieve(
+                    batch, k=k_eff, show_progress=False, return_as="tuple",
+                    backend_selection=self.backend, n_threads=self.threads if parallel else 0)
+            finally:
+                if parallel:
+                    self._parallel.release()
             for row, i in enumerate(todo):
                 row_scores = scores[row]
                 keep = row_scores > 0  # documents sharing no term with the query are not hits
