@@ -10,6 +10,14 @@ import sys
 #: Modules contributing sub-commands (each defines ``register(subparsers)``).
 COMMAND_MODULES = (
     "deepretrieval.commands",
+    "deepretrieval.data.commands",
+    "deepretrieval.service.cli",
+    "deepretrieval.tasks.sql",
+    "deepretrieval.search.dense",
+    "deepretrieval.tasks.evidence",
+    "deepretrieval.search.live.cli",
+    "deepretrieval.train.cli",
+    "deepretrieval.eval_cli",
 )
 
 

@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -50,7 +49,9 @@ def register(sub) -> None:
     q.add_argument("--task", default="scifact", help="task name (e.g. scifact_no_reason)")
     q.set_defaults(func=cmd_prepare_scifact)
 
-    p = sub.add_parser("baseline", help="evaluate the original queries of a task split")
+    p = sub.add_parser("baseline", help="evaluate the original queries of a task split",
+                       description="Score each row's original query (SQL tasks: the gold SQL, an "
+                                   "upper bound) with the task's backend and metrics.")
     p.add_argument("--task", default="scifact")
     p.add_argument("--split", default="test")
     p.add_argument("--rows", help="parquet rows to use instead of the bundled task data")
@@ -94,14 +95,10 @@ def cmd_search(args) -> int:
 
 
 def bundled_rows(task_name: str, split: str) -> list[dict]:
-    """Rows of a bundled BEIR collection for a BEIR-family task."""
-    from .data.beir import load_qrels, load_queries
-    from .data.bundled import collection_dir
-    from .data.prepare import beir_rows
+    """Rows of a task's data bundled with the package (its family knows where they are)."""
     from .tasks import get_task
     task = get_task(task_name)
-    folder = collection_dir(task.index)
-    return beir_rows(task, load_queries(folder), load_qrels(folder, split), split)
+    return task.family.bundled_rows(task, split)
 
 
 def cmd_prepare_scifact(args) -> int:
@@ -124,14 +121,17 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 
 def cmd_baseline(args) -> int:
     from .data.prepare import read_rows
-    from .evaluate import original_query_baseline, summarize
+    from .evaluate import baseline_queries, score_queries, summarize
     rows = read_rows(args.rows) if args.rows else bundled_rows(args.task, args.split)
-    summary = summarize(original_query_baseline(rows))
-    summary = {"task": args.task, "split": args.split, **summary}
+    if not rows:
+        raise ValueError("no rows to evaluate")
+    name, queries = baseline_queries(rows)
+    summary = {"task": args.task, "split": args.split, "query": name,
+               **summarize(score_queries(rows, queries))}
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         print()
     else:
-        cols = ["task", "split", "n"] + [k for k in summary if k not in ("task", "split", "n")]
+        cols = ["task", "split", "query", "n"] + [k for k in summary if k not in ("task", "split", "query", "n")]
         print(format_table([summary], cols))
     return 0

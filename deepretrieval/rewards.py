@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -125,7 +125,7 @@ def _prepare(data_source: str, solution_str: Any, ground_truth: Any, extra_info:
     table = task.table()
     mode = _mode(extra, kw)
     base = {"score": 0.0, "format_ok": False, "search_error": False}
-    base.update({key: 0.0 for key in task.family.metric_keys(task)})
+    base.update(task.family.empty_metrics(task))
     if value is None:  # the model's completion: strict format check
         parsed = task.parse(solution_str, extra)
         if not parsed.ok:
@@ -159,13 +159,38 @@ def _finish(p: _Pending, result: SearchResult | None, error: BaseException | str
     return out
 
 
-def _groups(pendings: Sequence[_Pending]) -> dict[tuple, list[int]]:
-    groups: dict[tuple, list[int]] = {}
-    for i, p in enumerate(pendings):
-        plan = p.plan
-        key = (plan.index, plan.k, plan.return_text, json.dumps(plan.options or {}, sort_keys=True))
-        groups.setdefault(key, []).append(i)
-    return groups
+class _Batch:
+    """Completions of one scoring call, grouped into one search per (index, k, return_text,
+    options); the sync and async entry points differ only in how they run the searches."""
+
+    def __init__(self, items, values, kw):
+        items = _items(items)
+        values = [None] * len(items) if values is None else list(values)
+        self.out = [_prepare(*it, kw, value=v) for it, v in zip(items, values)]
+        self.groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(self.out):
+            if isinstance(p, _Pending) and p.plan:
+                plan = p.plan
+                key = (plan.index, plan.k, plan.return_text,
+                       json.dumps(plan.options or {}, sort_keys=True))
+                self.groups.setdefault(key, []).append(i)
+
+    def request(self, key) -> tuple[tuple, dict]:
+        """(args, kwargs) of the search call for a group."""
+        index, k, return_text, options = key
+        queries = [self.out[i].plan.query for i in self.groups[key]]
+        return (index, queries, k), {"return_text": return_text, "options": json.loads(options) or None}
+
+    def finish(self, key, results=None, error: BaseException | None = None) -> None:
+        members = self.groups[key]
+        if error is not None:
+            log.warning("search on %s failed: %s", key[0], error)
+            results = [None] * len(members)
+        for i, result in zip(members, results):
+            self.out[i] = _finish(self.out[i], result, error)
+
+
+SEARCH_FAILURES = (SearchError, ValueError, OSError)
 
 
 def _items(items) -> list[tuple]:
@@ -179,59 +204,36 @@ def _items(items) -> list[tuple]:
     return out
 
 
-def _prepare_all(items, values, kw) -> list:
-    items = _items(items)
-    values = [None] * len(items) if values is None else list(values)
-    return [_prepare(*it, kw, value=v) for it, v in zip(items, values)]
-
-
 def score_batch(items, searcher=None, values=None, **kw) -> list[dict]:
     """Score many completions with one batched search per (index, depth, options) group.
     ``items``: tuples ``(data_source, solution_str, ground_truth, extra_info)`` or dicts.
     ``values``: already-extracted queries (skips the format check; e.g. the original query or a
     leniently extracted one in evaluation)."""
-    prepared = _prepare_all(items, values, kw)
-    pending = [(i, p) for i, p in enumerate(prepared) if isinstance(p, _Pending) and p.plan]
-    searcher = searcher or (get_searcher() if pending else None)
-    for key, members in _groups([p for _, p in pending]).items():
-        index, k, return_text, options = key
-        plans = [pending[m][1] for m in members]
+    batch = _Batch(items, values, kw)
+    searcher = searcher or (get_searcher() if batch.groups else None)
+    for key in batch.groups:
+        args, kwargs = batch.request(key)
         try:
-            results = searcher.search(index, [p.plan.query for p in plans], k,
-                                      return_text=return_text, options=json.loads(options) or None)
-            errors: list = [None] * len(plans)
-        except (SearchError, ValueError, OSError) as exc:
-            log.warning("search on %s failed: %s", index, exc)
-            results, errors = [None] * len(plans), [exc] * len(plans)
-        for m, result, err in zip(members, results, errors):
-            i, p = pending[m]
-            prepared[i] = _finish(p, result, err)
-    return prepared  # type: ignore[return-value]
+            batch.finish(key, searcher.search(*args, **kwargs))
+        except SEARCH_FAILURES as exc:
+            batch.finish(key, error=exc)
+    return batch.out
 
 
 async def ascore_batch(items, searcher=None, values=None, **kw) -> list[dict]:
     """Async :func:`score_batch`: the groups are searched concurrently."""
-    prepared = _prepare_all(items, values, kw)
-    pending = [(i, p) for i, p in enumerate(prepared) if isinstance(p, _Pending) and p.plan]
-    searcher = searcher or (get_searcher() if pending else None)
+    batch = _Batch(items, values, kw)
+    searcher = searcher or (get_searcher() if batch.groups else None)
 
-    async def run(key, members):
-        index, k, return_text, options = key
-        plans = [pending[m][1] for m in members]
+    async def run(key):
+        args, kwargs = batch.request(key)
         try:
-            results = await searcher.asearch(index, [p.plan.query for p in plans], k,
-                                             return_text=return_text,
-                                             options=json.loads(options) or None)
-            errors: list = [None] * len(plans)
-        except (SearchError, ValueError, OSError) as exc:
-            log.warning("search on %s failed: %s", index, exc)
-            results, errors = [None] * len(plans), [exc] * len(plans)
-        for m, result, err in zip(members, results, errors):
-            i, p = pending[m]
-            prepared[i] = _finish(p, result, err)
+            batch.finish(key, await searcher.asearch(*args, **kwargs))
+        except SEARCH_FAILURES as exc:
+            batch.finish(key, error=exc)
 
-    await asyncio.gather(*(run(k, m) for k, m in _groups([p for _, p in pending]).items()))
-    return prepared  # type: ignore[return-value]
+    await asyncio.gather(*(run(key) for key in batch.groups))
+    return batch.out
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw) -> dict:

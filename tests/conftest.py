@@ -14,6 +14,8 @@ def _index_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("indexes")
     old = os.environ.get("DEEPRETRIEVAL_INDEX_DIR")
     os.environ["DEEPRETRIEVAL_INDEX_DIR"] = str(path)
+    # live-engine cache (PubMed / CT.gov) also stays inside the session temp dir
+    os.environ.setdefault("DEEPRETRIEVAL_CACHE", str(path / "live-cache.sqlite"))
     os.environ.pop("DEEPRETRIEVAL_SEARCH_URL", None)
     yield path
     if old is None:

@@ -26,7 +26,14 @@ def _find(path: Path, name: str) -> Path:
     raise FileNotFoundError(f"{path}: no {name} or {name}.gz")
 
 
-def iter_jsonl(path: Path, required: tuple[str, ...] = ("_id",)) -> Iterator[dict[str, Any]]:
+def iter_jsonl(path: Path, required: tuple[str, ...] = ("_id",), *,
+               with_lines: bool = False) -> Iterator[Any]:
+    """JSON objects of a JSONL file (``.gz`` ok), one per non-blank line (``(line, obj)`` with
+    ``with_lines``); FormatError with file:line for invalid JSON, non-objects and missing
+    ``required`` fields. ``_id`` becomes str."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
     with _open_text(path) as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -40,8 +47,9 @@ def iter_jsonl(path: Path, required: tuple[str, ...] = ("_id",)) -> Iterator[dic
             missing = [key for key in required if key not in obj]
             if missing:
                 raise FormatError(f"{path}:{lineno}: missing field(s) {missing}")
-            obj["_id"] = str(obj["_id"])
-            yield obj
+            if "_id" in obj:
+                obj["_id"] = str(obj["_id"])
+            yield (lineno, obj) if with_lines else obj
 
 
 def load_corpus(path: str | Path) -> Iterator[dict[str, Any]]:

@@ -64,8 +64,11 @@ def write_parquet(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) ->
 
 
 def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows back as plain Python objects (lists, dicts; nulls from other families dropped)."""
+    """Rows back as plain Python objects (lists, dicts; nulls from other families dropped).
+    Files in the original DeepRetrieval format are converted to ours on the fly."""
     import pyarrow.parquet as pq
+
+    from .original import maybe_convert
 
     def clean(value):
         if isinstance(value, dict):
@@ -74,4 +77,4 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
             return [clean(v) for v in value]
         return value
 
-    return [clean(row) for row in pq.read_table(path).to_pylist()]
+    return maybe_convert([clean(row) for row in pq.read_table(path).to_pylist()])

@@ -29,7 +29,18 @@ def _load_bm25(path: Path) -> Backend:
     return BM25Index.load(path)
 
 
-INDEX_TYPES: dict[str, Callable[[Path], Backend]] = {"bm25": _load_bm25}
+def _load_dense(path: Path) -> Backend:
+    from .dense import DenseIndex  # torch/faiss are imported only when a dense index is opened
+    return DenseIndex.load(path)
+
+
+def _load_sqlite(path: Path) -> Backend:
+    from .sql import load_sqlite_index
+    return load_sqlite_index(path)
+
+
+INDEX_TYPES: dict[str, Callable[[Path], Backend]] = {"bm25": _load_bm25, "dense": _load_dense,
+                                                     "sqlite": _load_sqlite}
 BUILTIN_INDEXES: dict[str, Callable[[], Backend]] = {}
 _REGISTERED: dict[str, Path] = {}
 
@@ -148,6 +159,25 @@ def _register_builtins() -> None:
     from ..data import bundled
     for name in bundled.COLLECTIONS:
         BUILTIN_INDEXES.setdefault(name, lambda name=name: bundled.bm25_index(name))
+
+    def scifact_dense():  # SciFact encoded with the shipped all-MiniLM-L6-v2, built on first use
+        from .dense import scifact_dense_index
+        return scifact_dense_index()
+    BUILTIN_INDEXES.setdefault("scifact_dense", scifact_dense)
+
+    def pubmed():  # live NCBI E-utilities (env: DEEPRETRIEVAL_PUBMED_URL, NCBI_API_KEY, ...)
+        from .live import pubmed_from_env
+        return pubmed_from_env()
+
+    def ctgov():  # live ClinicalTrials.gov API v2 (env: DEEPRETRIEVAL_CTGOV_URL, ...)
+        from .live import ctgov_from_env
+        return ctgov_from_env()
+    BUILTIN_INDEXES.setdefault("pubmed", pubmed)
+    BUILTIN_INDEXES.setdefault("ctgov", ctgov)
+
+    # bundled Spider databases as SQL indexes `spider/<db_id>` (opened on first use)
+    from .sql import register_builtins as register_sql_builtins
+    register_sql_builtins(BUILTIN_INDEXES)
 
 
 _register_builtins()

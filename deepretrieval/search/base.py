@@ -35,6 +35,34 @@ class SearchResult:
         return hits
 
 
+class StoredDocs:
+    """Mixin for indexes that keep their documents' ids and texts in their directory
+    (``doc_ids.json``, ``texts.jsonl.gz``); texts load on first use. Needs ``doc_ids``,
+    ``_texts`` (list or None) and ``path`` (directory or None)."""
+
+    doc_ids: list[str]
+    _texts: list[str] | None
+    path: Any
+
+    @property
+    def texts(self) -> list[str]:
+        if self._texts is None:
+            if self.path is None:
+                raise RuntimeError("index has no stored texts")
+            from ..io import read_json_lines_gz
+            self._texts = read_json_lines_gz(self.path / "texts.jsonl.gz")
+        return self._texts
+
+    def save_docs(self, folder) -> None:
+        import json
+        from ..io import write_json_lines_gz
+        (folder / "doc_ids.json").write_text(json.dumps(self.doc_ids))
+        write_json_lines_gz(folder / "texts.jsonl.gz", self.texts)
+
+    def __len__(self) -> int:
+        return len(self.doc_ids)
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What every backend implements. ``options`` carries backend-specific per-call parameters

@@ -1,19 +1,18 @@
 """BM25 over bm25s (sparse matrices; numba scoring when installed, numpy otherwise)."""
 from __future__ import annotations
 
-import gzip
 import json
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .base import SearchResult
+from ..io import atomic_dir
+from .base import SearchResult, StoredDocs
 
 INDEX_TYPE = "bm25"
 FORMAT_VERSION = 1
@@ -35,6 +34,72 @@ def _numba_available() -> bool:
     return True
 
 
+_KERNEL = None
+
+
+def _topk_kernel():
+    """A numba kernel scoring a batch of queries against bm25s's precomputed CSC term-score matrix.
+
+    Per query it accumulates term scores into a dense buffer, remembers the documents it touched,
+    selects the top k of those with a partition, sorts them (score descending, document index
+    ascending), and resets only the touched entries. Scores equal bm25s's (same float32 sums in
+    the same term order); which of several documents tied exactly at the k-th score are kept, and
+    the order of tied scores, may differ (ours: deterministic, ties in document order). None
+    without numba."""
+    global _KERNEL
+    if _KERNEL is not None or not _numba_available():
+        return _KERNEL or None
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def search_batch(flat, ptr, k, data, indices, indptr, num_docs):  # pragma: no cover - jitted
+        nq = len(ptr) - 1
+        acc = np.zeros(num_docs, dtype=np.float32)
+        touched = np.empty(num_docs, dtype=np.int64)
+        out_docs = np.full((nq, k), -1, dtype=np.int64)
+        out_scores = np.zeros((nq, k), dtype=np.float32)
+        for q in range(nq):
+            n = 0
+            for t in flat[ptr[q]:ptr[q + 1]]:
+                for j in range(indptr[t], indptr[t + 1]):
+                    d = indices[j]
+                    if acc[d] == 0.0:
+                        touched[n] = d
+                        n += 1
+                    acc[d] += data[j]
+            cand = touched[:n]
+            scores = np.empty(n, dtype=np.float32)
+            for i in range(n):
+                scores[i] = acc[cand[i]]
+                acc[cand[i]] = 0.0
+            if n > k:
+                threshold = np.partition(scores, n - k)[n - k]
+                keep = np.empty(k, dtype=np.int64)
+                m = 0
+                for i in range(n):  # strictly above the threshold first ...
+                    if scores[i] > threshold:
+                        keep[m] = i
+                        m += 1
+                for i in range(n):  # ... then ties at the threshold, in the order first touched
+                    if m >= k:
+                        break
+                    if scores[i] == threshold:
+                        keep[m] = i
+                        m += 1
+                cand, scores = cand[keep[:m]], scores[keep[:m]]
+            by_doc = np.argsort(cand)
+            cand, scores = cand[by_doc], scores[by_doc]
+            order = np.argsort(-scores, kind="mergesort")  # stable: ties in document order
+            m = min(k, len(order))
+            for i in range(m):
+                out_docs[q, i] = cand[order[i]]
+                out_scores[q, i] = scores[order[i]]
+        return out_docs, out_scores
+
+    _KERNEL = search_batch
+    return _KERNEL
+
+
 def doc_text(doc: dict[str, Any]) -> str:
     """BEIR convention: title and text joined by a space."""
     title = (doc.get("title") or "").strip()
@@ -42,7 +107,7 @@ def doc_text(doc: dict[str, Any]) -> str:
     return f"{title} {text}".strip()
 
 
-class BM25Index:
+class BM25Index(StoredDocs):
     """A BM25 index over a document collection. Build with :meth:`build`, persist with
     :meth:`save`, reopen with :meth:`load` (memory-mapped)."""
 
@@ -93,26 +158,15 @@ class BM25Index:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index atomically: into a temp dir beside ``path``, then rename."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_dir(path) as tmp:
             self.retriever.save(tmp / "bm25", show_progress=False)
             self.tokenizer.save_vocab(tmp / "tokenizer")
             self.tokenizer.save_stopwords(tmp / "tokenizer")
-            (tmp / "doc_ids.json").write_text(json.dumps(self.doc_ids))
-            with gzip.open(tmp / "texts.jsonl.gz", "wt", encoding="utf-8") as fh:
-                for text in self.texts:
-                    fh.write(json.dumps(text) + "\n")
+            self.save_docs(tmp)
             meta = {"type": INDEX_TYPE, "format": FORMAT_VERSION, "name": self.name,
                     "num_docs": len(self.doc_ids), "params": self.params,
                     "vocab_size": len(self.tokenizer.get_vocab_dict())}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self.path = path
         return path
 
@@ -136,22 +190,43 @@ class BM25Index:
                    params=params)
 
     # ---- searching ------------------------------------------------------------------------
-    @property
-    def texts(self) -> list[str]:
-        if self._texts is None:
-            if self.path is None:
-                raise RuntimeError("index has no stored texts")
-            with gzip.open(self.path / "texts.jsonl.gz", "rt", encoding="utf-8") as fh:
-                self._texts = [json.loads(line) for line in fh]
-        return self._texts
-
-    def __len__(self) -> int:
-        return len(self.doc_ids)
-
     def info(self) -> dict[str, Any]:
         return {"type": INDEX_TYPE, "name": self.name, "num_docs": len(self.doc_ids),
                 "scoring": self.backend, "params": self.params,
                 "path": str(self.path) if self.path else None}
+
+    def _fast_scores(self):
+        """The CSC arrays our kernel reads, or None when it cannot be used (no numba, or a BM25
+        variant that scores non-matching documents, which bm25s handles itself)."""
+        if self.backend != "numba" or os.environ.get("DEEPRETRIEVAL_BM25_KERNEL", "1") == "0":
+            return None
+        if getattr(self.retriever, "nonoccurrence_array", None) is not None or _topk_kernel() is None:
+            return None
+        return self.retriever.scores
+
+    def _search_kernel(self, batch: list[list[int]], k: int):
+        known = self.retriever.unique_token_ids_set
+        ids = [[t for t in toks if t in known] for toks in batch]
+        ptr = np.cumsum([0] + [len(t) for t in ids], dtype=np.int64)
+        flat = np.fromiter((t for toks in ids for t in toks), dtype=np.int64, count=int(ptr[-1]))
+        s = self.retriever.scores
+        kernel = _topk_kernel()
+
+        def run(a: int, b: int):
+            return kernel(flat, ptr[a:b + 1], k, s["data"], s["indices"], s["indptr"], int(s["num_docs"]))
+
+        n = len(ids)
+        # large batches are split over the cores (the kernel releases the GIL); small ones, and
+        # calls while another parallel call runs (e.g. service workers), stay on one thread
+        if self.threads > 1 and n >= 64 and self._parallel.acquire(blocking=False):
+            try:
+                bounds = np.linspace(0, n, self.threads + 1).astype(int)
+                with ThreadPoolExecutor(self.threads) as pool:
+                    parts = list(pool.map(run, bounds[:-1], bounds[1:]))
+            finally:
+                self._parallel.release()
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return run(0, n)
 
     def search(self, queries: list[str], k: int, *, return_text: bool = False,
                options: dict[str, Any] | None = None) -> list[SearchResult]:
@@ -169,7 +244,9 @@ class BM25Index:
         for i, toks in enumerate(token_ids):
             if not toks:  # no known term: nothing matches
                 out[i] = SearchResult(texts=[] if return_text else None)
-        if todo:
+        if todo and self._fast_scores() is not None:
+            docs, scores = self._search_kernel([token_ids[i] for i in todo], k_eff)
+        elif todo:
             batch = [token_ids[i] for i in todo]
             # large batches use all cores; small ones (and concurrent callers) stay serial
             parallel = (self.backend == "numba" and self.threads > 1 and len(batch) >= 32
@@ -181,6 +258,7 @@ class BM25Index:
             finally:
                 if parallel:
                     self._parallel.release()
+        if todo:
             for row, i in enumerate(todo):
                 row_scores = scores[row]
                 keep = row_scores > 0  # documents sharing no term with the query are not hits

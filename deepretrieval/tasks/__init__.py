@@ -42,6 +42,10 @@ class Family:
     def metric_keys(self, task: "Task") -> list[str]:
         raise NotImplementedError
 
+    def empty_metrics(self, task: "Task") -> dict[str, float]:
+        """Metrics reported when nothing was searched (bad format): zeros by default."""
+        return {key: 0.0 for key in self.metric_keys(task)}
+
     def plan(self, task: "Task", value: str, ground_truth: Any, extra_info: dict, mode: str) -> SearchPlan:
         raise NotImplementedError
 
@@ -51,6 +55,16 @@ class Family:
 
     def user_message(self, task: "Task", fields: Mapping[str, Any]) -> str:
         return task.instruction.format(**fields)
+
+    def bundled_rows(self, task: "Task", split: str) -> list[dict[str, Any]]:
+        """Rows of the task's data bundled with the package; ValueError when there is none."""
+        raise ValueError(f"no bundled rows for task {task.name!r}; write rows with "
+                         f"`deepretrieval prepare ...` and pass --rows FILE.parquet")
+
+    def reference_queries(self, task: "Task", rows: list[Mapping[str, Any]]) -> tuple[str, list[Any]]:
+        """(name, query per row) of the reference system evaluated next to a model: by default
+        the original query (``extra_info.query``)."""
+        return "original query", [(r.get("extra_info") or {}).get("query") for r in rows]
 
 
 @dataclass(frozen=True)
@@ -133,3 +147,7 @@ def list_tasks() -> list[str]:
 
 # Families register their tasks on import.
 from . import beir  # noqa: E402,F401
+from . import sql  # noqa: E402,F401
+from . import search_engine  # noqa: E402,F401
+from . import evidence  # noqa: E402,F401
+from ..data import original as _original  # noqa: E402,F401  (original data_source names)

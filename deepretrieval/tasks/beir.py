@@ -47,6 +47,20 @@ class BeirFamily(Family):
                 "recall@100": recall_at_k(ranked, qrels, 100),
                 "recall@1000": recall_at_k(ranked, qrels, 1000)}
 
+    def bundled_rows(self, task, split):
+        from ..data.beir import load_qrels, load_queries
+        from ..data.bundled import COLLECTIONS, collection_dir
+        from ..data.prepare import beir_rows
+        name = task.options.get("collection", task.index)
+        if name not in COLLECTIONS:
+            return super().bundled_rows(task, split)
+        folder = collection_dir(name)
+        try:
+            qrels = load_qrels(folder, split)
+        except FileNotFoundError:
+            raise ValueError(f"no bundled {split!r} split for task {task.name!r}") from None
+        return beir_rows(task, load_queries(folder), qrels, split)
+
 
 BEIR = BeirFamily()
 
@@ -62,3 +76,15 @@ register_task(Task(name="scifact_no_reason", family=BEIR, index="scifact", instr
                    reward="beir", train_depth=1000, val_depth=10, reasoning=False,
                    prefill="<answer>{\"query\": \"",
                    description="SciFact, answer-only format with the answer prefilled (small models)"))
+
+# Dense retrieval over the same collection (index ``scifact_dense``: the shipped all-MiniLM-L6-v2;
+# see deepretrieval/search/dense.py). ``collection`` names the bundled queries/qrels.
+_SCIFACT_DENSE = _SCIFACT.replace("a BM25 search engine", "a dense (semantic) retrieval engine")
+for _name, _extra in (("scifact_dense", {}),
+                      ("scifact_dense_no_reason", {"reasoning": False,
+                                                   "prefill": "<answer>{\"query\": \""})):
+    register_task(Task(name=_name, family=BEIR, index="scifact_dense", instruction=_SCIFACT_DENSE,
+                       reward="beir", train_depth=1000, val_depth=10,
+                       options={"collection": "scifact"},
+                       description="BEIR SciFact, dense retrieval (all-MiniLM-L6-v2), reward "
+                                   "0.1 + nDCG" + (", answer-only" if _extra else ""), **_extra))

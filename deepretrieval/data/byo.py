@@ -1,0 +1,444 @@
+"""Bring your own data: ``deepretrieval prepare beir | sql | pico``.
+
+* ``prepare beir``: corpus.jsonl + queries.jsonl + qrels TSV(s) → a BM25 index (and a dense one
+  with ``--dense MODEL``) and train/test task rows for a BEIR-family task named after the collection.
+  The task needs no registration: a ``data_source`` that names an index (under the index root, or
+  registered) resolves to a BEIR task over it (:func:`resolve_local`), ``NAME_no_reason`` to its
+  answer-only variant.
+* ``prepare sql``: a SQLite file + questions with gold SQL → rows for the ``spider`` (or ``bird``)
+  task; the database is registered as index ``<task index>/<name>`` (e.g. ``spider/shop``).
+* ``prepare pico``: reviews with P/I/C/O and included study ids → rows for ``pubmed`` / ``ctgov``.
+
+Every input is checked before anything is written; errors name the file and line (or item) and what
+was expected. Outputs are built in temp paths beside their destinations and renamed into place only
+when everything succeeded, so a failure leaves nothing behind.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .beir import FormatError, iter_jsonl
+
+
+class _Staged:
+    """Outputs written to temp paths beside their destinations, renamed into place on commit."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Path, Path]] = []  # (temp, final)
+
+    def path(self, final: str | os.PathLike) -> Path:
+        final = Path(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{final.name}.staged-{uuid.uuid4().hex[:8]}"
+        self.items.append((tmp, final))
+        return tmp
+
+    def commit(self) -> None:
+        for tmp, final in self.items:
+            if final.is_dir() and not final.is_symlink():
+                old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        self.items.clear()
+
+    def abort(self) -> None:
+        for tmp, _ in self.items:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+        self.items.clear()
+
+    def __enter__(self) -> "_Staged":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.commit()
+
+
+def _need_file(path: str | os.PathLike, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {path} does not exist")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# BEIR
+
+def parse_qrels_args(items: Sequence[str]) -> dict[str, str]:
+    """``["train=a.tsv", "test=b.tsv"]`` → {split: path}; a bare path is the ``test`` split."""
+    out: dict[str, str] = {}
+    for item in items:
+        split, sep, path = item.partition("=")
+        if not sep:
+            split, path = "test", item
+        split = split.strip()
+        if not split or not path.strip():
+            raise ValueError(f"--qrels {item!r}: expected SPLIT=PATH or PATH")
+        if split in out:
+            raise ValueError(f"--qrels: split {split!r} given twice")
+        out[split] = path.strip()
+    return out
+
+
+def read_qrels(path: str | os.PathLike, corpus_ids: set[str], query_ids: set[str]
+               ) -> dict[str, dict[str, int]]:
+    """A qrels TSV (``query-id  corpus-id  score``, optional header; TREC ``qid 0 doc grade`` also
+    accepted), checked row by row against the corpus and the queries."""
+    path = _need_file(path, "qrels")
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8", newline="") as fh:
+        for lineno, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
+            if not row or not "".join(row).strip():
+                continue
+            if lineno == 1 and row[0].strip().lower() in ("query-id", "query_id", "qid", "query"):
+                continue
+            if len(row) == 4:
+                row = [row[0], row[2], row[3]]
+            if len(row) != 3:
+                raise FormatError(f"{path}:{lineno}: expected 3 tab-separated columns "
+                                  f"(query-id, corpus-id, score), got {len(row)}")
+            qid, doc, grade_text = (c.strip() for c in row)
+            try:
+                grade = int(float(grade_text))
+            except ValueError:
+                raise FormatError(f"{path}:{lineno}: score {grade_text!r} is not a number") from None
+            if doc not in corpus_ids:
+                raise FormatError(f"{path}:{lineno}: corpus-id {doc!r} is not in the corpus")
+            if qid not in query_ids:
+                raise FormatError(f"{path}:{lineno}: query-id {qid!r} is not in the queries")
+            qrels.setdefault(qid, {})[doc] = grade
+    if not any(g > 0 for judged in qrels.values() for g in judged.values()):
+        raise FormatError(f"{path}: no relevant (score > 0) judgments")
+    return qrels
+
+
+def read_corpus(path: str | os.PathLike) -> list[dict[str, Any]]:
+    path = _need_file(path, "corpus")
+    docs, seen = [], set()
+    for lineno, doc in enumerate(_jsonl_with_lines(path, ("_id",)), start=1):
+        obj, line = doc
+        text = obj.get("text")
+        title = obj.get("title", "")
+        if not isinstance(text, str) or not isinstance(title, str) or not (text.strip() or title.strip()):
+            raise FormatError(f"{path}:{line}: expected a string 'text' (and optional 'title'), "
+                              f"not both empty")
+        if obj["_id"] in seen:
+            raise FormatError(f"{path}:{line}: duplicate _id {obj['_id']!r}")
+        seen.add(obj["_id"])
+        docs.append({"_id": obj["_id"], "title": title, "text": text})
+    if not docs:
+        raise FormatError(f"{path}: no documents")
+    return docs
+
+
+def read_queries(path: str | os.PathLike) -> dict[str, str]:
+    path = _need_file(path, "queries")
+    out: dict[str, str] = {}
+    for obj, line in _jsonl_with_lines(path, ("_id", "text")):
+        if not isinstance(obj["text"], str) or not obj["text"].strip():
+            raise FormatError(f"{path}:{line}: 'text' must be a non-empty string")
+        if obj["_id"] in out:
+            raise FormatError(f"{path}:{line}: duplicate _id {obj['_id']!r}")
+        out[obj["_id"]] = obj["text"].strip()
+    if not out:
+        raise FormatError(f"{path}: no queries")
+    return out
+
+
+def _jsonl_with_lines(path: Path, required: tuple[str, ...]):
+    """iter_jsonl with the line number of each object (blank lines are skipped there)."""
+    import gzip
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        numbers = [i for i, line in enumerate(fh, start=1) if line.strip()]
+    for obj, line in zip(iter_jsonl(path, required=required), numbers):
+        yield obj, line
+
+
+def prepare_beir(*, corpus: str, queries: str, qrels: Mapping[str, str], name: str,
+                 out: str | None = None, index_dir: str | None = None, dense: str | None = None,
+                 no_reason: bool = False, show_progress: bool | None = None) -> dict[str, Any]:
+    """Check the collection, build the index(es), write ``<out>/<split>.parquet`` (and
+    ``<out>/dense/<split>.parquet`` with ``dense``). Returns paths, counts and a report."""
+    from ..search import index_root
+    from ..search.bm25 import BM25Index
+    from .prepare import beir_rows, write_parquet
+    from .original import _beir_task
+
+    _check_name(name)
+    if show_progress is None:
+        show_progress = os.environ.get("DEEPRETRIEVAL_PROGRESS", "1") != "0"
+    if not qrels:
+        raise ValueError("give at least one --qrels file")
+    docs = read_corpus(corpus)
+    query_text = read_queries(queries)
+    ids = {d["_id"] for d in docs}
+    splits = {split: read_qrels(path, ids, set(query_text)) for split, path in qrels.items()}
+
+    bm25 = BM25Index.build(docs, name=name, show_progress=show_progress)
+    dense_index = None
+    if dense:
+        from ..search.dense import DenseIndex
+        dense_index = DenseIndex.build(docs, dense, name=f"{name}_dense", show_progress=show_progress)
+
+    root = Path(index_dir) if index_dir else index_root() / name
+    dense_root = root.parent / f"{root.name}_dense"
+    out_dir = Path(out) if out else Path("data") / name
+    report, paths = [], {}
+    with _Staged() as staged:
+        bm25.save(staged.path(root))
+        paths["index"] = root
+        report.append(f"BM25 index: {len(bm25)} documents → {root}")
+        if dense_index is not None:
+            dense_index.save(staged.path(dense_root))
+            paths["dense_index"] = dense_root
+            report.append(f"dense index ({dense}): {len(docs)} documents → {dense_root}")
+        variants = [(name, "")] + ([(f"{name}_dense", "dense")] if dense_index is not None else [])
+        for task_name, sub in variants:
+            task = _beir_task(name, bool(sub))
+            if no_reason:
+                task = task.variant(name=f"{task_name}_no_reason", reasoning=False, prefill="")
+            for split, judged in splits.items():
+                rows = beir_rows(task, query_text, judged, split)
+                if not rows:
+                    raise FormatError(f"{qrels[split]}: no query with a relevant document")
+                final = out_dir / sub / f"{split}.parquet"
+                write_parquet(rows, staged.path(final))
+                paths[f"{sub or 'bm25'}:{split}"] = final
+                report.append(f"{task.name} {split}: {len(rows)} rows → {final}")
+    if index_dir:
+        report.append(f"note: the index is outside the index root; set DEEPRETRIEVAL_INDEXES="
+                      f"{name}={root}" + (f",{name}_dense={dense_root}" if dense else "")
+                      + " so the task finds it")
+    return {"paths": paths, "report": report, "docs": len(docs), "queries": len(query_text)}
+
+
+def _check_name(name: str) -> None:
+    if not name or not all(c.isalnum() or c in "_-." for c in name) or name.startswith("."):
+        raise ValueError(f"--name {name!r}: use letters, digits, '_', '-' or '.'")
+
+
+# ---------------------------------------------------------------------------------------------
+# resolver: a data_source naming a local index is a BEIR task over it
+
+_LOCAL: dict[str, Any] = {}
+
+
+def resolve_local(data_source: str):
+    """``NAME`` / ``NAME_no_reason`` where ``NAME`` is a BM25 or dense index (registered, in
+    ``DEEPRETRIEVAL_INDEXES`` or under the index root) → a BEIR task searching it."""
+    if data_source in _LOCAL:
+        return _LOCAL[data_source]
+    task = _resolve_local(data_source)
+    if task is not None:
+        _LOCAL[data_source] = task
+    return task
+
+
+def _resolve_local(data_source: str):
+    from ..search import _REGISTERED, _env_indexes, index_root
+    from .original import _beir_task
+
+    if not isinstance(data_source, str) or not data_source:
+        return None
+    base, no_reason = data_source, False
+    if base.endswith("_no_reason"):
+        base, no_reason = base[: -len("_no_reason")], True
+    known = {**_env_indexes(), **_REGISTERED}
+    path = known.get(base) or index_root() / base
+    try:
+        meta = json.loads((Path(path) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("type") not in ("bm25", "dense"):
+        return None
+    task = _beir_task(base[: -len("_dense")] if base.endswith("_dense") else base,
+                      base.endswith("_dense"))
+    task = task.variant(name=base, index=base)
+    if no_reason:
+        task = task.variant(name=data_source, reasoning=False, prefill="")
+    return task
+
+
+# ---------------------------------------------------------------------------------------------
+# SQL
+
+def _load_items(path: Path) -> list[tuple[Any, str]]:
+    """A JSON list, or JSONL: [(item, location)] where location is ``file:line`` / ``file item N``."""
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        return [(item, f"{path} item {i}") for i, item in enumerate(data)]
+    items = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            items.append((json.loads(line), f"{path}:{lineno}"))
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+    return items
+
+
+def _split_of(item: Mapping[str, Any], key: str, test_fraction: float, where: str) -> str:
+    split = item.get("split")
+    if split is not None:
+        if split not in ("train", "test", "val"):
+            raise FormatError(f"{where}: split {split!r} must be train, test or val")
+        return split
+    h = int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "test" if h < test_fraction else "train"
+
+
+def prepare_sql(*, db: str, questions: str, name: str | None = None, out: str | None = None,
+                task: str = "spider", test_fraction: float = 0.2) -> dict[str, Any]:
+    """Check every question's gold SQL on the database, register the database as index
+    ``<task index>/<name>``, write ``<out>/<split>.parquet``."""
+    from ..search import index_root
+    from ..search.base import SearchError
+    from ..search.sql import SqliteBackend, execute_readonly, write_sqlite_index
+    from ..tasks import get_task
+    from .prepare import make_row, write_parquet
+
+    db_path = _need_file(db, "database")
+    qpath = _need_file(questions, "questions")
+    name = name or db_path.stem
+    _check_name(name)
+    the_task = get_task(task)
+    if the_task.family.name != "sql":
+        raise ValueError(f"--task {task!r} is not a SQL task")
+    try:
+        schema = SqliteBackend(db_path, name=name).schema_sql()
+    except (SearchError, Exception) as exc:  # noqa: BLE001
+        raise FormatError(f"{db_path}: not a readable SQLite database ({exc})") from None
+    if not schema.strip():
+        raise FormatError(f"{db_path}: the database has no tables")
+    rows_by_split: dict[str, list[dict[str, Any]]] = {}
+    for item, where in _load_items(qpath):
+        if not isinstance(item, dict):
+            raise FormatError(f"{where}: expected an object with 'question' and 'sql'")
+        question = item.get("question")
+        sql = item.get("sql", item.get("query", item.get("SQL")))
+        if not isinstance(question, str) or not question.strip():
+            raise FormatError(f"{where}: missing 'question' (a non-empty string)")
+        if not isinstance(sql, str) or not sql.strip():
+            raise FormatError(f"{where}: missing 'sql' (the gold SQL; 'query' or 'SQL' also accepted)")
+        ex = execute_readonly(db_path, sql)
+        if not ex.ok:
+            raise FormatError(f"{where}: the gold SQL fails on {db_path}: {ex.sql_error or ex.infra_error}")
+        split = _split_of(item, question, test_fraction, where)
+        rows = rows_by_split.setdefault(split, [])
+        evidence = str(item.get("evidence") or "").strip()
+        extra = {"query_id": str(item.get("id", item.get("question_id", f"{split}-{len(rows)}"))),
+                 "query": question.strip(), "db_id": name}
+        if evidence:
+            extra["evidence"] = evidence
+        rows.append(make_row(the_task, split, len(rows),
+                             {"schema": schema, "question": question.strip(), "evidence": evidence},
+                             {"target": [sql.strip()]}, **extra))
+    if not rows_by_split:
+        raise FormatError(f"{qpath}: no questions")
+    out_dir = Path(out) if out else Path("data") / name
+    index_path = index_root() / the_task.index / name
+    report = []
+    with _Staged() as staged:
+        write_sqlite_index(staged.path(index_path), db_path, f"{the_task.index}/{name}")
+        report.append(f"database {db_path} → index {the_task.index}/{name} ({index_path})")
+        for split, rows in sorted(rows_by_split.items()):
+            final = out_dir / f"{split}.parquet"
+            write_parquet(rows, staged.path(final))
+            report.append(f"{the_task.name} {split}: {len(rows)} rows → {final}")
+    return {"report": report, "index": index_path,
+            "rows": {s: len(r) for s, r in rows_by_split.items()}}
+
+
+# ---------------------------------------------------------------------------------------------
+# PICO reviews
+
+def prepare_pico(*, reviews: str, engine: str = "pubmed", out: str | None = None,
+                 test_fraction: float = 0.2) -> dict[str, Any]:
+    """Reviews ``{P, I, C, O, included: [ids], title?, pub_date?, split?, id?}`` (P/I/C/O may also
+    sit under ``pico``) → ``<out>/<split>.parquet`` for the ``pubmed`` / ``ctgov`` task."""
+    from ..tasks import get_task
+    from .prepare import make_row, write_parquet
+
+    path = _need_file(reviews, "reviews")
+    task = get_task(engine)
+    if task.family.name != "search_engine":
+        raise ValueError(f"--engine {engine!r} is not a search-engine task")
+    rows_by_split: dict[str, list[dict[str, Any]]] = {}
+    for item, where in _load_items(path):
+        if not isinstance(item, dict):
+            raise FormatError(f"{where}: expected an object with P, I, C, O and 'included'")
+        pico = item.get("pico") if isinstance(item.get("pico"), dict) else item
+        fields = {}
+        for key in ("P", "I", "C", "O"):
+            value = pico.get(key, "")
+            if not isinstance(value, str):
+                raise FormatError(f"{where}: {key} must be a string")
+            if value.strip():
+                fields[key] = value.strip()
+        if "P" not in fields or "I" not in fields:
+            raise FormatError(f"{where}: missing P (population) or I (intervention)")
+        if isinstance(item.get("title"), str) and item["title"].strip():
+            fields["title"] = item["title"].strip()
+        included = item.get("included")
+        if not isinstance(included, list) or not included:
+            raise FormatError(f"{where}: 'included' must be a non-empty list of "
+                              f"{'PMIDs' if engine == 'pubmed' else 'NCT ids'}")
+        ids = []
+        for value in included:
+            value = str(value).strip()
+            ok = value.isdigit() if engine == "pubmed" else (value.upper().startswith("NCT")
+                                                              and value[3:].isdigit())
+            if not ok:
+                raise FormatError(f"{where}: included id {value!r} is not a "
+                                  f"{'PMID (digits)' if engine == 'pubmed' else 'NCT id (NCT + digits)'}")
+            ids.append(value.upper())
+        ids = list(dict.fromkeys(ids))
+        key = str(item.get("id") or fields.get("title") or fields["P"])
+        split = _split_of(item, key, test_fraction, where)
+        rows = rows_by_split.setdefault(split, [])
+        extra: dict[str, Any] = {"query_id": str(item.get("id", f"{split}-{len(rows)}")),
+                                 "query": fields.get("title") or fields["P"]}
+        if item.get("pub_date"):
+            extra["pub_date"] = str(item["pub_date"])
+        rows.append(make_row(task, split, len(rows), fields, {"target": ids}, **extra))
+    if not rows_by_split:
+        raise FormatError(f"{path}: no reviews")
+    out_dir = Path(out) if out else Path("data") / f"{engine}_{path.stem}"
+    report = []
+    with _Staged() as staged:
+        for split, rows in sorted(rows_by_split.items()):
+            final = out_dir / f"{split}.parquet"
+            write_parquet(rows, staged.path(final))
+            report.append(f"{task.name} {split}: {len(rows)} rows → {final}")
+    return {"report": report, "rows": {s: len(r) for s, r in rows_by_split.items()}}
+
+
+def _register() -> None:
+    from ..tasks import register_resolver
+    register_resolver(resolve_local)
+
+
+_register()

@@ -1,0 +1,88 @@
+"""Commands of the live engines: ``deepretrieval cache stats|export|import`` and
+``deepretrieval prepare pubmed|ctgov``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("cache", help="inspect, export or import the live-engine result cache",
+                       description="The SQLite cache of PubMed / ClinicalTrials.gov results "
+                                   "(default $DEEPRETRIEVAL_CACHE or ~/.cache/deepretrieval/"
+                                   "live_cache.sqlite).")
+    cache_sub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    q = cache_sub.add_parser("stats", help="entries per engine and file size")
+    q.add_argument("--cache", help="cache file (default: $DEEPRETRIEVAL_CACHE or ~/.cache/...)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_cache_stats)
+    q = cache_sub.add_parser("export", help="write the entries as JSON lines (.gz: compressed)")
+    q.add_argument("out", help="output file, e.g. cache.jsonl.gz")
+    q.add_argument("--cache", help="cache file")
+    q.add_argument("--engine", choices=["pubmed", "ctgov"], help="only this engine's entries")
+    q.set_defaults(func=cmd_cache_export)
+    q = cache_sub.add_parser("import", help="add the entries of an export file")
+    q.add_argument("file", help="a file written by `deepretrieval cache export`")
+    q.add_argument("--cache", help="cache file")
+    q.add_argument("--overwrite", action="store_true", help="replace entries that exist")
+    q.set_defaults(func=cmd_cache_import)
+
+    from ...commands import prepare_targets
+    targets = prepare_targets()
+    for name, what, splits in (("pubmed", "PubMed rows: train = CLEF TAR 2018 topics, test = "
+                                          "TrialMind-SLR reviews", ("train", "test")),
+                               ("ctgov", "ClinicalTrials.gov rows: test = TrialMind-SLR reviews "
+                                         "with NCT ids", ("test",))):
+        q = targets.add_parser(name, help=what, description=what)
+        q.add_argument("--out", default=f"data/{name}", help=f"output folder (default: data/{name})")
+        q.add_argument("--task", default=name, help=f"task name (e.g. {name}_no_reason)")
+        q.set_defaults(func=cmd_prepare, splits=splits)
+
+
+def _cache(path: str | None):
+    from .cache import SearchCache, default_cache_path
+    path = Path(path) if path else default_cache_path()
+    return SearchCache(path)
+
+
+def cmd_cache_stats(args) -> int:
+    from .cache import default_cache_path
+    path = Path(args.cache) if args.cache else default_cache_path()
+    if not path.exists():
+        raise FileNotFoundError(f"no cache at {path}")
+    stats = _cache(str(path)).stats()
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"cache   {stats['path']}")
+    print(f"size    {stats['size_bytes'] / 1e6:.2f} MB")
+    print(f"entries {stats['entries']}")
+    for engine, n in stats["by_engine"].items():
+        print(f"  {engine:8s} {n}")
+    return 0
+
+
+def cmd_cache_export(args) -> int:
+    n = _cache(args.cache).export(args.out, engine=args.engine)
+    print(f"exported {n} entries → {args.out}")
+    return 0
+
+
+def cmd_cache_import(args) -> int:
+    if not Path(args.file).exists():
+        raise FileNotFoundError(f"no such file: {args.file}")
+    cache = _cache(args.cache)
+    before = len(cache)
+    n = cache.import_(args.file, overwrite=args.overwrite)
+    print(f"read {n} entries; cache {cache.path} now holds {len(cache)} ({len(cache) - before} new)")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from ...data.prepare import write_parquet
+    from ...tasks.search_engine import bundled_rows
+    for split in args.splits:
+        rows = bundled_rows(args.task, split)
+        path = write_parquet(rows, Path(args.out) / f"{split}.parquet")
+        print(f"{split}: {len(rows)} rows → {path}")
+    return 0

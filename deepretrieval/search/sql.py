@@ -1,0 +1,456 @@
+"""SQLite backend: run SQL (written by a model, so untrusted) read-only, bounded in time and size.
+
+Every query gets its own connection, opened with the URI ``file:PATH?mode=ro`` and then locked down:
+
+* ``PRAGMA query_only=ON``; ``SQLITE_LIMIT_ATTACHED`` = 0; values capped at ``MAX_VALUE_BYTES``;
+* an authorizer that allows only reading: ``SELECT``, column reads, (recursive) CTEs, functions
+  other than extension loading / file access, and a few schema-reading pragmas (``table_info``…).
+  Everything else (INSERT/UPDATE/DELETE, CREATE/DROP/ALTER, ATTACH/DETACH, ``VACUUM INTO``,
+  transactions, pragma writes, ANALYZE, REINDEX, ``load_extension``) is denied while compiling,
+  before anything runs;
+* extension loading switched off;
+* a wall-clock limit enforced *inside* SQLite: a progress handler returns non-zero once the deadline
+  has passed, which interrupts the statement (infinite recursive CTEs, cartesian explosions);
+* a row cap (``k`` of the search) and a result-size cap, read with ``fetchmany``;
+* exactly one statement (a trailing ``;`` and comments are fine).
+
+A failing execution is the SQL's fault, not the backend's: it comes back as a normal result with
+``rows=None`` and ``info["sql_error"]`` / ``info["error_kind"]`` (``syntax`` … see
+:data:`ERROR_KINDS`), so rewards score it as a mismatch. ``SearchResult.error`` is reserved for
+infrastructure failures (the database file is missing, unreadable, corrupt or locked), which reward
+code reports as search errors. A database that cannot be opened at all raises :class:`SearchError`.
+
+Results also fill the generic fields so any client of the search API can read them: ``ids`` are row
+numbers (``"0"``, ``"1"``, …), ``scores`` are 1.0 and, with ``return_text``, ``texts`` are the rows
+as JSON arrays. Blobs are given as SQL hex literals (``X'00FF'``) so rows stay JSON-friendly.
+
+Index names: the bundled Spider databases are built-in indexes ``spider/flight_2`` and
+``spider/singer``; any other database gets an index directory with ``meta.json``
+``{"type": "sqlite", "path": "/abs/db.sqlite"}`` (:func:`write_sqlite_index`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sqlite3
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .base import SearchError, SearchResult
+
+log = logging.getLogger(__name__)
+
+INDEX_TYPE = "sqlite"
+DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_MAX_ROWS = 10_000
+MAX_TIMEOUT_S = 120.0
+#: Largest single string/blob a query may build (SQLITE_LIMIT_LENGTH).
+MAX_VALUE_BYTES = 1_000_000
+#: Result size cap (approximate bytes of all values); more → truncated.
+MAX_RESULT_BYTES = 32_000_000
+#: Longest SQL text accepted (characters).
+MAX_SQL_CHARS = 100_000
+#: VM instructions between two deadline checks.
+PROGRESS_EVERY = 1000
+#: Options ``search`` accepts.
+OPTIONS = ("timeout_s", "max_result_bytes")
+#: ``info["error_kind"]`` values for a failed execution.
+ERROR_KINDS = ("empty", "too_long", "multiple_statements", "denied", "timeout", "syntax", "runtime")
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled" / "spider"
+
+# Authorizer ---------------------------------------------------------------------------------
+
+_ALLOWED_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
+                    getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
+_DENIED_FUNCTIONS = {"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer",
+                     "zipfile", "sqlar_compress", "sqlar_uncompress", "lsdir"}
+_READ_PRAGMAS = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo",
+                 "foreign_key_list", "table_list", "collation_list"}
+
+
+def _authorizer(action: int, arg1: Any, arg2: Any, dbname: Any, source: Any) -> int:
+    if action == sqlite3.SQLITE_FUNCTION:
+        return sqlite3.SQLITE_DENY if str(arg2).lower() in _DENIED_FUNCTIONS else sqlite3.SQLITE_OK
+    if action in _ALLOWED_ACTIONS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and str(arg1).lower() in _READ_PRAGMAS:
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+# Statement splitting ------------------------------------------------------------------------
+
+LITERAL = "\x00"
+
+
+def _scan(sql: str):
+    """Yield ``(position, char, depth)`` for the characters of ``sql`` outside string literals,
+    quoted identifiers and comments (``depth`` = parenthesis depth). Comments are skipped; each
+    literal or quoted identifier is yielded once as :data:`LITERAL`."""
+    i, n, depth = 0, len(sql), 0
+    while i < n:
+        c = sql[i]
+        if c in "'\"`[":
+            close = "]" if c == "[" else c
+            j = i + 1
+            while j < n:
+                if sql[j] == close:
+                    if close != "]" and j + 1 < n and sql[j + 1] == close:  # doubled quote
+                        j += 2
+                        continue
+                    break
+                j += 1
+            yield i, LITERAL, depth  # a literal counts as one token
+            i = j + 1
+            continue
+        if c == "-" and sql.startswith("--", i):
+            j = sql.find("\n", i)
+            i = n if j < 0 else j + 1
+            continue
+        if c == "/" and sql.startswith("/*", i):
+            j = sql.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth = max(0, depth - 1)
+        yield i, c, depth
+        i += 1
+
+
+def split_statements(sql: str) -> list[str]:
+    """The non-empty statements of ``sql`` (split on ``;`` outside literals and comments)."""
+    parts, start, content = [], 0, False
+    for pos, c, _ in _scan(sql):
+        if c == ";":
+            if content:
+                parts.append(sql[start:pos].strip())
+            start, content = pos + 1, False
+        elif not c.isspace():
+            content = True
+    if content:
+        parts.append(sql[start:].strip())
+    return parts
+
+
+def has_top_level_order_by(sql: str) -> bool:
+    """Whether the outermost query has ORDER BY (not counting subqueries, literals, comments)."""
+    text = "".join(c if depth == 0 and c != LITERAL else " " for _, c, depth in _scan(sql))
+    return re.search(r"\border\s+by\b", text, re.IGNORECASE) is not None
+
+
+# Execution ----------------------------------------------------------------------------------
+
+@dataclass
+class Execution:
+    """What running one SQL statement gave."""
+
+    rows: list[tuple] | None = None
+    columns: list[str] = field(default_factory=list)
+    truncated: bool = False
+    elapsed_s: float = 0.0
+    sql_error: str | None = None      # the SQL failed (the query writer's fault)
+    error_kind: str | None = None     # one of ERROR_KINDS
+    infra_error: str | None = None    # the database failed (not the query writer's fault)
+
+    @property
+    def ok(self) -> bool:
+        return self.rows is not None
+
+
+_INFRA_MARKERS = ("unable to open", "not a database", "malformed", "disk i/o", "locked",
+                  "readonly_rollback", "no such file", "out of memory", "cannot open")
+
+
+def _classify(exc: BaseException, timed_out: bool) -> tuple[str, str]:
+    message = str(exc) or type(exc).__name__
+    low = message.lower()
+    if timed_out or "interrupted" in low:
+        return "timeout", message
+    if "one statement at a time" in low:
+        return "multiple_statements", message
+    if "not authorized" in low or "authorization denied" in low or "prohibited" in low \
+            or "readonly" in low and "rollback" not in low:
+        return "denied", message
+    if any(marker in low for marker in _INFRA_MARKERS):
+        return "infra", message
+    if "syntax error" in low or "no such" in low or "incomplete input" in low or "ambiguous" in low \
+            or "unrecognized token" in low or "misuse" in low:
+        return "syntax", message
+    return "runtime", message
+
+
+def _value_size(value: Any) -> int:
+    if isinstance(value, (str, bytes)):
+        return len(value) + 8
+    return 8
+
+
+def _text_factory(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
+
+
+def connect_readonly(path: str | os.PathLike, *, immutable: bool = False,
+                     busy_timeout_s: float = 1.0) -> sqlite3.Connection:
+    """A locked-down read-only connection (see the module docstring). Raises :class:`SearchError`
+    when the file does not exist or cannot be opened."""
+    path = Path(path)
+    if not path.is_file():
+        raise SearchError(f"SQLite database {str(path)!r} does not exist")
+    uri = path.resolve().as_uri() + "?mode=ro" + ("&immutable=1" if immutable else "")
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
+                               timeout=max(0.0, busy_timeout_s), cached_statements=0)
+    except sqlite3.Error as exc:
+        raise SearchError(f"cannot open SQLite database {str(path)!r}: {exc}") from exc
+    try:
+        conn.text_factory = _text_factory
+        if hasattr(conn, "enable_load_extension"):
+            conn.enable_load_extension(False)
+        conn.execute("PRAGMA query_only=ON")
+        if hasattr(conn, "setlimit"):  # Python >= 3.11
+            conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+            conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+        conn.set_authorizer(_authorizer)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise SearchError(f"cannot prepare SQLite database {str(path)!r}: {exc}") from exc
+    return conn
+
+
+def execute_readonly(path: str | os.PathLike, sql: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                     max_rows: int = DEFAULT_MAX_ROWS, max_result_bytes: int = MAX_RESULT_BYTES,
+                     immutable: bool = False) -> Execution:
+    """Run one statement read-only within ``timeout_s`` seconds, reading at most ``max_rows`` rows.
+    Never raises for anything in ``sql``; a database that cannot be opened raises SearchError."""
+    start = time.monotonic()
+    if not isinstance(sql, str):
+        return Execution(sql_error="SQL is not a string", error_kind="empty")
+    if len(sql) > MAX_SQL_CHARS:
+        return Execution(sql_error=f"SQL is longer than {MAX_SQL_CHARS} characters", error_kind="too_long")
+    statements = split_statements(sql)
+    if not statements:
+        return Execution(sql_error="no SQL statement", error_kind="empty")
+    if len(statements) > 1:
+        return Execution(sql_error=f"only one statement is allowed (got {len(statements)})",
+                         error_kind="multiple_statements")
+    deadline = start + float(timeout_s)
+    conn = connect_readonly(path, immutable=immutable, busy_timeout_s=min(1.0, float(timeout_s)))
+    timed_out = False
+
+    def progress() -> int:
+        nonlocal timed_out
+        if time.monotonic() > deadline:
+            timed_out = True
+            return 1
+        return 0
+
+    conn.set_progress_handler(progress, PROGRESS_EVERY)
+    out = Execution()
+    try:
+        cursor = conn.execute(statements[0])
+        out.columns = [d[0] for d in (cursor.description or [])]
+        rows: list[tuple] = []
+        size = 0
+        chunk = max(1, min(256, max_rows + 1))
+        while True:
+            batch = cursor.fetchmany(chunk)
+            if not batch:
+                break
+            for row in batch:
+                if len(rows) >= max_rows:
+                    out.truncated = True
+                    break
+                size += sum(_value_size(v) for v in row)
+                if size > max_result_bytes:
+                    out.truncated = True
+                    break
+                rows.append(tuple(row))
+            if out.truncated:
+                break
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError("interrupted")
+        out.rows = rows
+    except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError, MemoryError,
+            RecursionError) as exc:
+        kind, message = _classify(exc, timed_out)
+        out.rows, out.columns = None, []
+        if kind == "infra":
+            out.infra_error = message
+        else:
+            out.sql_error, out.error_kind = message, kind
+    finally:
+        conn.close()
+    out.elapsed_s = time.monotonic() - start
+    return out
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "X'" + bytes(value).hex().upper() + "'"
+    return value
+
+
+def to_search_result(ex: Execution, return_text: bool = False) -> SearchResult:
+    info: dict[str, Any] = {"columns": ex.columns, "truncated": ex.truncated,
+                            "elapsed_s": round(ex.elapsed_s, 6), "sql_error": ex.sql_error,
+                            "error_kind": ex.error_kind}
+    if ex.infra_error is not None:
+        return SearchResult(error=ex.infra_error, info=info)
+    if ex.rows is None:
+        return SearchResult(rows=None, info=info)
+    rows = [[_json_value(v) for v in row] for row in ex.rows]
+    texts = [json.dumps(row, ensure_ascii=False) for row in rows] if return_text else None
+    return SearchResult(ids=[str(i) for i in range(len(rows))], scores=[1.0] * len(rows),
+                        texts=texts, rows=rows, info=info)
+
+
+# Backend ------------------------------------------------------------------------------------
+
+class SqliteBackend:
+    """A SQLite database as a search backend: queries are SQL statements, ``k`` is the row cap."""
+
+    def __init__(self, path: str | os.PathLike, name: str | None = None, *,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, immutable: bool = False,
+                 workers: int | None = None) -> None:
+        self.path = Path(path)
+        self.name = name or self.path.stem
+        self.timeout_s = float(timeout_s)
+        self.immutable = bool(immutable)
+        self.workers = max(1, int(workers or min(4, os.cpu_count() or 1)))
+        # fail early (SearchError) when the file is missing or not a SQLite database
+        self._tables = self._read_schema()
+
+    def _read_schema(self) -> list[tuple[str, str, str]]:
+        conn = connect_readonly(self.path, immutable=self.immutable)
+        try:
+            rows = conn.execute(
+                "SELECT type, name, sql FROM sqlite_master WHERE type IN ('table', 'view') "
+                "AND sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid").fetchall()
+        except sqlite3.Error as exc:
+            raise SearchError(f"{str(self.path)!r} is not a readable SQLite database: {exc}") from exc
+        finally:
+            conn.close()
+        return [(t, n, s) for t, n, s in rows]
+
+    def tables(self) -> list[str]:
+        return [name for kind, name, _ in self._tables if kind == "table"]
+
+    def schema_sql(self) -> str:
+        """The database's ``CREATE TABLE`` (and ``CREATE VIEW``) statements, as stored in
+        ``sqlite_master``, each ending with ``;``."""
+        return "\n\n".join(sql.strip().rstrip(";") + ";" for _, _, sql in self._tables)
+
+    def info(self) -> dict[str, Any]:
+        return {"type": INDEX_TYPE, "name": self.name, "path": str(self.path),
+                "tables": self.tables(), "timeout_s": self.timeout_s, "immutable": self.immutable,
+                "bytes": self.path.stat().st_size if self.path.exists() else None}
+
+    def execute(self, sql: str, max_rows: int = DEFAULT_MAX_ROWS, *, timeout_s: float | None = None,
+                max_result_bytes: int = MAX_RESULT_BYTES) -> Execution:
+        return execute_readonly(self.path, sql, timeout_s=self.timeout_s if timeout_s is None else timeout_s,
+                                max_rows=max_rows, max_result_bytes=max_result_bytes,
+                                immutable=self.immutable)
+
+    def search(self, queries: list[str], k: int, *, return_text: bool = False,
+               options: dict[str, Any] | None = None) -> list[SearchResult]:
+        options = dict(options or {})
+        unknown = set(options) - set(OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown SQL search option(s) {sorted(unknown)}; known: {list(OPTIONS)}")
+        if int(k) < 1:
+            raise ValueError("k (the row cap) must be >= 1")
+        timeout_s = float(options.get("timeout_s", self.timeout_s))
+        if not 0 < timeout_s <= MAX_TIMEOUT_S:
+            raise ValueError(f"timeout_s must be in (0, {MAX_TIMEOUT_S}]")
+        max_bytes = int(options.get("max_result_bytes", MAX_RESULT_BYTES))
+        if not self.path.is_file():
+            raise SearchError(f"SQLite database {str(self.path)!r} does not exist")
+
+        def run(sql: str) -> SearchResult:
+            try:
+                ex = self.execute(sql, int(k), timeout_s=timeout_s, max_result_bytes=max_bytes)
+            except SearchError as exc:  # the file vanished or cannot be opened now
+                return SearchResult(error=str(exc))
+            return to_search_result(ex, return_text)
+
+        queries = list(queries)
+        if len(queries) <= 1 or self.workers == 1:
+            return [run(q) for q in queries]
+        # sqlite3 releases the GIL while a statement runs: a few threads overlap slow queries
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(queries))) as pool:
+            return list(pool.map(run, queries))
+
+
+# Index directories and bundled databases ---------------------------------------------------
+
+def write_sqlite_index(directory: str | os.PathLike, database: str | os.PathLike, name: str,
+                       **settings: Any) -> Path:
+    """Write ``meta.json`` (atomically) making ``directory`` an index for ``database``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {"type": INDEX_TYPE, "name": name, "path": str(Path(database).resolve()), **settings}
+    fd, tmp = tempfile.mkstemp(prefix=".meta.json.", dir=directory)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(meta, fh, indent=1)
+    os.replace(tmp, directory / "meta.json")
+    return directory
+
+
+def load_sqlite_index(directory: str | os.PathLike) -> SqliteBackend:
+    """Loader for ``INDEX_TYPES["sqlite"]``: ``meta.json`` gives ``path`` (absolute, or relative to
+    the directory) and optionally ``name``, ``timeout_s``, ``immutable``."""
+    directory = Path(directory)
+    meta = json.loads((directory / "meta.json").read_text())
+    if not meta.get("path"):
+        raise SearchError(f"{directory}/meta.json: a sqlite index needs 'path' (the database file)")
+    path = Path(meta["path"])
+    if not path.is_absolute():
+        path = directory / path
+    return SqliteBackend(path, name=meta.get("name") or directory.name,
+                         timeout_s=float(meta.get("timeout_s", DEFAULT_TIMEOUT_S)),
+                         immutable=bool(meta.get("immutable", False)))
+
+
+def spider_database_path(root: str | os.PathLike, db_id: str) -> Path:
+    """Spider/BIRD layout: ``<root>/<db_id>/<db_id>.sqlite``."""
+    return Path(root) / db_id / f"{db_id}.sqlite"
+
+
+def bundled_databases() -> dict[str, Path]:
+    """Index name → file of the databases shipped in the package (``spider/<db_id>``)."""
+    root = BUNDLED_DIR / "database"
+    if not root.is_dir():
+        return {}
+    return {f"spider/{d.name}": spider_database_path(root, d.name) for d in sorted(root.iterdir())
+            if spider_database_path(root, d.name).is_file()}
+
+
+def open_bundled(name: str) -> SqliteBackend:
+    databases = bundled_databases()
+    if name not in databases:
+        raise SearchError(f"no bundled SQL database {name!r} (bundled: {sorted(databases)})")
+    return SqliteBackend(databases[name], name=name)
+
+
+def register_builtins(registry: dict) -> None:
+    """Add the bundled databases to ``BUILTIN_INDEXES`` (opened on first use)."""
+    for name in bundled_databases():
+        registry.setdefault(name, lambda name=name: open_bundled(name))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

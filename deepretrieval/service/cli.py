@@ -1,0 +1,113 @@
+"""``deepretrieval serve``: run the retrieval service.
+
+    deepretrieval serve --index scifact                      # bundled/registered name
+    deepretrieval serve --index sf=/data/indexes/scifact --index pubmed --port 8000 --token s3cret
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    from .app import ServiceConfig
+
+    d = ServiceConfig()
+    p = sub.add_parser(
+        "serve", help="run the HTTP retrieval service",
+        description="Serve one or more indexes over HTTP (POST /retrieve, GET /health). "
+                    "Concurrent requests are micro-batched into one backend call.")
+    p.add_argument("--index", action="append", required=True, metavar="NAME[=PATH]",
+                   help="index to serve; repeatable. NAME alone resolves a built-in or registered "
+                        "index (e.g. scifact, pubmed); NAME=PATH serves the index directory (or "
+                        "built-in name) PATH under NAME")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1; 0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", default=os.environ.get("DEEPRETRIEVAL_SEARCH_TOKEN"),
+                   help="require 'Authorization: Bearer TOKEN' (default: $DEEPRETRIEVAL_SEARCH_TOKEN)")
+    p.add_argument("--max-queries", type=int, default=d.max_queries,
+                   help=f"queries per request (default {d.max_queries})")
+    p.add_argument("--max-query-chars", type=int, default=d.max_query_chars,
+                   help=f"characters per query (default {d.max_query_chars})")
+    p.add_argument("--max-k", type=int, default=d.max_k, help=f"largest topk (default {d.max_k})")
+    p.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms,
+                   help=f"how long a request waits for others to batch with (default "
+                        f"{d.batch_wait_ms:g} ms)")
+    p.add_argument("--max-batch", type=int, default=d.max_batch,
+                   help=f"most queries per backend call (default {d.max_batch})")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help=f"threads running backend calls (default: CPU count, {d.workers})")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="skip the warm-up query on local indexes (JIT compilation)")
+    p.set_defaults(func=cmd_serve)
+
+
+def parse_index_specs(specs: list[str]) -> dict[str, str]:
+    """``["scifact", "nq=/data/nq"]`` → ``{"scifact": "scifact", "nq": "/data/nq"}``."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, target = spec.partition("=")
+        name, target = name.strip(), target.strip()
+        if not name or (sep and not target):
+            raise ValueError(f"--index {spec!r}: expected NAME or NAME=PATH")
+        if name in out:
+            raise ValueError(f"--index {name!r} given twice")
+        out[name] = target or name
+    return out
+
+
+def load_indexes(specs: dict[str, str], warmup: bool = True) -> dict:
+    from ..search import SearchError, open_index
+
+    indexes = {}
+    for name, target in specs.items():
+        t0 = time.perf_counter()
+        try:
+            backend = open_index(target)
+        except SearchError as exc:
+            raise ValueError(f"--index {name}: {exc}") from None
+        info = {}
+        try:
+            info = backend.info()
+        except Exception:  # noqa: BLE001
+            pass
+        # local BM25 indexes compile their scoring on first use: do it before serving
+        if warmup and info.get("type") == "bm25":
+            try:
+                backend.search(["warm up"], 10)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("warm-up query on %s failed: %s", name, exc)
+        log.info("loaded index %s from %s in %.1fs (%s documents)", name, target,
+                 time.perf_counter() - t0, info.get("num_docs", "?"))
+        indexes[name] = backend
+    return indexes
+
+
+def cmd_serve(args) -> int:
+    from .app import ServiceConfig, create_app, serve
+
+    for flag in ("max_queries", "max_query_chars", "max_k", "max_batch", "workers"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.batch_wait_ms < 0:
+        raise ValueError("--batch-wait-ms must be >= 0")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port} is not a TCP port")
+    indexes = load_indexes(parse_index_specs(args.index), warmup=not args.no_warmup)
+    config = ServiceConfig(token=args.token or None, max_queries=args.max_queries,
+                           max_query_chars=args.max_query_chars, max_k=args.max_k,
+                           batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch,
+                           workers=args.workers)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
+        print(f"warning: serving on {args.host} without --token: anyone who can reach this "
+              f"port can search", file=sys.stderr)
+    print(f"serving {', '.join(sorted(indexes))} on http://{args.host}:{args.port} "
+          f"(POST /retrieve, GET /health)", file=sys.stderr, flush=True)
+    serve(create_app(indexes, config), host=args.host, port=args.port,
+          log_level="debug" if getattr(args, "verbose", False) else "info")
+    return 0

@@ -1,0 +1,344 @@
+"""Clients of the retrieval service.
+
+* :class:`AsyncServiceClient` — httpx async client: timeouts, retries with exponential backoff on
+  connection errors and 5xx answers, large query lists split into chunks sent concurrently.
+* :class:`ServiceClient` — the same over a blocking httpx client.
+* :class:`ServiceSearcher` — the :class:`deepretrieval.search.Searcher` the reward function uses when
+  ``DEEPRETRIEVAL_SEARCH_URL`` is set (token from ``DEEPRETRIEVAL_SEARCH_TOKEN``, timeout and retries
+  from ``DEEPRETRIEVAL_SEARCH_TIMEOUT`` / ``DEEPRETRIEVAL_SEARCH_RETRIES``).
+
+Every failure that is not a per-query backend error (dead server, retries exhausted, 4xx) raises
+:class:`deepretrieval.search.SearchError` with the server's message, within ``timeout`` seconds.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import threading
+import time
+import weakref
+from typing import Any
+
+import httpx
+import numpy as np
+
+from ..search.base import SearchError, SearchResult
+from ._http import AsyncHTTP, TransportError
+from .app import dumps, loads
+
+__all__ = ["AsyncServiceClient", "ServiceClient", "ServiceSearcher"]
+
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_RETRIES = 3
+DEFAULT_BACKOFF = 0.1
+DEFAULT_CHUNK = 1024
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ[name])
+    except (KeyError, ValueError):
+        return default
+
+
+def _unpack_ids(value: Any) -> list:
+    if isinstance(value, str):
+        return value.split("\n")
+    return value
+
+
+def _unpack_scores(value: Any) -> list:
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value), dtype="<f8").tolist()
+    return value
+
+
+class _Base:
+    def __init__(self, url: str, token: str | None = None, timeout: float | None = None,
+                 retries: int | None = None, backoff: float = DEFAULT_BACKOFF,
+                 chunk_size: int = DEFAULT_CHUNK):
+        if not url:
+            raise ValueError("the search service URL is empty")
+        if "://" not in url:
+            url = "http://" + url
+        self.url = url.rstrip("/")
+        self.token = token or None
+        self.timeout = float(timeout if timeout is not None
+                             else _env_float("DEEPRETRIEVAL_SEARCH_TIMEOUT", DEFAULT_TIMEOUT))
+        self.retries = max(0, int(retries if retries is not None
+                                  else _env_float("DEEPRETRIEVAL_SEARCH_RETRIES", DEFAULT_RETRIES)))
+        self.backoff = max(0.0, backoff)
+        self.chunk_size = max(1, chunk_size)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        h = {"content-type": "application/json"}
+        if self.token:
+            h["authorization"] = f"Bearer {self.token}"
+        return h
+
+    @staticmethod
+    def _payload(index: str | None, queries: list[str], k: int, return_text: bool,
+                 options: dict[str, Any] | None) -> bytes:
+        body: dict[str, Any] = {"queries": queries, "topk": int(k), "return_scores": True,
+                                "return_text": bool(return_text), "format": "packed"}
+        if index is not None:
+            body["index"] = index
+        if options:
+            body["options"] = options
+        return dumps(body)
+
+    @staticmethod
+    def _message(response: httpx.Response) -> str:
+        try:
+            return str(loads(response.content).get("error") or response.text)
+        except Exception:  # noqa: BLE001
+            return response.text[:500]
+
+    @staticmethod
+    def _parse(data: dict[str, Any], n: int) -> list[SearchResult]:
+        ids = data.get("ids")
+        if ids is None and "result" in data:  # a Search-R1 style server
+            hits = data["result"]
+            ids = [[h["id"] for h in row] for row in hits]
+            data = {**data, "scores": [[h.get("score") for h in row] for row in hits]}
+            if any(row and "contents" in row[0] for row in hits):
+                data["contents"] = [[h.get("contents") for h in row] for row in hits]
+        if not isinstance(ids, list) or len(ids) != n:
+            raise SearchError(f"malformed answer from the search service: expected {n} results")
+        ids = [_unpack_ids(x) for x in ids]
+        scores = [_unpack_scores(x) for x in (data.get("scores") or [[] for _ in range(n)])]
+        contents = data.get("contents") or [None] * n
+        errors = data.get("errors") or [None] * n
+        rows = data.get("rows") or [None] * n
+        info = data.get("info") or [None] * n
+        return [SearchResult(ids=ids[i], scores=scores[i], texts=contents[i], rows=rows[i],
+                             error=errors[i], info=info[i] or {}) for i in range(n)]
+
+    def _fail(self, attempts: int, last: str) -> SearchError:
+        return SearchError(f"search service at {self.url} failed after {attempts} attempt(s) "
+                           f"(timeout {self.timeout:g}s, retries {self.retries}): {last}")
+
+    def _plan(self, queries: list[str]) -> tuple[list[str], list[list[str]]]:
+        unique = list(dict.fromkeys(queries))
+        chunks = [unique[i:i + self.chunk_size] for i in range(0, len(unique), self.chunk_size)]
+        return unique, chunks
+
+    @staticmethod
+    def _assemble(queries: list[str], unique: list[str],
+                  parts: list[list[SearchResult]]) -> list[SearchResult]:
+        by_query = dict(zip(unique, (r for part in parts for r in part)))
+        return [by_query[q] for q in queries]
+
+    def _retry_status(self, response: httpx.Response) -> bool:
+        return response.status_code >= 500
+
+    def _check(self, response: httpx.Response, n: int) -> list[SearchResult]:
+        if response.status_code >= 400:
+            raise SearchError(f"search service at {self.url} answered {response.status_code}: "
+                              f"{self._message(response)}")
+        try:
+            return self._parse(loads(response.content), n)
+        except SearchError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            raise SearchError(f"search service at {self.url} sent a malformed answer: "
+                              f"{type(exc).__name__}: {exc}") from None
+
+
+class AsyncServiceClient(_Base):
+    """Async client of one service. Bound to the event loop it is first used in.
+
+    ``transport="asyncio"`` (default) uses a lean keep-alive HTTP/1.1 client on asyncio streams
+    (:mod:`deepretrieval.service._http`): at 64 concurrent callers httpx's async pool spends
+    several times more CPU per request than the search itself. ``transport="httpx"`` uses
+    ``httpx.AsyncClient`` (proxies, HTTP/2 servers in front of the service, ...)."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float | None = None,
+                 retries: int | None = None, backoff: float = DEFAULT_BACKOFF,
+                 chunk_size: int = DEFAULT_CHUNK, max_connections: int = 256,
+                 transport: str = "asyncio"):
+        super().__init__(url, token, timeout, retries, backoff, chunk_size)
+        if transport not in ("asyncio", "httpx"):
+            raise ValueError(f"transport must be 'asyncio' or 'httpx', not {transport!r}")
+        self.transport = transport
+        if transport == "httpx":
+            self._client = httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=max_connections,
+                                    max_keepalive_connections=max_connections),
+                trust_env=False)
+        else:
+            self._client = AsyncHTTP(self.url, max_connections=max_connections)
+
+    async def _request(self, method: str, path: str, content: bytes, timeout: float):
+        """(response, None) or (None, transport error text)."""
+        try:
+            if self.transport == "httpx":
+                return await self._client.request(method, f"{self.url}{path}", content=content,
+                                                  headers=self.headers,
+                                                  timeout=httpx.Timeout(timeout)), None
+            return await self._client.request(method, path, content, self.headers, timeout), None
+        except (httpx.TransportError, TransportError) as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+
+    async def _post(self, content: bytes, n: int) -> list[SearchResult]:
+        deadline = time.monotonic() + self.timeout
+        last = "no attempt made"
+        for attempt in range(self.retries + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._fail(attempt, last)
+            response, failure = await self._request("POST", "/retrieve", content, remaining)
+            if response is not None:
+                if not self._retry_status(response):
+                    return self._check(response, n)
+                last = f"HTTP {response.status_code}: {self._message(response)}"
+            else:
+                last = failure
+            if attempt < self.retries:
+                pause = min(self.backoff * (2 ** attempt), deadline - time.monotonic())
+                if pause > 0:
+                    await asyncio.sleep(pause)
+        raise self._fail(self.retries + 1, last)
+
+    async def search(self, index: str | None, queries: list[str], k: int, *,
+                     return_text: bool = False,
+                     options: dict[str, Any] | None = None) -> list[SearchResult]:
+        queries = list(queries)
+        if not queries:
+            return []
+        unique, chunks = self._plan(queries)
+        parts = await asyncio.gather(*(
+            self._post(self._payload(index, chunk, k, return_text, options), len(chunk))
+            for chunk in chunks))
+        return self._assemble(queries, unique, list(parts))
+
+    async def health(self) -> dict[str, Any]:
+        response, failure = await self._request("GET", "/health", b"", self.timeout)
+        if response is None:
+            raise SearchError(f"search service at {self.url} is unreachable: {failure}")
+        if response.status_code >= 400:
+            raise SearchError(f"search service at {self.url} answered {response.status_code}: "
+                              f"{self._message(response)}")
+        return loads(response.content)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> "AsyncServiceClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+
+class ServiceClient(_Base):
+    """Blocking client of one service (thread-safe)."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float | None = None,
+                 retries: int | None = None, backoff: float = DEFAULT_BACKOFF,
+                 chunk_size: int = DEFAULT_CHUNK, max_connections: int = 64):
+        super().__init__(url, token, timeout, retries, backoff, chunk_size)
+        self._client = httpx.Client(
+            limits=httpx.Limits(max_connections=max_connections,
+                                max_keepalive_connections=max_connections),
+            trust_env=False)
+
+    def _post(self, content: bytes, n: int) -> list[SearchResult]:
+        deadline = time.monotonic() + self.timeout
+        last = "no attempt made"
+        for attempt in range(self.retries + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._fail(attempt, last)
+            try:
+                response = self._client.post(f"{self.url}/retrieve", content=content,
+                                             headers=self.headers, timeout=httpx.Timeout(remaining))
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if not self._retry_status(response):
+                    return self._check(response, n)
+                last = f"HTTP {response.status_code}: {self._message(response)}"
+            if attempt < self.retries:
+                pause = min(self.backoff * (2 ** attempt), deadline - time.monotonic())
+                if pause > 0:
+                    time.sleep(pause)
+        raise self._fail(self.retries + 1, last)
+
+    def search(self, index: str | None, queries: list[str], k: int, *, return_text: bool = False,
+               options: dict[str, Any] | None = None) -> list[SearchResult]:
+        queries = list(queries)
+        if not queries:
+            return []
+        unique, chunks = self._plan(queries)
+        parts = [self._post(self._payload(index, chunk, k, return_text, options), len(chunk))
+                 for chunk in chunks]
+        return self._assemble(queries, unique, parts)
+
+    def health(self) -> dict[str, Any]:
+        try:
+            response = self._client.get(f"{self.url}/health", headers=self.headers,
+                                        timeout=self.timeout)
+        except httpx.TransportError as exc:
+            raise SearchError(f"search service at {self.url} is unreachable: {exc}") from None
+        if response.status_code >= 400:
+            raise SearchError(f"search service at {self.url} answered {response.status_code}: "
+                              f"{self._message(response)}")
+        return loads(response.content)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "ServiceClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ServiceSearcher:
+    """:class:`deepretrieval.search.Searcher` over the HTTP service: same results as the in-process
+    :class:`~deepretrieval.search.LocalSearcher`. ``search`` is blocking (any thread);
+    ``asearch`` uses one async client per event loop."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float | None = None,
+                 retries: int | None = None, backoff: float = DEFAULT_BACKOFF,
+                 chunk_size: int = DEFAULT_CHUNK):
+        self._kw = {"token": token, "timeout": timeout, "retries": retries, "backoff": backoff,
+                    "chunk_size": chunk_size}
+        self.sync = ServiceClient(url, **self._kw)
+        self.url = self.sync.url
+        self._async: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ServiceSearcher({self.url!r})"
+
+    @property
+    def timeout(self) -> float:
+        return self.sync.timeout
+
+    def search(self, index: str, queries: list[str], k: int, *, return_text: bool = False,
+               options: dict[str, Any] | None = None) -> list[SearchResult]:
+        return self.sync.search(index, queries, k, return_text=return_text, options=options)
+
+    def async_client(self) -> AsyncServiceClient:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._async.get(loop)
+            if client is None:
+                client = self._async[loop] = AsyncServiceClient(self.url, **self._kw)
+            return client
+
+    async def asearch(self, index: str, queries: list[str], k: int, *, return_text: bool = False,
+                      options: dict[str, Any] | None = None) -> list[SearchResult]:
+        return await self.async_client().search(index, queries, k, return_text=return_text,
+                                                options=options)
+
+    def health(self) -> dict[str, Any]:
+        return self.sync.health()
+
+    def close(self) -> None:
+        self.sync.close()

@@ -1,0 +1,263 @@
+"""Evidence seeking (NQ / TriviaQA / SQuAD, open-domain): write a query that retrieves a passage
+containing the answer; reward by the rank of the first answer-bearing passage.
+
+* :func:`normalize_answer`: lowercase, dotted acronyms are joined ("U.S.A." → "usa"),
+  punctuation and symbols become token boundaries (as in DPR's tokenizer: "Henry's" → "henry s",
+  "New-York" → "new york"), the articles a/an/the are removed, whitespace is collapsed
+  (Unicode NFC first).
+* :func:`has_answer`: an answer matches a passage when its normalised token sequence occurs as a
+  contiguous run of the passage's normalised tokens (the DPR criterion: a token-level match, so
+  "art" does not match "party").
+* The search returns the top ``depth`` passages with their text (``return_text=True``; default
+  depth 3,000 in training and validation, as in the paper).
+* Metrics (numbers only, the same keys for every row): ``first_hit_rank`` (1-based rank of the
+  first answer-bearing passage; **depth + 1 when none of the ``depth`` passages has an answer**,
+  so the ``evidence`` reward table — tiers rank <= 5, 20, 50, 100, 1000, 3000 — gives it the
+  ``otherwise`` score, -3.5), ``hit@1``, ``hit@5``, ``hit@20``, ``hit@100``, ``hit@1000`` and
+  ``hit`` (a hit anywhere in the searched depth). Average the ``hit@k`` values, not
+  ``first_hit_rank``, when summarising (format failures report 0 for every metric).
+
+Passage corpora are user-supplied (BEIR-style JSONL → ``deepretrieval index`` or
+``index-dense``); the task's default index name is ``wikipedia``, and each row may name its own
+with ``extra_info.search_index`` (``prepare nq --index NAME`` writes it).
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from . import Family, SearchPlan, Task, register_task
+
+_ARTICLES = frozenset({"a", "an", "the"})
+_NON_WORD = re.compile(r"[\W_]+")  # punctuation, symbols, whitespace, underscore → boundary
+_ACRONYM = re.compile(r"(?<!\w)(?:[^\W\d_]\.){2,}")  # U.S.A. → USA, e.g. → eg
+DEFAULT_DEPTH = 3000
+HIT_KS = (1, 5, 20, 100, 1000)
+
+
+def answer_tokens(text: str) -> list[str]:
+    """Normalised tokens of ``text`` (see :func:`normalize_answer`)."""
+    text = unicodedata.normalize("NFC", str(text)).lower()
+    text = _ACRONYM.sub(lambda m: m.group(0).replace(".", ""), text)
+    return [tok for tok in _NON_WORD.sub(" ", text).split() if tok not in _ARTICLES]
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase; join dotted acronyms; punctuation/symbols → spaces; drop a/an/the; collapse
+    whitespace."""
+    return " ".join(answer_tokens(text))
+
+
+@lru_cache(maxsize=65536)
+def _passage_key(text: str) -> str:
+    # space-padded normalised passage: a contiguous token run is a padded substring
+    return f" {normalize_answer(text)} "
+
+
+def _answer_keys(answers: Iterable[str]) -> list[str]:
+    keys = []
+    for answer in answers:
+        norm = normalize_answer(answer)
+        if norm:  # an answer that normalises to nothing ("The", "?") can match nothing
+            keys.append(f" {norm} ")
+    return list(dict.fromkeys(keys))
+
+
+def has_answer(passage: str, answers: Iterable[str]) -> bool:
+    """Does ``passage`` contain one of ``answers`` as a contiguous normalised token run?"""
+    keys = _answer_keys(answers)
+    if not keys or not isinstance(passage, str):
+        return False
+    key = _passage_key(passage)
+    return any(a in key for a in keys)
+
+
+def first_answer_rank(passages: Sequence[str | None], answers: Iterable[str],
+                      depth: int | None = None) -> int | None:
+    """1-based rank of the first passage containing an answer, within ``depth``; None if none."""
+    keys = _answer_keys(answers)
+    if not keys:
+        return None
+    for rank, passage in enumerate(passages if depth is None else passages[:depth], start=1):
+        if isinstance(passage, str) and any(a in _passage_key(passage) for a in keys):
+            return rank
+    return None
+
+
+def answers_from_ground_truth(ground_truth: Any) -> list[str]:
+    """``{"target": [answers]}`` (or a bare list / string) → answer strings. Accepts lists,
+    tuples and numpy arrays (as read back from parquet)."""
+    if ground_truth is None:
+        return []
+    target = ground_truth.get("target") if hasattr(ground_truth, "get") else ground_truth
+    if target is None:
+        return []
+    if isinstance(target, str):
+        target = [target]
+    return [str(a) for a in list(target) if a is not None]
+
+
+def evidence_metrics(rank: int | None, depth: int) -> dict[str, float]:
+    """The family's metrics for a first-hit rank (None: no hit within ``depth``)."""
+    out: dict[str, float] = {"first_hit_rank": float(rank if rank is not None else depth + 1)}
+    for k in HIT_KS:
+        out[f"hit@{k}"] = 1.0 if rank is not None and rank <= k else 0.0
+    out["hit"] = 1.0 if rank is not None else 0.0
+    return out
+
+
+class EvidenceFamily(Family):
+    name = "evidence"
+
+    def metric_keys(self, task: Task) -> list[str]:
+        return ["first_hit_rank"] + [f"hit@{k}" for k in HIT_KS] + ["hit"]
+
+    def plan(self, task, value, ground_truth, extra_info, mode) -> SearchPlan:
+        return SearchPlan(index=extra_info.get("search_index") or task.index, query=value,
+                          k=task.depth(mode), return_text=True)
+
+    def score(self, task, plan, result, ground_truth, extra_info, mode) -> dict[str, float]:
+        depth = task.depth(mode)
+        texts = result.texts if result.texts is not None else []
+        if result.ids and result.texts is None:
+            raise ValueError(f"index {plan.index!r} returned no passage texts")
+        rank = first_answer_rank(texts, answers_from_ground_truth(ground_truth), depth)
+        return evidence_metrics(rank, depth)
+
+    def empty_metrics(self, task):
+        """Nothing searched (bad format): no hit, as if nothing was found within the depth."""
+        return evidence_metrics(None, task.train_depth)
+
+    def bundled_rows(self, task, split):
+        """NQ tasks: the bundled NQ-open questions ("test" = NQ-open dev, the 3,610 questions
+        DPR and the paper report NQ test results on), searching the task's default index."""
+        if not task.name.startswith("nq"):
+            return super().bundled_rows(task, split)
+        return qa_rows(task, nq_examples("dev" if split == "test" else split), split)
+
+
+EVIDENCE = EvidenceFamily()
+
+_SYSTEM = "You are a helpful assistant that writes search queries for finding evidence."
+_INSTRUCTION = (
+    "Write a search query for a search engine over {corpus} passages that retrieves a passage "
+    "containing the answer to the question below. The answer itself is not needed, only the "
+    "query.\n\nQuestion: {{query}}")
+
+_DATASETS = {
+    "nq": ("Natural Questions (open)", "Wikipedia"),
+    "triviaqa": ("TriviaQA (open)", "Wikipedia"),
+    "squad": ("SQuAD (open)", "Wikipedia"),
+}
+
+for _name, (_title, _corpus) in _DATASETS.items():
+    for _suffix, _extra in (("", {}), ("_no_reason", {"reasoning": False,
+                                                      "prefill": "<answer>{\"query\": \""})):
+        register_task(Task(
+            name=_name + _suffix, family=EVIDENCE, index="wikipedia", system=_SYSTEM,
+            instruction=_INSTRUCTION.format(corpus=_corpus), reward="evidence",
+            train_depth=DEFAULT_DEPTH, val_depth=DEFAULT_DEPTH,
+            description=f"{_title}: rank of the first answer-bearing passage in the top 3000"
+                        + (", answer-only" if _suffix else ""), **_extra))
+
+
+# ---------------------------------------------------------------------------------------------
+# data: NQ-open style JSONL ({"question", "answer": [...]}) → task rows
+
+BUNDLED_NQ = Path(__file__).resolve().parent.parent / "bundled" / "nq_open"
+NQ_SPLITS = {"dev": "NQ-open.dev.jsonl.gz",
+             "efficientqa-dev": "NQ-open.efficientqa.dev.1.1.jsonl.gz",
+             "efficientqa-test": "NQ-open.efficientqa.test.1.1.jsonl.gz"}
+
+
+def load_qa_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read question/answer JSONL (``.gz`` ok): ``{"question": str, "answer": [str, ...]}`` per
+    line (``answers`` and a single string answer are accepted too)."""
+    from ..data.beir import FormatError, iter_jsonl
+
+    out = []
+    for lineno, obj in iter_jsonl(Path(path), required=(), with_lines=True):
+        question = obj.get("question")
+        answers = obj.get("answer", obj.get("answers"))
+        if isinstance(answers, str):
+            answers = [answers]
+        if not isinstance(question, str) or not question.strip() or not isinstance(answers, list) \
+                or not answers or not all(isinstance(a, str) for a in answers):
+            raise FormatError(f"{path}:{lineno}: expected {{\"question\": str, \"answer\": "
+                              f"[str, ...]}}")
+        out.append({"question": question.strip(), "answers": answers})
+    return out
+
+
+def nq_examples(split: str = "dev") -> list[dict[str, Any]]:
+    """The bundled NQ-open questions of a split (dev 3,610; efficientqa-dev 1,800;
+    efficientqa-test 1,769)."""
+    if split not in NQ_SPLITS:
+        raise ValueError(f"unknown NQ-open split {split!r} (bundled: {list(NQ_SPLITS)})")
+    return load_qa_jsonl(BUNDLED_NQ / NQ_SPLITS[split])
+
+
+def qa_rows(task: Task, examples: Sequence[Mapping[str, Any]], split: str,
+            search_index: str | None = None, id_prefix: str = "") -> list[dict[str, Any]]:
+    """One task row per question: ``ground_truth.target`` = the answers, ``extra_info.query`` =
+    the question (the original-query baseline)."""
+    from ..data.prepare import make_row
+
+    rows = []
+    for i, ex in enumerate(examples):
+        extra: dict[str, Any] = {"query_id": f"{id_prefix}{i}", "query": ex["question"]}
+        if search_index:
+            extra["search_index"] = search_index
+        rows.append(make_row(task, split, i, {"query": ex["question"]},
+                             {"target": list(ex["answers"])}, **extra))
+    return rows
+
+
+def register(sub) -> None:
+    from ..commands import prepare_targets
+
+    targets = prepare_targets()
+    for dataset in _DATASETS:
+        bundled = dataset == "nq"
+        q = targets.add_parser(
+            dataset, help=f"{_DATASETS[dataset][0]} questions → evidence-seeking rows"
+                          + (" (bundled NQ-open or --input)" if bundled else " (--input)"),
+            description="Write evidence-seeking task rows (parquet). Passages are searched in "
+                        "the index given with --index (build it from your passage corpus with "
+                        "`deepretrieval index` or `deepretrieval index-dense`).")
+        q.add_argument("--index", required=True,
+                       help="passage index the rows search (extra_info.search_index)")
+        q.add_argument("--input", required=not bundled,
+                       help="question/answer JSONL(.gz): {\"question\", \"answer\": [...]} per line"
+                            + (" (default: the bundled NQ-open split)" if bundled else ""))
+        q.add_argument("--split", default="dev",
+                       help="split name written into the rows ('train' rows are scored in "
+                            "training mode)" + (f"; without --input one of {list(NQ_SPLITS)}"
+                                                if bundled else ""))
+        q.add_argument("--task", default=dataset, help=f"task name (e.g. {dataset}_no_reason)")
+        q.add_argument("--limit", type=int, help="keep the first N questions")
+        q.add_argument("--out", default=f"data/{dataset}",
+                       help=f"output folder (default: data/{dataset}); writes <split>.parquet")
+        q.set_defaults(func=cmd_prepare_qa)
+
+
+def cmd_prepare_qa(args) -> int:
+    from ..data.prepare import write_parquet
+    from . import get_task
+
+    task = get_task(args.task)
+    if task.family is not EVIDENCE:
+        raise ValueError(f"task {args.task!r} is not an evidence-seeking task")
+    examples = load_qa_jsonl(args.input) if args.input else nq_examples(args.split)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError("--limit must be >= 1")
+        examples = examples[:args.limit]
+    rows = qa_rows(task, examples, args.split, search_index=args.index)
+    path = write_parquet(rows, Path(args.out) / f"{args.split}.parquet")
+    print(f"{args.split}: {len(rows)} rows → {path} (index {args.index})")
+    return 0

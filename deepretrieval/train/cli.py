@@ -1,0 +1,240 @@
+"""``deepretrieval train`` / ``export`` / ``quickstart``.
+
+``train`` starts the retrieval service the task needs (free loopback port, random token), waits
+for ``/health``, runs the engine (verl's ``main_ppo`` with a packaged preset, or TRL GRPO in this
+process), and stops the service on exit — also on Ctrl-C, SIGTERM or failure. ``--dry-run`` prints
+the resolved command/config and starts and stops the service without training.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import export as export_mod
+from . import quickstart as quickstart_mod
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train", help="RL-train a query writer (verl on GPUs, TRL on one machine)",
+        description="Train a policy on a task's rows. Starts the retrieval service, trains, stops "
+                    "the service, and prints where checkpoints and logs are. Extra KEY=VALUE "
+                    "arguments are hydra overrides for verl (e.g. trainer.n_gpus_per_node=8) or "
+                    "GRPOConfig fields for TRL (e.g. warmup_steps=5).")
+    p.add_argument("--engine", choices=("verl", "trl"), default="trl")
+    p.add_argument("--task", required=True, help="task name (deepretrieval tasks)")
+    p.add_argument("--config", default="ppo",
+                   help="verl preset: ppo (paper), grpo, lora_3b_1gpu, or a .yaml file (default ppo)")
+    p.add_argument("--model", help="policy model folder or hub id (default: Qwen/Qwen2.5-3B-Instruct "
+                                   "for verl, smollm2 for trl)")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="transfer training: start from another run's checkpoint (verl, TRL or HF "
+                        "folder; exported to <out>/init_model first)")
+    p.add_argument("--data", help="folder with train.parquet and test.parquet (default: data/<task> "
+                                  "if present, else the bundled rows for BEIR tasks)")
+    p.add_argument("--out", help="run folder (default runs/<task>-<engine>)")
+    p.add_argument("--index", action="append", metavar="NAME[=PATH]",
+                   help="index(es) the service serves (default: the task's index)")
+    p.add_argument("--search-url", help="use a running retrieval service instead of starting one")
+    p.add_argument("--no-service", action="store_true",
+                   help="TRL only: search in this process instead of through the service")
+    p.add_argument("--service-host", default="127.0.0.1",
+                   help="interface the started service binds (0.0.0.0 for multi-node verl)")
+    p.add_argument("--gpus", type=int, help="verl: GPUs per node")
+    p.add_argument("--nodes", type=int, help="verl: number of nodes")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved command/config, start and stop the service, do not train")
+    g = p.add_argument_group("TRL engine")
+    g.add_argument("--steps", type=int, default=100)
+    g.add_argument("--lr", type=float, default=1e-5)
+    g.add_argument("--prompts-per-step", type=int, default=4)
+    g.add_argument("--num-generations", type=int, default=4)
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--beta", type=float, default=0.0, help="KL coefficient (0: no reference model)")
+    g.add_argument("--lora", action="store_true")
+    g.add_argument("--lora-r", type=int, default=16)
+    g.add_argument("--save-steps", type=int, default=50)
+    g.add_argument("--report-to", action="append", choices=("tensorboard", "wandb"), default=[])
+    g.add_argument("--resume", nargs="?", const="last",
+                   help="resume from the newest checkpoint in --out, or from the given one")
+    g.add_argument("--limit", type=int, help="use only the first N train rows")
+    g.add_argument("--seed", type=int, default=0)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_train)
+
+    export_mod.register(sub)
+    quickstart_mod.register(sub)
+
+
+def _rows_files(task_name: str, data: str | None, out: Path, dry_run: bool) -> tuple[Path, Path]:
+    """train/test parquet of the task: --data, data/<task>, or the bundled BEIR rows."""
+    from ..data.prepare import write_parquet
+    folder = Path(data) if data else Path("data") / task_name
+    train, test = folder / "train.parquet", folder / "test.parquet"
+    if train.is_file() and test.is_file():
+        return train.resolve(), test.resolve()
+    if data:
+        raise FileNotFoundError(f"{folder} has no train.parquet/test.parquet; write them with "
+                                f"`deepretrieval prepare ...`")
+    try:
+        from ..commands import bundled_rows
+        rows = {split: bundled_rows(task_name, split) for split in ("train", "test")}
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        if dry_run:
+            print(f"warning: no rows for {task_name} yet ({exc}); prepare them with "
+                  f"`deepretrieval prepare ...` into {folder}", file=sys.stderr)
+            return train.resolve(), test.resolve()
+        raise FileNotFoundError(f"no rows for task {task_name!r}: pass --data DIR (train.parquet, "
+                                f"test.parquet), written by `deepretrieval prepare ...`") from exc
+    target = out / "data"
+    return (write_parquet(rows["train"], target / "train.parquet").resolve(),
+            write_parquet(rows["test"], target / "test.parquet").resolve())
+
+
+def default_indexes(task) -> list[str]:
+    """The indexes a task's searches need: its index, or — for per-database tasks such as Spider —
+    every registered ``<index>/<name>``."""
+    from ..search import BUILTIN_INDEXES, index_root
+    if task.index in BUILTIN_INDEXES or (index_root() / task.index).exists():
+        return [task.index]
+    prefixed = sorted(name for name in BUILTIN_INDEXES if name.startswith(task.index + "/"))
+    prefixed += sorted(f"{task.index}/{p.name}" for p in (index_root() / task.index).glob("*")
+                       if p.is_dir() and f"{task.index}/{p.name}" not in prefixed) \
+        if (index_root() / task.index).is_dir() else []
+    return prefixed or [task.index]
+
+
+def _kv(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def cmd_train(args) -> int:
+    from ..tasks import get_task
+    from .service import ManagedService, service_env, signals_raise
+
+    import logging
+    if not getattr(args, "verbose", False):  # one line per search request is noise here
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    task = get_task(args.task)
+    out = Path(args.out or f"runs/{task.name}-{args.engine}")
+    out.mkdir(parents=True, exist_ok=True)
+    model = args.model or ("Qwen/Qwen2.5-3B-Instruct" if args.engine == "verl" else "smollm2")
+    if args.engine == "verl" and args.no_service:
+        raise ValueError("--no-service is for the TRL engine; verl's reward workers need the service")
+    indexes = args.index or default_indexes(task)
+    use_service = not args.search_url and not args.no_service
+
+    service = ManagedService(indexes, host=args.service_host, log_path=out / "service.log") \
+        if use_service else None
+    with signals_raise():
+        try:
+            if service:
+                print(f"starting the retrieval service ({', '.join(indexes)}) …", flush=True)
+                t = time.time()
+                service.start()
+                print(f"retrieval service ready at {service.url} in {time.time() - t:.1f}s "
+                      f"(log: {service.log_path})", flush=True)
+            url = service.url if service else args.search_url
+            with service_env(service, url=args.search_url,
+                             token=os.environ.get("DEEPRETRIEVAL_SEARCH_TOKEN")):
+                if args.engine == "verl":
+                    code = _train_verl(args, task, model, out, url, service)
+                else:
+                    code = _train_trl(args, task, model, out)
+        finally:
+            if service:
+                service.stop()
+                print("retrieval service stopped", flush=True)
+    return code
+
+
+def _init_model(args, model: str, out: Path) -> str:
+    if not args.init_from:
+        return model
+    from .export import checkpoint_kind, export_checkpoint
+    kind = checkpoint_kind(args.init_from)
+    if kind == "hf":
+        return str(Path(args.init_from).resolve())
+    target = out / "init_model"
+    if args.dry_run:
+        print(f"would export {kind} checkpoint {args.init_from} → {target}")
+        return str(target.resolve())
+    print(f"transfer: exporting {kind} checkpoint {args.init_from} → {target}", flush=True)
+    return str(export_checkpoint(args.init_from, target).resolve())
+
+
+def _train_verl(args, task, model, out: Path, url: str | None, service) -> int:
+    from omegaconf import OmegaConf
+    from . import verl as launcher
+
+    model = _init_model(args, model, out)
+    train, test = _rows_files(task.name, args.data, out, args.dry_run)
+    if train.is_file() and test.is_file():
+        train, test, stripped = launcher.without_prefill(train, test, out)
+        if stripped:
+            print(f"note: verl cannot prefill the assistant turn; {task.name} rows rewritten without "
+                  f"the prefill ({train.parent}) — the model writes the whole <answer>…</answer>")
+    overrides = launcher.build_overrides(task.name, model=model, train_files=str(train),
+                                         val_files=str(test), out_dir=str(out), n_gpus=args.gpus,
+                                         nnodes=args.nodes, search_url=url, extra=args.overrides)
+    config = launcher.compose(args.config, overrides)
+    cmd = launcher.command(args.config, overrides)
+    (out / "verl_config.yaml").write_text(OmegaConf.to_yaml(config))
+    print("verl command:\n  " + launcher.format_command(cmd))
+    print("key settings:")
+    for key, value in launcher.summary(config).items():
+        print(f"  {key} = {value}")
+    print(f"composed config: {out / 'verl_config.yaml'}")
+    if args.dry_run:
+        print("dry run: not training")
+        return 0
+    env = service.env() if service else {}
+    log_path = out / "train.log"
+    code = launcher.run(cmd, env=env, log_path=log_path)
+    print(f"verl exited with code {code}\ncheckpoints: {out / 'checkpoints'}\nlog: {log_path}\n"
+          f"validation generations: {out / 'validation'}\n"
+          f"export: deepretrieval export {out / 'checkpoints'} --out {out / 'model'}")
+    return code
+
+
+def _train_trl(args, task, model, out: Path) -> int:
+    from ..data.prepare import read_rows
+    from .models import resolve_model
+    from .trl_engine import TRLSettings, train_trl
+
+    train, _test = _rows_files(task.name, args.data, out, args.dry_run)
+    settings = TRLSettings(
+        model=model, output_dir=str(out), steps=args.steps, learning_rate=args.lr,
+        prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
+        max_completion_length=args.max_new_tokens, temperature=args.temperature, beta=args.beta,
+        lora=args.lora, lora_r=args.lora_r, save_steps=args.save_steps, report_to=args.report_to,
+        resume=args.resume, seed=args.seed, extra=_kv(args.overrides),
+        progress=os.environ.get("DEEPRETRIEVAL_PROGRESS", "1") != "0")
+    print("TRL GRPO settings:")
+    for key, value in settings.to_json().items():
+        print(f"  {key} = {value}")
+    print(f"  train rows = {train}")
+    if args.dry_run:
+        print("dry run: not training")
+        return 0
+    settings.model = _init_model(args, resolve_model(model), out)
+    rows = read_rows(train)
+    if args.limit:
+        rows = rows[:args.limit]
+    result = train_trl(rows, settings)
+    print(f"trained {settings.steps} steps in {result.seconds:.0f}s\nmodel: {result.model_dir}\n"
+          f"checkpoints: {out}/checkpoint-*\nmetrics: {result.metrics_path}")
+    return 0

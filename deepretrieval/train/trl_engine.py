@@ -1,0 +1,344 @@
+"""The single-machine engine: TRL's GRPO (CPU or one GPU) on the same task rows and reward as verl.
+
+Prompts are rendered with the model's chat template and the task's assistant prefill (e.g.
+``<answer>{"query": "``) appended as text, so the model continues the prefilled answer; the reward
+(:class:`deepretrieval.rewards.TRLReward`, one batched search per step) puts the prefill back before
+the strict format check (``Task.parse``). Every metric key of the task is logged per step as
+``deepretrieval/<key>`` (console, ``metrics.jsonl`` and tensorboard/wandb when asked), together
+with ``deepretrieval/format_error_rate`` and ``deepretrieval/copy_rate`` (share of answers that
+repeat the original query).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+METRIC_PREFIX = "deepretrieval/"
+
+
+@dataclass
+class TRLSettings:
+    """GRPO settings (defaults: the measured CPU recipe for a ~100M model; see docs/training.md)."""
+
+    model: str
+    output_dir: str
+    steps: int = 50
+    learning_rate: float = 1e-5
+    prompts_per_step: int = 4
+    num_generations: int = 4
+    max_completion_length: int = 64
+    temperature: float = 0.7
+    top_p: float = 1.0
+    beta: float = 0.0                  # KL coefficient to the reference model (0: no reference copy)
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    bf16: bool | None = None           # None: on where supported (CUDA bf16, CPUs with AVX512-BF16/AMX)
+    save_steps: int = 0                # 0: save only at the end
+    save_total_limit: int | None = 2
+    seed: int = 0
+    report_to: Sequence[str] = ()      # "tensorboard", "wandb"
+    use_vllm: bool | None = None       # None: when vllm is installed and a GPU is present
+    log_completions: bool = False
+    resume: str | bool | None = None   # True/"last": newest checkpoint in output_dir; or a path
+    progress: bool = True
+    extra: Mapping[str, Any] = field(default_factory=dict)  # further GRPOConfig fields
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["report_to"] = list(self.report_to)
+        data["extra"] = dict(self.extra)
+        return data
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model_dir: Path            # Hugging Face folder of the trained policy (merged when LoRA)
+    metrics_path: Path         # one JSON object per logged step
+    history: list[dict]
+    seconds: float
+
+
+def bf16_supported() -> bool:
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def render_prompt(tokenizer, row: Mapping[str, Any]) -> str:
+    """The row's chat messages through the tokenizer's chat template, plus the assistant prefill."""
+    messages = row["prompt"]
+    if isinstance(messages, str):
+        text = messages
+    else:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("the tokenizer has no chat template; use a chat (instruct) model")
+        text = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
+                                             add_generation_prompt=True)
+    from ..tasks import get_task
+    prefill = (row.get("extra_info") or {}).get("prefill")
+    if prefill is None:
+        prefill = get_task(row["data_source"]).prefill
+    return text + (prefill or "")
+
+
+_NORM = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def normalize_query(text: str | None) -> str:
+    return _NORM.sub(" ", (text or "").lower()).strip()
+
+
+def is_copy(query: str | None, original: str | None) -> bool:
+    """The answer repeats the original query (ignoring case, punctuation and spacing)."""
+    return bool(query) and normalize_query(query) == normalize_query(original)
+
+
+class RewardLogger:
+    """TRL reward function: :class:`~deepretrieval.rewards.TRLReward` plus per-step metric means."""
+
+    __name__ = "deepretrieval"
+
+    def __init__(self, searcher=None):
+        from ..rewards import TRLReward
+        self.reward = TRLReward(searcher=searcher)
+        self.pending: dict[str, list[float]] = {}
+
+    def __call__(self, prompts=None, completions=None, **columns) -> list[float]:
+        from ..tasks import get_task
+        scores = self.reward(prompts=prompts, completions=completions, **columns)
+        metrics = self.reward.last_metrics
+        means: dict[str, list[float]] = {}
+        for m in metrics:
+            for key, value in m.items():
+                if isinstance(value, (bool, int, float)) and not (isinstance(value, float) and math.isnan(value)):
+                    means.setdefault(key, []).append(float(value))
+        extra = columns.get("extra_info") or [None] * len(completions)
+        copies = []
+        for i, completion in enumerate(completions):
+            info = extra[i] or {}
+            parsed = get_task(columns["data_source"][i]).parse(completion, info)
+            copies.append(float(parsed.ok and is_copy(parsed.value, info.get("query"))))
+        for key, values in means.items():
+            self.pending.setdefault(key, []).append(sum(values) / len(values))
+        if "format_ok" in means:
+            fmt = means["format_ok"]
+            self.pending.setdefault("format_error_rate", []).append(1 - sum(fmt) / len(fmt))
+        self.pending.setdefault("copy_rate", []).append(sum(copies) / max(len(copies), 1))
+        return scores
+
+    def drain(self) -> dict[str, float]:
+        out = {METRIC_PREFIX + k: sum(v) / len(v) for k, v in self.pending.items() if v}
+        self.pending.clear()
+        return out
+
+
+def _trainer_class():
+    from trl import GRPOTrainer
+
+    class DeepRetrievalGRPOTrainer(GRPOTrainer):
+        """GRPO with the task metrics merged into every log record."""
+
+        reward_logger: RewardLogger | None = None
+
+        def log(self, logs, start_time=None):
+            if self.reward_logger is not None and self.model.training:
+                logs.update(self.reward_logger.drain())
+            super().log(logs, start_time)
+
+    return DeepRetrievalGRPOTrainer
+
+
+def _callbacks(metrics_path: Path, progress: bool, total: int):
+    from transformers import TrainerCallback
+
+    class JsonlLogger(TrainerCallback):
+        """Appends each log record (with the step) to metrics.jsonl and prints a short line."""
+
+        def __init__(self):
+            self.history: list[dict] = []
+            self.t0 = time.time()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs:
+                return
+            record = {"step": state.global_step, "time_s": round(time.time() - self.t0, 2)}
+            record.update({k: v for k, v in logs.items() if isinstance(v, (int, float, str)) or v is None})
+            self.history.append(record)
+            with open(metrics_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+            if progress and "reward" in logs:
+                fmt = logs.get(METRIC_PREFIX + "format_error_rate")
+                line = (f"[train] step {state.global_step}/{total}  reward {logs['reward']:.3f}"
+                        + (f"  format errors {fmt:.0%}" if fmt is not None else "")
+                        + "".join(f"  {k[len(METRIC_PREFIX):]} {v:.3f}" for k, v in logs.items()
+                                  if k in (METRIC_PREFIX + "ndcg", METRIC_PREFIX + "copy_rate",
+                                           METRIC_PREFIX + "recall"))
+                        + f"  ({record['time_s']:.0f}s)")
+                print(line, flush=True)
+
+    return JsonlLogger()
+
+
+def _quiet_console(trainer) -> None:
+    """Keep the progress bar but drop transformers' printing of whole log dicts (our callback
+    prints one short line per step; everything is in metrics.jsonl)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            return None
+
+    had_progress = any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks)
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if had_progress:
+        trainer.add_callback(QuietProgress())
+
+
+def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """Newest ``checkpoint-N`` folder under ``output_dir``."""
+    best = None
+    for path in Path(output_dir).glob("checkpoint-*"):
+        try:
+            step = int(path.name.split("-", 1)[1])
+        except ValueError:
+            continue
+        if path.is_dir() and (best is None or step > best[0]):
+            best = (step, path)
+    return best[1] if best else None
+
+
+def train_trl(rows: Sequence[Mapping[str, Any]], settings: TRLSettings, *, searcher=None) -> TrainResult:
+    """Run GRPO on task rows. Checkpoints go to ``output_dir/checkpoint-N``, the final policy to
+    ``output_dir/model`` (a Hugging Face folder; LoRA adapters are merged), per-step metrics to
+    ``output_dir/metrics.jsonl``."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig
+
+    if not rows:
+        raise ValueError("no training rows")
+    if settings.steps < 1:
+        raise ValueError("steps must be >= 1")
+    if settings.num_generations < 2:
+        raise ValueError("GRPO needs num_generations >= 2 (advantages are relative within a group)")
+    out = Path(settings.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available()
+    bf16 = bf16_supported() if settings.bf16 is None else settings.bf16
+    use_vllm = settings.use_vllm
+    if use_vllm is None:
+        import importlib.util
+        use_vllm = cuda and importlib.util.find_spec("vllm") is not None
+
+    tokenizer = AutoTokenizer.from_pretrained(settings.model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+
+    records = []
+    for row in rows:
+        records.append({"prompt": render_prompt(tokenizer, row), "data_source": row["data_source"],
+                        "reward_model": dict(row.get("reward_model") or {}),
+                        "extra_info": dict(row.get("extra_info") or {})})
+    dataset = Dataset.from_list(records)
+
+    resume = settings.resume
+    if resume in (True, "last", "auto"):
+        resume = str(last_checkpoint(out)) if last_checkpoint(out) else None
+        if resume:
+            log.info("resuming from %s", resume)
+    elif resume:
+        resume = str(resume)
+        if not Path(resume).is_dir():
+            raise FileNotFoundError(f"checkpoint to resume from not found: {resume}")
+
+    batch = settings.prompts_per_step * settings.num_generations
+    config = GRPOConfig(
+        output_dir=str(out),
+        max_steps=settings.steps,
+        learning_rate=settings.learning_rate,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1,
+        num_generations=settings.num_generations,
+        max_completion_length=settings.max_completion_length,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        beta=settings.beta,
+        bf16=bf16,
+        use_cpu=not cuda,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        logging_steps=1,
+        save_strategy="steps" if settings.save_steps else "no",
+        save_steps=settings.save_steps or 500,
+        save_total_limit=settings.save_total_limit,
+        report_to=list(settings.report_to) or "none",
+        disable_tqdm=not settings.progress,
+        log_completions=settings.log_completions,
+        use_vllm=use_vllm,
+        **({"vllm_mode": "colocate"} if use_vllm else {}),
+        dataloader_num_workers=0,
+        **dict(settings.extra),
+    )
+    peft_config = None
+    if settings.lora:
+        from peft import LoraConfig
+        peft_config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
+                                 lora_dropout=settings.lora_dropout, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=torch.float32)
+    reward = RewardLogger(searcher=searcher)
+    metrics_path = out / "metrics.jsonl"
+    if not resume and metrics_path.exists():
+        metrics_path.unlink()
+    logger_cb = _callbacks(metrics_path, settings.progress, settings.steps)
+    trainer_cls = _trainer_class()
+    trainer = trainer_cls(model=model, reward_funcs=[reward], args=config, train_dataset=dataset,
+                          processing_class=tokenizer, peft_config=peft_config, callbacks=[logger_cb])
+    trainer.reward_logger = reward
+    _quiet_console(trainer)
+    (out / "train_settings.json").write_text(json.dumps(settings.to_json(), indent=2))
+    t0 = time.time()
+    trainer.train(resume_from_checkpoint=resume or None)
+    seconds = time.time() - t0
+
+    final = out / "model"
+    if settings.lora:
+        from .export import save_merged
+        save_merged(trainer.model, tokenizer, final)
+    else:
+        from .export import save_hf
+        save_hf(trainer.model, tokenizer, final)
+    return TrainResult(output_dir=out, model_dir=final, metrics_path=metrics_path,
+                       history=logger_cb.history, seconds=seconds)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The per-step records of a run's ``metrics.jsonl``."""
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if line:
+                out.append(json.loads(line))
+    return out

@@ -1,0 +1,199 @@
+"""verl 0.9.1 launcher: packaged hydra configs + ``python -m verl.trainer.main_ppo``.
+
+Presets (``deepretrieval/configs/verl``): ``ppo`` (the paper's PPO), ``grpo``, ``lora_3b_1gpu``.
+Each composes verl's own ``ppo_trainer`` and adds a task-family group (``family=beir|search_engine|
+evidence|sql``: prompt/response lengths). The reward is wired through
+``reward.custom_reward_function`` to :func:`deepretrieval.rewards.compute_score_async`.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "verl"
+PRESETS = ("ppo", "grpo", "lora_3b_1gpu")
+FAMILIES = ("beir", "search_engine", "evidence", "sql")
+#: Keys main_ppo (0.9.1) reads the reward function from; the top-level ``custom_reward_function``
+#: block is accepted by validation but ignored.
+REWARD_PATH_KEY = "reward.custom_reward_function.path"
+REWARD_NAME_KEY = "reward.custom_reward_function.name"
+IGNORED_REWARD_PREFIX = "custom_reward_function."
+
+
+def preset_path(preset: str) -> tuple[Path, str]:
+    """(config dir, config name) for a preset name or a YAML file of the user's."""
+    if preset in PRESETS:
+        return CONFIG_DIR, preset
+    path = Path(preset)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path.resolve().parent, path.stem
+    raise ValueError(f"unknown verl config {preset!r}: use one of {', '.join(PRESETS)} or a .yaml file "
+                     f"(which may start from `defaults: [ppo_trainer, base/deepretrieval, _self_]` with "
+                     f"hydra.searchpath [pkg://verl.trainer.config, file://{CONFIG_DIR}])")
+
+
+def family_for(task) -> str:
+    name = task.family.name
+    return name if name in FAMILIES else "beir"
+
+
+def check_overrides(overrides: Sequence[str]) -> None:
+    """Refuse overrides main_ppo would silently ignore."""
+    for item in overrides:
+        key = item.lstrip("+~").split("=", 1)[0]
+        if key.startswith(IGNORED_REWARD_PREFIX):
+            raise ValueError(f"{item!r}: verl 0.9.1's main_ppo ignores top-level custom_reward_function.*; "
+                             f"use {REWARD_PATH_KEY} / {REWARD_NAME_KEY}")
+
+
+def build_overrides(task_name: str, *, model: str, train_files: str, val_files: str, out_dir: str,
+                    experiment: str | None = None, n_gpus: int | None = None, nnodes: int | None = None,
+                    search_url: str | None = None, extra: Sequence[str] = ()) -> list[str]:
+    """Hydra overrides for one run (user ``extra`` overrides come last and win)."""
+    from ..tasks import get_task
+    task = get_task(task_name)
+    out = Path(out_dir).resolve()
+    items = [f"family={family_for(task)}",
+             f"actor_rollout_ref.model.path={model}",
+             f"data.train_files={train_files}",
+             f"data.val_files={val_files}",
+             f"trainer.experiment_name={experiment or task.name}",
+             f"trainer.default_local_dir={out / 'checkpoints'}",
+             f"trainer.validation_data_dir={out / 'validation'}"]
+    if n_gpus is not None:
+        items.append(f"trainer.n_gpus_per_node={n_gpus}")
+    if nnodes is not None:
+        items.append(f"trainer.nnodes={nnodes}")
+    if search_url:
+        # Ray workers on every node get the service address (the token travels in the environment).
+        items.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.DEEPRETRIEVAL_SEARCH_URL={search_url}")
+    check_overrides(extra)
+    return items + list(extra)
+
+
+def without_prefill(train: str | os.PathLike, test: str | os.PathLike, out_dir: str | os.PathLike
+                    ) -> tuple[Path, Path, bool]:
+    """verl's rollout renders prompts with ``add_generation_prompt`` and cannot prefill the
+    assistant turn, so rows of prefilled tasks (``*_no_reason``) get ``extra_info.prefill = ""``:
+    the model writes the whole ``<answer>…</answer>`` and the reward parses exactly that.
+    Returns the files to train on and whether they were rewritten."""
+    from ..data.prepare import read_rows, write_parquet
+    from ..tasks import get_task
+
+    def strip(path):
+        rows = read_rows(path)
+        changed = False
+        for row in rows:
+            info = row.setdefault("extra_info", {})
+            prefill = info.get("prefill")
+            if prefill is None:
+                prefill = get_task(row["data_source"]).prefill
+            if prefill:
+                info["prefill"] = ""
+                changed = True
+        return rows, changed
+
+    train_rows, a = strip(train)
+    test_rows, b = strip(test)
+    if not (a or b):
+        return Path(train), Path(test), False
+    folder = Path(out_dir) / "data_verl"
+    return (write_parquet(train_rows, folder / "train.parquet").resolve(),
+            write_parquet(test_rows, folder / "test.parquet").resolve(), True)
+
+
+def compose(preset: str, overrides: Sequence[str] = ()):
+    """The composed config (what main_ppo would get), without running anything."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    check_overrides(overrides)
+    config_dir, name = preset_path(preset)
+    overrides = list(overrides)
+    verl_dir = verl_config_dir()
+    if verl_dir and not any(o.startswith("hydra.searchpath") for o in overrides):
+        # same folder as pkg://verl.trainer.config, without importing verl (torch, ray: seconds)
+        overrides.append(f"hydra.searchpath=[file://{verl_dir}]")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+        return hydra_compose(config_name=name, overrides=overrides)
+
+
+def verl_config_dir() -> Path | None:
+    """verl's installed ``trainer/config`` folder, found without importing verl."""
+    import importlib.util
+    spec = importlib.util.find_spec("verl")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "trainer" / "config"
+        if (path / "ppo_trainer.yaml").is_file():
+            return path
+    return None
+
+
+def validate(config) -> None:
+    """verl's own checks (``verl.utils.config.validate_config``), as main_ppo runs them."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+    validate_config(config=config, use_reference_policy=need_reference_policy(config),
+                    use_critic=need_critic(config))
+
+
+def command(preset: str, overrides: Sequence[str]) -> list[str]:
+    config_dir, name = preset_path(preset)
+    return [sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={config_dir}",
+            f"--config-name={name}", *overrides]
+
+
+def format_command(cmd: Sequence[str]) -> str:
+    return " \\\n    ".join(shlex.quote(c) for c in cmd)
+
+
+def run(cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
+        log_path: str | os.PathLike | None = None) -> int:
+    """Run main_ppo, streaming its output to the console and ``log_path``."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    log = open(log_path, "ab") if log_path else None
+    try:
+        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=full_env, start_new_session=False)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                sys.stdout.buffer.write(line)
+                sys.stdout.flush()
+                if log:
+                    log.write(line)
+                    log.flush()
+            return proc.wait()
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    finally:
+        if log:
+            log.close()
+
+
+def summary(config: Any) -> dict[str, Any]:
+    """A few resolved settings worth printing before a run."""
+    from omegaconf import OmegaConf
+    c = config
+    get = lambda key: OmegaConf.select(c, key, default=None)  # noqa: E731
+    keys = ["algorithm.adv_estimator", "algorithm.use_kl_in_reward", "algorithm.kl_ctrl.kl_coef",
+            "actor_rollout_ref.actor.use_kl_loss", "actor_rollout_ref.actor.kl_loss_coef",
+            "actor_rollout_ref.actor.optim.lr", "critic.optim.lr", "data.train_batch_size",
+            "actor_rollout_ref.actor.ppo_mini_batch_size", "actor_rollout_ref.rollout.n",
+            "data.max_prompt_length", "data.max_response_length", "actor_rollout_ref.model.lora_rank",
+            "trainer.n_gpus_per_node", "trainer.nnodes", REWARD_PATH_KEY, REWARD_NAME_KEY,
+            "trainer.default_local_dir"]
+    return {k: get(k) for k in keys}

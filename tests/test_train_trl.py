@@ -1,0 +1,174 @@
+"""TRL engine on CPU with the tiny Qwen2 model: GRPO steps move the weights with finite losses and
+log our metric keys; resume continues a run; export round trip generates the same tokens."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+pytest.importorskip("trl")
+torch = pytest.importorskip("torch")
+
+from deepretrieval.train.trl_engine import (  # noqa: E402
+    METRIC_PREFIX, TRLSettings, is_copy, last_checkpoint, read_metrics, render_prompt, train_trl)
+
+TASK = "scifact_no_reason"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """A 100k-parameter model gains nothing from threads; on a shared CPU they only contend."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    from deepretrieval.commands import bundled_rows
+    return bundled_rows(TASK, "train")[:8]
+
+
+@pytest.fixture(scope="module")
+def warm_model(tmp_path_factory, rows):
+    """The tiny random model, taught the answer format for a few dozen supervised steps so its
+    samples are sometimes well-formed: GRPO then sees rewards that differ within a group (a random
+    model is always wrong, every advantage is zero and nothing would move)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deepretrieval.testing.tiny_model import build_tiny_model
+
+    path = build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    torch.manual_seed(0)
+    seqs = []
+    for row in rows:  # target: the claim's first words, then the closing of the prefilled answer
+        target = " ".join(row["extra_info"]["query"].split()[:4]) + '"}</answer>' + tok.eos_token
+        seqs.append((tok(render_prompt(tok, row), add_special_tokens=False)["input_ids"],
+                     tok(target, add_special_tokens=False)["input_ids"]))
+    width = max(len(p) + len(t) for p, t in seqs)
+    ids = torch.full((len(seqs), width), tok.pad_token_id)
+    labels = torch.full((len(seqs), width), -100)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (p, t) in enumerate(seqs):
+        ids[i, :len(p) + len(t)] = torch.tensor(p + t)
+        labels[i, len(p):len(p) + len(t)] = torch.tensor(t)
+        mask[i, :len(p) + len(t)] = 1
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(60):
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    out = tmp_path_factory.mktemp("warm")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _settings(model, out, **kw):
+    base = dict(model=str(model), output_dir=str(out), steps=3, prompts_per_step=2, num_generations=4,
+                max_completion_length=24, temperature=1.0, learning_rate=1e-3, progress=False,
+                bf16=False, seed=0)
+    base.update(kw)
+    return TRLSettings(**base)
+
+
+def _state(path):
+    from safetensors.torch import load_file
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_grpo_steps_change_weights_finite_losses_and_metric_keys(warm_model, rows, tmp_path):
+    from deepretrieval.tasks import get_task
+
+    result = train_trl(rows, _settings(warm_model, tmp_path / "run"))
+    before, after = _state(warm_model), _state(result.model_dir)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed, "GRPO did not change any weight"
+    steps = [h for h in read_metrics(result.metrics_path) if "loss" in h]
+    assert [h["step"] for h in steps] == [1, 2, 3]
+    for h in steps:
+        assert math.isfinite(h["loss"]) and math.isfinite(h["reward"])
+    keys = get_task(TASK).family.metric_keys(get_task(TASK))
+    for key in keys + ["score", "format_ok", "search_error", "format_error_rate", "copy_rate"]:
+        assert all(METRIC_PREFIX + key in h for h in steps), key
+    # the logged reward is our reward: its mean equals the mean task score
+    for h in steps:
+        assert h["reward"] == pytest.approx(h[METRIC_PREFIX + "score"], abs=1e-5)
+        assert h[METRIC_PREFIX + "format_error_rate"] == pytest.approx(1 - h[METRIC_PREFIX + "format_ok"])
+    assert any(h["reward_std"] > 0 for h in steps), "rewards never differed within a batch"
+    assert (tmp_path / "run" / "train_settings.json").is_file()
+    # the exported policy loads and carries the tokenizer with its chat template
+    from transformers import AutoTokenizer
+    assert AutoTokenizer.from_pretrained(result.model_dir).chat_template
+
+
+def test_resume_from_checkpoint(warm_model, rows, tmp_path):
+    out = tmp_path / "run"
+    train_trl(rows, _settings(warm_model, out, steps=2, save_steps=1, save_total_limit=None))
+    assert last_checkpoint(out).name == "checkpoint-2"
+    result = train_trl(rows, _settings(warm_model, out, steps=4, save_steps=1, save_total_limit=None,
+                                       resume=True))
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    logged = [h["step"] for h in read_metrics(result.metrics_path) if "loss" in h]
+    assert logged == [1, 2, 3, 4]  # steps 1-2 from the first run, 3-4 after resuming
+    with pytest.raises(FileNotFoundError):
+        train_trl(rows, _settings(warm_model, tmp_path / "other", resume=str(tmp_path / "missing")))
+
+
+def _greedy(model_dir, prompt, n=12):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+    return out[0, ids["input_ids"].shape[1]:].tolist()
+
+
+def test_export_round_trip_full_and_lora(warm_model, rows, tmp_path):
+    from transformers import AutoTokenizer
+
+    from deepretrieval.cli import main
+    from deepretrieval.train.export import checkpoint_kind
+
+    prompt = render_prompt(AutoTokenizer.from_pretrained(warm_model), rows[0])
+    out = tmp_path / "full"
+    train_trl(rows, _settings(warm_model, out, steps=1, save_steps=1))
+    ckpt = out / "checkpoint-1"
+    assert checkpoint_kind(ckpt) == "hf"
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "exported")]) == 0
+    assert _greedy(tmp_path / "exported", prompt) == _greedy(ckpt, prompt)
+
+    lora = tmp_path / "lora"
+    train_trl(rows, _settings(warm_model, lora, steps=1, save_steps=1, lora=True, lora_r=8,
+                              learning_rate=5e-2))
+    adapter = lora / "checkpoint-1"
+    assert checkpoint_kind(adapter) == "lora"
+    assert main(["export", str(adapter), "--out", str(tmp_path / "merged")]) == 0
+    merged = _greedy(tmp_path / "merged", prompt)
+    # the same adapter applied on the fly by peft generates the same tokens as the merged export
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    tok = AutoTokenizer.from_pretrained(warm_model)
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(warm_model),
+                                           str(adapter)).eval()
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        gen = peft_model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert merged == gen[0, ids["input_ids"].shape[1]:].tolist()
+    # the run's final model folder is the merged policy too
+    assert _greedy(lora / "model", prompt) == merged
+    assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_copy_detection():
+    assert is_copy("Vitamin D, reduces   fracture risk.", "vitamin d reduces fracture risk")
+    assert not is_copy("vitamin d fracture", "vitamin d reduces fracture risk")
+    assert not is_copy("", "")
+    assert not is_copy(None, "x")
