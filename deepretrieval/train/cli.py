@@ -99,7 +99,7 @@ def default_indexes(task) -> list[str]:
     """The indexes a task's searches need: its index, or — for per-database tasks such as Spider —
     every registered ``<index>/<name>``."""
     from ..search import BUILTIN_INDEXES, index_root
-    if task.index in BUILTIN_INDEXES or (index_root() / task.index).exists():
+    if task.index in BUILTIN_INDEXES or (index_root() / task.index / "meta.json").exists():
         return [task.index]
     prefixed = sorted(name for name in BUILTIN_INDEXES if name.startswith(task.index + "/"))
     prefixed += sorted(f"{task.index}/{p.name}" for p in (index_root() / task.index).glob("*")

@@ -15,31 +15,16 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
+
+from ..io import atomic_dir
 
 log = logging.getLogger(__name__)
 
 
-@contextmanager
-def _atomic_dir(out: str | os.PathLike):
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_hf(model, tokenizer, out: str | os.PathLike) -> Path:
     """Save a (non-PEFT) model and its tokenizer atomically."""
-    with _atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return Path(out)
@@ -106,7 +91,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
     checkpoint = Path(checkpoint)
     if kind == "verl":
         actor = verl_actor_dir(checkpoint)
-        with _atomic_dir(out) as tmp:
+        with atomic_dir(out) as tmp:
             cmd = verl_merge_command(actor, tmp)
             log.info("running %s", " ".join(cmd))
             subprocess.run(cmd, check=True)
