@@ -140,7 +140,18 @@ def _load_local(model: str, device: str | None, dtype: str | None):
     return tokenizer, lm, device
 
 
-class TransformersGenerator:
+class _ChatTemplate:
+    """Renders a prompt with the model's own chat template, then the assistant prefill."""
+
+    tokenizer: Any
+
+    def render(self, prompt: Prompt) -> str:
+        text = self.tokenizer.apply_chat_template(list(prompt.messages), tokenize=False,
+                                                  add_generation_prompt=True)
+        return text + prompt.prefill
+
+
+class TransformersGenerator(_ChatTemplate):
     """Batched generation with a local transformers model (any device, CPU included)."""
 
     uses_prefill = True
@@ -169,10 +180,6 @@ class TransformersGenerator:
         self._base = GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
                                       bos_token_id=original.bos_token_id)
 
-    def render(self, prompt: Prompt) -> str:
-        text = self.tokenizer.apply_chat_template(list(prompt.messages), tokenize=False,
-                                                  add_generation_prompt=True)
-        return text + prompt.prefill
 
     def generate(self, prompts: Sequence[Prompt], decoding: Decoding, *, batch_size: int = 8,
                  seed_offset: int = 0, progress: bool = False) -> list[list[str]]:
@@ -284,7 +291,7 @@ def vllm_available() -> bool:
     return True
 
 
-class VLLMGenerator:
+class VLLMGenerator(_ChatTemplate):
     """Generation with vLLM's offline engine (GPU). Same prompts and stop rules as transformers:
     the chat template is rendered by the tokenizer and the prefill appended; stop strings act on
     decoded text (vLLM's ``stop``), kept in the output."""
@@ -301,10 +308,6 @@ class VLLMGenerator:
                        gpu_memory_utilization=gpu_memory_utilization)
         self.tokenizer = self.llm.get_tokenizer()
 
-    def render(self, prompt: Prompt) -> str:
-        text = self.tokenizer.apply_chat_template(list(prompt.messages), tokenize=False,
-                                                  add_generation_prompt=True)
-        return text + prompt.prefill
 
     def generate(self, prompts: Sequence[Prompt], decoding: Decoding, *, batch_size: int = 8,
                  seed_offset: int = 0, progress: bool = False) -> list[list[str]]:

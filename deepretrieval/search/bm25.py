@@ -107,6 +107,20 @@ def doc_text(doc: dict[str, Any]) -> str:
     return f"{title} {text}".strip()
 
 
+def collect_docs(docs: Iterable[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(ids, texts) of BEIR-style docs; ValueError for an empty collection or repeated ids."""
+    doc_ids: list[str] = []
+    texts: list[str] = []
+    for doc in docs:
+        doc_ids.append(str(doc["_id"]))
+        texts.append(doc_text(doc))
+    if not doc_ids:
+        raise ValueError("cannot build an index from an empty collection")
+    if len(set(doc_ids)) != len(doc_ids):
+        raise ValueError("document ids are not unique")
+    return doc_ids, texts
+
+
 class BM25Index(StoredDocs):
     """A BM25 index over a document collection. Build with :meth:`build`, persist with
     :meth:`save`, reopen with :meth:`load` (memory-mapped)."""
@@ -139,15 +153,7 @@ class BM25Index(StoredDocs):
         import bm25s
         from bm25s.tokenization import Tokenizer
 
-        doc_ids: list[str] = []
-        texts: list[str] = []
-        for doc in docs:
-            doc_ids.append(str(doc["_id"]))
-            texts.append(doc_text(doc))
-        if not doc_ids:
-            raise ValueError("cannot build a BM25 index from an empty collection")
-        if len(set(doc_ids)) != len(doc_ids):
-            raise ValueError("document ids are not unique")
+        doc_ids, texts = collect_docs(docs)
         tokenizer = Tokenizer(stemmer=_stemmer(), stopwords=stopwords, splitter=r"(?u)\b\w\w+\b")
         tokens = tokenizer.tokenize(texts, show_progress=show_progress, return_as="tuple")
         retriever = bm25s.BM25(k1=k1, b=b, method=method)

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..io import atomic_dir
 from .base import SearchResult, StoredDocs
-from .bm25 import doc_text
+from .bm25 import collect_docs
 
 log = logging.getLogger(__name__)
 
@@ -251,15 +251,7 @@ class DenseIndex(StoredDocs):
               use_gpu: bool | None = None, show_progress: bool = True) -> "DenseIndex":
         """Encode BEIR-style docs (``_id``, ``title``, ``text``; title and text joined by a space)
         and index them."""
-        doc_ids: list[str] = []
-        texts: list[str] = []
-        for doc in docs:
-            doc_ids.append(str(doc["_id"]))
-            texts.append(doc_text(doc))
-        if not doc_ids:
-            raise ValueError("cannot build a dense index from an empty collection")
-        if len(set(doc_ids)) != len(doc_ids):
-            raise ValueError("document ids are not unique")
+        doc_ids, texts = collect_docs(docs)
         if Path(str(model)).expanduser().is_dir():  # store local models by absolute path
             model = str(Path(str(model)).expanduser().resolve())
         config = EncoderConfig(model=str(model), query_prefix=query_prefix,
