@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import json
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -106,19 +107,38 @@ class SearchCache:
                                check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
         if not self.frozen and not self._schema_ready:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise RuntimeError(f"cache {self.path}: could not switch to WAL (got {mode})")
-            with self._tx(conn):
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    conn.execute(statement)
-                conn.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('schema', ?)",
-                             (str(SCHEMA_VERSION),))
+            self._init_schema(conn)
             self._schema_ready = True
         if not self.frozen:
             conn.execute("PRAGMA synchronous=NORMAL")  # per connection; WAL itself is persistent
         self._local.conn, self._local.pid = conn, os.getpid()
         return conn
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL and create the schema. Several processes opening a new file at once can
+        get SQLITE_BUSY here without the busy handler being consulted (changing the journal mode
+        needs an exclusive lock), so this retries with backoff until ``timeout``."""
+        deadline = time.monotonic() + self.timeout
+        delay = 0.01
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise sqlite3.OperationalError(f"database is locked (journal mode {mode})")
+                with self._tx(conn):
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        conn.execute(statement)
+                    conn.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('schema', ?)",
+                                 (str(SCHEMA_VERSION),))
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(f"cache {self.path}: could not set up WAL and schema "
+                                       f"within {self.timeout:g}s ({exc})") from None
+                time.sleep(delay + random.random() * delay)
+                delay = min(delay * 2, 0.5)
 
     class _tx:
         def __init__(self, conn: sqlite3.Connection) -> None:
