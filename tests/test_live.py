@@ -18,7 +18,9 @@ from deepretrieval.search.live.pubmed import PubMedBackend, normalize_date
 from deepretrieval.testing.fake_engines import FAULTS, FakeCTGov, FakePubMed
 
 # recorded NCBI responses (shared/data/pubmed_eutils_fixtures; not bundled: unclear licenses)
-FIXTURES = Path(os.environ.get("DEEPRETRIEVAL_SHARED_DATA", "/work/shared/data")) / "pubmed_eutils_fixtures"
+# recorded NCBI responses from the shared data folder beside the checkout (../shared/data), if present
+FIXTURES = Path(os.environ.get("DEEPRETRIEVAL_SHARED_DATA",
+                               Path(__file__).resolve().parents[2] / "shared" / "data")) / "pubmed_eutils_fixtures"
 needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"no recorded responses at {FIXTURES}")
 BROAD = "the OR of OR and"          # matches most of the fake collection (> 3,000 documents)
 FAST = Backoff(retries=3, base=0.01, cap=0.05)
