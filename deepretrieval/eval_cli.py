@@ -83,17 +83,12 @@ def register(sub) -> None:
 
 # ---------------------------------------------------------------------------------------------
 
-def task_rows(task_name: str, split: str) -> list[dict[str, Any]]:
-    """Rows of a task's bundled data (see :func:`deepretrieval.commands.bundled_rows`)."""
-    from .commands import bundled_rows
-    return bundled_rows(task_name, split)
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip("/")).strip("_")[-80:] or "model"
 
 
 def _load_rows(args) -> tuple[list[dict], str]:
+    from .commands import bundled_rows
     from .data.prepare import read_rows
     from .tasks import get_task
 
@@ -113,7 +108,7 @@ def _load_rows(args) -> tuple[list[dict], str]:
         task = sources[0] if sources else task
     else:
         task = task or "scifact"
-        rows = task_rows(task, args.split)
+        rows = bundled_rows(task, args.split)
     if args.limit is not None:
         if args.limit < 1:
             raise ValueError("--limit must be >= 1")

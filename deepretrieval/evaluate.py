@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .rewards import score_batch
+from .tasks import ORIGINAL_QUERY
+from .tasks.sql import GOLD_SQL
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,8 @@ def original_query_baseline(rows: Sequence[dict[str, Any]], mode: str = "val", s
 # the harness
 
 RUN_VERSION = 1
-BASELINE_NAME = "original query"
-GOLD_SQL_NAME = "gold SQL (upper bound)"
+BASELINE_NAME = ORIGINAL_QUERY
+GOLD_SQL_NAME = GOLD_SQL
 KEEP_IDS = 10  # retrieved ids kept per record (keeps run folders small)
 GENERATIONS, BASELINE_FILE = "generations.jsonl", "original_query.jsonl"
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from deepretrieval.eval_cli import task_rows
+from deepretrieval.commands import bundled_rows
 from deepretrieval.evaluate import BASELINE_NAME, evaluate_model
 from deepretrieval.llm_api import ChatClient, LLMAPIError, chat_completions_url
 from deepretrieval.testing.openai_server import LoopbackChatServer
@@ -24,7 +24,7 @@ def reasoning_echo(body):
 
 @pytest.fixture(scope="module")
 def rows(scifact_index):
-    return task_rows("scifact", "test")[:ROWS]
+    return bundled_rows("scifact", "test")[:ROWS]
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_api_baseline_scores_like_the_original_query(rows, api, tmp_path):
 
 
 def test_answer_only_with_and_without_prefill(api, tmp_path, scifact_index):
-    rows = task_rows("scifact_no_reason", "test")[:4]
+    rows = bundled_rows("scifact_no_reason", "test")[:4]
 
     def reply(body):
         if body.get("continue_final_message"):  # vLLM-style continuation of the prefill
@@ -162,7 +162,7 @@ def test_chat_client_url_and_key_handling(monkeypatch):
 def test_sql_task_against_gold_sql_upper_bound(api):
     """SQL tasks: the reference system is the gold SQL; an API model answering the gold SQL
     (strict format) matches it, one answering a wrong query executes but does not match."""
-    rows = task_rows("spider", "test")[:4]
+    rows = bundled_rows("spider", "test")[:4]
     gold = {r["extra_info"]["query"]: r["reward_model"]["ground_truth"]["target"][0] for r in rows}
 
     def oracle(body):

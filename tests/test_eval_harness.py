@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from deepretrieval.eval_cli import task_rows
+from deepretrieval.commands import bundled_rows
 from deepretrieval.evaluate import (BASELINE_NAME, GENERATIONS, evaluate_model, original_query_baseline,
                                     summarize)
 from deepretrieval.generate import TransformersGenerator
@@ -26,7 +26,7 @@ def gen(tiny):
 
 @pytest.fixture(scope="module")
 def rows(scifact_index):
-    return task_rows("scifact_no_reason", "test")[:20]
+    return bundled_rows("scifact_no_reason", "test")[:20]
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_lenient_extraction_searches_malformed_answers(gen, rows):
 def test_bad_input_is_a_clear_error(gen, rows):
     with pytest.raises(ValueError, match="no rows"):
         evaluate_model(gen, [], progress=False)
-    mixed = rows[:1] + task_rows("scifact", "test")[:1]
+    mixed = rows[:1] + bundled_rows("scifact", "test")[:1]
     with pytest.raises(ValueError, match="mix several tasks"):
         evaluate_model(gen, mixed, progress=False)
     with pytest.raises(ValueError, match="sampling"):

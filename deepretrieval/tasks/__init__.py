@@ -25,6 +25,10 @@ FORMAT_ANSWER_ONLY = (
     "example: <answer>{{\"{key}\": \"...\"}}</answer>")
 
 
+#: Name of the default reference system (each row's original query) in reports.
+ORIGINAL_QUERY = "original query"
+
+
 @dataclass(frozen=True)
 class SearchPlan:
     index: str
@@ -64,7 +68,7 @@ class Family:
     def reference_queries(self, task: "Task", rows: list[Mapping[str, Any]]) -> tuple[str, list[Any]]:
         """(name, query per row) of the reference system evaluated next to a model: by default
         the original query (``extra_info.query``)."""
-        return "original query", [(r.get("extra_info") or {}).get("query") for r in rows]
+        return ORIGINAL_QUERY, [(r.get("extra_info") or {}).get("query") for r in rows]
 
 
 @dataclass(frozen=True)

@@ -215,11 +215,14 @@ class SqlFamily(Family):
     def reference_queries(self, task, rows):
         """A question cannot be executed as SQL: the reference is the gold SQL (an upper bound
         that checks data, databases and matching; expect exec_match 1.0)."""
-        return "gold SQL (upper bound)", [gold_sql_of((r.get("reward_model") or {}).get("ground_truth"))
+        return GOLD_SQL, [gold_sql_of((r.get("reward_model") or {}).get("ground_truth"))
                                           for r in rows]
 
 
 SQL = SqlFamily()
+
+#: Name of the SQL tasks' reference system in reports (see ``SqlFamily.reference_queries``).
+GOLD_SQL = "gold SQL (upper bound)"
 
 _SYSTEM = "You are an expert in SQL. You write SQLite queries that answer questions about a database."
 _INSTRUCTION = (
