@@ -31,7 +31,7 @@ def build_items(n_callers: int, per_caller: int) -> list[list[tuple]]:
     distinct Boolean query built from the row's PICO words."""
     import re
 
-    from deepretrieval.tasks.search_engine import bundled_rows
+    from deepretrieval.catalog import bundled_rows
     rows = bundled_rows("pubmed", "test")
     out = []
     for c in range(n_callers):
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=float, default=10.0, help="the fake's requests/s limit")
     args = ap.parse_args(argv)
 
-    from deepretrieval.answer import extract_answer_lenient
+    from deepretrieval.core.answer import extract_answer_lenient
     from deepretrieval.testing.fake_engines import FakePubMed
 
     work = build_items(args.callers, args.per_caller)
@@ -129,8 +129,8 @@ def main(argv=None) -> int:
         os.environ.pop("DEEPRETRIEVAL_CACHE_FROZEN", None)
         os.environ.pop("DEEPRETRIEVAL_SEARCH_URL", None)
         from deepretrieval.rewards import compute_score
-        from deepretrieval.search import LocalSearcher, set_searcher
-        searcher = LocalSearcher()
+        from deepretrieval.catalog import local_searcher, set_searcher
+        searcher = local_searcher()
         set_searcher(searcher)
         results: list = []
         lock = threading.Lock()

@@ -240,9 +240,9 @@ def main(argv=None) -> int:
         args.docs, args.queries, args.rank_bm25_queries = 20_000, 600, 10
     ks = [int(k) for k in args.ks.split(",")]
 
-    from deepretrieval.data.beir import load_corpus, load_qrels, load_queries
-    from deepretrieval.data.bundled import collection_dir
-    from deepretrieval.search import open_index
+    from deepretrieval.core.beir_files import load_corpus, load_qrels, load_queries
+    from deepretrieval.core.bundled import collection_dir
+    from deepretrieval.catalog import open_index
     from deepretrieval.search.bm25 import BM25Index
 
     print(f"# bench_service: cpus={os.cpu_count()} docs={args.docs:,} queries={args.queries} "

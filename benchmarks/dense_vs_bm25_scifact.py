@@ -28,14 +28,14 @@ def main() -> int:
     if args.index_dir:
         os.environ["DEEPRETRIEVAL_INDEX_DIR"] = args.index_dir
 
-    from deepretrieval.commands import format_table
-    from deepretrieval.data.beir import load_qrels, load_queries
-    from deepretrieval.data.bundled import collection_dir
-    from deepretrieval.data.prepare import beir_rows
-    from deepretrieval.evaluate import original_query_baseline, summarize
-    from deepretrieval.search import LocalSearcher, open_index
-    from deepretrieval.search.dense import scifact_dense_index
-    from deepretrieval.tasks import get_task
+    from deepretrieval.evaluation.harness import format_table
+    from deepretrieval.core.beir_files import load_qrels, load_queries
+    from deepretrieval.core.bundled import collection_dir
+    from deepretrieval.tasks.beir import beir_rows
+    from deepretrieval.evaluation.harness import original_query_baseline, summarize
+    from deepretrieval.catalog import local_searcher, open_index
+    from deepretrieval.data.bundled import scifact_dense_index
+    from deepretrieval.catalog import get_task
 
     folder = collection_dir("scifact")
     queries, qrels = load_queries(folder), load_qrels(folder, "test")
@@ -49,7 +49,7 @@ def main() -> int:
     hnsw = flat.with_kind("hnsw")
     bm25 = open_index("scifact")
 
-    searcher = LocalSearcher()
+    searcher = local_searcher()
     searcher._indexes.update({"scifact": bm25, name: flat, name + "_hnsw": hnsw})
     table = []
     for label, task, index in (("bm25", "scifact", "scifact"), ("dense flat", "scifact_dense", name),

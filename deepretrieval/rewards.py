@@ -1,99 +1,29 @@
-"""Tiered rewards: metric → score, as data, plus the reward functions verl and TRL call.
+"""The reward functions verl and TRL call; the tiers (metric → score) are the families' reward
+tables (:data:`TABLES`, :class:`~deepretrieval.core.tables.RewardTable`).
 
 ``compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw)`` is the verl
-contract (pass this file as ``reward.custom_reward_function.path`` and ``compute_score`` — or
-``compute_score_async`` — as ``.name``). It returns a dict with ``score`` and the task's metrics and
-never raises for anything the model wrote.
+contract (``reward.custom_reward_function.path=pkg://deepretrieval.rewards`` and ``compute_score``
+— or ``compute_score_async`` — as ``.name``). It returns a dict with ``score`` and the task's
+metrics and never raises for anything the model wrote.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
-from .search import SearchError, SearchResult, get_searcher
+from deepretrieval.catalog import TABLES, get_searcher, get_table, get_task
+from deepretrieval.core.results import SearchError
+from deepretrieval.core.tables import RewardTable
+from deepretrieval.tasks.base import SearchPlan
+
+__all__ = ["TABLES", "RewardTable", "get_table", "compute_score", "compute_score_async",
+           "score_batch", "ascore_batch", "TRLReward"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RewardTable:
-    """How a metric becomes a score.
-
-    answer score: ``metric`` itself when ``linear``; otherwise the score of the first tier whose
-    bound the metric meets (``compare`` ">=": metric >= bound, e.g. recall; "<=": metric <= bound,
-    e.g. a rank), else ``otherwise`` (also when the metric is missing, e.g. no relevant rank).
-    total: ``format_bad`` when the format is wrong; else ``format_ok`` + answer score, where a
-    failed search gives the answer score ``error``; with ``positive_only`` a total whose answer
-    score is <= 0 becomes 0.
-    """
-
-    metric: str
-    tiers: tuple[tuple[float, float], ...] = ()
-    compare: str = ">="
-    otherwise: float = 0.0
-    linear: bool = False
-    format_ok: float = 0.0
-    format_bad: float = 0.0
-    error: float = 0.0
-    positive_only: bool = False
-
-    def answer_score(self, value: float | None) -> float:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return self.otherwise
-        if self.linear:
-            return float(value)
-        for bound, score in self.tiers:
-            if (value >= bound) if self.compare == ">=" else (value <= bound):
-                return float(score)
-        return self.otherwise
-
-    def total(self, format_ok: bool, answer_score: float) -> float:
-        if not format_ok:
-            return float(self.format_bad)
-        if self.positive_only and answer_score <= 0:
-            return 0.0
-        return float(self.format_ok + answer_score)
-
-
-#: The DeepRetrieval paper's tables.
-TABLES: dict[str, RewardTable] = {
-    # PubMed / ClinicalTrials.gov: recall@3000 of the review's included studies.
-    "search_engine": RewardTable(
-        metric="recall", tiers=((0.7, 5), (0.5, 4), (0.4, 3), (0.3, 1), (0.1, 0.5), (0.05, 0.1)),
-        otherwise=-3.5, format_ok=1, format_bad=-4, error=-4),
-    # NQ / TriviaQA / SQuAD: rank of the first answer-bearing passage.
-    "evidence": RewardTable(
-        metric="first_hit_rank", compare="<=",
-        tiers=((5, 5), (20, 4), (50, 2), (100, 1), (1000, 0.5), (3000, 0.1)),
-        otherwise=-3.5, format_ok=1, format_bad=-4, error=-4),
-    # BEIR: 0.1 + nDCG when nDCG > 0, else 0; bad format -2.
-    "beir": RewardTable(metric="ndcg", linear=True, format_ok=0.1, format_bad=-2, error=0.0,
-                        positive_only=True),
-    # Spider: execution match 1.1, else 0; bad format -2.
-    "spider": RewardTable(metric="exec_match", tiers=((1.0, 1.1),), otherwise=0.0, format_bad=-2),
-    # BIRD: execution match 1.1, mismatch 0.4; bad format -2.
-    "bird": RewardTable(metric="exec_match", tiers=((1.0, 1.1),), otherwise=0.4, format_bad=-2),
-}
-
-
-def get_table(name_or_table: str | RewardTable, overrides: Mapping[str, Any] | None = None) -> RewardTable:
-    """A table by name, with field overrides (e.g. from a config: ``{"format_bad": -1}``)."""
-    table = TABLES[name_or_table] if isinstance(name_or_table, str) else name_or_table
-    if overrides:
-        known = {f.name for f in fields(RewardTable)}
-        unknown = set(overrides) - known
-        if unknown:
-            raise ValueError(f"unknown reward table field(s) {sorted(unknown)}; known: {sorted(known)}")
-        clean = dict(overrides)
-        if "tiers" in clean:
-            clean["tiers"] = tuple((float(b), float(s)) for b, s in clean["tiers"])
-        table = replace(table, **clean)
-    return table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,11 +33,17 @@ def get_table(name_or_table: str | RewardTable, overrides: Mapping[str, Any] | N
 class _Pending:
     task: Any
     table: RewardTable
-    plan: Any
+    plans: tuple[SearchPlan, ...]     # what the family asked to search (may be empty)
+    single: bool                      # the family returned one plan, not a tuple
     ground_truth: Any
     extra_info: dict
     mode: str
     base: dict
+    results: list = None              # one slot per plan, filled as the searches finish
+    error: BaseException | str | None = None
+
+    def __post_init__(self) -> None:
+        self.results = [None] * len(self.plans)
 
 
 def _mode(extra_info: Mapping[str, Any], kw: Mapping[str, Any]) -> str:
@@ -118,8 +54,6 @@ def _mode(extra_info: Mapping[str, Any], kw: Mapping[str, Any]) -> str:
 
 def _prepare(data_source: str, solution_str: Any, ground_truth: Any, extra_info: Any,
              kw: Mapping[str, Any], value: str | None = None) -> dict | _Pending:
-    from .tasks import get_task
-
     task = get_task(data_source)  # unknown data_source is a configuration error: raises
     extra = dict(extra_info) if isinstance(extra_info, Mapping) else {}
     table = task.table()
@@ -137,17 +71,24 @@ def _prepare(data_source: str, solution_str: Any, ground_truth: Any, extra_info:
         plan = task.family.plan(task, value, ground_truth, extra, mode)
     except Exception as exc:  # defensive: nothing the model wrote may raise
         log.warning("%s: planning the search failed: %s", data_source, exc)
-        return _finish(_Pending(task, table, None, ground_truth, extra, mode, base), None, exc)
-    return _Pending(task, table, plan, ground_truth, extra, mode, base)
+        pending = _Pending(task, table, (), False, ground_truth, extra, mode, base, error=exc)
+        return _finish(pending)
+    single = isinstance(plan, SearchPlan)
+    return _Pending(task, table, (plan,) if single else tuple(plan), single, ground_truth, extra,
+                    mode, base)
 
 
-def _finish(p: _Pending, result: SearchResult | None, error: BaseException | str | None) -> dict:
+def _finish(p: _Pending) -> dict:
+    """The score of a pending completion once all its searches are in (or one failed)."""
     out = dict(p.base)
-    if error is None and result is not None and result.error:
-        error = result.error
+    error = p.error
     if error is None:
+        error = next((r.error for r in p.results if r is not None and r.error), None)
+    if error is None:
+        plan = p.plans[0] if p.single else p.plans
+        result = p.results[0] if p.single else tuple(p.results)
         try:
-            out.update(p.task.family.score(p.task, p.plan, result, p.ground_truth, p.extra_info, p.mode))
+            out.update(p.task.family.score(p.task, plan, result, p.ground_truth, p.extra_info, p.mode))
         except Exception as exc:  # defensive
             log.warning("%s: scoring failed: %s", p.task.name, exc)
             error = exc
@@ -167,18 +108,24 @@ class _Batch:
         items = _items(items)
         values = [None] * len(items) if values is None else list(values)
         self.out = [_prepare(*it, kw, value=v) for it, v in zip(items, values)]
-        self.groups: dict[tuple, list[int]] = {}
+        self.groups: dict[tuple, list[tuple[int, int]]] = {}   # key → [(completion, plan slot)]
+        self._waiting: dict[int, int] = {}                       # completion → searches left
         for i, p in enumerate(self.out):
-            if isinstance(p, _Pending) and p.plan:
-                plan = p.plan
+            if not isinstance(p, _Pending):
+                continue
+            if not p.plans:  # nothing to search: score now
+                self.out[i] = _finish(p)
+                continue
+            self._waiting[i] = len(p.plans)
+            for slot, plan in enumerate(p.plans):
                 key = (plan.index, plan.k, plan.return_text,
                        json.dumps(plan.options or {}, sort_keys=True))
-                self.groups.setdefault(key, []).append(i)
+                self.groups.setdefault(key, []).append((i, slot))
 
     def request(self, key) -> tuple[tuple, dict]:
         """(args, kwargs) of the search call for a group."""
         index, k, return_text, options = key
-        queries = [self.out[i].plan.query for i in self.groups[key]]
+        queries = [self.out[i].plans[slot].query for i, slot in self.groups[key]]
         return (index, queries, k), {"return_text": return_text, "options": json.loads(options) or None}
 
     def finish(self, key, results=None, error: BaseException | None = None) -> None:
@@ -186,8 +133,14 @@ class _Batch:
         if error is not None:
             log.warning("search on %s failed: %s", key[0], error)
             results = [None] * len(members)
-        for i, result in zip(members, results):
-            self.out[i] = _finish(self.out[i], result, error)
+        for (i, slot), result in zip(members, results):
+            pending = self.out[i]
+            pending.results[slot] = result
+            if error is not None and pending.error is None:
+                pending.error = error
+            self._waiting[i] -= 1
+            if self._waiting[i] == 0:
+                self.out[i] = _finish(pending)
 
 
 SEARCH_FAILURES = (SearchError, ValueError, OSError)

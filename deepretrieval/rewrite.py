@@ -7,7 +7,7 @@
 
 The model gets the task's own chat messages (system + user, exactly as in training) — rendered once
 by its chat template, locally or by the server — and the task's answer prefill. The answer is
-extracted strictly first, then leniently (:func:`deepretrieval.answer.extract_answer_lenient`, plus:
+extracted strictly first, then leniently (:func:`deepretrieval.core.answer.extract_answer_lenient`, plus:
 reasoning cut off before any answer is no answer, and a JSON answer cut off by the token limit
 gives the string it started);
 with ``fallback=True`` (default) a completion with no usable answer returns the original query, so a
@@ -16,24 +16,19 @@ pipeline never searches for garbage.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .answer import extract_answer_lenient, parse_answer
-from .generate import Decoding, Prompt, make_generator, stop_rules
-
-
-def _salvage(value: str | None, key: str) -> str | None:
-    """A lenient answer that is still a broken JSON object (``{"query": "bone cells`` cut off by
-    the token limit) → the string value it started, if any."""
-    if not value or not value.lstrip().startswith("{"):
-        return value
-    match = re.search(r'"%s"\s*:\s*"((?:[^"\\]|\\.)*)' % re.escape(key), value)
-    if not match:
-        return None
-    return match.group(1).strip() or None
+from deepretrieval.catalog import get_task
+from deepretrieval.core.answer import (
+    extract_answer_lenient,
+    parse_answer,
+    salvage_truncated_value,
+)
+from deepretrieval.generation.api import OpenAIChatGenerator, served_models
+from deepretrieval.generation.decoding import Decoding, Prompt, stop_rules
+from deepretrieval.generation.factory import make_generator
 
 
 @dataclass(frozen=True)
@@ -52,7 +47,7 @@ class QueryRewriter:
 
     ``model``: local folder / hub name / ``.gguf`` file, or the served model name when ``api_url``
     is given (``None``: the first model the server lists). ``generator``: any object with the
-    generator interface of :mod:`deepretrieval.generate` (overrides ``model``)."""
+    generator interface of :mod:`deepretrieval.generation.local` (overrides ``model``)."""
 
     def __init__(self, model: str | Any = None, task: str = "scifact", *, api_url: str | None = None,
                  api_key: str | None = None, api_prefill: str = "continue", max_new_tokens: int = 256,
@@ -60,7 +55,6 @@ class QueryRewriter:
                  seed: int = 0, fallback: bool = True, backend: str = "auto", device: str | None = None,
                  dtype: str | None = None, tokenizer: Any = None, cache_dir: str | os.PathLike | None = None,
                  use_cache: bool = False, generator: Any = None, **generator_kw: Any):
-        from .tasks import get_task
 
         self.task = get_task(task)
         self.batch_size = max(1, batch_size)
@@ -70,7 +64,6 @@ class QueryRewriter:
         if generator is not None:
             self.generator = generator
         elif api_url:
-            from .llm_api import OpenAIChatGenerator, served_models
             name = model or served_models(api_url, api_key)[0]
             self.generator = OpenAIChatGenerator(str(name), base_url=api_url, api_key=api_key,
                                                  prefill=api_prefill, cache_dir=cache_dir,
@@ -123,7 +116,7 @@ class QueryRewriter:
         if parsed.ok:
             return Rewrite(original, parsed.value, True, True, parsed.reasoning, completion)
         unfinished = "<think>" in full and "</think>" not in full and "<answer>" not in full
-        value = None if unfinished else _salvage(extract_answer_lenient(full, key), key)
+        value = None if unfinished else salvage_truncated_value(extract_answer_lenient(full, key), key)
         reasoning = None
         if "</think>" in full:
             reasoning = full.split("</think>", 1)[0].replace("<think>", "").strip() or None

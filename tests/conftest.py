@@ -26,5 +26,5 @@ def _index_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def scifact_index(_index_dir):
-    from deepretrieval.search import open_index
+    from deepretrieval.catalog import open_index
     return open_index("scifact")

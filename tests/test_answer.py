@@ -1,7 +1,7 @@
 """The output contract: strict (training) and lenient (serving) parsing."""
 import pytest
 
-from deepretrieval.answer import MAX_VALUE_CHARS, extract_answer_lenient, parse_answer
+from deepretrieval.core.answer import MAX_VALUE_CHARS, extract_answer_lenient, parse_answer
 
 Q = '{"query": "vitamin D AND cancer"}'
 

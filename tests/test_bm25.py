@@ -5,9 +5,10 @@ import sys
 
 import pytest
 
-from deepretrieval.data.beir import load_corpus, load_queries
-from deepretrieval.data.bundled import collection_dir
-from deepretrieval.search import SearchError, open_index
+from deepretrieval.core.beir_files import load_corpus, load_queries
+from deepretrieval.core.bundled import collection_dir
+from deepretrieval.catalog import open_index
+from deepretrieval.core.results import SearchError
 from deepretrieval.search.bm25 import BM25Index
 
 
@@ -127,8 +128,7 @@ def test_cli_index_search_and_prepare(tmp_path, _index_dir):
 def test_topk_kernel_equals_bm25s_scoring(scifact_index, monkeypatch):
     """Our numba top-k kernel and bm25s's retrieval give the same scores for all 1,109 claims;
     documents above the k-th score are the same (only exact ties at the cut may differ)."""
-    if scifact_index._fast_scores() is None:
-        pytest.skip("numba not installed")
+    assert scifact_index.kernel_disabled_reason() is None
     queries = list(load_queries(collection_dir("scifact")).values())
     for k in (10, 1000):
         ours = scifact_index.search(queries, k)
@@ -141,3 +141,35 @@ def test_topk_kernel_equals_bm25s_scoring(scifact_index, monkeypatch):
                 cut = a.scores[-1]
                 assert {d for d, s in zip(a.ids, a.scores) if s > cut} == \
                        {d for d, s in zip(b.ids, b.scores) if s > cut}
+
+
+def test_fast_kernel_is_used(scifact_index, monkeypatch):
+    """numba is a core dependency: searches go through our kernel (a bm25s upgrade that changes
+    the score layout fails loudly in Bm25sScores instead of silently falling back)."""
+    from deepretrieval.search import bm25
+
+    assert scifact_index.info()["kernel"] is True
+    calls = []
+    real = bm25.BM25Index._search_kernel
+
+    def counting(self, batch, k):
+        calls.append(len(batch))
+        return real(self, batch, k)
+
+    monkeypatch.setattr(bm25.BM25Index, "_search_kernel", counting)
+    scifact_index.search(["bone density", "vitamin d"], 10)
+    assert calls == [2]
+    monkeypatch.setenv("DEEPRETRIEVAL_BM25_KERNEL", "0")
+    assert scifact_index.kernel_disabled_reason() == "DEEPRETRIEVAL_BM25_KERNEL is off"
+    scifact_index.search(["bone density"], 10)
+    assert calls == [2]
+
+
+def test_unsupported_bm25s_layout_is_an_error(scifact_index, monkeypatch):
+    import bm25s
+
+    from deepretrieval.search.bm25 import Bm25sScores
+
+    monkeypatch.setattr(bm25s, "__version__", "0.9.0")
+    with pytest.raises(RuntimeError, match="outside the supported range"):
+        Bm25sScores(scifact_index.retriever)

@@ -14,10 +14,10 @@ import pytest
 
 from deepretrieval.cli import main
 from deepretrieval.data import byo
-from deepretrieval.data.beir import FormatError
-from deepretrieval.data.prepare import read_rows
+from deepretrieval.core.beir_files import FormatError
+from deepretrieval.catalog import read_rows
 from deepretrieval.rewards import compute_score
-from deepretrieval.search import LocalSearcher, open_index
+from deepretrieval.catalog import local_searcher, open_index
 
 BUNDLED = Path(__file__).resolve().parent.parent / "deepretrieval" / "bundled"
 REVIEWS = [json.loads(line) for line in (BUNDLED / "trialmind_slr" / "reviews.jsonl").read_text().splitlines()
@@ -93,7 +93,7 @@ def test_byo_rows_score_through_compute_score(trialmind):
     row = read_rows(out / "test.parquet")[0]
     gt = row["reward_model"]["ground_truth"]
     title = next(t["title"] for t in REVIEWS[18]["trials"] if t["pmid"] in DOCS)
-    got = compute_score(row["data_source"], answer(title), gt, row["extra_info"], searcher=LocalSearcher())
+    got = compute_score(row["data_source"], answer(title), gt, row["extra_info"], searcher=local_searcher())
     ranked = open_index("trialmind_byo").search([title], 10)[0].ids
     relevant = set(gt["target"])
     dcg = sum(1 / math.log2(i + 2) for i, d in enumerate(ranked) if d in relevant)
@@ -103,7 +103,7 @@ def test_byo_rows_score_through_compute_score(trialmind):
     assert compute_score(row["data_source"], "bad", gt, row["extra_info"])["score"] == -2.0
     # the answer-only variant name resolves too
     no_reason = compute_score("trialmind_byo_no_reason", f"<answer>{json.dumps({'query': title})}</answer>",
-                              gt, row["extra_info"], searcher=LocalSearcher())
+                              gt, row["extra_info"], searcher=local_searcher())
     assert no_reason["score"] == pytest.approx(got["score"])
     # the original-query baseline over real reviews retrieves something relevant
     assert main(["baseline", "--task", "trialmind_byo", "--rows", str(out / "test.parquet"), "--json"]) == 0
@@ -120,7 +120,7 @@ def test_prepare_beir_dense(tmp_path, _index_dir):
     assert rows[0]["data_source"] == "trialmind_byo2_dense"
     title = next(t["title"] for t in REVIEWS[18]["trials"] if t["pmid"] in DOCS)
     got = compute_score(rows[0]["data_source"], answer(title), rows[0]["reward_model"]["ground_truth"],
-                        rows[0]["extra_info"], searcher=LocalSearcher())
+                        rows[0]["extra_info"], searcher=local_searcher())
     assert got["format_ok"] and not got["search_error"] and got["ndcg"] > 0
 
 
@@ -170,7 +170,7 @@ def test_missing_files_and_bad_arguments(tmp_path, capsys):
 def test_failure_late_leaves_nothing_half_written(tmp_path, _index_dir, monkeypatch):
     """The index is saved and the train rows written, then writing the test rows fails: the staged
     index and rows are removed and nothing appears under the final names."""
-    from deepretrieval.data import prepare
+    from deepretrieval.data import rows as prepare
     files = write_collection(tmp_path / "src")
     out = tmp_path / "rows"
     real = prepare.write_parquet
@@ -218,7 +218,7 @@ def test_prepare_sql(tmp_path):
     gold = row["reward_model"]["ground_truth"]["target"][0]
     sol = f"<think>x</think><answer>{json.dumps({'sql': gold})}</answer>"
     assert compute_score("spider", sol, row["reward_model"]["ground_truth"], row["extra_info"],
-                         searcher=LocalSearcher())["score"] == pytest.approx(1.1)
+                         searcher=local_searcher())["score"] == pytest.approx(1.1)
 
 
 @pytest.mark.parametrize("items,message", [
@@ -278,7 +278,7 @@ def test_prepare_pico(tmp_path, monkeypatch):
         monkeypatch.setenv("DEEPRETRIEVAL_CACHE", "off")
         query = " OR ".join(f'"{t["title"]}"' for t in review["trials"])
         got = compute_score("pubmed", answer(query), row["reward_model"]["ground_truth"],
-                            {**row["extra_info"], "pub_date": ""}, searcher=LocalSearcher())
+                            {**row["extra_info"], "pub_date": ""}, searcher=local_searcher())
         assert got["recall"] == pytest.approx(1.0) and got["score"] == pytest.approx(6.0)
 
 

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from deepretrieval.cli import main as cli_main
-from deepretrieval.search import open_index
+from deepretrieval.catalog import open_index
 from deepretrieval.search.dense import (DenseIndex, EncoderConfig, HNSWParams, encode,
-                                        get_encoder, scifact_dense_index, shipped_encoder_path)
+                                        get_encoder, shipped_encoder_path)
+from deepretrieval.data.bundled import scifact_dense_index
 
 FAST = {"precision": "bfloat16", "max_seq_length": 64}
 
@@ -32,8 +33,8 @@ def scifact_dense():
 @pytest.fixture(scope="module")
 def scifact_queries():
     """The 300 SciFact test claims (id → text)."""
-    from deepretrieval.data.beir import load_qrels, load_queries
-    from deepretrieval.data.bundled import collection_dir
+    from deepretrieval.core.beir_files import load_qrels, load_queries
+    from deepretrieval.core.bundled import collection_dir
     queries = load_queries(collection_dir("scifact"))
     return {qid: queries[qid] for qid in load_qrels(collection_dir("scifact"), "test")}
 
@@ -123,8 +124,8 @@ def test_save_load_round_trip(scifact_dense, scifact_queries, tmp_path):
     assert [r.scores for r in a] == [r.scores for r in b]
     assert [r.texts for r in a] == [r.texts for r in b]
     # texts are the corpus texts (title + abstract)
-    from deepretrieval.data.beir import load_corpus
-    from deepretrieval.data.bundled import collection_dir
+    from deepretrieval.core.beir_files import load_corpus
+    from deepretrieval.core.bundled import collection_dir
     from deepretrieval.search.bm25 import doc_text
     corpus = {d["_id"]: doc_text(d) for d in load_corpus(collection_dir("scifact"))}
     assert all(t == corpus[i] for r in b for i, t in zip(r.ids, r.texts))
@@ -174,12 +175,12 @@ def test_search_contract(scifact_dense):
 def test_scifact_dense_task_baseline(scifact_dense):
     """The scifact_dense task scores through compute_score like BM25; dense retrieval with the
     original claims is a real retriever on SciFact."""
-    from deepretrieval.data.beir import load_qrels, load_queries
-    from deepretrieval.data.bundled import collection_dir
-    from deepretrieval.data.prepare import beir_rows
-    from deepretrieval.evaluate import original_query_baseline, summarize
+    from deepretrieval.core.beir_files import load_qrels, load_queries
+    from deepretrieval.core.bundled import collection_dir
+    from deepretrieval.tasks.beir import beir_rows
+    from deepretrieval.evaluation.harness import original_query_baseline, summarize
     from deepretrieval.rewards import compute_score
-    from deepretrieval.tasks import get_task
+    from deepretrieval.catalog import get_task
     folder = collection_dir("scifact")
     rows = beir_rows(get_task("scifact_dense"), load_queries(folder), load_qrels(folder, "test"),
                      "test")
@@ -194,8 +195,8 @@ def test_scifact_dense_task_baseline(scifact_dense):
 
 
 def test_cli_index_dense_and_search(tmp_path, capsys):
-    from deepretrieval.data.beir import load_corpus
-    from deepretrieval.data.bundled import collection_dir
+    from deepretrieval.core.beir_files import load_corpus
+    from deepretrieval.core.bundled import collection_dir
     docs = [d for _, d in zip(range(120), load_corpus(collection_dir("scifact")))]
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(d) + "\n" for d in docs))

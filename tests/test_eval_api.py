@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from deepretrieval.commands import bundled_rows
-from deepretrieval.evaluate import BASELINE_NAME, evaluate_model
-from deepretrieval.llm_api import ChatClient, LLMAPIError, chat_completions_url
+from deepretrieval.catalog import bundled_rows
+from deepretrieval.evaluation.harness import BASELINE_NAME, evaluate_model
+from deepretrieval.generation.api import ChatClient, LLMAPIError, chat_completions_url
 from deepretrieval.testing.openai_server import LoopbackChatServer
 
 ROWS = 12

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from deepretrieval.commands import bundled_rows
-from deepretrieval.evaluate import (BASELINE_NAME, GENERATIONS, evaluate_model, original_query_baseline,
+from deepretrieval.catalog import bundled_rows
+from deepretrieval.evaluation.harness import (BASELINE_NAME, GENERATIONS, evaluate_model, original_query_baseline,
                                     summarize)
-from deepretrieval.generate import TransformersGenerator
+from deepretrieval.generation.local import TransformersGenerator
 from deepretrieval.rewards import compute_score
 from deepretrieval.testing.tiny_model import tiny_model_path
 

@@ -15,8 +15,8 @@ import pytest
 
 from deepretrieval.cli import main as cli_main
 from deepretrieval.rewards import TABLES, compute_score, score_batch
-from deepretrieval.search import open_index
-from deepretrieval.tasks import get_task
+from deepretrieval.catalog import open_index
+from deepretrieval.catalog import get_task
 from deepretrieval.tasks.evidence import (DEFAULT_DEPTH, HIT_KS, answers_from_ground_truth,
                                           evidence_metrics, first_answer_rank, has_answer,
                                           load_qa_jsonl, normalize_answer, nq_examples, qa_rows)
@@ -135,8 +135,8 @@ def test_evidence_tasks_registered():
 
 
 def _passages():
-    from deepretrieval.data.beir import load_corpus
-    from deepretrieval.data.bundled import collection_dir
+    from deepretrieval.core.beir_files import load_corpus
+    from deepretrieval.core.bundled import collection_dir
     out = []
     for doc in load_corpus(collection_dir("scifact")):
         words = doc["text"].split()
@@ -268,7 +268,7 @@ def test_prepare_nq_and_baseline_cli(corpus, tmp_path, capsys):
     out = tmp_path / "nq"
     assert cli_main(["prepare", "nq", "--index", "sf_passages", "--limit", "40",
                      "--out", str(out)]) == 0
-    from deepretrieval.data.prepare import read_rows
+    from deepretrieval.catalog import read_rows
     rows = read_rows(out / "dev.parquet")
     dev = nq_examples("dev")[:40]
     assert len(rows) == 40
@@ -287,7 +287,7 @@ def test_prepare_nq_and_baseline_cli(corpus, tmp_path, capsys):
 
 
 def test_bundled_rows_for_nq(corpus, capsys):
-    from deepretrieval.commands import bundled_rows
+    from deepretrieval.catalog import bundled_rows
     rows = bundled_rows("nq", "test")
     assert len(rows) == 3610 and rows[0]["extra_info"]["split"] == "test"
     assert "search_index" not in rows[0]["extra_info"]                # the task's index
@@ -303,13 +303,13 @@ def test_prepare_from_user_file(tmp_path):
     assert cli_main(["prepare", "triviaqa", "--input", str(src), "--index", "wiki",
                      "--task", "triviaqa_no_reason", "--split", "train", "--out",
                      str(tmp_path / "out")]) == 0
-    from deepretrieval.data.prepare import read_rows
+    from deepretrieval.catalog import read_rows
     rows = read_rows(tmp_path / "out" / "train.parquet")
     assert [r["reward_model"]["ground_truth"]["target"] for r in rows] == [["Shakespeare"], ["Paris"]]
     assert rows[0]["extra_info"]["prefill"] == "<answer>{\"query\": \""
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "no answers here"}\n')
-    from deepretrieval.data.beir import FormatError
+    from deepretrieval.core.beir_files import FormatError
     with pytest.raises(FormatError, match="bad.jsonl:1"):
         load_qa_jsonl(bad)
     assert cli_main(["prepare", "nq", "--index", "x", "--task", "scifact", "--out",
@@ -318,7 +318,7 @@ def test_prepare_from_user_file(tmp_path):
 
 def test_evidence_over_a_dense_index(corpus, examples, tmp_path):
     """The same family on a dense index (texts come back from the dense backend)."""
-    from deepretrieval.search import register_index
+    from deepretrieval.catalog import register_index
     from deepretrieval.search.dense import DenseIndex
     ex = next(e for e in examples if e["question"].startswith("what are the 3 layers"))
     passages = [p for p in corpus["passages"] if has_answer(p["title"] + " " + p["text"],

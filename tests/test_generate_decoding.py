@@ -4,9 +4,10 @@ import shutil
 
 import pytest
 
-from deepretrieval.generate import (Decoding, Prompt, StopRule, TransformersGenerator, apply_stops,
-                                    make_generator, stop_rules, vllm_available)
-from deepretrieval.tasks import get_task
+from deepretrieval.generation.decoding import Decoding, Prompt, StopRule, apply_stops, stop_rules
+from deepretrieval.generation.factory import make_generator
+from deepretrieval.generation.local import TransformersGenerator, vllm_available
+from deepretrieval.catalog import get_task
 from deepretrieval.testing.tiny_model import tiny_model_path
 
 TASK = get_task("scifact_no_reason")
@@ -132,7 +133,7 @@ def test_vllm_generator_maps_decoding(monkeypatch, tiny):
 
     from transformers import AutoTokenizer
 
-    from deepretrieval.generate import VLLMGenerator
+    from deepretrieval.generation.local import VLLMGenerator
     seen = {}
 
     class SamplingParams:

@@ -183,7 +183,7 @@ def test_export_import_roundtrip_and_cli(tmp_path, capsys):
 
 
 def test_builtin_indexes_from_the_environment(tmp_path, fake, monkeypatch):
-    from deepretrieval.search import open_index
+    from deepretrieval.catalog import open_index
     from deepretrieval.search.live import api_key_from_env
     key_file = tmp_path / "ncbi.key"
     key_file.write_text("KEY-FROM-FILE\n")

@@ -3,9 +3,9 @@ import math
 
 import pytest
 
-from deepretrieval.data.beir import load_qrels, load_queries
-from deepretrieval.data.bundled import collection_dir
-from deepretrieval.metrics import (first_hit_rank, first_relevant_rank, hit_at_k, ndcg_at_k,
+from deepretrieval.core.beir_files import load_qrels, load_queries
+from deepretrieval.core.bundled import collection_dir
+from deepretrieval.core.metrics import (first_hit_rank, first_relevant_rank, hit_at_k, ndcg_at_k,
                                    ndcg_paper_at_k, recall_at_k)
 
 pytrec_eval = pytest.importorskip("pytrec_eval")

@@ -12,13 +12,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from deepretrieval.data.beir import load_qrels, load_queries
-from deepretrieval.data.bundled import collection_dir
+from deepretrieval.core.beir_files import load_qrels, load_queries
+from deepretrieval.core.bundled import collection_dir
 from deepretrieval.data.original import convert_row, model_prefill, parse_name, split_raw_prompt
-from deepretrieval.data.prepare import read_rows
+from deepretrieval.catalog import read_rows
 from deepretrieval.rewards import compute_score
-from deepretrieval.search import LocalSearcher, open_index
-from deepretrieval.tasks import UnknownTask, get_task
+from deepretrieval.catalog import local_searcher, open_index
+from deepretrieval.search import LocalSearcher
+from deepretrieval.catalog import get_task
+from deepretrieval.tasks import UnknownTask
 
 BUNDLED = Path(__file__).resolve().parent.parent / "deepretrieval" / "bundled"
 
@@ -81,7 +83,7 @@ class NamedSearcher(LocalSearcher):
     """Serves index names used by the original's rows from backends given here (no global state)."""
 
     def __init__(self, mapping):
-        super().__init__()
+        super().__init__(open_index)
         self.mapping = mapping
 
     def backend(self, index):
@@ -250,7 +252,7 @@ def test_spider_and_bird_original_rows(tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPRETRIEVAL_INDEX_DIR", str(tmp_path / "indexes"))
     write_sqlite_index(tmp_path / "indexes" / "bird" / "singer", bundled_databases()["spider/singer"],
                        "bird/singer")
-    searcher = LocalSearcher()
+    searcher = local_searcher()
     assert score(bird, good, searcher=searcher)["score"] == pytest.approx(1.1)
     assert score(bird, bad, searcher=searcher)["score"] == pytest.approx(0.4)  # BIRD: mismatch 0.4
 
@@ -288,7 +290,7 @@ def test_pubmed_original_row(tmp_path, monkeypatch):
     with fake_engines.FakePubMed() as fake:
         monkeypatch.setenv("DEEPRETRIEVAL_PUBMED_URL", fake.url)
         monkeypatch.setenv("DEEPRETRIEVAL_CACHE", "off")
-        searcher = LocalSearcher()
+        searcher = local_searcher()
         tiers = ((0.7, 5), (0.5, 4), (0.4, 3), (0.3, 1), (0.1, 0.5), (0.05, 0.1))
         for query in (" OR ".join(f'"{t["title"]}"' for t in review["trials"]),         # every title
                       " OR ".join(f'"{t["title"][:60]}"' for t in review["trials"][:40])):  # some
@@ -360,7 +362,7 @@ def test_convert_errors_are_clear(tmp_path):
 
 def test_loaders_detect_and_convert_original_files(scifact_case, tmp_path):
     from deepretrieval.data.original import ensure_ours, is_original_row, maybe_convert
-    from deepretrieval.commands import bundled_rows
+    from deepretrieval.catalog import bundled_rows
     qid, claim, doc, title = scifact_case
     src, originals = roundtrip([original_row("scifact_test", chatml_inline("R", claim), {"target": doc},
                                              "test", query=claim)], tmp_path)
@@ -371,6 +373,6 @@ def test_loaders_detect_and_convert_original_files(scifact_case, tmp_path):
     converted = ensure_ours(src, tmp_path / "conv")
     assert converted != src and read_rows(converted)[0]["extra_info"]["prefill"] == "<think>\n"
     ours_file = tmp_path / "ours.parquet"
-    from deepretrieval.data.prepare import write_parquet
+    from deepretrieval.data.rows import write_parquet
     write_parquet(ours, ours_file)
     assert ensure_ours(ours_file, tmp_path / "conv") == ours_file

@@ -27,8 +27,8 @@ def test_quickstart_tiny_end_to_end(tmp_path, capsys):
     assert results["test_rows"] == 8 and results["train_rows"] == 8 and results["steps"] == 2
     assert [r[""] for r in results["table"]] == ["original query", "zero-shot model", "trained model"]
     # the baseline row is the real original-query evaluation of the same 8 test claims
-    from deepretrieval.commands import bundled_rows
-    from deepretrieval.evaluate import original_query_baseline, summarize
+    from deepretrieval.catalog import bundled_rows
+    from deepretrieval.evaluation.harness import original_query_baseline, summarize
     base = summarize(original_query_baseline(bundled_rows("scifact_no_reason", "test")[:8]))
     assert results["table"][0]["ndcg@10"] == pytest.approx(base["ndcg@10"])
     assert results["table"][0]["format_error_rate"] == 0

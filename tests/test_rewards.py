@@ -54,7 +54,7 @@ def test_overrides():
 
 @pytest.fixture(scope="module")
 def rows():
-    from deepretrieval.commands import bundled_rows
+    from deepretrieval.catalog import bundled_rows
     return {split: bundled_rows("scifact", split) for split in ("train", "test")}
 
 
@@ -121,7 +121,7 @@ def test_unknown_data_source_is_a_clear_error():
 
 
 def test_search_error_is_reported_not_zero(rows):
-    from deepretrieval.search import SearchError
+    from deepretrieval.core.results import SearchError
 
     class Down:
         def search(self, *a, **k):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from deepretrieval.llm_api import LLMAPIError
+from deepretrieval.generation.api import LLMAPIError
 from deepretrieval.rewrite import QueryRewriter
-from deepretrieval.tasks import get_task
+from deepretrieval.catalog import get_task
 from deepretrieval.testing.openai_server import LoopbackChatServer
 from deepretrieval.testing.tiny_model import tiny_model_path
 

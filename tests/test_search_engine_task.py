@@ -7,9 +7,10 @@ import json
 import pytest
 
 from deepretrieval.rewards import compute_score, score_batch
-from deepretrieval.search import LocalSearcher, set_searcher
-from deepretrieval.tasks import get_task
-from deepretrieval.tasks.search_engine import bundled_rows, load_trialmind
+from deepretrieval.catalog import local_searcher, set_searcher
+from deepretrieval.catalog import get_task
+from deepretrieval.catalog import bundled_rows
+from deepretrieval.tasks.search_engine import load_trialmind
 from deepretrieval.testing.fake_engines import FakeCTGov, FakePubMed
 
 # a PICO-style Boolean query for review 32306958 (irAEs and efficacy of immune checkpoint
@@ -39,7 +40,7 @@ def live_env(fakes, tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPRETRIEVAL_LIVE_BACKOFF", "0.01")
     monkeypatch.delenv("DEEPRETRIEVAL_CACHE_FROZEN", raising=False)
     monkeypatch.delenv("NCBI_API_KEY", raising=False)
-    searcher = LocalSearcher()
+    searcher = local_searcher()
     set_searcher(searcher)
     yield pm, ct
     set_searcher(None)
@@ -81,7 +82,7 @@ def test_bundled_rows_are_real_and_complete():
 
 def test_prepare_command_writes_parquet(tmp_path, capsys):
     from deepretrieval.cli import main
-    from deepretrieval.data.prepare import read_rows
+    from deepretrieval.catalog import read_rows
     assert main(["prepare", "pubmed", "--out", str(tmp_path / "pm")]) == 0
     assert main(["prepare", "ctgov", "--out", str(tmp_path / "ct"), "--task", "ctgov_no_reason"]) == 0
     rows = read_rows(tmp_path / "pm" / "test.parquet")
@@ -181,7 +182,7 @@ def test_baseline_command_against_the_fake(live_env, tmp_path, capsys):
 def test_recalls_at_matches_the_metric_module():
     import random
 
-    from deepretrieval.metrics import recall_at_k
+    from deepretrieval.core.metrics import recall_at_k
     from deepretrieval.tasks.search_engine import recalls_at
     rng = random.Random(0)
     for _ in range(50):

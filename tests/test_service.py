@@ -14,7 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from deepretrieval.search import LocalSearcher, SearchError, SearchResult, set_searcher
+from deepretrieval.catalog import local_searcher, set_searcher
+
+from deepretrieval.core.results import SearchError, SearchResult
 from deepretrieval.service.app import ServerThread, ServiceConfig, create_app
 from deepretrieval.service.client import AsyncServiceClient, ServiceSearcher
 
@@ -61,8 +63,8 @@ LIMITS = dict(max_queries=400, max_query_chars=1000, max_k=2000)
 
 @pytest.fixture(scope="module")
 def scifact_queries():
-    from deepretrieval.data.beir import load_qrels, load_queries
-    from deepretrieval.data.bundled import collection_dir
+    from deepretrieval.core.beir_files import load_qrels, load_queries
+    from deepretrieval.core.bundled import collection_dir
     folder = collection_dir("scifact")
     queries = load_queries(folder)
     return [queries[qid] for qid in load_qrels(folder, "test")]
@@ -462,9 +464,9 @@ def search_url_env():
 
 
 def test_reward_reports_search_error_on_dead_server(search_url_env):
-    from deepretrieval.commands import bundled_rows
+    from deepretrieval.catalog import bundled_rows
     from deepretrieval.rewards import compute_score, compute_score_async
-    from deepretrieval.tasks import get_task
+    from deepretrieval.catalog import get_task
     row = bundled_rows("scifact", "test")[0]
     args = (row["data_source"], _completion(row["extra_info"]["query"]),
             row["reward_model"]["ground_truth"], row["extra_info"])
@@ -481,14 +483,14 @@ def test_reward_reports_search_error_on_dead_server(search_url_env):
 
 
 def test_reward_through_service_equals_in_process(server, search_url_env):
-    from deepretrieval.commands import bundled_rows
+    from deepretrieval.catalog import bundled_rows
     from deepretrieval.rewards import ascore_batch, compute_score, score_batch
     rows = bundled_rows("scifact", "test")[:40] + bundled_rows("scifact", "train")[:20]
     items = [(r["data_source"], _completion(r["extra_info"]["query"] if i % 4 else "stem cell"),
               r["reward_model"]["ground_truth"], r["extra_info"]) for i, r in enumerate(rows)]
     items.append((rows[0]["data_source"], "no answer tags", rows[0]["reward_model"]["ground_truth"],
                   rows[0]["extra_info"]))
-    local = score_batch(items, searcher=LocalSearcher())
+    local = score_batch(items, searcher=local_searcher())
     assert any(m["score"] > 0 for m in local)
     assert score_batch(items, searcher=ServiceSearcher(server.url)) == local
     search_url_env(server.url)  # the reward function finds the service by itself
@@ -500,7 +502,7 @@ def test_reward_through_service_equals_in_process(server, search_url_env):
 # ---- command line ----------------------------------------------------------------------------
 
 def test_parse_index_specs():
-    from deepretrieval.service.cli import parse_index_specs
+    from deepretrieval.cli.serve import parse_index_specs
     assert parse_index_specs(["scifact", "sf=/data/x", "p = pubmed"]) == {
         "scifact": "scifact", "sf": "/data/x", "p": "pubmed"}
     for bad in (["=x"], ["a="], ["a", "a=b"]):

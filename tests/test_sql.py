@@ -13,12 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deepretrieval.rewards import compute_score, compute_score_async, score_batch
-from deepretrieval.search import SearchError, open_index, register_index
+from deepretrieval.catalog import open_index, register_index
+from deepretrieval.core.results import SearchError
 from deepretrieval.search.sql import (BUNDLED_DIR, SqliteBackend, execute_readonly, file_sha256,
                                       has_top_level_order_by, split_statements, write_sqlite_index)
-from deepretrieval.tasks import get_task, register_task
-from deepretrieval.tasks.sql import (bundled_sql_rows, exec_match, exec_match_ordered, exec_match_set,
-                                     normalize_value)
+from deepretrieval.catalog import get_task, register_task
+from deepretrieval.catalog import bundled_rows
+from deepretrieval.tasks.sql import exec_match, exec_match_ordered, exec_match_set, normalize_value
 
 LIMIT = 0.5   # wall-clock limit for hostile SQL (seconds)
 SLACK = 1.5   # allowed overshoot (interpreter, connection set-up, a loaded CI machine)
@@ -30,7 +31,7 @@ def answer(sql: str) -> str:
 
 @pytest.fixture(scope="module")
 def rows():
-    return bundled_sql_rows("spider", "test")
+    return bundled_rows("spider", "test")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from deepretrieval.cli import main
-from deepretrieval.data.prepare import read_rows
+from deepretrieval.catalog import read_rows
 from deepretrieval.rewards import compute_score
 from deepretrieval.search.sql import BUNDLED_DIR
 

@@ -8,10 +8,11 @@ import json
 import pytest
 
 from deepretrieval.rewards import ascore_batch, score_batch
-from deepretrieval.search import LocalSearcher, open_index, set_searcher
+from deepretrieval.catalog import local_searcher, open_index, set_searcher
 from deepretrieval.service.app import ServerThread, ServiceConfig, create_app
 from deepretrieval.service.client import ServiceSearcher
-from deepretrieval.tasks.sql import bundled_sql_rows, clear_gold_cache
+from deepretrieval.catalog import bundled_rows as bundled_sql_rows
+from deepretrieval.tasks.sql import clear_gold_cache
 
 
 def _answer(sql):
@@ -35,7 +36,7 @@ def test_scores_through_service_equal_in_process(service_url, monkeypatch):
     items = [(r["data_source"], _answer(p), r["reward_model"]["ground_truth"], r["extra_info"])
              for r, p in zip(rows, preds)]
     clear_gold_cache()
-    local = score_batch(items, searcher=LocalSearcher())
+    local = score_batch(items, searcher=local_searcher())
     monkeypatch.setenv("DEEPRETRIEVAL_SEARCH_URL", service_url)  # the gold SQL goes there too
     set_searcher(None)
     try:

@@ -24,8 +24,8 @@ def test_every_promised_script_exists():
 def extra_indexes(tmp_path_factory, scifact_index):
     """Small stand-ins for indexes the bundle does not ship: a passage index for NQ ('wikipedia')
     and a dense SciFact index over a slice of the corpus."""
-    from deepretrieval.data.beir import load_corpus
-    from deepretrieval.data.bundled import collection_dir
+    from deepretrieval.core.beir_files import load_corpus
+    from deepretrieval.core.bundled import collection_dir
     from deepretrieval.search.bm25 import BM25Index
 
     folder = tmp_path_factory.mktemp("idx")

@@ -27,7 +27,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def rows():
-    from deepretrieval.commands import bundled_rows
+    from deepretrieval.catalog import bundled_rows
     return bundled_rows(TASK, "train")[:8]
 
 
@@ -83,7 +83,7 @@ def _state(path):
 
 
 def test_grpo_steps_change_weights_finite_losses_and_metric_keys(warm_model, rows, tmp_path):
-    from deepretrieval.tasks import get_task
+    from deepretrieval.catalog import get_task
 
     result = train_trl(rows, _settings(warm_model, tmp_path / "run"))
     before, after = _state(warm_model), _state(result.model_dir)

@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("verl")
 pytest.importorskip("hydra")
 
+from deepretrieval.catalog import FAMILY_NAMES
 from deepretrieval.train import verl as launcher  # noqa: E402
 
 
@@ -24,8 +25,8 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scifact_parquet(tmp_path_factory):
-    from deepretrieval.commands import bundled_rows
-    from deepretrieval.data.prepare import write_parquet
+    from deepretrieval.catalog import bundled_rows
+    from deepretrieval.data.rows import write_parquet
     folder = tmp_path_factory.mktemp("rows")
     train = write_parquet(bundled_rows("scifact", "train"), folder / "train.parquet")
     test = write_parquet(bundled_rows("scifact", "test"), folder / "test.parquet")
@@ -57,7 +58,7 @@ def _overrides(tiny, train, test, task="scifact", extra=()):
 
 
 @pytest.mark.parametrize("preset", launcher.PRESETS)
-@pytest.mark.parametrize("family", launcher.FAMILIES)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_presets_compose_and_pass_verl_validation(preset, family, tiny, scifact_parquet, vllm_lora_check):
     train, test = scifact_parquet
     overrides = _overrides(tiny, train, test, extra=[f"family={family}"])
@@ -138,7 +139,7 @@ def test_verl_dataset_reads_our_rows(tiny, scifact_parquet):
     data_cfg.update(filter_overlong_prompts_workers=1, dataloader_num_workers=0,
                     tool_config_path=None, function_tool_path=None)
     dataset = RLHFDataset(data_files=str(test), tokenizer=tokenizer, config=OmegaConf.create(data_cfg))
-    from deepretrieval.commands import bundled_rows
+    from deepretrieval.catalog import bundled_rows
     rows = bundled_rows("scifact", "test")
     assert len(dataset) == len(rows) == 300
     item = dataset[3]
@@ -161,8 +162,8 @@ def test_reward_loop_manager_scores_batch_on_ray_cpu_workers(tiny, scifact_parqu
     from verl.experimental.reward_loop.reward_loop import migrate_legacy_reward_impl
     from verl.protocol import DataProto
 
-    from deepretrieval.commands import bundled_rows
-    from deepretrieval.evaluate import original_query_baseline
+    from deepretrieval.catalog import bundled_rows
+    from deepretrieval.evaluation.harness import original_query_baseline
     from deepretrieval.train.service import ManagedService
 
     train, test = scifact_parquet

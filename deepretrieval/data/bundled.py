@@ -1,31 +1,39 @@
-"""Collections shipped inside the package (see deepretrieval/bundled/*/SOURCE.md)."""
+"""Built-in indexes over the data shipped in the package, built under the index root on first use:
+BM25 over each bundled BEIR collection (``scifact``) and the dense SciFact (``scifact_dense``)."""
 from __future__ import annotations
 
-import os
 import threading
-from pathlib import Path
+from typing import Any
 
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled"
-COLLECTIONS = ("scifact",)
+from deepretrieval.core import settings
+from deepretrieval.core.beir_files import load_corpus
+from deepretrieval.core.bundled import collection_dir
+from deepretrieval.search.bm25 import BM25Index
+from deepretrieval.search.dense import SCIFACT_DENSE, DenseIndex
+
 _lock = threading.Lock()
 
 
-def collection_dir(name: str) -> Path:
-    if name not in COLLECTIONS:
-        raise KeyError(f"no bundled collection {name!r} (bundled: {list(COLLECTIONS)})")
-    return BUNDLED_DIR / name
-
-
-def bm25_index(name: str, rebuild: bool = False):
+def bm25_index(name: str, rebuild: bool = False) -> BM25Index:
     """The BM25 index of a bundled collection, built under the index root on first use."""
-    from ..search import index_root
-    from ..search.bm25 import BM25Index
-    from .beir import load_corpus
-
-    path = index_root() / name
+    path = settings.index_dir() / name
     with _lock:
         if rebuild or not (path / "meta.json").exists():
             index = BM25Index.build(load_corpus(collection_dir(name)), name=name,
-                                    show_progress=bool(os.environ.get("DEEPRETRIEVAL_PROGRESS", "1") != "0"))
+                                    show_progress=settings.progress_enabled())
             index.save(path)
         return BM25Index.load(path)
+
+
+def scifact_dense_index(rebuild: bool = False, name: str = "scifact_dense", **overrides: Any):
+    """The dense index of the bundled SciFact (the shipped all-MiniLM-L6-v2), built under the
+    index root on first use (a few minutes on a CPU), then loaded from there. ``overrides`` change
+    the build settings (e.g. ``precision="bfloat16"``). Needs the ``[dense]`` extra."""
+    path = settings.index_dir() / name
+    with _lock:
+        if rebuild or not (path / "meta.json").exists():
+            build = {**SCIFACT_DENSE, **overrides}
+            index = DenseIndex.build(load_corpus(collection_dir("scifact")), name=name,
+                                     show_progress=settings.progress_enabled(), **build)
+            index.save(path)
+        return DenseIndex.load(path)

@@ -25,7 +25,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .beir import FormatError, iter_jsonl
+from deepretrieval.core import settings
+from deepretrieval.core.beir_files import FormatError, iter_jsonl
+from deepretrieval.core.results import SearchError
+from deepretrieval.data.rows import write_parquet
+from deepretrieval.search.bm25 import BM25Index
+from deepretrieval.search.dense import DenseIndex
+from deepretrieval.search.sql import SqliteBackend, execute_readonly, write_sqlite_index
+from deepretrieval.tasks import search_engine, sql
+from deepretrieval.tasks.base import tasks_by_name
+from deepretrieval.tasks.beir import beir_rows
+from deepretrieval.tasks.original import beir_task
+
+SQL_TASKS = tasks_by_name(sql.TASKS)
+SEARCH_ENGINE_TASKS = tasks_by_name(search_engine.TASKS)
 
 
 class _Staged:
@@ -176,14 +189,10 @@ def prepare_beir(*, corpus: str, queries: str, qrels: Mapping[str, str], name: s
                  no_reason: bool = False, show_progress: bool | None = None) -> dict[str, Any]:
     """Check the collection, build the index(es), write ``<out>/<split>.parquet`` (and
     ``<out>/dense/<split>.parquet`` with ``dense``). Returns paths, counts and a report."""
-    from ..search import index_root
-    from ..search.bm25 import BM25Index
-    from .prepare import beir_rows, write_parquet
-    from .original import _beir_task
 
     _check_name(name)
     if show_progress is None:
-        show_progress = os.environ.get("DEEPRETRIEVAL_PROGRESS", "1") != "0"
+        show_progress = settings.progress_enabled()
     if not qrels:
         raise ValueError("give at least one --qrels file")
     docs = read_corpus(corpus)
@@ -194,10 +203,9 @@ def prepare_beir(*, corpus: str, queries: str, qrels: Mapping[str, str], name: s
     bm25 = BM25Index.build(docs, name=name, show_progress=show_progress)
     dense_index = None
     if dense:
-        from ..search.dense import DenseIndex
         dense_index = DenseIndex.build(docs, dense, name=f"{name}_dense", show_progress=show_progress)
 
-    root = Path(index_dir) if index_dir else index_root() / name
+    root = Path(index_dir) if index_dir else settings.index_dir() / name
     dense_root = root.parent / f"{root.name}_dense"
     out_dir = Path(out) if out else Path("data") / name
     report, paths = [], {}
@@ -211,7 +219,7 @@ def prepare_beir(*, corpus: str, queries: str, qrels: Mapping[str, str], name: s
             report.append(f"dense index ({dense}): {len(docs)} documents → {dense_root}")
         variants = [(name, "")] + ([(f"{name}_dense", "dense")] if dense_index is not None else [])
         for task_name, sub in variants:
-            task = _beir_task(name, bool(sub))
+            task = beir_task(name, bool(sub))
             if no_reason:
                 task = task.variant(name=f"{task_name}_no_reason", reasoning=False, prefill="")
             for split, judged in splits.items():
@@ -236,45 +244,6 @@ def _check_name(name: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # resolver: a data_source naming a local index is a BEIR task over it
-
-_LOCAL: dict[str, Any] = {}
-
-
-def resolve_local(data_source: str):
-    """``NAME`` / ``NAME_no_reason`` where ``NAME`` is a BM25 or dense index (registered, in
-    ``DEEPRETRIEVAL_INDEXES`` or under the index root) → a BEIR task searching it."""
-    if data_source in _LOCAL:
-        return _LOCAL[data_source]
-    task = _resolve_local(data_source)
-    if task is not None:
-        _LOCAL[data_source] = task
-    return task
-
-
-def _resolve_local(data_source: str):
-    from ..search import _REGISTERED, _env_indexes, index_root
-    from .original import _beir_task
-
-    if not isinstance(data_source, str) or not data_source:
-        return None
-    base, no_reason = data_source, False
-    if base.endswith("_no_reason"):
-        base, no_reason = base[: -len("_no_reason")], True
-    known = {**_env_indexes(), **_REGISTERED}
-    path = known.get(base) or index_root() / base
-    try:
-        meta = json.loads((Path(path) / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if meta.get("type") not in ("bm25", "dense"):
-        return None
-    task = _beir_task(base[: -len("_dense")] if base.endswith("_dense") else base,
-                      base.endswith("_dense"))
-    task = task.variant(name=base, index=base)
-    if no_reason:
-        task = task.variant(name=data_source, reasoning=False, prefill="")
-    return task
-
 
 # ---------------------------------------------------------------------------------------------
 # SQL
@@ -314,19 +283,13 @@ def prepare_sql(*, db: str, questions: str, name: str | None = None, out: str | 
                 task: str = "spider", test_fraction: float = 0.2) -> dict[str, Any]:
     """Check every question's gold SQL on the database, register the database as index
     ``<task index>/<name>``, write ``<out>/<split>.parquet``."""
-    from ..search import index_root
-    from ..search.base import SearchError
-    from ..search.sql import SqliteBackend, execute_readonly, write_sqlite_index
-    from ..tasks import get_task
-    from .prepare import make_row, write_parquet
-
     db_path = _need_file(db, "database")
     qpath = _need_file(questions, "questions")
     name = name or db_path.stem
     _check_name(name)
-    the_task = get_task(task)
-    if the_task.family.name != "sql":
-        raise ValueError(f"--task {task!r} is not a SQL task")
+    if task not in SQL_TASKS:
+        raise ValueError(f"--task {task!r} is not a SQL task; SQL tasks: {sorted(SQL_TASKS)}")
+    the_task = SQL_TASKS[task]
     try:
         schema = SqliteBackend(db_path, name=name).schema_sql()
     except (SearchError, Exception) as exc:  # noqa: BLE001
@@ -353,13 +316,13 @@ def prepare_sql(*, db: str, questions: str, name: str | None = None, out: str | 
                  "query": question.strip(), "db_id": name}
         if evidence:
             extra["evidence"] = evidence
-        rows.append(make_row(the_task, split, len(rows),
+        rows.append(the_task.row(split, len(rows),
                              {"schema": schema, "question": question.strip(), "evidence": evidence},
                              {"target": [sql.strip()]}, **extra))
     if not rows_by_split:
         raise FormatError(f"{qpath}: no questions")
     out_dir = Path(out) if out else Path("data") / name
-    index_path = index_root() / the_task.index / name
+    index_path = settings.index_dir() / the_task.index / name
     report = []
     with _Staged() as staged:
         write_sqlite_index(staged.path(index_path), db_path, f"{the_task.index}/{name}")
@@ -379,13 +342,11 @@ def prepare_pico(*, reviews: str, engine: str = "pubmed", out: str | None = None
                  test_fraction: float = 0.2) -> dict[str, Any]:
     """Reviews ``{P, I, C, O, included: [ids], title?, pub_date?, split?, id?}`` (P/I/C/O may also
     sit under ``pico``) → ``<out>/<split>.parquet`` for the ``pubmed`` / ``ctgov`` task."""
-    from ..tasks import get_task
-    from .prepare import make_row, write_parquet
-
     path = _need_file(reviews, "reviews")
-    task = get_task(engine)
-    if task.family.name != "search_engine":
-        raise ValueError(f"--engine {engine!r} is not a search-engine task")
+    if engine not in SEARCH_ENGINE_TASKS:
+        raise ValueError(f"--engine {engine!r} is not a search-engine task; known: "
+                         f"{sorted(SEARCH_ENGINE_TASKS)}")
+    task = SEARCH_ENGINE_TASKS[engine]
     rows_by_split: dict[str, list[dict[str, Any]]] = {}
     for item, where in _load_items(path):
         if not isinstance(item, dict):
@@ -423,7 +384,7 @@ def prepare_pico(*, reviews: str, engine: str = "pubmed", out: str | None = None
                                  "query": fields.get("title") or fields["P"]}
         if item.get("pub_date"):
             extra["pub_date"] = str(item["pub_date"])
-        rows.append(make_row(task, split, len(rows), fields, {"target": ids}, **extra))
+        rows.append(task.row(split, len(rows), fields, {"target": ids}, **extra))
     if not rows_by_split:
         raise FormatError(f"{path}: no reviews")
     out_dir = Path(out) if out else Path("data") / f"{engine}_{path.stem}"
@@ -434,11 +395,3 @@ def prepare_pico(*, reviews: str, engine: str = "pubmed", out: str | None = None
             write_parquet(rows, staged.path(final))
             report.append(f"{task.name} {split}: {len(rows)} rows → {final}")
     return {"report": report, "rows": {s: len(r) for s, r in rows_by_split.items()}}
-
-
-def _register() -> None:
-    from ..tasks import register_resolver
-    register_resolver(resolve_local)
-
-
-_register()

@@ -26,6 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from deepretrieval.core import settings
+
 log = logging.getLogger(__name__)
 
 DEFAULT_REPO = "DeepRetrieval/datasets"
@@ -33,7 +35,7 @@ CATEGORIES = ("local_index_search", "search_engine", "sql", "raw_data")
 MANIFEST = ".deepretrieval-download.json"
 #: Bytes per read while streaming a file. What was received before a failure is only on disk in
 #: whole chunks, so this is the resume granularity (huggingface_hub's own default is 10 MB).
-CHUNK_BYTES = int(os.environ.get("DEEPRETRIEVAL_DOWNLOAD_CHUNK_BYTES", 1 << 20))
+CHUNK_BYTES = settings.get_int("DEEPRETRIEVAL_DOWNLOAD_CHUNK_BYTES", 1 << 20)
 INCOMPLETE = ".incomplete"
 
 

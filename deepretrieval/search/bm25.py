@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_dir
-from .base import SearchResult, StoredDocs
+from deepretrieval.core import settings
+from deepretrieval.core.io import atomic_dir
+from deepretrieval.core.results import SearchResult, StoredDocs
 
 INDEX_TYPE = "bm25"
 FORMAT_VERSION = 1
@@ -35,6 +36,35 @@ def _numba_available() -> bool:
 
 
 _KERNEL = None
+
+#: The bm25s versions whose precomputed-score layout :class:`Bm25sScores` reads (pyproject pins
+#: the same range).
+BM25S_SUPPORTED = ((0, 2, 14), (0, 4, 0))
+
+
+class Bm25sScores:
+    """The one adapter over bm25s's internal state that our top-k kernel reads: the CSC arrays of
+    precomputed term scores (``retriever.scores``: data, indices, indptr, num_docs), the set of
+    known token ids, and whether the BM25 variant scores non-matching documents
+    (``nonoccurrence_array``; our kernel then does not apply). Raises RuntimeError naming the
+    bm25s version when the layout is not the expected one, so an upgrade cannot silently switch
+    the kernel off."""
+
+    def __init__(self, retriever) -> None:
+        import bm25s
+
+        version = tuple(int(x) for x in bm25s.__version__.split(".")[:3])
+        if not BM25S_SUPPORTED[0] <= version < BM25S_SUPPORTED[1]:
+            raise RuntimeError(f"bm25s {bm25s.__version__} is outside the supported range "
+                               f"{BM25S_SUPPORTED}; the score layout may have changed")
+        scores = retriever.scores
+        missing = {"data", "indices", "indptr", "num_docs"} - set(scores)
+        if missing:
+            raise RuntimeError(f"bm25s {bm25s.__version__}: the score matrix lacks {sorted(missing)}")
+        self.data, self.indices, self.indptr = scores["data"], scores["indices"], scores["indptr"]
+        self.num_docs = int(scores["num_docs"])
+        self.known_tokens = retriever.unique_token_ids_set
+        self.scores_nonmatching = retriever.nonoccurrence_array is not None
 
 
 def _topk_kernel():
@@ -139,9 +169,10 @@ class BM25Index(StoredDocs):
         self.path = path
         self.params = params or {}
         self.backend = "numba" if _numba_available() else "numpy"
+        self.state = Bm25sScores(retriever)
         # numba's parallel scorer changes a process-wide thread count: one parallel call at a time
         self._parallel = threading.Lock()
-        self.threads = int(os.environ.get("DEEPRETRIEVAL_BM25_THREADS", os.cpu_count() or 1))
+        self.threads = settings.get_int("DEEPRETRIEVAL_BM25_THREADS", os.cpu_count() or 1)
 
     # ---- building -------------------------------------------------------------------------
     @classmethod
@@ -198,28 +229,30 @@ class BM25Index(StoredDocs):
     # ---- searching ------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         return {"type": INDEX_TYPE, "name": self.name, "num_docs": len(self.doc_ids),
-                "scoring": self.backend, "params": self.params,
+                "scoring": self.backend, "kernel": self.kernel_disabled_reason() is None,
+                "params": self.params,
                 "path": str(self.path) if self.path else None}
 
-    def _fast_scores(self):
-        """The CSC arrays our kernel reads, or None when it cannot be used (no numba, or a BM25
-        variant that scores non-matching documents, which bm25s handles itself)."""
-        if self.backend != "numba" or os.environ.get("DEEPRETRIEVAL_BM25_KERNEL", "1") == "0":
-            return None
-        if getattr(self.retriever, "nonoccurrence_array", None) is not None or _topk_kernel() is None:
-            return None
-        return self.retriever.scores
+    def kernel_disabled_reason(self) -> str | None:
+        """Why our top-k kernel is not used for this index (None: it is used)."""
+        if self.backend != "numba":
+            return "numba is not installed"
+        if not settings.get_bool("DEEPRETRIEVAL_BM25_KERNEL", True):
+            return "DEEPRETRIEVAL_BM25_KERNEL is off"
+        if self.state.scores_nonmatching:
+            return f"BM25 variant {self.params.get('method')!r} scores non-matching documents"
+        return None
 
     def _search_kernel(self, batch: list[list[int]], k: int):
-        known = self.retriever.unique_token_ids_set
+        known = self.state.known_tokens
         ids = [[t for t in toks if t in known] for toks in batch]
         ptr = np.cumsum([0] + [len(t) for t in ids], dtype=np.int64)
         flat = np.fromiter((t for toks in ids for t in toks), dtype=np.int64, count=int(ptr[-1]))
-        s = self.retriever.scores
+        st = self.state
         kernel = _topk_kernel()
 
         def run(a: int, b: int):
-            return kernel(flat, ptr[a:b + 1], k, s["data"], s["indices"], s["indptr"], int(s["num_docs"]))
+            return kernel(flat, ptr[a:b + 1], k, st.data, st.indices, st.indptr, st.num_docs)
 
         n = len(ids)
         # large batches are split over the cores (the kernel releases the GIL); small ones, and
@@ -250,7 +283,7 @@ class BM25Index(StoredDocs):
         for i, toks in enumerate(token_ids):
             if not toks:  # no known term: nothing matches
                 out[i] = SearchResult(texts=[] if return_text else None)
-        if todo and self._fast_scores() is not None:
+        if todo and self.kernel_disabled_reason() is None:
             docs, scores = self._search_kernel([token_ids[i] for i in todo], k_eff)
         elif todo:
             batch = [token_ids[i] for i in todo]

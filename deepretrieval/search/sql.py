@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sqlite3
 import tempfile
 import time
@@ -42,13 +41,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .base import SearchError, SearchResult
+from deepretrieval.core.bundled import bundled_path
+from deepretrieval.core.results import SearchError, SearchResult
+from deepretrieval.core.sql_text import (  # noqa: F401
+    DEFAULT_MAX_ROWS,
+    DEFAULT_TIMEOUT_S,
+    LITERAL,
+    has_top_level_order_by,
+    spider_database_path,
+    split_statements,
+)
 
 log = logging.getLogger(__name__)
 
 INDEX_TYPE = "sqlite"
-DEFAULT_TIMEOUT_S = 5.0
-DEFAULT_MAX_ROWS = 10_000
 MAX_TIMEOUT_S = 120.0
 #: Largest single string/blob a query may build (SQLITE_LIMIT_LENGTH).
 MAX_VALUE_BYTES = 1_000_000
@@ -63,7 +69,7 @@ OPTIONS = ("timeout_s", "max_result_bytes")
 #: ``info["error_kind"]`` values for a failed execution.
 ERROR_KINDS = ("empty", "too_long", "multiple_statements", "denied", "timeout", "syntax", "runtime")
 
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled" / "spider"
+BUNDLED_DIR = bundled_path("spider")
 
 # Authorizer ---------------------------------------------------------------------------------
 
@@ -83,68 +89,6 @@ def _authorizer(action: int, arg1: Any, arg2: Any, dbname: Any, source: Any) -> 
     if action == sqlite3.SQLITE_PRAGMA and str(arg1).lower() in _READ_PRAGMAS:
         return sqlite3.SQLITE_OK
     return sqlite3.SQLITE_DENY
-
-
-# Statement splitting ------------------------------------------------------------------------
-
-LITERAL = "\x00"
-
-
-def _scan(sql: str):
-    """Yield ``(position, char, depth)`` for the characters of ``sql`` outside string literals,
-    quoted identifiers and comments (``depth`` = parenthesis depth). Comments are skipped; each
-    literal or quoted identifier is yielded once as :data:`LITERAL`."""
-    i, n, depth = 0, len(sql), 0
-    while i < n:
-        c = sql[i]
-        if c in "'\"`[":
-            close = "]" if c == "[" else c
-            j = i + 1
-            while j < n:
-                if sql[j] == close:
-                    if close != "]" and j + 1 < n and sql[j + 1] == close:  # doubled quote
-                        j += 2
-                        continue
-                    break
-                j += 1
-            yield i, LITERAL, depth  # a literal counts as one token
-            i = j + 1
-            continue
-        if c == "-" and sql.startswith("--", i):
-            j = sql.find("\n", i)
-            i = n if j < 0 else j + 1
-            continue
-        if c == "/" and sql.startswith("/*", i):
-            j = sql.find("*/", i + 2)
-            i = n if j < 0 else j + 2
-            continue
-        if c == "(":
-            depth += 1
-        elif c == ")":
-            depth = max(0, depth - 1)
-        yield i, c, depth
-        i += 1
-
-
-def split_statements(sql: str) -> list[str]:
-    """The non-empty statements of ``sql`` (split on ``;`` outside literals and comments)."""
-    parts, start, content = [], 0, False
-    for pos, c, _ in _scan(sql):
-        if c == ";":
-            if content:
-                parts.append(sql[start:pos].strip())
-            start, content = pos + 1, False
-        elif not c.isspace():
-            content = True
-    if content:
-        parts.append(sql[start:].strip())
-    return parts
-
-
-def has_top_level_order_by(sql: str) -> bool:
-    """Whether the outermost query has ORDER BY (not counting subqueries, literals, comments)."""
-    text = "".join(c if depth == 0 and c != LITERAL else " " for _, c, depth in _scan(sql))
-    return re.search(r"\border\s+by\b", text, re.IGNORECASE) is not None
 
 
 # Execution ----------------------------------------------------------------------------------
@@ -420,11 +364,6 @@ def load_sqlite_index(directory: str | os.PathLike) -> SqliteBackend:
                          immutable=bool(meta.get("immutable", False)))
 
 
-def spider_database_path(root: str | os.PathLike, db_id: str) -> Path:
-    """Spider/BIRD layout: ``<root>/<db_id>/<db_id>.sqlite``."""
-    return Path(root) / db_id / f"{db_id}.sqlite"
-
-
 def bundled_databases() -> dict[str, Path]:
     """Index name → file of the databases shipped in the package (``spider/<db_id>``)."""
     root = BUNDLED_DIR / "database"
@@ -439,12 +378,6 @@ def open_bundled(name: str) -> SqliteBackend:
     if name not in databases:
         raise SearchError(f"no bundled SQL database {name!r} (bundled: {sorted(databases)})")
     return SqliteBackend(databases[name], name=name)
-
-
-def register_builtins(registry: dict) -> None:
-    """Add the bundled databases to ``BUILTIN_INDEXES`` (opened on first use)."""
-    for name in bundled_databases():
-        registry.setdefault(name, lambda name=name: open_bundled(name))
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import threading
 import time
 import weakref
@@ -23,9 +22,10 @@ from typing import Any
 import httpx
 import numpy as np
 
-from ..search.base import SearchError, SearchResult
-from ._http import AsyncHTTP, TransportError
-from .app import dumps, loads
+from deepretrieval.core import settings
+from deepretrieval.core.results import SearchError, SearchResult
+from deepretrieval.service._http import AsyncHTTP, TransportError
+from deepretrieval.service.app import dumps, loads
 
 __all__ = ["AsyncServiceClient", "ServiceClient", "ServiceSearcher"]
 
@@ -33,13 +33,6 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_RETRIES = 3
 DEFAULT_BACKOFF = 0.1
 DEFAULT_CHUNK = 1024
-
-
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ[name])
-    except (KeyError, ValueError):
-        return default
 
 
 def _unpack_ids(value: Any) -> list:
@@ -65,9 +58,9 @@ class _Base:
         self.url = url.rstrip("/")
         self.token = token or None
         self.timeout = float(timeout if timeout is not None
-                             else _env_float("DEEPRETRIEVAL_SEARCH_TIMEOUT", DEFAULT_TIMEOUT))
+                             else settings.get_float("DEEPRETRIEVAL_SEARCH_TIMEOUT", DEFAULT_TIMEOUT))
         self.retries = max(0, int(retries if retries is not None
-                                  else _env_float("DEEPRETRIEVAL_SEARCH_RETRIES", DEFAULT_RETRIES)))
+                                  else settings.get_int("DEEPRETRIEVAL_SEARCH_RETRIES", DEFAULT_RETRIES)))
         self.backoff = max(0.0, backoff)
         self.chunk_size = max(1, chunk_size)
 

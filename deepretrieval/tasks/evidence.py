@@ -30,7 +30,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from . import Family, SearchPlan, Task, register_task
+from deepretrieval.core.beir_files import FormatError, iter_jsonl
+from deepretrieval.core.bundled import bundled_path
+from deepretrieval.core.tables import RewardTable
+from deepretrieval.tasks.base import Family, SearchPlan, Task
+
+#: NQ / TriviaQA / SQuAD (the paper's table): rank of the first answer-bearing passage.
+TABLE = RewardTable(
+    metric="first_hit_rank", compare="<=",
+    tiers=((5, 5), (20, 4), (50, 2), (100, 1), (1000, 0.5), (3000, 0.1)),
+    otherwise=-3.5, format_ok=1, format_bad=-4, error=-4)
+TABLES = {"evidence": TABLE}
 
 _ARTICLES = frozenset({"a", "an", "the"})
 _NON_WORD = re.compile(r"[\W_]+")  # punctuation, symbols, whitespace, underscore → boundary
@@ -132,13 +142,6 @@ class EvidenceFamily(Family):
         """Nothing searched (bad format): no hit, as if nothing was found within the depth."""
         return evidence_metrics(None, task.train_depth)
 
-    def bundled_rows(self, task, split):
-        """NQ tasks: the bundled NQ-open questions ("test" = NQ-open dev, the 3,610 questions
-        DPR and the paper report NQ test results on), searching the task's default index."""
-        if not task.name.startswith("nq"):
-            return super().bundled_rows(task, split)
-        return qa_rows(task, nq_examples("dev" if split == "test" else split), split)
-
 
 EVIDENCE = EvidenceFamily()
 
@@ -154,21 +157,21 @@ _DATASETS = {
     "squad": ("SQuAD (open)", "Wikipedia"),
 }
 
-for _name, (_title, _corpus) in _DATASETS.items():
+TASKS = [
+    Task(name=_name + _suffix, family=EVIDENCE, index="wikipedia", system=_SYSTEM,
+         instruction=_INSTRUCTION.format(corpus=_corpus), reward=TABLE,
+         train_depth=DEFAULT_DEPTH, val_depth=DEFAULT_DEPTH,
+         description=f"{_title}: rank of the first answer-bearing passage in the top 3000"
+                     + (", answer-only" if _suffix else ""), **_extra)
+    for _name, (_title, _corpus) in _DATASETS.items()
     for _suffix, _extra in (("", {}), ("_no_reason", {"reasoning": False,
-                                                      "prefill": "<answer>{\"query\": \""})):
-        register_task(Task(
-            name=_name + _suffix, family=EVIDENCE, index="wikipedia", system=_SYSTEM,
-            instruction=_INSTRUCTION.format(corpus=_corpus), reward="evidence",
-            train_depth=DEFAULT_DEPTH, val_depth=DEFAULT_DEPTH,
-            description=f"{_title}: rank of the first answer-bearing passage in the top 3000"
-                        + (", answer-only" if _suffix else ""), **_extra))
+                                                      "prefill": "<answer>{\"query\": \""}))]
 
 
 # ---------------------------------------------------------------------------------------------
 # data: NQ-open style JSONL ({"question", "answer": [...]}) → task rows
 
-BUNDLED_NQ = Path(__file__).resolve().parent.parent / "bundled" / "nq_open"
+BUNDLED_NQ = bundled_path("nq_open")
 NQ_SPLITS = {"dev": "NQ-open.dev.jsonl.gz",
              "efficientqa-dev": "NQ-open.efficientqa.dev.1.1.jsonl.gz",
              "efficientqa-test": "NQ-open.efficientqa.test.1.1.jsonl.gz"}
@@ -177,8 +180,6 @@ NQ_SPLITS = {"dev": "NQ-open.dev.jsonl.gz",
 def load_qa_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read question/answer JSONL (``.gz`` ok): ``{"question": str, "answer": [str, ...]}`` per
     line (``answers`` and a single string answer are accepted too)."""
-    from ..data.beir import FormatError, iter_jsonl
-
     out = []
     for lineno, obj in iter_jsonl(Path(path), required=(), with_lines=True):
         question = obj.get("question")
@@ -205,59 +206,20 @@ def qa_rows(task: Task, examples: Sequence[Mapping[str, Any]], split: str,
             search_index: str | None = None, id_prefix: str = "") -> list[dict[str, Any]]:
     """One task row per question: ``ground_truth.target`` = the answers, ``extra_info.query`` =
     the question (the original-query baseline)."""
-    from ..data.prepare import make_row
-
     rows = []
     for i, ex in enumerate(examples):
         extra: dict[str, Any] = {"query_id": f"{id_prefix}{i}", "query": ex["question"]}
         if search_index:
             extra["search_index"] = search_index
-        rows.append(make_row(task, split, i, {"query": ex["question"]},
+        rows.append(task.row(split, i, {"query": ex["question"]},
                              {"target": list(ex["answers"])}, **extra))
     return rows
 
 
-def register(sub) -> None:
-    from ..commands import prepare_targets
-
-    targets = prepare_targets()
-    for dataset in _DATASETS:
-        bundled = dataset == "nq"
-        q = targets.add_parser(
-            dataset, help=f"{_DATASETS[dataset][0]} questions → evidence-seeking rows"
-                          + (" (bundled NQ-open or --input)" if bundled else " (--input)"),
-            description="Write evidence-seeking task rows (parquet). Passages are searched in "
-                        "the index given with --index (build it from your passage corpus with "
-                        "`deepretrieval index` or `deepretrieval index-dense`).")
-        q.add_argument("--index", required=True,
-                       help="passage index the rows search (extra_info.search_index)")
-        q.add_argument("--input", required=not bundled,
-                       help="question/answer JSONL(.gz): {\"question\", \"answer\": [...]} per line"
-                            + (" (default: the bundled NQ-open split)" if bundled else ""))
-        q.add_argument("--split", default="dev",
-                       help="split name written into the rows ('train' rows are scored in "
-                            "training mode)" + (f"; without --input one of {list(NQ_SPLITS)}"
-                                                if bundled else ""))
-        q.add_argument("--task", default=dataset, help=f"task name (e.g. {dataset}_no_reason)")
-        q.add_argument("--limit", type=int, help="keep the first N questions")
-        q.add_argument("--out", default=f"data/{dataset}",
-                       help=f"output folder (default: data/{dataset}); writes <split>.parquet")
-        q.set_defaults(func=cmd_prepare_qa)
-
-
-def cmd_prepare_qa(args) -> int:
-    from ..data.prepare import write_parquet
-    from . import get_task
-
-    task = get_task(args.task)
-    if task.family is not EVIDENCE:
-        raise ValueError(f"task {args.task!r} is not an evidence-seeking task")
-    examples = load_qa_jsonl(args.input) if args.input else nq_examples(args.split)
-    if args.limit is not None:
-        if args.limit < 1:
-            raise ValueError("--limit must be >= 1")
-        examples = examples[:args.limit]
-    rows = qa_rows(task, examples, args.split, search_index=args.index)
-    path = write_parquet(rows, Path(args.out) / f"{args.split}.parquet")
-    print(f"{args.split}: {len(rows)} rows → {path} (index {args.index})")
-    return 0
+def bundled_rows(task: Task, split: str) -> list[dict[str, Any]]:
+    """NQ tasks: the bundled NQ-open questions ("test" = NQ-open dev, the 3,610 questions DPR and
+    the paper report NQ test results on), searching the task's default index."""
+    if not task.name.startswith("nq"):
+        raise ValueError(f"no bundled rows for task {task.name!r}; write rows with "
+                         f"`deepretrieval prepare {task.name.split('_')[0]} --input ...`")
+    return qa_rows(task, nq_examples("dev" if split == "test" else split), split)

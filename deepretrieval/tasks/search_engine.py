@@ -21,13 +21,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from . import Family, SearchPlan, Task, register_task
-from .beir import qrels_from_ground_truth
+from deepretrieval.core.bundled import BUNDLED_DIR as BUNDLED
+from deepretrieval.core.tables import RewardTable
+from deepretrieval.tasks.base import Family, SearchPlan, Task
+from deepretrieval.tasks.beir import qrels_from_ground_truth
 
-BUNDLED = Path(__file__).resolve().parent.parent / "bundled"
+#: PubMed / ClinicalTrials.gov (the paper's table): recall@3000 of the review's included studies.
+TABLE = RewardTable(
+    metric="recall", tiers=((0.7, 5), (0.5, 4), (0.4, 3), (0.3, 1), (0.1, 0.5), (0.05, 0.1)),
+    otherwise=-3.5, format_ok=1, format_bad=-4, error=-4)
+TABLES = {"search_engine": TABLE}
 PICO_FIELDS = (("P", "Population"), ("I", "Intervention"), ("C", "Comparison"), ("O", "Outcome"))
 
 
@@ -68,12 +73,9 @@ class SearchEngineFamily(Family):
         out["num_results"] = float(len(ranked))
         return out
 
-    def bundled_rows(self, task, split):
-        return bundled_rows(task.name, split)
-
 
 def recalls_at(ranked: list[str], qrels: Mapping[str, float], depths: Mapping[str, int]) -> dict[str, float]:
-    """:func:`~deepretrieval.metrics.recall_at_k` at several depths in one pass over a
+    """:func:`~deepretrieval.core.metrics.recall_at_k` at several depths in one pass over a
     de-duplicated ranking (3,000 ids per reward: this is the hot path)."""
     positives = {d for d, g in qrels.items() if g > 0}
     if not positives:
@@ -91,19 +93,20 @@ _INSTRUCTION = (
     "{review}")
 _PREFILL = "<answer>{\"query\": \""
 
+TASKS: list[Task] = []
 for _name, _index, _label, _cap, _desc in (
         ("pubmed", "pubmed", "PubMed", True,
          "PICO → Boolean PubMed query; reward tiers on recall@3000 of included studies"),
         ("ctgov", "ctgov", "ClinicalTrials.gov", False,
          "PICO → Boolean ClinicalTrials.gov query; reward tiers on recall@3000 of included trials")):
     _opts = {"engine_label": _label, "date_cap": _cap}
-    register_task(Task(name=_name, family=SEARCH_ENGINE, index=_index, instruction=_INSTRUCTION,
-                       reward="search_engine", train_depth=3000, val_depth=3000, options=_opts,
-                       description=_desc))
-    register_task(Task(name=f"{_name}_no_reason", family=SEARCH_ENGINE, index=_index,
-                       instruction=_INSTRUCTION, reward="search_engine", train_depth=3000,
-                       val_depth=3000, reasoning=False, prefill=_PREFILL, options=_opts,
-                       description=f"{_label}, answer-only format with the answer prefilled"))
+    TASKS.append(Task(name=_name, family=SEARCH_ENGINE, index=_index, instruction=_INSTRUCTION,
+                      reward=TABLE, train_depth=3000, val_depth=3000, options=_opts,
+                      description=_desc))
+    TASKS.append(Task(name=f"{_name}_no_reason", family=SEARCH_ENGINE, index=_index,
+                      instruction=_INSTRUCTION, reward=TABLE, train_depth=3000,
+                      val_depth=3000, reasoning=False, prefill=_PREFILL, options=_opts,
+                      description=f"{_label}, answer-only format with the answer prefilled"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,14 +125,13 @@ def load_clef() -> list[dict[str, Any]]:
 def trialmind_rows(task: Task, split: str = "test", engine: str = "pubmed") -> list[dict[str, Any]]:
     """One row per TrialMind-SLR review with at least one included study id for ``engine``
     (``pubmed``: PMIDs, ``ctgov``: NCT ids)."""
-    from ..data.prepare import make_row
     key = "pmid" if engine == "pubmed" else "nctid"
     rows = []
     for review in load_trialmind():
         target = list(dict.fromkeys(t[key] for t in review["trials"] if t.get(key)))
         if not target:
             continue
-        rows.append(make_row(task, split, len(rows), review["pico"], {"target": target},
+        rows.append(task.row(split, len(rows), review["pico"], {"target": target},
                              query_id=review["pmid"], query=review["title"],
                              pub_date=review["date"], source="trialmind_slr"))
     return rows
@@ -137,24 +139,22 @@ def trialmind_rows(task: Task, split: str = "test", engine: str = "pubmed") -> l
 
 def clef_rows(task: Task, split: str = "train") -> list[dict[str, Any]]:
     """One row per CLEF TAR 2018 Task 2 test topic with relevant PMIDs."""
-    from ..data.prepare import make_row
     rows = []
     for topic in load_clef():
         if not topic["relevant"]:
             continue
-        rows.append(make_row(task, split, len(rows),
+        rows.append(task.row(split, len(rows),
                              {"title": topic["title"], "objective": topic["objective"]},
                              {"target": list(topic["relevant"])}, query_id=topic["topic"],
                              query=topic["title"], pub_date=topic["date"], source="clef_tar_2018"))
     return rows
 
 
-def bundled_rows(task_name: str, split: str) -> list[dict[str, Any]]:
+def bundled_rows(task: Task, split: str) -> list[dict[str, Any]]:
     """Rows of a search-engine task from the bundled data (``pubmed``: train = CLEF TAR,
     test = TrialMind-SLR; ``ctgov``: test = TrialMind-SLR reviews with NCT ids)."""
-    from . import get_task
-    task = get_task(task_name)
-    if task.family is not SEARCH_ENGINE:
+    task_name = task.name
+    if task.family.name != SEARCH_ENGINE.name:
         raise ValueError(f"{task_name} is not a search-engine task")
     engine = task.index
     if engine == "pubmed" and split == "train":

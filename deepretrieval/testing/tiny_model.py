@@ -19,6 +19,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from deepretrieval.catalog import get_task, list_tasks
+from deepretrieval.core import settings
+from deepretrieval.core.beir_files import iter_jsonl, load_corpus
+from deepretrieval.core.bundled import collection_dir
+
 #: Bump when the architecture, tokenizer corpus or template changes (invalidates caches).
 VERSION = 1
 
@@ -38,8 +43,6 @@ _DEFAULTS = dict(vocab_size=2048, hidden_size=64, intermediate_size=128, num_hid
 
 def _training_text() -> list[str]:
     """Real text the tokenizer learns from: SciFact claims, a slice of abstracts, task prompts."""
-    from ..data.beir import iter_jsonl, load_corpus
-    from ..data.bundled import collection_dir
 
     folder = collection_dir("scifact")
     lines = [q["text"] for q in iter_jsonl(folder / "queries.jsonl", ("_id", "text"))]
@@ -48,7 +51,6 @@ def _training_text() -> list[str]:
             break
         lines.append(f"{doc.get('title', '')}\n{doc.get('text', '')}")
     try:
-        from ..tasks import get_task, list_tasks
         for name in list_tasks():
             task = get_task(name)
             try:
@@ -67,7 +69,15 @@ def _training_text() -> list[str]:
 
 
 def _train_tokenizer(vocab_size: int):
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     # The same normalizer and pre-tokenizer as transformers' Qwen2Tokenizer (which AutoTokenizer
@@ -144,9 +154,9 @@ def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0, *, force: bool =
 
 def tiny_model_path(cache_dir: str | os.PathLike | None = None, seed: int = 0) -> Path:
     """The tiny model for ``seed`` cached under ``cache_dir`` (default:
-    ``$DEEPRETRIEVAL_CACHE/tiny-models`` or ``~/.cache/deepretrieval/tiny-models``), built on
+    ``<cache folder>/tiny-models``, see :mod:`deepretrieval.core.settings`), built on
     first use. The folder name carries the seed and the builder version."""
     if cache_dir is None:
-        root = os.environ.get("DEEPRETRIEVAL_CACHE") or Path.home() / ".cache" / "deepretrieval"
+        root = settings.cache_dir()
         cache_dir = Path(root) / "tiny-models"
     return build_tiny_model(Path(cache_dir) / f"tiny-qwen2-v{VERSION}-seed{seed}", seed=seed)

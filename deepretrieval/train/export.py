@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..io import atomic_dir
+from deepretrieval.core.io import atomic_dir
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ import logging
 import os
 from pathlib import Path
 
-from ..io import atomic_dir
+from deepretrieval.core import settings
+from deepretrieval.core.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,8 @@ SMOLLM2_ALIASES = ("smollm2", "smollm2-135m", SMOLLM2_NAME, f"HuggingFaceTB/{SMO
 
 
 def cache_root() -> Path:
-    """``$DEEPRETRIEVAL_CACHE`` or ``~/.cache/deepretrieval``."""
-    root = os.environ.get("DEEPRETRIEVAL_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "deepretrieval"
+    """The cache folder (``$DEEPRETRIEVAL_CACHE_DIR``, see :mod:`deepretrieval.core.settings`)."""
+    return settings.cache_dir()
 
 
 def smollm2_gguf() -> Path:

@@ -20,6 +20,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from deepretrieval.catalog import bundled_rows, open_index
+from deepretrieval.core import settings
+from deepretrieval.data.rows import write_parquet
+from deepretrieval.evaluation.harness import (
+    evaluate_model,
+    original_query_baseline,
+    summarize,
+)
+from deepretrieval.train import verl as verl_launcher
+from deepretrieval.train.export import export_checkpoint
+from deepretrieval.train.models import resolve_model
+from deepretrieval.train.trl_engine import TRLSettings, is_copy, train_trl
+
 TASK = "scifact_no_reason"
 COLUMNS = [("format_error_rate", "format errors"), ("score", "mean reward"), ("ndcg@10", "nDCG@10"),
            ("recall@100", "R@100"), ("copy_rate", "copies input")]
@@ -83,8 +96,7 @@ def _say(step: int, total: int, text: str) -> None:
 
 
 def _evaluate(model: str, rows, out_dir: Path, args) -> dict[str, Any]:
-    from ..evaluate import evaluate_model
-    progress = os.environ.get("DEEPRETRIEVAL_PROGRESS", "1") != "0"
+    progress = settings.progress_enabled()
     result = evaluate_model(model, rows, out_dir=out_dir, max_new_tokens=args.eval_max_new_tokens,
                             batch_size=args.eval_batch_size, greedy=True, seed=args.seed,
                             extract="strict", resume=False, progress=progress,
@@ -92,25 +104,12 @@ def _evaluate(model: str, rows, out_dir: Path, args) -> dict[str, Any]:
     return result
 
 
-def _records(result: dict[str, Any]) -> list[dict]:
-    for key in ("records", "rows", "per_row", "results"):
-        if isinstance(result.get(key), list):
-            return result[key]
-    raise KeyError(f"evaluation result has no per-row records (keys: {sorted(result)})")
-
-
-def copy_rate(records: list[dict], rows: list[dict]) -> float:
-    """Share of rows whose well-formed answer repeats the original query."""
-    from .trl_engine import is_copy
+def copy_rate(records: list[dict]) -> float:
+    """Share of evaluation records whose well-formed answer repeats the row's original query."""
     if not records:
         return math.nan
-    hits = 0
-    for rec, row in zip(records, rows):
-        query = rec.get("query") if rec.get("format_ok", True) else None
-        if query is None:
-            query = rec.get("value") or rec.get("extracted")
-        hits += bool(rec.get("format_ok", True)) and is_copy(query, (row.get("extra_info") or {}).get("query"))
-    return hits / len(records)
+    return sum(bool(rec["format_ok"]) and is_copy(rec["query"], rec["original_query"])
+               for rec in records) / len(records)
 
 
 def _row(name: str, summary: dict[str, Any], copies: float | None) -> dict[str, Any]:
@@ -180,9 +179,6 @@ def _write_json(path: Path, data: Any) -> None:
 def _train_verl(model: str, train_rows, test_rows, out: Path, args) -> tuple[str, list[dict]]:
     """GPU path: verl GRPO preset on the same rows, then export the last actor checkpoint."""
     import torch
-    from ..data.prepare import write_parquet
-    from . import verl as verl_launcher
-    from .export import export_checkpoint
     if not torch.cuda.is_available():
         raise ValueError("--engine verl needs a GPU machine (verl cannot train on CPU); use --engine trl")
     train = write_parquet(train_rows, out / "data" / "train.parquet")
@@ -207,11 +203,6 @@ def _train_verl(model: str, train_rows, test_rows, out: Path, args) -> tuple[str
 
 
 def cmd_quickstart(args) -> int:
-    from ..commands import bundled_rows
-    from ..evaluate import original_query_baseline, summarize
-    from ..search import open_index
-    from .models import resolve_model
-    from .trl_engine import TRLSettings, train_trl
 
     t_start = time.time()
     out = Path(args.out)
@@ -239,7 +230,7 @@ def cmd_quickstart(args) -> int:
     model = resolve_model(args.model)
     t = time.time()
     zero = _evaluate(model, test_rows, out / "eval_zero_shot", args)
-    zero_copy = copy_rate(_records(zero), test_rows)
+    zero_copy = copy_rate(zero["records"])
     print(f"    done in {time.time() - t:.0f}s: format errors {zero['summary'].get('format_error_rate', math.nan):.1%}, "
           f"nDCG@10 {zero['summary'].get('ndcg@10', math.nan):.4f}")
 
@@ -254,7 +245,7 @@ def cmd_quickstart(args) -> int:
             prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
             max_completion_length=args.max_new_tokens, temperature=args.temperature,
             lora=args.lora, seed=args.seed,
-            progress=os.environ.get("DEEPRETRIEVAL_PROGRESS", "1") != "0")
+            progress=settings.progress_enabled())
         result = train_trl(train_rows, settings)
         trained_model, history = str(result.model_dir), result.history
     train_seconds = time.time() - t
@@ -262,7 +253,7 @@ def cmd_quickstart(args) -> int:
 
     _say(5, total, "Trained model on the test split …")
     trained = _evaluate(trained_model, test_rows, out / "eval_trained", args)
-    trained_copy = copy_rate(_records(trained), test_rows)
+    trained_copy = copy_rate(trained["records"])
 
     _say(6, total, "Results (SciFact test, BM25)")
     table = [_row("original query", base, None),

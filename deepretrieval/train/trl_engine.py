@@ -21,6 +21,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deepretrieval.catalog import get_task, row_prefill
+from deepretrieval.rewards import TRLReward
+from deepretrieval.train.export import save_hf, save_merged
+
 log = logging.getLogger(__name__)
 
 METRIC_PREFIX = "deepretrieval/"
@@ -92,11 +96,7 @@ def render_prompt(tokenizer, row: Mapping[str, Any]) -> str:
             raise ValueError("the tokenizer has no chat template; use a chat (instruct) model")
         text = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
                                              add_generation_prompt=True)
-    from ..tasks import get_task
-    prefill = (row.get("extra_info") or {}).get("prefill")
-    if prefill is None:
-        prefill = get_task(row["data_source"]).prefill
-    return text + (prefill or "")
+    return text + row_prefill(row)
 
 
 _NORM = re.compile(r"[\W_]+", re.UNICODE)
@@ -117,12 +117,10 @@ class RewardLogger:
     __name__ = "deepretrieval"
 
     def __init__(self, searcher=None):
-        from ..rewards import TRLReward
         self.reward = TRLReward(searcher=searcher)
         self.pending: dict[str, list[float]] = {}
 
     def __call__(self, prompts=None, completions=None, **columns) -> list[float]:
-        from ..tasks import get_task
         scores = self.reward(prompts=prompts, completions=completions, **columns)
         metrics = self.reward.last_metrics
         means: dict[str, list[float]] = {}
@@ -324,10 +322,8 @@ def train_trl(rows: Sequence[Mapping[str, Any]], settings: TRLSettings, *, searc
 
     final = out / "model"
     if settings.lora:
-        from .export import save_merged
         save_merged(trainer.model, tokenizer, final)
     else:
-        from .export import save_hf
         save_hf(trainer.model, tokenizer, final)
     return TrainResult(output_dir=out, model_dir=final, metrics_path=metrics_path,
                        history=logger_cb.history, seconds=seconds)

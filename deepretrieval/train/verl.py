@@ -15,9 +15,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from deepretrieval.catalog import get_task, read_rows, row_prefill
+from deepretrieval.data.rows import write_parquet
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "verl"
 PRESETS = ("ppo", "grpo", "lora_3b_1gpu")
-FAMILIES = ("beir", "search_engine", "evidence", "sql")
 #: Keys main_ppo (0.9.1) reads the reward function from; the top-level ``custom_reward_function``
 #: block is accepted by validation but ignored.
 REWARD_PATH_KEY = "reward.custom_reward_function.path"
@@ -38,8 +40,14 @@ def preset_path(preset: str) -> tuple[Path, str]:
 
 
 def family_for(task) -> str:
+    """The verl family config (``configs/verl/family/<name>.yaml``) of a task's family; a family
+    without one is an error naming the families that have one."""
     name = task.family.name
-    return name if name in FAMILIES else "beir"
+    known = sorted(p.stem for p in (CONFIG_DIR / "family").glob("*.yaml"))
+    if name not in known:
+        raise ValueError(f"task {task.name!r}: family {name!r} has no verl config "
+                         f"{CONFIG_DIR / 'family' / (name + '.yaml')}; families with one: {known}")
+    return name
 
 
 def check_overrides(overrides: Sequence[str]) -> None:
@@ -55,7 +63,6 @@ def build_overrides(task_name: str, *, model: str, train_files: str, val_files: 
                     experiment: str | None = None, n_gpus: int | None = None, nnodes: int | None = None,
                     search_url: str | None = None, extra: Sequence[str] = ()) -> list[str]:
     """Hydra overrides for one run (user ``extra`` overrides come last and win)."""
-    from ..tasks import get_task
     task = get_task(task_name)
     out = Path(out_dir).resolve()
     items = [f"family={family_for(task)}",
@@ -82,18 +89,13 @@ def without_prefill(train: str | os.PathLike, test: str | os.PathLike, out_dir: 
     assistant turn, so rows of prefilled tasks (``*_no_reason``) get ``extra_info.prefill = ""``:
     the model writes the whole ``<answer>…</answer>`` and the reward parses exactly that.
     Returns the files to train on and whether they were rewritten."""
-    from ..data.prepare import read_rows, write_parquet
-    from ..tasks import get_task
 
     def strip(path):
         rows = read_rows(path)
         changed = False
         for row in rows:
             info = row.setdefault("extra_info", {})
-            prefill = info.get("prefill")
-            if prefill is None:
-                prefill = get_task(row["data_source"]).prefill
-            if prefill:
+            if row_prefill(row):
                 info["prefill"] = ""
                 changed = True
         return rows, changed

@@ -25,35 +25,27 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from deepretrieval.core import settings
+from deepretrieval.search.live import ctgov, pubmed
+from deepretrieval.search.live.cache import SearchCache
+from deepretrieval.search.live.ctgov import CTGovBackend
+from deepretrieval.search.live.governor import Backoff
+from deepretrieval.search.live.pubmed import PubMedBackend
+
 __all__ = ["pubmed_from_env", "ctgov_from_env", "shared_cache", "api_key_from_env"]
 
 _CACHES: dict[tuple[str, bool], Any] = {}
 _CACHES_LOCK = threading.Lock()
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-
-
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def shared_cache(path: str | os.PathLike | None = None, frozen: bool | None = None):
     """The process-wide :class:`~.cache.SearchCache` for ``path`` (default from the
     environment); None when ``DEEPRETRIEVAL_CACHE=off``."""
-    from .cache import SearchCache, default_cache_path
     if path is None:
-        if os.environ.get("DEEPRETRIEVAL_CACHE", "").strip().lower() in ("off", "none", "0"):
+        path = settings.live_cache_file()
+        if path is None:
             return None
-        path = default_cache_path()
-    frozen = _truthy("DEEPRETRIEVAL_CACHE_FROZEN") if frozen is None else bool(frozen)
+    frozen = settings.get_bool("DEEPRETRIEVAL_CACHE_FROZEN", False) if frozen is None else bool(frozen)
     key = (str(Path(path).expanduser().resolve()), frozen)
     with _CACHES_LOCK:
         if key not in _CACHES:
@@ -62,10 +54,10 @@ def shared_cache(path: str | os.PathLike | None = None, frozen: bool | None = No
 
 
 def api_key_from_env() -> str | None:
-    key = os.environ.get("NCBI_API_KEY", "").strip()
+    key = settings.get_str("NCBI_API_KEY")
     if key:
         return key
-    key_file = os.environ.get("NCBI_API_KEY_FILE", "").strip()
+    key_file = settings.get_str("NCBI_API_KEY_FILE")
     if key_file:
         path = Path(key_file).expanduser()
         if not path.is_file():
@@ -75,23 +67,20 @@ def api_key_from_env() -> str | None:
 
 
 def _common() -> dict[str, Any]:
-    from .governor import Backoff
     return {"cache": shared_cache(),
-            "backoff": Backoff(retries=int(_env_float("DEEPRETRIEVAL_LIVE_RETRIES", 5)),
-                               base=_env_float("DEEPRETRIEVAL_LIVE_BACKOFF", 0.5)),
-            "timeout": _env_float("DEEPRETRIEVAL_LIVE_TIMEOUT", 30.0)}
+            "backoff": Backoff(retries=settings.get_int("DEEPRETRIEVAL_LIVE_RETRIES", 5),
+                               base=settings.get_float("DEEPRETRIEVAL_LIVE_BACKOFF", 0.5)),
+            "timeout": settings.get_float("DEEPRETRIEVAL_LIVE_TIMEOUT", 30.0)}
 
 
 def pubmed_from_env():
-    from .pubmed import DEFAULT_URL, PubMedBackend
     key = api_key_from_env()
-    rate = _env_float("DEEPRETRIEVAL_PUBMED_RPS", 10.0 if key else 3.0)
-    return PubMedBackend(os.environ.get("DEEPRETRIEVAL_PUBMED_URL") or DEFAULT_URL, api_key=key,
-                         tool=os.environ.get("NCBI_TOOL") or "deepretrieval",
-                         email=os.environ.get("NCBI_EMAIL") or None, rate=rate, **_common())
+    rate = settings.get_float("DEEPRETRIEVAL_PUBMED_RPS", 10.0 if key else 3.0)
+    return PubMedBackend(settings.get_str("DEEPRETRIEVAL_PUBMED_URL", pubmed.DEFAULT_URL), api_key=key,
+                         tool=settings.get_str("NCBI_TOOL", "deepretrieval"),
+                         email=settings.get_str("NCBI_EMAIL"), rate=rate, **_common())
 
 
 def ctgov_from_env():
-    from .ctgov import DEFAULT_URL, CTGovBackend
-    return CTGovBackend(os.environ.get("DEEPRETRIEVAL_CTGOV_URL") or DEFAULT_URL,
-                        rate=_env_float("DEEPRETRIEVAL_CTGOV_RPS", 1.0), **_common())
+    return CTGovBackend(settings.get_str("DEEPRETRIEVAL_CTGOV_URL", ctgov.DEFAULT_URL),
+                        rate=settings.get_float("DEEPRETRIEVAL_CTGOV_RPS", 1.0), **_common())

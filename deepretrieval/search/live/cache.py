@@ -28,15 +28,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deepretrieval.core import settings
+
 __all__ = ["SearchCache", "CachedResult", "normalize_query", "cache_key", "default_cache_path"]
 
 SCHEMA_VERSION = 1
 
 
 def default_cache_path() -> Path:
-    """``$DEEPRETRIEVAL_CACHE`` or ``~/.cache/deepretrieval/live_cache.sqlite``."""
-    path = os.environ.get("DEEPRETRIEVAL_CACHE")
-    return Path(path) if path else Path.home() / ".cache" / "deepretrieval" / "live_cache.sqlite"
+    """``$DEEPRETRIEVAL_CACHE`` or ``<cache folder>/live_cache.sqlite``; ValueError when the
+    cache is switched off (``DEEPRETRIEVAL_CACHE=off``)."""
+    path = settings.live_cache_file()
+    if path is None:
+        raise ValueError("the live cache is off (DEEPRETRIEVAL_CACHE=off)")
+    return path
 
 
 def normalize_query(query: str) -> str:

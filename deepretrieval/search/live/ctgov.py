@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .client import LiveBackend, RetryableError
+from deepretrieval.search.live.client import LiveBackend, RetryableError
 
 __all__ = ["CTGovBackend", "DEFAULT_URL"]
 

@@ -1,5 +1,6 @@
-"""The ``deepretrieval`` command line. Each command lives in the module that owns its concept and
-exposes ``register(subparsers)``; this file only collects them."""
+"""The ``deepretrieval`` command line: one module per command group under ``deepretrieval/cli/``,
+each exposing ``register(subparsers)``; :data:`COMMAND_MODULES` is the explicit list. Library
+modules expose plain functions and never build argument parsers."""
 from __future__ import annotations
 
 import argparse
@@ -7,22 +8,22 @@ import importlib
 import logging
 import sys
 
+from deepretrieval import __version__
+
 #: Modules contributing sub-commands (each defines ``register(subparsers)``).
 COMMAND_MODULES = (
-    "deepretrieval.commands",
-    "deepretrieval.data.commands",
-    "deepretrieval.service.cli",
-    "deepretrieval.tasks.sql",
-    "deepretrieval.search.dense",
-    "deepretrieval.tasks.evidence",
-    "deepretrieval.search.live.cli",
-    "deepretrieval.train.cli",
-    "deepretrieval.eval_cli",
+    "deepretrieval.cli.core",      # tasks, search, baseline
+    "deepretrieval.cli.index",     # index, index-dense, sql-index
+    "deepretrieval.cli.prepare",   # prepare DATASET
+    "deepretrieval.cli.data",      # download, convert
+    "deepretrieval.cli.cache",     # cache stats|export|import
+    "deepretrieval.cli.serve",     # serve
+    "deepretrieval.cli.train",     # train, export, quickstart
+    "deepretrieval.cli.eval",      # eval, eval-compare, rewrite
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
 
     parser = argparse.ArgumentParser(
         prog="deepretrieval",

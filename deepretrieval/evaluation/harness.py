@@ -4,7 +4,7 @@ Scores go through the same path as the training reward (:func:`deepretrieval.rew
 so numbers are comparable across training, evaluation and serving.
 
 :func:`evaluate_model` generates a query per task row with pinned decoding (a local model through
-:mod:`deepretrieval.generate`, or ``openai:NAME`` through :mod:`deepretrieval.llm_api`), scores it
+:mod:`deepretrieval.generation.local`, or ``openai:NAME`` through :mod:`deepretrieval.generation.api`), scores it
 like the training reward (strict format) or after lenient extraction, and writes a resumable run
 folder: ``generations.jsonl`` (one record per row, appended batch by batch), ``original_query.jsonl``,
 ``summary.json`` / ``summary.md`` (every system, standard and paper-variant metrics, format and
@@ -22,9 +22,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .rewards import score_batch
-from .tasks import ORIGINAL_QUERY
-from .tasks.sql import GOLD_SQL
+from deepretrieval.catalog import get_searcher, get_task, row_prefill
+from deepretrieval.core import settings
+from deepretrieval.core.answer import (
+    extract_answer_lenient,
+    extract_reasoning_lenient,
+    parse_answer,
+)
+from deepretrieval.generation.decoding import Decoding, Prompt, stop_rules
+from deepretrieval.generation.factory import make_generator
+from deepretrieval.rewards import score_batch
+from deepretrieval.tasks import ORIGINAL_QUERY
+from deepretrieval.tasks.sql import GOLD_SQL
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +109,7 @@ def row_key(row: Mapping[str, Any]) -> str:
 
 
 def _progress(progress: bool) -> bool:
-    return bool(progress) and os.environ.get("DEEPRETRIEVAL_PROGRESS", "1") != "0"
+    return settings.progress_enabled(progress)
 
 
 def _atomic_write(path: Path, data: str | bytes) -> None:
@@ -135,22 +144,6 @@ def _read_jsonl(path: Path) -> list[dict]:
     return records
 
 
-def _row_prefill(row: Mapping[str, Any]) -> str:
-    from .tasks import get_task
-    info = row.get("extra_info") or {}
-    if info.get("prefill") is not None:
-        return str(info["prefill"])
-    return get_task(row["data_source"]).prefill
-
-
-def _reasoning_lenient(text: str) -> str | None:
-    start = text.find("<think>")
-    end = text.find("</think>", start + 1 if start >= 0 else 0)
-    if end < 0:
-        return None
-    return text[(start + len("<think>")) if start >= 0 else 0: end].strip() or None
-
-
 def score_completions(rows: Sequence[Mapping[str, Any]], completions: Sequence[str], *,
                       prefill_used: bool = True, extract: str = "strict", mode: str = "val",
                       searcher=None) -> list[dict[str, Any]]:
@@ -159,12 +152,9 @@ def score_completions(rows: Sequence[Mapping[str, Any]], completions: Sequence[s
 
     ``extract="strict"``: the training reward (bad format → the table's format penalty, nothing
     searched). ``"lenient"``: the query is extracted leniently
-    (:func:`deepretrieval.answer.extract_answer_lenient`) and searched whatever the format.
+    (:func:`deepretrieval.core.answer.extract_answer_lenient`) and searched whatever the format.
     ``prefill_used``: the completion continues the row's prefill (local models, vLLM servers);
     False when the generator could not prefill (plain chat APIs)."""
-    from .answer import extract_answer_lenient, parse_answer
-    from .search import get_searcher
-    from .tasks import get_task
 
     if extract not in ("strict", "lenient"):
         raise ValueError(f"extract must be 'strict' or 'lenient', not {extract!r}")
@@ -173,7 +163,7 @@ def score_completions(rows: Sequence[Mapping[str, Any]], completions: Sequence[s
     for row, completion in zip(rows, completions):
         task = get_task(row["data_source"])
         completion = completion if isinstance(completion, str) else ""
-        prefill = _row_prefill(row) if prefill_used else ""
+        prefill = row_prefill(row) if prefill_used else ""
         full = prefill + completion
         parsed = parse_answer(full, task.answer_key, reasoning=task.reasoning)
         extra = dict(row.get("extra_info") or {})
@@ -187,7 +177,7 @@ def score_completions(rows: Sequence[Mapping[str, Any]], completions: Sequence[s
             how = "lenient" if query else None
         values.append(query)
         described.append({"completion": completion, "prefill": prefill,
-                          "reasoning": parsed.reasoning if parsed.ok else _reasoning_lenient(full),
+                          "reasoning": parsed.reasoning if parsed.ok else extract_reasoning_lenient(full),
                           "query": query, "extracted": how, "format_ok": parsed.ok,
                           "format_error": parsed.error})
     metrics = score_batch(items, searcher=recorder, values=values if extract == "lenient" else None,
@@ -201,7 +191,6 @@ def score_completions(rows: Sequence[Mapping[str, Any]], completions: Sequence[s
 def baseline_queries(rows: Sequence[Mapping[str, Any]]) -> tuple[str, list[str | None]]:
     """(system name, query per row) of the reference system of a task: the original query, or
     for SQL tasks (where the question cannot be executed) the gold SQL, an upper bound."""
-    from .tasks import get_task
     task = get_task(rows[0]["data_source"])
     return task.family.reference_queries(task, list(rows))
 
@@ -219,7 +208,6 @@ def _baseline_records(rows, mode, searcher, queries) -> list[dict]:
 
 
 def _default_searcher():
-    from .search import get_searcher
     return get_searcher()
 
 
@@ -256,7 +244,7 @@ def evaluate_model(model: Any, rows: Sequence[Mapping[str, Any]], *, out_dir: st
     ``model``: a local folder, a hub name, a ``.gguf`` file, ``openai:NAME`` (with ``base_url``;
     key from ``OPENAI_API_KEY``), a loaded transformers model (with ``tokenizer``) or a generator
     object (anything with the ``generate(prompts, decoding, ...)`` method of
-    :mod:`deepretrieval.generate`). Decoding is pinned: greedy by default; ``greedy=False`` samples
+    :mod:`deepretrieval.generation.local`). Decoding is pinned: greedy by default; ``greedy=False`` samples
     with ``temperature``/``top_p``/``seed`` and ``n`` completions per row.
 
     With ``out_dir`` the run is written there and resumable: records are appended batch by batch
@@ -264,7 +252,6 @@ def evaluate_model(model: Any, rows: Sequence[Mapping[str, Any]], *, out_dir: st
     "summary", "baseline", "systems", "records", "baseline_records", "files", ...}``; ``summary``
     holds the mean of every metric (``score`` is the task's reward) and the error rates.
     """
-    from .generate import Decoding, Prompt, make_generator, stop_rules
 
     rows = list(rows)
     if not rows:
@@ -330,7 +317,7 @@ def evaluate_model(model: Any, rows: Sequence[Mapping[str, Any]], *, out_dir: st
         for start in range(0, len(pending), max(1, batch_size)):
             idx = pending[start: start + batch_size]
             batch = [rows[i] for i in idx]
-            prefills = [_row_prefill(r) for r in batch]
+            prefills = [row_prefill(r) for r in batch]
             stops = stop_rules(prefills[0] if prefill_used and len(set(prefills)) == 1 else "")
             prompts = [Prompt.of(r["prompt"], p) for r, p in zip(batch, prefills)]
             outputs = generator.generate(prompts, Decoding(**{**decoding.__dict__, "stops": stops}),
@@ -402,7 +389,6 @@ def _metric_columns(systems: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 def summary_markdown(report: Mapping[str, Any]) -> str:
     """The report's systems as a markdown table, with the run settings above it."""
-    from .commands import format_table
     systems = report["systems"]
     columns = _metric_columns(systems)
     table = format_table([{"system": name, **s} for name, s in systems.items()], ["system"] + columns)
@@ -515,3 +501,12 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike |
             except ImportError:
                 log.warning("matplotlib is not installed: no comparison.png (pip install matplotlib)")
     return report
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    """A markdown table of dicts."""
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)

@@ -3,7 +3,7 @@
 * :class:`ChatClient` posts ``/v1/chat/completions`` requests with retries (connection errors,
   408/409/429/5xx, honouring ``Retry-After``) and caches every successful response on disk, keyed
   by the endpoint and the exact request body, so re-running an evaluation costs nothing.
-* :class:`OpenAIChatGenerator` implements the generator interface of :mod:`deepretrieval.generate`
+* :class:`OpenAIChatGenerator` implements the generator interface of :mod:`deepretrieval.generation.local`
   on top of it: the task's own chat messages are sent as they are (the server applies its chat
   template once); the answer prefill is sent as a final assistant message to continue
   (``prefill="continue"``, vLLM's ``continue_final_message``) or left out (``"none"``, for
@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .generate import Decoding, Prompt, apply_stops
+from deepretrieval.core import settings
+from deepretrieval.generation.decoding import Decoding, Prompt, apply_stops
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,7 @@ class LLMAPIError(RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("DEEPRETRIEVAL_CACHE") or Path.home() / ".cache" / "deepretrieval"
-    return Path(root) / "llm_api"
+    return settings.cache_dir() / "llm_api"
 
 
 def chat_completions_url(base_url: str) -> str:
@@ -66,9 +66,9 @@ class ChatClient:
                  use_cache: bool = True):
         import httpx
 
-        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        base_url = base_url or settings.get_str("OPENAI_BASE_URL", DEFAULT_BASE_URL)
         self.url = chat_completions_url(base_url)
-        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.api_key = api_key if api_key is not None else settings.get_str("OPENAI_API_KEY")
         if not self.api_key and urlparse(self.url).hostname == "api.openai.com":
             raise ValueError("set OPENAI_API_KEY (or pass --base-url for a local OpenAI-compatible server)")
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
@@ -266,7 +266,7 @@ def served_models(base_url: str, api_key: str | None = None, timeout: float = 30
     import httpx
 
     url = chat_completions_url(base_url).rsplit("/chat/completions", 1)[0] + "/models"
-    key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+    key = api_key if api_key is not None else settings.get_str("OPENAI_API_KEY")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         response = httpx.get(url, headers=headers, timeout=timeout)

@@ -10,105 +10,29 @@ top-p, repetition penalty, ...) are ignored; greedy unless sampling is asked for
 seed. Generation stops on the *decoded text* reaching a stop string (tokenizers merge ``"}`` into
 other tokens, so token-id stops miss it), besides the end-of-turn token.
 
-Backends: vLLM when it is importable and a GPU is present, transformers otherwise; OpenAI-compatible
-chat endpoints live in :mod:`deepretrieval.llm_api` and implement the same ``generate`` method.
+Backends here: transformers and vLLM; OpenAI-compatible chat endpoints live in
+:mod:`deepretrieval.generation.api` and implement the same ``generate`` method;
+:func:`deepretrieval.generation.factory.make_generator` picks one. Prompts, decoding settings and
+stop rules: :mod:`deepretrieval.generation.decoding`.
 """
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from deepretrieval.core import settings
+from deepretrieval.generation.decoding import Decoding, Prompt, StopRule, apply_stops  # noqa: F401
+
 log = logging.getLogger(__name__)
-
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """Chat messages plus the text the assistant turn starts with."""
-
-    messages: tuple[Mapping[str, str], ...]
-    prefill: str = ""
-
-    @classmethod
-    def of(cls, messages: Sequence[Mapping[str, Any]], prefill: str | None = "") -> "Prompt":
-        msgs = tuple({"role": str(m["role"]), "content": str(m["content"])} for m in messages)
-        return cls(msgs, prefill or "")
-
-
-@dataclass(frozen=True)
-class StopRule:
-    """Stop when the decoded completion contains ``text``; keep it and append ``suffix``."""
-
-    text: str
-    suffix: str = ""
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """Pinned decoding settings. ``greedy`` ignores temperature/top_p; ``n`` > 1 needs sampling."""
-
-    max_new_tokens: int = 256
-    greedy: bool = True
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-    n: int = 1
-    stops: tuple[StopRule, ...] = field(default_factory=tuple)
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
-        if self.n < 1:
-            raise ValueError("n must be >= 1")
-        if self.n > 1 and self.greedy:
-            raise ValueError("n > 1 needs sampling (greedy decoding would repeat one completion)")
-        if not self.greedy and self.temperature <= 0:
-            raise ValueError("sampling needs temperature > 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"max_new_tokens": self.max_new_tokens, "greedy": self.greedy,
-                "temperature": None if self.greedy else self.temperature,
-                "top_p": None if self.greedy else self.top_p, "seed": self.seed, "n": self.n,
-                "stops": [[s.text, s.suffix] for s in self.stops]}
-
-
-def stop_rules(prefill: str = "", answer_key: str = "query") -> tuple[StopRule, ...]:
-    """Stops for the answer contract. Always stop after ``</answer>``. When the prefill leaves
-    the model inside the JSON string of the answer (``<answer>{"query": "``), also stop at the
-    closing ``"}`` and complete it with ``</answer>`` — a model that closed the JSON object has
-    nothing else to say, and small models ramble on otherwise."""
-    rules = [StopRule(ANSWER_CLOSE)]
-    tail = prefill.rstrip()
-    if ANSWER_OPEN in tail and ANSWER_CLOSE not in tail.rsplit(ANSWER_OPEN, 1)[1] and tail.endswith('"'):
-        rules.insert(0, StopRule('"}', ANSWER_CLOSE))
-    return tuple(rules)
-
-
-def apply_stops(text: str, stops: Sequence[StopRule]) -> tuple[str, bool]:
-    """Cut ``text`` after the earliest stop string (kept) and add that rule's suffix.
-    Returns (text, stopped)."""
-    best: tuple[int, StopRule] | None = None
-    for rule in stops:
-        pos = text.find(rule.text)
-        if pos >= 0 and (best is None or pos + len(rule.text) < best[0]):
-            best = (pos + len(rule.text), rule)
-    if best is None:
-        return text, False
-    return text[: best[0]] + best[1].suffix, True
-
 
 # ---------------------------------------------------------------------------------------------
 # transformers
 
 def _progress_enabled(progress: bool) -> bool:
-    return progress and os.environ.get("DEEPRETRIEVAL_PROGRESS", "1") != "0"
+    return settings.progress_enabled(progress)
 
 
 def _load_local(model: str, device: str | None, dtype: str | None):
@@ -324,27 +248,3 @@ class VLLMGenerator(_ChatTemplate):
         return [[apply_stops(o.text, decoding.stops)[0] for o in out.outputs] for out in outputs]
 
 
-# ---------------------------------------------------------------------------------------------
-
-def make_generator(model: str | Any, *, backend: str = "auto", base_url: str | None = None,
-                   api_key: str | None = None, tokenizer: Any = None, device: str | None = None,
-                   dtype: str | None = None, cache_dir: str | os.PathLike | None = None,
-                   api_prefill: str = "none", **kwargs: Any):
-    """A generator for ``model``: ``openai:NAME`` (or ``backend="openai"``) → an OpenAI-compatible
-    chat endpoint at ``base_url``; otherwise a local path / hub name → vLLM when importable and a
-    GPU is present (``backend="auto"``), else transformers. A loaded model object (with
-    ``tokenizer``) goes to transformers."""
-    if isinstance(model, str) and (model.startswith("openai:") or backend == "openai"):
-        from .llm_api import OpenAIChatGenerator
-        name = model.split(":", 1)[1] if model.startswith("openai:") else model
-        return OpenAIChatGenerator(name, base_url=base_url, api_key=api_key, cache_dir=cache_dir,
-                                   prefill=api_prefill, **kwargs)
-    if backend not in ("auto", "vllm", "transformers"):
-        raise ValueError(f"unknown backend {backend!r} (auto, vllm, transformers, openai)")
-    if not isinstance(model, (str, os.PathLike)):
-        return TransformersGenerator(model, tokenizer)
-    if backend == "vllm" or (backend == "auto" and vllm_available() and not str(model).endswith(".gguf")):
-        if not vllm_available():
-            raise ValueError("backend 'vllm' needs the vllm package and a GPU")
-        return VLLMGenerator(str(model), **kwargs)
-    return TransformersGenerator(str(model), device=device, dtype=dtype)

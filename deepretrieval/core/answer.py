@@ -151,3 +151,23 @@ def extract_answer_lenient(text: object, key: str = "query") -> str | None:
         text = text.rsplit(THINK_CLOSE, 1)[1]
     plain = re.sub(r"</?(think|answer)>", " ", text).strip()
     return plain[:MAX_VALUE_CHARS] or None
+
+
+def extract_reasoning_lenient(text: str) -> str | None:
+    """The text inside the first ``<think>…</think>`` (or before a lone ``</think>``), if any."""
+    start = text.find(THINK_OPEN)
+    end = text.find(THINK_CLOSE, start + 1 if start >= 0 else 0)
+    if end < 0:
+        return None
+    return text[(start + len(THINK_OPEN)) if start >= 0 else 0: end].strip() or None
+
+
+def salvage_truncated_value(value: str | None, key: str) -> str | None:
+    """A lenient answer that is still a broken JSON object (``{"query": "bone cells`` cut off by
+    the token limit) → the string value it started, if any; other values unchanged."""
+    if not value or not value.lstrip().startswith("{"):
+        return value
+    match = re.search(r'"%s"\s*:\s*"((?:[^"\\]|\\.)*)' % re.escape(key), value)
+    if not match:
+        return None
+    return match.group(1).strip() or None

@@ -1,9 +1,10 @@
-"""Commands of the live engines: ``deepretrieval cache stats|export|import`` and
-``deepretrieval prepare pubmed|ctgov``."""
+"""``deepretrieval cache stats|export|import``: the live engines' result cache."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from deepretrieval.search.live.cache import SearchCache, default_cache_path
 
 
 def register(sub) -> None:
@@ -27,26 +28,13 @@ def register(sub) -> None:
     q.add_argument("--overwrite", action="store_true", help="replace entries that exist")
     q.set_defaults(func=cmd_cache_import)
 
-    from ...commands import prepare_targets
-    targets = prepare_targets()
-    for name, what, splits in (("pubmed", "PubMed rows: train = CLEF TAR 2018 topics, test = "
-                                          "TrialMind-SLR reviews", ("train", "test")),
-                               ("ctgov", "ClinicalTrials.gov rows: test = TrialMind-SLR reviews "
-                                         "with NCT ids", ("test",))):
-        q = targets.add_parser(name, help=what, description=what)
-        q.add_argument("--out", default=f"data/{name}", help=f"output folder (default: data/{name})")
-        q.add_argument("--task", default=name, help=f"task name (e.g. {name}_no_reason)")
-        q.set_defaults(func=cmd_prepare, splits=splits)
-
 
 def _cache(path: str | None):
-    from .cache import SearchCache, default_cache_path
     path = Path(path) if path else default_cache_path()
     return SearchCache(path)
 
 
 def cmd_cache_stats(args) -> int:
-    from .cache import default_cache_path
     path = Path(args.cache) if args.cache else default_cache_path()
     if not path.exists():
         raise FileNotFoundError(f"no cache at {path}")
@@ -75,14 +63,4 @@ def cmd_cache_import(args) -> int:
     before = len(cache)
     n = cache.import_(args.file, overwrite=args.overwrite)
     print(f"read {n} entries; cache {cache.path} now holds {len(cache)} ({len(cache) - before} new)")
-    return 0
-
-
-def cmd_prepare(args) -> int:
-    from ...data.prepare import write_parquet
-    from ...tasks.search_engine import bundled_rows
-    for split in args.splits:
-        rows = bundled_rows(args.task, split)
-        path = write_parquet(rows, Path(args.out) / f"{split}.parquet")
-        print(f"{split}: {len(rows)} rows → {path}")
     return 0

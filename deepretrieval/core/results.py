@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from deepretrieval.core.io import read_json_lines_gz, write_json_lines_gz
+
 
 class SearchError(RuntimeError):
     """The search itself failed (backend down, retries exhausted, unknown index)."""
@@ -49,13 +51,11 @@ class StoredDocs:
         if self._texts is None:
             if self.path is None:
                 raise RuntimeError("index has no stored texts")
-            from ..io import read_json_lines_gz
             self._texts = read_json_lines_gz(self.path / "texts.jsonl.gz")
         return self._texts
 
     def save_docs(self, folder) -> None:
         import json
-        from ..io import write_json_lines_gz
         (folder / "doc_ids.json").write_text(json.dumps(self.doc_ids))
         write_json_lines_gz(folder / "texts.jsonl.gz", self.texts)
 
@@ -74,3 +74,15 @@ class Backend(Protocol):
                options: dict[str, Any] | None = None) -> list[SearchResult]: ...
 
     def info(self) -> dict[str, Any]: ...
+
+
+class Searcher(Protocol):
+    """What rewards, evaluation and agents search through: the in-process
+    :class:`~deepretrieval.search.LocalSearcher` or the service client
+    :class:`~deepretrieval.service.client.ServiceSearcher` (same results either way)."""
+
+    def search(self, index: str, queries: list[str], k: int, *, return_text: bool = False,
+               options: dict[str, Any] | None = None) -> list[SearchResult]: ...
+
+    async def asearch(self, index: str, queries: list[str], k: int, *, return_text: bool = False,
+                      options: dict[str, Any] | None = None) -> list[SearchResult]: ...

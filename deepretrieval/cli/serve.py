@@ -6,15 +6,18 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
+
+from deepretrieval.catalog import open_index
+from deepretrieval.core import settings
+from deepretrieval.core.results import SearchError
+from deepretrieval.service.app import ServiceConfig, create_app, serve
 
 log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
-    from .app import ServiceConfig
 
     d = ServiceConfig()
     p = sub.add_parser(
@@ -28,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1; 0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--token", default=os.environ.get("DEEPRETRIEVAL_SEARCH_TOKEN"),
+    p.add_argument("--token", default=settings.get_str("DEEPRETRIEVAL_SEARCH_TOKEN"),
                    help="require 'Authorization: Bearer TOKEN' (default: $DEEPRETRIEVAL_SEARCH_TOKEN)")
     p.add_argument("--max-queries", type=int, default=d.max_queries,
                    help=f"queries per request (default {d.max_queries})")
@@ -62,7 +65,6 @@ def parse_index_specs(specs: list[str]) -> dict[str, str]:
 
 
 def load_indexes(specs: dict[str, str], warmup: bool = True) -> dict:
-    from ..search import SearchError, open_index
 
     indexes = {}
     for name, target in specs.items():
@@ -89,7 +91,6 @@ def load_indexes(specs: dict[str, str], warmup: bool = True) -> dict:
 
 
 def cmd_serve(args) -> int:
-    from .app import ServiceConfig, create_app, serve
 
     for flag in ("max_queries", "max_query_chars", "max_k", "max_batch", "workers"):
         if getattr(args, flag) < 1:

@@ -7,6 +7,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from deepretrieval.catalog import bundled_rows, get_task, read_rows
+from deepretrieval.core import settings
+from deepretrieval.evaluation.harness import (
+    compare_runs,
+    evaluate_model,
+    summary_markdown,
+)
+from deepretrieval.generation.api import LLMAPIError
+from deepretrieval.rewrite import QueryRewriter
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -88,9 +98,6 @@ def _slug(text: str) -> str:
 
 
 def _load_rows(args) -> tuple[list[dict], str]:
-    from .commands import bundled_rows
-    from .data.prepare import read_rows
-    from .tasks import get_task
 
     task = args.task
     if args.no_reasoning:
@@ -119,13 +126,11 @@ def _load_rows(args) -> tuple[list[dict], str]:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate_model, summary_markdown
 
     if args.n > 1 and not args.sampling:
         raise ValueError("--n > 1 needs --sampling")
     if args.model.startswith("openai:") and not args.base_url:
-        import os
-        if not os.environ.get("OPENAI_BASE_URL") and not os.environ.get("OPENAI_API_KEY"):
+        if not settings.get_str("OPENAI_BASE_URL") and not settings.get_str("OPENAI_API_KEY"):
             raise ValueError("openai:NAME needs --base-url (or OPENAI_API_KEY for api.openai.com)")
     rows, task = _load_rows(args)
     out = args.out or str(Path("runs") / "eval" / f"{task}-{args.split}-{_slug(args.model)}")
@@ -141,7 +146,6 @@ def cmd_eval(args) -> int:
     if args.model.startswith("openai:"):
         kwargs.update(concurrency=args.concurrency, extra_body=extra_body, use_cache=not args.no_cache,
                       max_retries=args.max_retries)
-    from .llm_api import LLMAPIError
     try:
         report = evaluate_model(
             args.model, rows, out_dir=out, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -163,7 +167,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .evaluate import compare_runs, summary_markdown
     report = compare_runs(args.runs, args.out)
     print(summary_markdown(report))
     return 0
@@ -180,8 +183,6 @@ def _fields(items: list[str]) -> dict[str, str]:
 
 
 def cmd_rewrite(args) -> int:
-    from .llm_api import LLMAPIError
-    from .rewrite import QueryRewriter
 
     queries: list[str] = []
     for q in args.queries:

@@ -1,0 +1,6 @@
+"""``python -m deepretrieval.cli``."""
+import sys
+
+from deepretrieval.cli import main
+
+sys.exit(main())

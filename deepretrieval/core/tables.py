@@ -1,0 +1,64 @@
+"""Reward tables: how a metric becomes a score, as data. Each task family defines its tables
+(the DeepRetrieval paper's tiers) beside its scoring; :data:`deepretrieval.catalog.TABLES` lists
+them by name."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RewardTable:
+    """How a metric becomes a score.
+
+    answer score: ``metric`` itself when ``linear``; otherwise the score of the first tier whose
+    bound the metric meets (``compare`` ">=": metric >= bound, e.g. recall; "<=": metric <= bound,
+    e.g. a rank), else ``otherwise`` (also when the metric is missing, e.g. no relevant rank).
+    total: ``format_bad`` when the format is wrong; else ``format_ok`` + answer score, where a
+    failed search gives the answer score ``error``; with ``positive_only`` a total whose answer
+    score is <= 0 becomes 0.
+    """
+
+    metric: str
+    tiers: tuple[tuple[float, float], ...] = ()
+    compare: str = ">="
+    otherwise: float = 0.0
+    linear: bool = False
+    format_ok: float = 0.0
+    format_bad: float = 0.0
+    error: float = 0.0
+    positive_only: bool = False
+
+    def answer_score(self, value: float | None) -> float:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return self.otherwise
+        if self.linear:
+            return float(value)
+        for bound, score in self.tiers:
+            if (value >= bound) if self.compare == ">=" else (value <= bound):
+                return float(score)
+        return self.otherwise
+
+    def total(self, format_ok: bool, answer_score: float) -> float:
+        if not format_ok:
+            return float(self.format_bad)
+        if self.positive_only and answer_score <= 0:
+            return 0.0
+        return float(self.format_ok + answer_score)
+
+
+def with_overrides(table: RewardTable, overrides: Mapping[str, Any] | None = None) -> RewardTable:
+    """``table`` with field overrides (e.g. from a config: ``{"format_bad": -1}``); an unknown
+    field is an error naming the known ones."""
+    if not overrides:
+        return table
+    known = {f.name for f in fields(RewardTable)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"unknown reward table field(s) {sorted(unknown)}; known: {sorted(known)}")
+    clean = dict(overrides)
+    if "tiers" in clean:
+        clean["tiers"] = tuple((float(b), float(s)) for b, s in clean["tiers"])
+    return replace(table, **clean)
