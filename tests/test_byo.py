@@ -170,10 +170,9 @@ def test_missing_files_and_bad_arguments(tmp_path, capsys):
 def test_failure_late_leaves_nothing_half_written(tmp_path, _index_dir, monkeypatch):
     """The index is saved and the train rows written, then writing the test rows fails: the staged
     index and rows are removed and nothing appears under the final names."""
-    from deepretrieval.data import rows as prepare
     files = write_collection(tmp_path / "src")
     out = tmp_path / "rows"
-    real = prepare.write_parquet
+    real = byo.write_parquet
     calls = []
 
     def failing(rows, path):
@@ -182,7 +181,7 @@ def test_failure_late_leaves_nothing_half_written(tmp_path, _index_dir, monkeypa
             raise OSError("disk full (simulated)")
         return real(rows, path)
 
-    monkeypatch.setattr(prepare, "write_parquet", failing)
+    monkeypatch.setattr(byo, "write_parquet", failing)
     with pytest.raises(OSError, match="disk full"):
         byo.prepare_beir(corpus=files["corpus"], queries=files["queries"],
                          qrels={"train": files["train"], "test": files["test"]}, name="halfway",

@@ -335,11 +335,11 @@ def test_convert_command_and_converted_rows_score_the_same(scifact_case, tmp_pat
         assert score(new, completion)["score"] == pytest.approx(1.1)
 
     # SQL + pub_date columns are carried over
-    sql = convert_row(sql_row("spider_train", ex["question"], ex["query"], split="train"))
+    sql = convert_row(sql_row("spider_train", ex["question"], ex["query"], split="train"), get_task)
     assert sql["data_source"] == "spider" and sql["extra_info"]["db_id"] == "singer"
     assert sql["reward_model"]["ground_truth"] == {"target": [ex["query"]]}
     pub = convert_row(original_row("pubmed_32", llama_plain("P: x\n"), {"target": ["1", "2"]}, "train",
-                                   pub_date="20200401"))
+                                   pub_date="20200401"), get_task)
     assert pub["extra_info"]["pub_date"] == "20200401" and pub["data_source"] == "pubmed"
     assert pub["extra_info"]["prefill"] == "<think>"
 
@@ -351,7 +351,7 @@ def test_convert_errors_are_clear(tmp_path):
     out = tmp_path / "o.parquet"
     from deepretrieval.data.original import convert_file
     with pytest.raises(ValueError, match="row 0: unknown data_source 'countdown'"):
-        convert_file(bad, out)
+        convert_file(bad, out, get_task)
     assert main(["convert", "--in", str(bad), "--out", str(out)]) == 2
     assert not out.exists()
     notparquet = tmp_path / "x.parquet"
@@ -368,11 +368,11 @@ def test_loaders_detect_and_convert_original_files(scifact_case, tmp_path):
                                              "test", query=claim)], tmp_path)
     ours = bundled_rows("scifact", "test")[:3]
     assert all(is_original_row(r) for r in originals) and not any(is_original_row(r) for r in ours)
-    assert maybe_convert(ours) is ours
-    assert maybe_convert(originals)[0]["data_source"] == "scifact"
-    converted = ensure_ours(src, tmp_path / "conv")
+    assert maybe_convert(ours, get_task) is ours
+    assert maybe_convert(originals, get_task)[0]["data_source"] == "scifact"
+    converted = ensure_ours(src, tmp_path / "conv", get_task)
     assert converted != src and read_rows(converted)[0]["extra_info"]["prefill"] == "<think>\n"
     ours_file = tmp_path / "ours.parquet"
     from deepretrieval.data.rows import write_parquet
     write_parquet(ours, ours_file)
-    assert ensure_ours(ours_file, tmp_path / "conv") == ours_file
+    assert ensure_ours(ours_file, tmp_path / "conv", get_task) == ours_file

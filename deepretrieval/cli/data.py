@@ -1,6 +1,12 @@
 """Data sub-commands: ``download`` and ``convert``."""
 from __future__ import annotations
 
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from deepretrieval.catalog import get_task
 from deepretrieval.data import download
 from deepretrieval.data.original import convert_file
 
@@ -12,8 +18,8 @@ def register(sub) -> None:
                                    f"{download.DEFAULT_REPO}) or any dataset repo. Files land at "
                                    "<output_dir>/<category>/<dataset>/...; an interrupted run is "
                                    "resumed by running the same command again.")
-    download.add_arguments(p)
-    p.set_defaults(func=download.run)
+    add_download_arguments(p)
+    p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("convert", help="convert the original DeepRetrieval parquet rows to ours",
                        description="Turn rows as published by the original project (raw prompt "
@@ -27,7 +33,79 @@ def register(sub) -> None:
 
 
 def _cmd_convert(args) -> int:
-    stats = convert_file(args.inp, args.out, keep_data_source=args.keep_data_source)
+    stats = convert_file(args.inp, args.out, get_task, keep_data_source=args.keep_data_source)
     print(f"converted {stats['rows']} rows → {args.out}; tasks: "
           + ", ".join(f"{k} ({v})" for k, v in sorted(stats["tasks"].items())))
     return 0
+
+
+def add_download_arguments(p) -> None:
+    p.add_argument("--repo_id", "--repo-id", dest="repo_id", default=download.DEFAULT_REPO,
+                   help=f"Hugging Face dataset repository (default: {download.DEFAULT_REPO})")
+    p.add_argument("--output_dir", "--output-dir", dest="output_dir", default="./data",
+                   help="where files land, as <output_dir>/<category>/<dataset>/... (default: ./data)")
+    p.add_argument("--categories", nargs="+", default=["all"],
+                   help=f"categories to download: {', '.join(download.CATEGORIES)} or all (default: all)")
+    p.add_argument("--datasets", nargs="+", default=[],
+                   help="datasets (second path component) to download, e.g. fever hotpotqa")
+    p.add_argument("--include", nargs="+", default=[], metavar="GLOB",
+                   help="only files whose repository path matches one of these globs")
+    p.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
+    p.add_argument("--token", default=None,
+                   help="Hugging Face token for private/gated repos (default: HF_TOKEN / saved login)")
+    p.add_argument("--list_only", "--list-only", dest="list_only", action="store_true",
+                   help="list categories and datasets with file counts; download nothing")
+    p.add_argument("--list_files", "--list-files", dest="list_files", action="store_true",
+                   help="list every file in the repository; download nothing")
+    p.add_argument("--no_progress", "--no-progress", dest="no_progress", action="store_true",
+                   help="no per-file progress bars")
+
+
+def cmd_download(args) -> int:
+    token = args.token or None
+    if args.no_progress:
+        from huggingface_hub.utils import disable_progress_bars
+        disable_progress_bars()
+    try:
+        files = download.list_files(args.repo_id, token=token, revision=args.revision)
+        if args.list_files:
+            for f in files:
+                print(f"{f.path}\t{f.size if f.size is not None else '?'}")
+            print(f"{len(files)} files", file=sys.stderr)
+            return 0
+        if args.list_only:
+            for category, by_dataset in download.group(files).items():
+                n = sum(len(v) for v in by_dataset.values())
+                print(f"{category or '(root)'} ({n} files)")
+                for dataset, dfiles in by_dataset.items():
+                    if dataset:
+                        size = sum(f.size or 0 for f in dfiles) / 1e6
+                        print(f"  - {dataset} ({len(dfiles)} files, {size:.1f} MB)")
+            return 0
+        result = download.download(args.repo_id, args.output_dir, categories=args.categories,
+                          datasets=args.datasets, patterns=args.include, token=token,
+                          revision=args.revision, files=files, progress=not args.no_progress)
+    except download.DownloadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"downloaded {len(result['downloaded'])}, already present {len(result['skipped'])}, "
+          f"failed {len(result['failed'])} → {args.output_dir}", file=sys.stderr)
+    for path, msg in result["failed"].items():
+        print(f"failed: {path}: {msg}", file=sys.stderr)
+    if result["failed"]:
+        print("rerun the same command to resume", file=sys.stderr)
+        return 1
+    return 0
+
+
+def download_main(argv: Sequence[str] | None = None) -> int:
+    """``python download_datasets.py``: the original project's script, same flags."""
+    parser = argparse.ArgumentParser(
+        prog="download_datasets.py",
+        description="Download DeepRetrieval datasets (or any dataset repo) from the Hugging Face Hub.")
+    add_download_arguments(parser)
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return cmd_download(args)

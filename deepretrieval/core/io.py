@@ -30,24 +30,26 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp file path beside ``path``; on success it replaces ``path``, on failure it is
-    removed and ``path`` is left as it was."""
+    """Yield a temp file path beside ``path`` (same suffix, so writers that pick a format by it
+    work); on success it replaces ``path`` (mode 0644), on failure it is removed and ``path`` is
+    left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically."""
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write a file (text as UTF-8) atomically."""
     with atomic_write(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deepretrieval.core import settings
+from deepretrieval.core.io import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +159,7 @@ def _load_manifest(output_dir: Path) -> dict[str, str]:
 
 
 def _save_manifest(output_dir: Path, manifest: dict[str, str]) -> None:
-    tmp = output_dir / f"{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    os.replace(tmp, output_dir / MANIFEST)
+    write_atomic(output_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def _safe_dest(output_dir: Path, path: str) -> Path:
@@ -250,74 +249,3 @@ def download(repo_id: str = DEFAULT_REPO, output_dir: str | os.PathLike = "./dat
 
 # ---------------------------------------------------------------------------------------------
 # command line (shared by ``deepretrieval download`` and ``download_datasets.py``)
-
-def add_arguments(p) -> None:
-    p.add_argument("--repo_id", "--repo-id", dest="repo_id", default=DEFAULT_REPO,
-                   help=f"Hugging Face dataset repository (default: {DEFAULT_REPO})")
-    p.add_argument("--output_dir", "--output-dir", dest="output_dir", default="./data",
-                   help="where files land, as <output_dir>/<category>/<dataset>/... (default: ./data)")
-    p.add_argument("--categories", nargs="+", default=["all"],
-                   help=f"categories to download: {', '.join(CATEGORIES)} or all (default: all)")
-    p.add_argument("--datasets", nargs="+", default=[],
-                   help="datasets (second path component) to download, e.g. fever hotpotqa")
-    p.add_argument("--include", nargs="+", default=[], metavar="GLOB",
-                   help="only files whose repository path matches one of these globs")
-    p.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
-    p.add_argument("--token", default=None,
-                   help="Hugging Face token for private/gated repos (default: HF_TOKEN / saved login)")
-    p.add_argument("--list_only", "--list-only", dest="list_only", action="store_true",
-                   help="list categories and datasets with file counts; download nothing")
-    p.add_argument("--list_files", "--list-files", dest="list_files", action="store_true",
-                   help="list every file in the repository; download nothing")
-    p.add_argument("--no_progress", "--no-progress", dest="no_progress", action="store_true",
-                   help="no per-file progress bars")
-
-
-def run(args) -> int:
-    token = args.token or None
-    if args.no_progress:
-        from huggingface_hub.utils import disable_progress_bars
-        disable_progress_bars()
-    try:
-        files = list_files(args.repo_id, token=token, revision=args.revision)
-        if args.list_files:
-            for f in files:
-                print(f"{f.path}\t{f.size if f.size is not None else '?'}")
-            print(f"{len(files)} files", file=sys.stderr)
-            return 0
-        if args.list_only:
-            for category, by_dataset in group(files).items():
-                n = sum(len(v) for v in by_dataset.values())
-                print(f"{category or '(root)'} ({n} files)")
-                for dataset, dfiles in by_dataset.items():
-                    if dataset:
-                        size = sum(f.size or 0 for f in dfiles) / 1e6
-                        print(f"  - {dataset} ({len(dfiles)} files, {size:.1f} MB)")
-            return 0
-        result = download(args.repo_id, args.output_dir, categories=args.categories,
-                          datasets=args.datasets, patterns=args.include, token=token,
-                          revision=args.revision, files=files, progress=not args.no_progress)
-    except DownloadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"downloaded {len(result['downloaded'])}, already present {len(result['skipped'])}, "
-          f"failed {len(result['failed'])} → {args.output_dir}", file=sys.stderr)
-    for path, msg in result["failed"].items():
-        print(f"failed: {path}: {msg}", file=sys.stderr)
-    if result["failed"]:
-        print("rerun the same command to resume", file=sys.stderr)
-        return 1
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-    parser = argparse.ArgumentParser(
-        prog="download_datasets.py",
-        description="Download DeepRetrieval datasets (or any dataset repo) from the Hugging Face Hub.")
-    add_arguments(parser)
-    parser.add_argument("--verbose", action="store_true", help="debug logging")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    return run(args)

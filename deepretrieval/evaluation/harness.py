@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from deepretrieval.core.answer import (
     extract_reasoning_lenient,
     parse_answer,
 )
+from deepretrieval.core.io import atomic_write, write_atomic
 from deepretrieval.generation.decoding import Decoding, Prompt, stop_rules
 from deepretrieval.generation.factory import make_generator
 from deepretrieval.rewards import score_batch
@@ -112,19 +112,6 @@ def _progress(progress: bool) -> bool:
     return settings.progress_enabled(progress)
 
 
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_jsonl(path: Path) -> list[dict]:
     """Records of a JSONL file; a torn last line (interrupted write) is dropped and the file
     rewritten without it."""
@@ -140,7 +127,7 @@ def _read_jsonl(path: Path) -> list[dict]:
             bad = True
     if bad:
         log.warning("%s: dropping a partially written line", path)
-        _atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
     return records
 
 
@@ -294,7 +281,7 @@ def evaluate_model(model: Any, rows: Sequence[Mapping[str, Any]], *, out_dir: st
                                  f"output folder or start over (--no-resume)")
         if not resume:
             gen_file.unlink(missing_ok=True)
-        _atomic_write(run_file, json.dumps(config, indent=2))
+        write_atomic(run_file, json.dumps(config, indent=2))
         for record in _read_jsonl(gen_file):
             done.setdefault(record.get("key"), record)
 
@@ -430,15 +417,9 @@ def plot_systems(systems: Mapping[str, Mapping[str, Any]], path: str | os.PathLi
               ncol=min(3, max(1, len(systems))), frameon=False)
     fig.tight_layout()
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
     return path
@@ -449,12 +430,12 @@ def write_report(report: Mapping[str, Any], out: str | os.PathLike, *, plot: boo
     out = Path(out)
     files = {"generations": str(out / GENERATIONS)}
     if report.get("baseline_records") is not None:
-        _atomic_write(out / BASELINE_FILE, "".join(json.dumps(r, default=_json_default) + "\n"
+        write_atomic(out / BASELINE_FILE, "".join(json.dumps(r, default=_json_default) + "\n"
                                                    for r in report["baseline_records"]))
         files["baseline"] = str(out / BASELINE_FILE)
     summary = {k: v for k, v in report.items() if k not in ("records", "baseline_records", "files")}
-    _atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
-    _atomic_write(out / "summary.md", summary_markdown(report))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+    write_atomic(out / "summary.md", summary_markdown(report))
     files.update(summary_json=str(out / "summary.json"), summary_md=str(out / "summary.md"))
     if plot:
         try:
@@ -493,8 +474,8 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike |
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / "comparison.json", json.dumps(report, indent=2) + "\n")
-        _atomic_write(out / "comparison.md", summary_markdown(report))
+        write_atomic(out / "comparison.json", json.dumps(report, indent=2) + "\n")
+        write_atomic(out / "comparison.md", summary_markdown(report))
         if plot:
             try:
                 plot_systems(systems, out / "comparison.png", f"{task} / {split}")

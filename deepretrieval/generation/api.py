@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from deepretrieval.core import settings
+from deepretrieval.core.io import write_atomic
 from deepretrieval.generation.decoding import Decoding, Prompt, apply_stops
 
 log = logging.getLogger(__name__)
@@ -110,16 +110,7 @@ class ChatClient:
     def _cache_put(self, key: str, response: dict) -> None:
         if not self.use_cache:
             return
-        path = self._cache_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(response, fh)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self._cache_path(key), json.dumps(response))
 
     # requests ------------------------------------------------------------------------------
     def complete(self, body: Mapping[str, Any]) -> dict:

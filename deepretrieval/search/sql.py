@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import sqlite3
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from deepretrieval.core.bundled import bundled_path
+from deepretrieval.core.io import write_atomic
 from deepretrieval.core.results import SearchError, SearchResult
 from deepretrieval.core.sql_text import (  # noqa: F401
     DEFAULT_MAX_ROWS,
@@ -342,10 +342,7 @@ def write_sqlite_index(directory: str | os.PathLike, database: str | os.PathLike
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {"type": INDEX_TYPE, "name": name, "path": str(Path(database).resolve()), **settings}
-    fd, tmp = tempfile.mkstemp(prefix=".meta.json.", dir=directory)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(meta, fh, indent=1)
-    os.replace(tmp, directory / "meta.json")
+    write_atomic(directory / "meta.json", json.dumps(meta, indent=1))
     return directory
 
 

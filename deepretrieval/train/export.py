@@ -119,21 +119,3 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
         raise FileNotFoundError(f"no tokenizer in {tok_src}")
     tokenizer = AutoTokenizer.from_pretrained(str(tok_src))
     return save_hf(model, tokenizer, out)
-
-
-def register(sub) -> None:
-    p = sub.add_parser("export", help="turn a verl or TRL checkpoint into a Hugging Face model folder",
-                       description="Export a training checkpoint (TRL checkpoint-N / model folder, "
-                                   "LoRA adapter, or verl FSDP checkpoint) to a Hugging Face model "
-                                   "folder that `deepretrieval eval` and serving load.")
-    p.add_argument("checkpoint", help="checkpoint folder")
-    p.add_argument("--out", required=True, help="output folder (replaced atomically)")
-    p.add_argument("--base-model", help="base model of a LoRA adapter (default: from its config)")
-    p.set_defaults(func=cmd_export)
-
-
-def cmd_export(args) -> int:
-    kind = checkpoint_kind(args.checkpoint)
-    out = export_checkpoint(args.checkpoint, args.out, base_model=args.base_model)
-    print(f"exported {kind} checkpoint {args.checkpoint} → {out}")
-    return 0

