@@ -124,7 +124,7 @@ def test_evidence_tasks_registered():
     for name in ("nq", "triviaqa", "squad"):
         for variant in (name, name + "_no_reason"):
             task = get_task(variant)
-            assert task.family.name == "evidence" and task.reward == "evidence"
+            assert task.family.name == "evidence" and task.reward is TABLES["evidence"]
             assert task.train_depth == task.val_depth == 3000
             assert task.reasoning is (variant == name)
             text = task.messages(query="who wrote hamlet")[1]["content"]

@@ -212,7 +212,7 @@ def _train_verl(args, task, model, out: Path, url: str | None, service) -> int:
 def _train_trl(args, task, model, out: Path) -> int:
 
     train, _test = _rows_files(task.name, args.data, out, args.dry_run)
-    settings = TRLSettings(
+    trl_settings = TRLSettings(
         model=model, output_dir=str(out), steps=args.steps, learning_rate=args.lr,
         prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
         max_completion_length=args.max_new_tokens, temperature=args.temperature, beta=args.beta,
@@ -220,18 +220,18 @@ def _train_trl(args, task, model, out: Path) -> int:
         resume=args.resume, seed=args.seed, extra=_kv(args.overrides),
         progress=settings.progress_enabled())
     print("TRL GRPO settings:")
-    for key, value in settings.to_json().items():
+    for key, value in trl_settings.to_json().items():
         print(f"  {key} = {value}")
     print(f"  train rows = {train}")
     if args.dry_run:
         print("dry run: not training")
         return 0
-    settings.model = _init_model(args, resolve_model(model), out)
+    trl_settings.model = _init_model(args, resolve_model(model), out)
     rows = read_rows(train)
     if args.limit:
         rows = rows[:args.limit]
-    result = train_trl(rows, settings)
-    print(f"trained {settings.steps} steps in {result.seconds:.0f}s\nmodel: {result.model_dir}\n"
+    result = train_trl(rows, trl_settings)
+    print(f"trained {trl_settings.steps} steps in {result.seconds:.0f}s\nmodel: {result.model_dir}\n"
           f"checkpoints: {out}/checkpoint-*\nmetrics: {result.metrics_path}")
     return 0
 

@@ -64,6 +64,28 @@ def load_queries(path: str | Path) -> dict[str, str]:
     return {q["_id"]: str(q.get("text", "")) for q in iter_jsonl(file, required=("_id", "text"))}
 
 
+def iter_qrels(file: str | Path) -> Iterator[tuple[int, str, str, int]]:
+    """``(line, query id, doc id, grade)`` of a qrels TSV (``query-id  corpus-id  score``, an
+    optional header line; TREC ``qid 0 docid grade`` also accepted); FormatError with file:line."""
+    with open(file, encoding="utf-8", newline="") as fh:
+        for lineno, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
+            if not row or not "".join(row).strip():
+                continue
+            if lineno == 1 and row[0].strip().lower() in ("query-id", "query_id", "qid", "query"):
+                continue
+            if len(row) == 4:  # TREC layout: qid 0 docid grade
+                row = [row[0], row[2], row[3]]
+            if len(row) != 3:
+                raise FormatError(f"{file}:{lineno}: expected 3 tab-separated columns "
+                                  f"(query-id, corpus-id, score), got {len(row)}")
+            qid, doc, grade_text = (c.strip() for c in row)
+            try:
+                grade = int(float(grade_text))
+            except ValueError:
+                raise FormatError(f"{file}:{lineno}: score {grade_text!r} is not a number") from None
+            yield lineno, qid, doc, grade
+
+
 def load_qrels(path: str | Path, split: str | None = None) -> dict[str, dict[str, int]]:
     """qrels TSV (``query-id  corpus-id  score`` with a header line, as BEIR ships them) →
     {query id: {doc id: grade}} in file order."""
@@ -72,18 +94,6 @@ def load_qrels(path: str | Path, split: str | None = None) -> dict[str, dict[str
     if not file.exists():
         raise FileNotFoundError(f"no qrels file {file}")
     qrels: dict[str, dict[str, int]] = {}
-    with open(file, encoding="utf-8", newline="") as fh:
-        for lineno, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
-            if not row or (lineno == 1 and row[0].strip().lower() in ("query-id", "query_id", "qid")):
-                continue
-            if len(row) == 4:  # TREC layout: qid 0 docid grade
-                row = [row[0], row[2], row[3]]
-            if len(row) != 3:
-                raise FormatError(f"{file}:{lineno}: expected 3 tab-separated columns "
-                                  f"(query-id, corpus-id, score), got {len(row)}")
-            try:
-                grade = int(float(row[2]))
-            except ValueError:
-                raise FormatError(f"{file}:{lineno}: score {row[2]!r} is not a number") from None
-            qrels.setdefault(row[0].strip(), {})[row[1].strip()] = grade
+    for _, qid, doc, grade in iter_qrels(file):
+        qrels.setdefault(qid, {})[doc] = grade
     return qrels

@@ -53,6 +53,17 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     return Path(path)
 
 
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save a matplotlib figure atomically and close it."""
+    import matplotlib.pyplot as plt  # optional: the [trl] extra
+    try:
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
 def write_json_lines_gz(path: str | os.PathLike, values: Iterable) -> None:
     with gzip.open(path, "wt", encoding="utf-8") as fh:
         for value in values:

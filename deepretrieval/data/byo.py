@@ -15,7 +15,6 @@ when everything succeeded, so a failure leaves nothing behind.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from deepretrieval.core import settings
-from deepretrieval.core.beir_files import FormatError, iter_jsonl
+from deepretrieval.core.beir_files import FormatError, iter_jsonl, iter_qrels
 from deepretrieval.core.results import SearchError
 from deepretrieval.data.rows import write_parquet
 from deepretrieval.search.bm25 import BM25Index
@@ -115,27 +114,12 @@ def read_qrels(path: str | os.PathLike, corpus_ids: set[str], query_ids: set[str
     accepted), checked row by row against the corpus and the queries."""
     path = _need_file(path, "qrels")
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8", newline="") as fh:
-        for lineno, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
-            if not row or not "".join(row).strip():
-                continue
-            if lineno == 1 and row[0].strip().lower() in ("query-id", "query_id", "qid", "query"):
-                continue
-            if len(row) == 4:
-                row = [row[0], row[2], row[3]]
-            if len(row) != 3:
-                raise FormatError(f"{path}:{lineno}: expected 3 tab-separated columns "
-                                  f"(query-id, corpus-id, score), got {len(row)}")
-            qid, doc, grade_text = (c.strip() for c in row)
-            try:
-                grade = int(float(grade_text))
-            except ValueError:
-                raise FormatError(f"{path}:{lineno}: score {grade_text!r} is not a number") from None
-            if doc not in corpus_ids:
-                raise FormatError(f"{path}:{lineno}: corpus-id {doc!r} is not in the corpus")
-            if qid not in query_ids:
-                raise FormatError(f"{path}:{lineno}: query-id {qid!r} is not in the queries")
-            qrels.setdefault(qid, {})[doc] = grade
+    for lineno, qid, doc, grade in iter_qrels(path):
+        if doc not in corpus_ids:
+            raise FormatError(f"{path}:{lineno}: corpus-id {doc!r} is not in the corpus")
+        if qid not in query_ids:
+            raise FormatError(f"{path}:{lineno}: query-id {qid!r} is not in the queries")
+        qrels.setdefault(qid, {})[doc] = grade
     if not any(g > 0 for judged in qrels.values() for g in judged.values()):
         raise FormatError(f"{path}: no relevant (score > 0) judgments")
     return qrels

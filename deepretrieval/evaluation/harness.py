@@ -28,7 +28,7 @@ from deepretrieval.core.answer import (
     extract_reasoning_lenient,
     parse_answer,
 )
-from deepretrieval.core.io import atomic_write, write_atomic
+from deepretrieval.core.io import save_figure, write_atomic
 from deepretrieval.generation.decoding import Decoding, Prompt, stop_rules
 from deepretrieval.generation.factory import make_generator
 from deepretrieval.rewards import score_batch
@@ -382,10 +382,10 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
     dec = report.get("decoding") or {}
     how = "greedy" if dec.get("greedy", True) else (
         f"sampling T={dec.get('temperature')} top_p={dec.get('top_p')} seed={dec.get('seed')} n={dec.get('n')}")
-    settings = (f"- rows: {report.get('rows')}; decoding: {how}, max_new_tokens={dec.get('max_new_tokens')}; "
+    run_settings = (f"- rows: {report.get('rows')}; decoding: {how}, max_new_tokens={dec.get('max_new_tokens')}; "
                 f"extraction: {report.get('extract')}; prefill sent: {report.get('prefill_used')}"
                 if dec else "- systems from several run folders (settings: each run's summary.md)")
-    lines = [f"# {report.get('task')} / {report.get('split')}: {report.get('name')}", "", settings,
+    lines = [f"# {report.get('task')} / {report.get('split')}: {report.get('name')}", "", run_settings,
              "- `score` is the task's reward (same function as training); `*_paper` columns (where the "
              "task has them) are the paper's metric variants next to the standard ones; "
              "`format_error_rate` counts outputs with no usable query, `strict_format_error_rate` "
@@ -416,13 +416,7 @@ def plot_systems(systems: Mapping[str, Mapping[str, Any]], path: str | os.PathLi
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.32),
               ncol=min(3, max(1, len(systems))), frameon=False)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_write(path) as tmp:
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_report(report: Mapping[str, Any], out: str | os.PathLike, *, plot: bool = True) -> dict[str, str]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from deepretrieval.catalog import bundled_rows, open_index
 from deepretrieval.core import settings
-from deepretrieval.core.io import atomic_write, write_atomic
+from deepretrieval.core.io import save_figure, write_atomic
 from deepretrieval.data.rows import write_parquet
 from deepretrieval.evaluation.harness import (
     evaluate_model,
@@ -132,12 +132,7 @@ def plot_curve(history: list[dict], path: Path) -> Path | None:
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right", fontsize=8)
     ax.set_title("DeepRetrieval quickstart: GRPO on SciFact")
     fig.tight_layout()
-    try:
-        with atomic_write(path) as tmp:
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -209,13 +204,13 @@ def run_quickstart(args) -> int:
     if args.engine == "verl":
         trained_model, history = _train_verl(model, train_rows, test_rows, out, args)
     else:
-        settings = TRLSettings(
+        trl_settings = TRLSettings(
             model=model, output_dir=str(out / "train"), steps=args.steps, learning_rate=args.lr,
             prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
             max_completion_length=args.max_new_tokens, temperature=args.temperature,
             lora=args.lora, seed=args.seed,
             progress=settings.progress_enabled())
-        result = train_trl(train_rows, settings)
+        result = train_trl(train_rows, trl_settings)
         trained_model, history = str(result.model_dir), result.history
     train_seconds = time.time() - t
     print(f"    trained in {train_seconds:.0f}s → {trained_model}")
