@@ -3,12 +3,12 @@
 * :class:`AsyncServiceClient` — httpx async client: timeouts, retries with exponential backoff on
   connection errors and 5xx answers, large query lists split into chunks sent concurrently.
 * :class:`ServiceClient` — the same over a blocking httpx client.
-* :class:`ServiceSearcher` — the :class:`deepretrieval.search.Searcher` the reward function uses when
+* :class:`ServiceSearcher` — the :class:`deepretrieval.core.results.Searcher` the reward function uses when
   ``DEEPRETRIEVAL_SEARCH_URL`` is set (token from ``DEEPRETRIEVAL_SEARCH_TOKEN``, timeout and retries
   from ``DEEPRETRIEVAL_SEARCH_TIMEOUT`` / ``DEEPRETRIEVAL_SEARCH_RETRIES``).
 
 Every failure that is not a per-query backend error (dead server, retries exhausted, 4xx) raises
-:class:`deepretrieval.search.SearchError` with the server's message, within ``timeout`` seconds.
+:class:`deepretrieval.core.results.SearchError` with the server's message, within ``timeout`` seconds.
 """
 from __future__ import annotations
 
@@ -292,7 +292,7 @@ class ServiceClient(_Base):
 
 
 class ServiceSearcher:
-    """:class:`deepretrieval.search.Searcher` over the HTTP service: same results as the in-process
+    """:class:`deepretrieval.core.results.Searcher` over the HTTP service: same results as the in-process
     :class:`~deepretrieval.search.LocalSearcher`. ``search`` is blocking (any thread);
     ``asearch`` uses one async client per event loop."""
 
