@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .search import SearchError, SearchResult, get_searcher
+from .tasks import SearchPlan
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ class RewardTable:
     e.g. a rank), else ``otherwise`` (also when the metric is missing, e.g. no relevant rank).
     total: ``format_bad`` when the format is wrong; else ``format_ok`` + answer score, where a
     failed search gives the answer score ``error``; with ``positive_only`` a total whose answer
-    score is <= 0 becomes 0.
+    score is <= 0 becomes 0. ``bonus_value`` × the metric ``bonus_metric`` is added to a well-formed,
+    error-free total (e.g. agentic tasks: a bonus when an answer-bearing passage was retrieved).
     """
 
     metric: str
@@ -41,6 +43,8 @@ class RewardTable:
     format_bad: float = 0.0
     error: float = 0.0
     positive_only: bool = False
+    bonus_metric: str | None = None
+    bonus_value: float = 0.0
 
     def answer_score(self, value: float | None) -> float:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -78,6 +82,14 @@ TABLES: dict[str, RewardTable] = {
     "spider": RewardTable(metric="exec_match", tiers=((1.0, 1.1),), otherwise=0.0, format_bad=-2),
     # BIRD: execution match 1.1, mismatch 0.4; bad format -2.
     "bird": RewardTable(metric="exec_match", tiers=((1.0, 1.1),), otherwise=0.4, format_bad=-2),
+    # Agentic search (Search-R1): exact match of the final answer; no answer scores 0.
+    "agent_em": RewardTable(metric="em", linear=True),
+    # Agentic search: token F1 of the final answer (partial credit, e.g. for small models).
+    "agent_f1": RewardTable(metric="f1", linear=True),
+    # EM with a format penalty for episodes that end without an answer.
+    "agent_em_format": RewardTable(metric="em", linear=True, format_bad=-0.2),
+    # EM plus 0.1 when an answer-bearing passage was retrieved during the episode.
+    "agent_em_hit": RewardTable(metric="em", linear=True, bonus_metric="hit", bonus_value=0.1),
 }
 
 
@@ -151,11 +163,15 @@ def _finish(p: _Pending, result: SearchResult | None, error: BaseException | str
         except Exception as exc:  # defensive
             log.warning("%s: scoring failed: %s", p.task.name, exc)
             error = exc
-    if error is not None:
+    if error is not None or out["search_error"]:  # a family may report a failed search itself
         out["search_error"] = True
         out["score"] = p.table.total(True, p.table.error)
         return out
-    out["score"] = p.table.total(True, p.table.answer_score(out.get(p.table.metric)))
+    # a family that judges the format while scoring (agentic: no final answer) reports format_ok
+    ok = bool(out["format_ok"])
+    out["score"] = p.table.total(ok, p.table.answer_score(out.get(p.table.metric)))
+    if ok and p.table.bonus_metric:
+        out["score"] += float(p.table.bonus_value) * float(out.get(p.table.bonus_metric) or 0.0)
     return out
 
 
@@ -169,7 +185,11 @@ class _Batch:
         self.out = [_prepare(*it, kw, value=v) for it, v in zip(items, values)]
         self.groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(self.out):
-            if isinstance(p, _Pending) and p.plan:
+            if isinstance(p, _Pending) and not isinstance(p.plan, SearchPlan):
+                # nothing to search (None, or a family's own record, e.g. an agentic trajectory
+                # whose searches already ran): scored right away
+                self.out[i] = _finish(p, None, None)
+            elif isinstance(p, _Pending):
                 plan = p.plan
                 key = (plan.index, plan.k, plan.return_text,
                        json.dumps(plan.options or {}, sort_keys=True))
