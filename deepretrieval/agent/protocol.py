@@ -337,9 +337,9 @@ def classify_block(content: str, settings: AgentSettings) -> str:
     content = content.strip()
     if content.startswith(SEARCH_ERROR_PREFIX):
         return "search_error"
-    if content == settings.invalid_message.strip():
+    if content.startswith(settings.invalid_message.strip()):
         return "invalid"
-    if content == settings.refusal_message.strip():
+    if content.startswith(settings.refusal_message.strip()):
         return "refused"
     return "results"
 

@@ -165,6 +165,11 @@ def _register_builtins() -> None:
         return scifact_dense_index()
     BUILTIN_INDEXES.setdefault("scifact_dense", scifact_dense)
 
+    def closedworld():  # the generated closed-world multi-hop corpus (agent_closedworld), BM25
+        from ..data.closed_world import bm25_index
+        return bm25_index()
+    BUILTIN_INDEXES.setdefault("closedworld", closedworld)
+
     def pubmed():  # live NCBI E-utilities (env: DEEPRETRIEVAL_PUBMED_URL, NCBI_API_KEY, ...)
         from .live import pubmed_from_env
         return pubmed_from_env()
