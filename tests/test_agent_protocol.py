@@ -109,7 +109,7 @@ def test_compute_score_scores_the_final_answer_only():
     assert m["em"] == 0.0 and m["score"] == 0.0 and m["hit"] == 1.0 and m["format_ok"]
     # no answer at all: format not ok, searches still counted
     m = compute_score("agent_closedworld", traj.replace("<answer>Qel</answer>", ""), gt)
-    assert not m["format_ok"] and m["n_search"] == 1.0 and m["turns"] == 1.0
+    assert not m["format_ok"] and m["n_search"] == 1.0 and m["turns"] == 2.0  # (an empty last turn)
 
 
 def test_compute_score_search_error_refusal_invalid_and_tables():

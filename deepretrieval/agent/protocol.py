@@ -356,18 +356,21 @@ class TrajectoryStats:
 
 
 def trajectory_stats(trajectory: object, settings: AgentSettings | None = None) -> TrajectoryStats:
-    """What a trajectory string says about its episode (model turns alternate with injected
-    blocks, so turns = blocks + 1 when model text follows the last block)."""
+    """What a trajectory string says about its episode (see the comments for how turns are
+    counted from the text)."""
     settings = settings or AgentSettings()
     text = trajectory if isinstance(trajectory, str) else ""
     blocks = list(_BLOCK.finditer(text))
     kinds = [classify_block(m.group(2), settings) for m in blocks]
-    tail = text[blocks[-1].end():] if blocks else text
-    turns = len(blocks) + (1 if _visible(tail) else 0)
+    # model turns alternate with the environment's replies; a reply that ends the episode (a
+    # failed or refused search) has no model turn after it. Tool protocol: the responses to one
+    # turn's several calls follow each other with no model text between them.
+    groups = len(blocks)
     if settings.protocol == "tool" and blocks:
-        # a turn's several calls get several responses: count the model segments that called
-        gaps = [text[:blocks[0].start()]] + [text[a.end():b.start()] for a, b in zip(blocks, blocks[1:])]
-        turns = sum(TOOL_CALL_OPEN in g for g in gaps) + (1 if _visible(tail) else 0)
+        gaps = [text[a.end():b.start()] for a, b in zip(blocks, blocks[1:])]
+        groups = 1 + sum(1 for g in gaps if _visible(g))
+    ends = bool(kinds) and kinds[-1] in ("search_error", "refused")
+    turns = groups + (0 if ends else 1) if isinstance(trajectory, str) else 0
     n_results = sum(k == "results" for k in kinds)
     return TrajectoryStats(
         answer=final_answer(text), n_search=n_results, turns=turns,
