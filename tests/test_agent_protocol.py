@@ -178,3 +178,27 @@ def test_agent_rows_schema():
                       settings=P.AgentSettings(protocol="tool"))[0]
     assert tool["agent_name"] == "tool_agent" and tool["extra_info"]["agent"] == {"protocol": "tool"}
     assert "<tools>" in tool["prompt"][0]["content"]
+
+
+def test_rows_roundtrip_through_parquet(tmp_path):
+    import pyarrow.parquet as pq
+
+    from deepretrieval.data.prepare import read_rows, write_parquet
+    from deepretrieval.tasks.agentic import agent_rows
+
+    task = get_task("agent_nq")
+    rows = agent_rows(task, [{"question": "Q1", "answers": ["Qel"]}], "train",
+                      settings=P.AgentSettings(max_result_chars=99)) + \
+        agent_rows(task, [{"question": "Q2", "answers": ["Lor", "Lor City"]}], "train")
+    path = write_parquet(rows, tmp_path / "train.parquet")
+    back = read_rows(path)
+    assert back[0]["extra_info"]["agent"] == {"max_result_chars": 99}
+    # verl reads the raw parquet: the second row's struct has None for the first row's field
+    raw = pq.read_table(path).to_pylist()
+    assert raw[1]["extra_info"]["agent"] in (None, {"max_result_chars": None})
+    for row in raw + back:
+        s = P.AgentSettings.from_extra_info(row["extra_info"])
+        assert s.max_turns == 4 and s.max_result_chars in (99, 2000)
+        m = compute_score(row["data_source"], "<answer>Lor</answer>", row["reward_model"]["ground_truth"],
+                          row["extra_info"])
+        assert m["em"] == (1.0 if "Lor" in row["reward_model"]["ground_truth"]["target"] else 0.0)

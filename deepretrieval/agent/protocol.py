@@ -94,7 +94,9 @@ class AgentSettings:
         of any other field) over ``base`` (default: the defaults)."""
         base = base or cls()
         info = extra_info or {}
-        changes: dict[str, Any] = dict(info.get("agent") or {})
+        # (rows read back from parquet carry None for the fields other rows set)
+        changes: dict[str, Any] = {k: v for k, v in dict(info.get("agent") or {}).items()
+                                   if v is not None}
         for key in ("max_turns", "top_k"):
             if info.get(key) is not None:
                 changes[key] = int(info[key])
