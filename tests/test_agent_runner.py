@@ -211,3 +211,41 @@ def test_rows_and_settings_checks():
         EpisodeRunner(Script({}), decoding=Decoding(greedy=False, n=2))
     eps = episodes_from_rows(rows_for(["A"]), repeat=3)
     assert len(eps) == 3 and all(isinstance(e, Episode) and e.index == "idx" for e in eps)
+
+
+def test_per_episode_stepping_matches_the_batched_runner():
+    """A per-sample loop (as a verl agent loop runs it, async searches) gives the same episode."""
+    import asyncio
+
+    from deepretrieval.agent.runner import search_replies
+
+    script = Script({"A": ["<search>alpha</search>", "nothing", "<answer>gold</answer>"]})
+    rows = rows_for(["A"])
+    batched = run_rows(script, rows, Recorder())[0]
+
+    class AsyncRecorder(Recorder):
+        async def asearch(self, index, queries, k, *, return_text=False, options=None):
+            return self.search(index, queries, k, return_text=return_text, options=options)
+
+    async def loop():
+        searcher = AsyncRecorder()
+        (ep,) = episodes_from_rows(rows)
+        while not ep.done:
+            text = script.generate([ep.prompt()], Decoding())[0][0]
+            queries = ep.advance(text)
+            if queries:
+                try:
+                    outcome = await searcher.asearch(ep.index, list(queries), ep.settings.top_k,
+                                                     return_text=True)
+                except SearchError as exc:
+                    outcome = exc
+                ep.receive(search_replies(ep.index, list(queries), outcome))
+        return ep
+
+    single = asyncio.run(loop())
+    assert single.text == batched.text and single.finish == batched.finish == "answer"
+    assert single.searches == batched.searches
+    with pytest.raises(ValueError, match="ended"):
+        single.advance("<answer>again</answer>")
+    assert search_replies("i", ["a", "b"], SearchError("down")) == [("a", None, "down"), ("b", None, "down")]
+    assert search_replies("i", ["a"], [])[0][2] == "0 results for 1 queries"

@@ -129,6 +129,55 @@ class Episode:
                 "searches": self.searches, "records": self.records,
                 "protocol": self.settings.protocol, "index": self.index}
 
+    # ---- stepping (the runner batches these; a per-sample loop, e.g. a verl agent loop, calls
+    # them directly: text = generate(ep.prompt()); queries = ep.advance(text); search;
+    # ep.receive(search_replies(...))) ----------------------------------------------------------
+    def advance(self, text: str) -> tuple[str, ...]:
+        """Take the model's next turn; returns the queries to search now (empty when the
+        episode ended or the environment already answered, e.g. an invalid action)."""
+        if self.done:
+            raise ValueError("the episode has ended")
+        s = self.settings
+        turn = self.turns + 1
+        action = P.parse_turn(text, s.protocol)
+        self._add_model(action, turn)
+        last = self.turns >= s.max_turns
+        if action.kind == "answer":
+            self.finish = "answer" if action.answer is not None else "no_answer"
+        elif action.kind == "search":
+            if not last:
+                return action.queries
+            self._add_env(s.refusal_message, turn)  # searching is refused on the last turn
+            self.finish = "max_turns"
+        elif last:
+            self.finish = "max_turns"
+        else:
+            self._add_env(self._note(s.invalid_message), turn)
+        return ()
+
+    def receive(self, replies: Sequence[tuple[str, SearchResult | None, str | None]]) -> None:
+        """The search replies ``(query, result, error)`` to the queries :meth:`advance` returned
+        (see :func:`search_replies`); a failed one ends the episode as ``search_error``."""
+        turn = self.turns
+        for query, result, error in replies:
+            self.searches.append({"turn": turn, "query": query, "error": error,
+                                  "ids": [] if error or result is None else [str(i) for i in result.ids]})
+        failed = [e for _, _, e in replies if e]
+        if failed:
+            self.search_error, self.error = True, failed[0]
+            self._add_env(P.search_error_content(failed[0]), turn)
+            self.finish = "search_error"
+            return
+        for i, (_, result, _) in enumerate(replies):
+            content = P.render_passages(result.texts or [], self.settings)
+            self._add_env(self._note(content) if i == len(replies) - 1 else content, turn)
+
+    def _note(self, content: str) -> str:
+        """Content of an injected block, with the last-turn note when the next turn is the last."""
+        if self.turns + 1 >= self.settings.max_turns and self.settings.last_turn_note:
+            return f"{content}\n{self.settings.last_turn_note}"
+        return content
+
     # ---- building ---------------------------------------------------------------------------
     def _add_model(self, action: P.Action, turn: int) -> None:
         self.actions.append(action)
@@ -201,77 +250,55 @@ class EpisodeRunner:
                                               batch_size=self.batch_size,
                                               seed_offset=turn * 1_000_003)
             self.calls["generate"] += 1
-            searching: list[Episode] = []
+            searching: list[tuple[Episode, tuple[str, ...]]] = []
             for ep, out in zip(live, outputs):
-                self._step(ep, out[0] if out else "", turn, searching)
-            n_queries = self._search(searcher, searching, turn)
+                queries = ep.advance(out[0] if out else "")
+                if queries:
+                    searching.append((ep, queries))
+            n_queries = self._search(searcher, searching)
             live = [ep for ep in live if not ep.done]
             if self.progress:
                 log.info("turn %d: %d searches, %d episodes still running", turn, n_queries, len(live))
         return episodes
 
-    def _step(self, ep: Episode, text: str, turn: int, searching: list[Episode]) -> None:
-        s = ep.settings
-        action = P.parse_turn(text, s.protocol)
-        ep._add_model(action, turn)
-        last = ep.turns >= s.max_turns
-        if action.kind == "answer":
-            ep.finish = "answer" if action.answer is not None else "no_answer"
-        elif action.kind == "search":
-            if last:  # searching is refused on the last turn
-                ep._add_env(s.refusal_message, turn)
-                ep.finish = "max_turns"
-            else:
-                searching.append(ep)
-        elif last:
-            ep.finish = "max_turns"
-        else:
-            ep._add_env(self._note(ep, s.invalid_message), turn)
-
-    @staticmethod
-    def _note(ep: Episode, content: str) -> str:
-        """Content of an injected block, with the last-turn note when the next turn is the last."""
-        if ep.turns + 1 >= ep.settings.max_turns and ep.settings.last_turn_note:
-            return f"{content}\n{ep.settings.last_turn_note}"
-        return content
-
-    def _search(self, searcher, searching: list[Episode], turn: int) -> int:
+    def _search(self, searcher, searching: list[tuple[Episode, tuple[str, ...]]]) -> int:
         groups: dict[tuple[str, int], list[tuple[Episode, str]]] = {}
-        for ep in searching:
-            for query in ep.actions[-1].queries:
+        for ep, queries in searching:
+            for query in queries:
                 groups.setdefault((ep.index, ep.settings.top_k), []).append((ep, query))
-        answers: dict[int, list[tuple[str, SearchResult | None, str | None]]] = {}
+        replies: dict[int, list[tuple[str, SearchResult | None, str | None]]] = {}
         for (index, k), items in groups.items():
             queries = [q for _, q in items]
+            self.calls["search"] += 1
             try:
-                results: list[Any] = searcher.search(index, queries, k, return_text=True)
-                self.calls["search"] += 1
-                if len(results) != len(queries):
-                    raise SearchError(f"{len(results)} results for {len(queries)} queries")
-                errors = [r.error or (None if r.texts is not None or not r.ids
-                                      else f"index {index!r} returned no passage texts")
-                          for r in results]
+                outcome: Any = searcher.search(index, queries, k, return_text=True)
             except SEARCH_FAILURES as exc:
-                self.calls["search"] += 1
                 log.warning("search on %s failed: %s", index, exc)
-                results, errors = [None] * len(queries), [str(exc) or type(exc).__name__] * len(queries)
-            for (ep, query), result, error in zip(items, results, errors):
-                answers.setdefault(id(ep), []).append((query, result, error))
-        for ep in searching:
-            replies = answers.get(id(ep), [])
-            for query, result, error in replies:
-                ep.searches.append({"turn": turn, "query": query, "error": error,
-                                    "ids": [] if error or result is None else [str(i) for i in result.ids]})
-            failed = [e for _, _, e in replies if e]
-            if failed:
-                ep.search_error, ep.error = True, failed[0]
-                ep._add_env(P.search_error_content(failed[0]), turn)
-                ep.finish = "search_error"
-                continue
-            for i, (_, result, _) in enumerate(replies):
-                content = P.render_passages(result.texts or [], ep.settings)
-                ep._add_env(self._note(ep, content) if i == len(replies) - 1 else content, turn)
+                outcome = exc
+            for (ep, _), reply in zip(items, search_replies(index, queries, outcome)):
+                replies.setdefault(id(ep), []).append(reply)
+        for ep, _ in searching:
+            ep.receive(replies[id(ep)])
         return sum(len(items) for items in groups.values())
+
+
+def search_replies(index: str, queries: Sequence[str], outcome: Sequence[SearchResult] | BaseException
+                   ) -> list[tuple[str, SearchResult | None, str | None]]:
+    """``(query, result, error)`` per query from a search call's results — or from the exception
+    it raised (every query failed). A result without passage texts is an error."""
+    if isinstance(outcome, BaseException):
+        reason = str(outcome) or type(outcome).__name__
+        return [(q, None, reason) for q in queries]
+    results = list(outcome)
+    if len(results) != len(queries):
+        reason = f"{len(results)} results for {len(queries)} queries"
+        return [(q, None, reason) for q in queries]
+    out = []
+    for q, r in zip(queries, results):
+        error = r.error or (None if r.texts is not None or not r.ids
+                            else f"index {index!r} returned no passage texts")
+        out.append((q, None if error else r, error))
+    return out
 
 
 def run_rows(generator, rows: Sequence[Mapping[str, Any]], searcher=None, *, repeat: int = 1,
