@@ -129,7 +129,7 @@ def test_compute_score_search_error_refusal_invalid_and_tables():
 
 
 def test_bonus_table_and_names(monkeypatch):
-    import deepretrieval.tasks as tasks
+    from deepretrieval import tasks
     gt = {"target": ["Qel"]}
     traj = "<search>q</search>" + P.information("Doc 1: Qel is here") + "<answer>Lor</answer>"
     task = get_task("agent_nq").variant(name="agent_bonus_probe", reward="agent_em_hit")

@@ -2,7 +2,12 @@
 import pytest
 
 from deepretrieval.agent import protocol as P
-from deepretrieval.agent.runner import Episode, EpisodeRunner, episodes_from_rows, run_rows
+from deepretrieval.agent.runner import (
+    Episode,
+    EpisodeRunner,
+    episodes_from_rows,
+    run_rows,
+)
 from deepretrieval.generate import Decoding
 from deepretrieval.rewards import compute_score
 from deepretrieval.search import SearchError, SearchResult

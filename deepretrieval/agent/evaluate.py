@@ -22,8 +22,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..evaluate import (GENERATIONS, _atomic_write, _json_default, _read_jsonl, row_key, summarize,
-                        write_report)
+from ..evaluate import (
+    GENERATIONS,
+    _atomic_write,
+    _json_default,
+    _read_jsonl,
+    row_key,
+    summarize,
+    write_report,
+)
 from ..generate import Decoding, make_generator
 from ..rewards import score_batch
 from ..search import get_searcher

@@ -23,6 +23,7 @@ Pure functions and dataclasses only (stdlib); nothing here searches or generates
 """
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -89,7 +90,7 @@ class AgentSettings:
 
     @classmethod
     def from_extra_info(cls, extra_info: Mapping[str, Any] | None,
-                        base: "AgentSettings | None" = None) -> "AgentSettings":
+                        base: AgentSettings | None = None) -> AgentSettings:
         """Settings of a row: ``extra_info.max_turns``/``top_k`` and ``extra_info.agent`` (a dict
         of any other field) over ``base`` (default: the defaults)."""
         base = base or cls()
@@ -369,7 +370,7 @@ def trajectory_stats(trajectory: object, settings: AgentSettings | None = None) 
     # turn's several calls follow each other with no model text between them.
     groups = len(blocks)
     if settings.protocol == "tool" and blocks:
-        gaps = [text[a.end():b.start()] for a, b in zip(blocks, blocks[1:])]
+        gaps = [text[a.end():b.start()] for a, b in itertools.pairwise(blocks)]
         groups = 1 + sum(1 for g in gaps if _visible(g))
     ends = bool(kinds) and kinds[-1] in ("search_error", "refused")
     turns = groups + (0 if ends else 1) if isinstance(trajectory, str) else 0
