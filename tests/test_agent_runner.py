@@ -82,7 +82,7 @@ def test_multi_turn_batched_search_and_spans():
     assert [n for n, _ in script.calls] == [3, 2, 1]
     assert searcher.calls == [("idx", ["alpha", "gamma"], 3, True), ("idx", ["beta"], 3, True)]
     stops = {s.text for s in script.calls[0][1].stops}
-    assert stops == {"</search>", "</answer>"}
+    assert stops == {"</search>", "</answer>", "<information>"}
     assert (a.turns, a.n_search, a.finish, a.answer) == (3, 2, "answer", "gold")
     assert (b.turns, b.n_search, b.answer) == (2, 1, "wrong")
     assert (c.turns, c.n_search, c.text) == (1, 0, "<answer>gold</answer>")

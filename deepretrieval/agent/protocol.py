@@ -152,12 +152,8 @@ def parse_tag_turn(text: object) -> Action:
     answer, or no action at all, is ``invalid``."""
     if not isinstance(text, str):
         return Action("invalid", "", error="turn is not a string")
-    # text the model wrote *as if* it were the environment is not an action source
-    match = None
-    for m in _TAG_ACTION.finditer(text):
-        if not _inside_injected(text, m.start()):
-            match = m
-            break
+    text = cut_environment_text(text)
+    match = _TAG_ACTION.search(text)
     if match is None:
         return Action("invalid", _strip_end_markers(text), records=_records(text), error="no action")
     kept = text[: match.end()]
@@ -170,8 +166,13 @@ def parse_tag_turn(text: object) -> Action:
     return Action("answer", kept, answer=value, records=records)
 
 
-def _inside_injected(text: str, pos: int) -> bool:
-    return any(m.start() <= pos < m.end() for m in _INJECTED.finditer(text))
+def cut_environment_text(text: str) -> str:
+    """A model turn up to where it starts writing an environment block (``<information>`` or
+    ``<tool_response>``): only the environment writes those, so a trajectory's blocks are always
+    injected text (a model cannot fake search results, or hide text from the reward)."""
+    cut = min((p for p in (text.find(INFO_OPEN), text.find(TOOL_RESPONSE_OPEN)) if p >= 0),
+              default=-1)
+    return text if cut < 0 else text[:cut]
 
 
 def parse_tool_turn(text: object) -> Action:
@@ -180,7 +181,7 @@ def parse_tool_turn(text: object) -> Action:
     without tool calls is its final turn: ``answer`` with the last ``<answer>`` (None if absent)."""
     if not isinstance(text, str):
         return Action("invalid", "", error="turn is not a string")
-    text = _strip_end_markers(text)
+    text = _strip_end_markers(cut_environment_text(text))
     calls = _TOOL_CALL.findall(text)
     records = _records(text)
     if not calls:
@@ -256,8 +257,9 @@ def search_error_content(reason: str) -> str:
 
 
 def stop_strings(protocol: str) -> tuple[str, ...]:
-    """Where a turn ends (besides end-of-turn): after the action's closing tag."""
-    return (SEARCH_CLOSE, ANSWER_CLOSE) if protocol == "tags" else (ANSWER_CLOSE,)
+    """Where a turn ends (besides end-of-turn): after the action's closing tag, or where the
+    model starts writing an environment block (cut off by :func:`cut_environment_text`)."""
+    return (SEARCH_CLOSE, ANSWER_CLOSE, INFO_OPEN) if protocol == "tags" else (ANSWER_CLOSE, TOOL_RESPONSE_OPEN)
 
 
 # ---------------------------------------------------------------------------------------------
