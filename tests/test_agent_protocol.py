@@ -144,6 +144,8 @@ def test_bonus_table_and_names(monkeypatch):
     assert get_task("searchR1_hotpotqa") is get_task("agent_hotpotqa")
     assert get_task("agent_myqa").index == "myqa"
     assert get_task("agent_myqa_f1").reward == "agent_f1"
+    with pytest.raises(KeyError):
+        get_task("agent_nq_no_reason")
     for name in ("agent_nq", "agent_triviaqa", "agent_popqa", "agent_hotpotqa",
                  "agent_2wikimultihopqa", "agent_musique", "agent_bamboogle", "agent_closedworld"):
         assert get_task(name).family.name == "agentic"

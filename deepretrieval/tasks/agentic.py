@@ -153,7 +153,8 @@ def resolve(data_source: str) -> Task | None:
             task = get_task(target.lower())
         else:
             task = resolve(target)
-    elif lower.startswith("agent_") and _NAME.match(data_source[len("agent_"):] or "-"):
+    elif lower.startswith("agent_") and _NAME.match(data_source[len("agent_"):] or "-") \
+            and not lower.endswith("_no_reason"):  # agentic tasks have no answer-only variant
         rest = data_source[len("agent_"):]
         f1 = rest.endswith("_f1") and len(rest) > 3
         name = rest[:-3] if f1 else rest
