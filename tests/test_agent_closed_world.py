@@ -67,3 +67,18 @@ def test_oracle_tool_protocol():
     rows = cw.closed_world_rows(task, "test", settings=AgentSettings(protocol="tool"))[:10]
     metrics = _score(rows, run_rows(cw.OraclePolicy(), rows))
     assert all(m["em"] == 1.0 for m in metrics)
+
+
+def test_prepare_closedworld_cli(tmp_path, capsys):
+    from deepretrieval.cli import main
+    from deepretrieval.data.prepare import read_rows
+
+    out = tmp_path / "cw"
+    assert main(["prepare", "closedworld", "--out", str(out), "--max-turns", "3", "--protocol", "tool"]) == 0
+    train, test = read_rows(out / "train.parquet"), read_rows(out / "test.parquet")
+    assert (len(train), len(test)) == (160, 40)
+    assert test[0]["agent_name"] == "tool_agent" and test[0]["extra_info"]["max_turns"] == 3
+    metrics = _score(test, run_rows(cw.OraclePolicy(), test))
+    assert sum(m["em"] for m in metrics) == sum(m["hops"] <= 2 for m in
+                                                 (r["extra_info"] for r in test))  # 3 hops need 4 turns
+    assert main(["prepare", "closedworld", "--task", "agent_nq", "--out", str(out)]) == 2

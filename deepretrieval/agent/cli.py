@@ -29,6 +29,38 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per question")
     p.set_defaults(func=cmd_ask)
 
+    from ..commands import prepare_targets
+    q = prepare_targets().add_parser(
+        "closedworld", help="the generated closed-world multi-hop questions → agentic rows",
+        description="Write train/test rows of agent_closedworld (the generated corpus; its BM25 "
+                    "index `closedworld` is built in, on first use).")
+    q.add_argument("--out", default="data/agent_closedworld",
+                   help="output folder (default: data/agent_closedworld)")
+    q.add_argument("--task", default="agent_closedworld", help="task (e.g. agent_closedworld_f1)")
+    q.add_argument("--protocol", choices=("tags", "tool"), help="agent protocol (default: tags)")
+    q.add_argument("--max-turns", type=int)
+    q.add_argument("--top-k", type=int)
+    q.set_defaults(func=cmd_prepare_closedworld)
+
+
+def cmd_prepare_closedworld(args) -> int:
+    from pathlib import Path
+
+    from ..data.closed_world import SPLITS, closed_world_rows
+    from ..data.prepare import write_parquet
+    from ..tasks import get_task
+
+    task = get_task(args.task)
+    if task.family.name != "agentic" or task.options.get("dataset") != "closedworld":
+        raise ValueError(f"task {args.task!r} is not a closed-world agentic task (agent_closedworld, "
+                         f"agent_closedworld_f1)")
+    settings = _settings(args.task, args)
+    for split in SPLITS:
+        rows = closed_world_rows(task, split, settings=settings)
+        path = write_parquet(rows, Path(args.out) / f"{split}.parquet")
+        print(f"{split}: {len(rows)} rows → {path}")
+    return 0
+
 
 def _settings(task_name: str, args):
     from dataclasses import replace

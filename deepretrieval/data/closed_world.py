@@ -148,14 +148,14 @@ def split_questions(split: str, seed: int = 0) -> list[Question]:
     return [q for i, q in enumerate(qs) if (i % 5 == 0) == (split == "test")]
 
 
-def closed_world_rows(task, split: str, seed: int = 0, settings=None) -> list[dict[str, Any]]:
-    """Agentic task rows of a split (searching the built-in ``closedworld`` index)."""
+def closed_world_rows(task, split: str, settings=None) -> list[dict[str, Any]]:
+    """Agentic task rows of a split of the seed-0 world (searching the built-in ``closedworld``
+    index)."""
     from ..tasks.agentic import agent_rows
-    examples = [{"id": q.id, "question": q.question, "answers": [q.answer]}
-                for q in split_questions(split, seed)]
-    index = INDEX_NAME if seed == 0 else f"{INDEX_NAME}-seed{seed}"
-    rows = agent_rows(task, examples, split, search_index=index, settings=settings)
-    for row, q in zip(rows, split_questions(split, seed)):
+    questions = split_questions(split)
+    examples = [{"id": q.id, "question": q.question, "answers": [q.answer]} for q in questions]
+    rows = agent_rows(task, examples, split, search_index=INDEX_NAME, settings=settings)
+    for row, q in zip(rows, questions):
         row["extra_info"]["hops"] = q.hops
     return rows
 
@@ -163,13 +163,13 @@ def closed_world_rows(task, split: str, seed: int = 0, settings=None) -> list[di
 _lock = threading.Lock()
 
 
-def bm25_index(seed: int = 0, rebuild: bool = False):
-    """The BM25 index of the world, built under the index root on first use (a few seconds)."""
+def bm25_index(rebuild: bool = False):
+    """The BM25 index of the seed-0 world, built under the index root on first use (~1 s)."""
     from ..search import index_root
     from ..search.bm25 import BM25Index
 
-    world = generate_world(seed)
-    name = INDEX_NAME if seed == 0 else f"{INDEX_NAME}-seed{seed}"
+    world = generate_world(0)
+    name = INDEX_NAME
     path = index_root() / f"{name}-v{VERSION}"
     with _lock:
         marker = path / "world.sha256"
