@@ -10,6 +10,12 @@ from deepretrieval.tasks.agentic import CLOSED_BOOK, NAIVE_RAG
 
 
 @pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from deepretrieval.testing.tiny_model import tiny_model_path
+    return str(tiny_model_path(tmp_path_factory.getbasetemp() / "tiny-models"))
+
+
+@pytest.fixture(scope="module")
 def rows():
     task = get_task("agent_closedworld")
     return task.family.bundled_rows(task, "test")
@@ -47,11 +53,10 @@ def test_oracle_report_and_files(rows, tmp_path):
         evaluate_agent(OraclePolicy(), rows[:12], out_dir=tmp_path, plot=False, max_new_tokens=9)
 
 
-def test_tiny_model_closed_book_and_naive_rag(rows, tmp_path):
+def test_tiny_model_closed_book_and_naive_rag(rows, tmp_path, tiny):
     from deepretrieval.generate import TransformersGenerator
-    from deepretrieval.testing.tiny_model import tiny_model_path
 
-    gen = TransformersGenerator(str(tiny_model_path()))
+    gen = TransformersGenerator(tiny)
     report = evaluate_agent(gen, rows[:4], out_dir=tmp_path, max_new_tokens=12, batch_size=4,
                             plot=False, name="tiny")
     systems = report["systems"]
@@ -69,12 +74,11 @@ def test_tiny_model_closed_book_and_naive_rag(rows, tmp_path):
         assert 1 <= rec["turns"] <= rows[0]["extra_info"]["max_turns"]
 
 
-def test_eval_cli_dispatches_agentic_tasks(tmp_path, capsys):
+def test_eval_cli_dispatches_agentic_tasks(tmp_path, capsys, tiny):
     from deepretrieval.cli import main
-    from deepretrieval.testing.tiny_model import tiny_model_path
 
     out = tmp_path / "run"
-    rc = main(["eval", "--task", "agent_closedworld", "--model", str(tiny_model_path()), "--limit", "2",
+    rc = main(["eval", "--task", "agent_closedworld", "--model", tiny, "--limit", "2",
                "--max-new-tokens", "8", "--max-turns", "2", "--out", str(out), "--no-plot", "--json"])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
