@@ -90,9 +90,9 @@ def _slug(text: str) -> str:
 
 
 def _load_rows(args) -> tuple[list[dict], str]:
-    from .commands import bundled_rows
-    from .data.prepare import read_rows
-    from .tasks import get_task
+    from deepretrieval.cli.core import bundled_rows
+    from deepretrieval.data.prepare import read_rows
+    from deepretrieval.tasks import get_task
 
     task = args.task
     if args.no_reasoning:
@@ -121,7 +121,7 @@ def _load_rows(args) -> tuple[list[dict], str]:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate_model, summary_markdown
+    from deepretrieval.evaluation.harness import evaluate_model, summary_markdown
 
     if args.n > 1 and not args.sampling:
         raise ValueError("--n > 1 needs --sampling")
@@ -131,9 +131,9 @@ def cmd_eval(args) -> int:
             raise ValueError("openai:NAME needs --base-url (or OPENAI_API_KEY for api.openai.com)")
     rows, task = _load_rows(args)
     out = args.out or str(Path("runs") / "eval" / f"{task}-{args.split}-{_slug(args.model)}")
-    from .tasks import get_task
+    from deepretrieval.tasks import get_task
     if get_task(task).family.name == "agentic":
-        from .agent.cli import cmd_eval_agent
+        from deepretrieval.agent.cli import cmd_eval_agent
         return cmd_eval_agent(args, rows, out)
     extra_body = None
     if args.api_extra:
@@ -147,7 +147,7 @@ def cmd_eval(args) -> int:
     if args.model.startswith("openai:"):
         kwargs.update(concurrency=args.concurrency, extra_body=extra_body, use_cache=not args.no_cache,
                       max_retries=args.max_retries)
-    from .llm_api import LLMAPIError
+    from deepretrieval.generation.api import LLMAPIError
     try:
         report = evaluate_model(
             args.model, rows, out_dir=out, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -169,7 +169,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .evaluate import compare_runs, summary_markdown
+    from deepretrieval.evaluation.harness import compare_runs, summary_markdown
     report = compare_runs(args.runs, args.out)
     print(summary_markdown(report))
     return 0
@@ -186,8 +186,8 @@ def _fields(items: list[str]) -> dict[str, str]:
 
 
 def cmd_rewrite(args) -> int:
-    from .llm_api import LLMAPIError
-    from .rewrite import QueryRewriter
+    from deepretrieval.generation.api import LLMAPIError
+    from deepretrieval.rewrite import QueryRewriter
 
     queries: list[str] = []
     for q in args.queries:

@@ -54,7 +54,7 @@ def test_oracle_report_and_files(rows, tmp_path):
 
 
 def test_tiny_model_closed_book_and_naive_rag(rows, tmp_path, tiny):
-    from deepretrieval.generate import TransformersGenerator
+    from deepretrieval.generation.local import TransformersGenerator
 
     gen = TransformersGenerator(tiny)
     report = evaluate_agent(gen, rows[:4], out_dir=tmp_path, max_new_tokens=12, batch_size=4,

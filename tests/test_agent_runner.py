@@ -8,7 +8,7 @@ from deepretrieval.agent.runner import (
     episodes_from_rows,
     run_rows,
 )
-from deepretrieval.generate import Decoding
+from deepretrieval.generation.local import Decoding
 from deepretrieval.rewards import compute_score
 from deepretrieval.search import SearchError, SearchResult
 from deepretrieval.tasks import get_task

@@ -6,7 +6,7 @@ import pytest
 
 from deepretrieval.agent.serve import SearchAgent
 from deepretrieval.data.closed_world import OraclePolicy, split_questions
-from deepretrieval.generate import Prompt
+from deepretrieval.generation.local import Prompt
 from deepretrieval.service.app import ServerThread, ServiceConfig, create_app
 from deepretrieval.testing.openai_server import LoopbackChatServer
 

@@ -10,6 +10,6 @@ __all__ = ["SearchAgent"]
 
 def __getattr__(name):
     if name == "SearchAgent":
-        from .serve import SearchAgent
+        from deepretrieval.agent.serve import SearchAgent
         return SearchAgent
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

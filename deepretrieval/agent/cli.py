@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per question")
     p.set_defaults(func=cmd_ask)
 
-    from ..commands import prepare_targets
+    from deepretrieval.cli.core import prepare_targets
     q = prepare_targets().add_parser(
         "closedworld", help="the generated closed-world multi-hop questions → agentic rows",
         description="Write train/test rows of agent_closedworld (the generated corpus; its BM25 "
@@ -46,9 +46,9 @@ def register(sub) -> None:
 def cmd_prepare_closedworld(args) -> int:
     from pathlib import Path
 
-    from ..data.closed_world import SPLITS, closed_world_rows
-    from ..data.prepare import write_parquet
-    from ..tasks import get_task
+    from deepretrieval.data.closed_world import SPLITS, closed_world_rows
+    from deepretrieval.data.prepare import write_parquet
+    from deepretrieval.tasks import get_task
 
     task = get_task(args.task)
     if task.family.name != "agentic" or task.options.get("dataset") != "closedworld":
@@ -65,8 +65,8 @@ def cmd_prepare_closedworld(args) -> int:
 def _settings(task_name: str, args):
     from dataclasses import replace
 
-    from ..tasks import get_task
-    from ..tasks.agentic import settings_for
+    from deepretrieval.tasks import get_task
+    from deepretrieval.tasks.agentic import settings_for
     settings = settings_for(get_task(task_name))
     changes = {k: v for k, v in (("protocol", args.protocol), ("max_turns", args.max_turns),
                                  ("top_k", args.top_k)) if v is not None}
@@ -74,8 +74,8 @@ def _settings(task_name: str, args):
 
 
 def cmd_ask(args) -> int:
-    from ..llm_api import LLMAPIError
-    from .serve import SearchAgent
+    from deepretrieval.generation.api import LLMAPIError
+    from deepretrieval.agent.serve import SearchAgent
 
     questions: list[str] = []
     for q in args.questions:
@@ -109,9 +109,9 @@ def cmd_ask(args) -> int:
 
 def cmd_eval_agent(args, rows, out) -> int:
     """``deepretrieval eval`` on an agentic task (called by ``eval_cli.cmd_eval``)."""
-    from ..evaluate import summary_markdown
-    from ..llm_api import LLMAPIError
-    from .evaluate import evaluate_agent
+    from deepretrieval.evaluation.harness import summary_markdown
+    from deepretrieval.generation.api import LLMAPIError
+    from deepretrieval.agent.evaluate import evaluate_agent
 
     if args.n > 1:
         raise ValueError("--n is not supported for agentic tasks (one episode per question)")

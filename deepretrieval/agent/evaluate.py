@@ -8,7 +8,7 @@ as training); next to it, two reference systems with the same model and decoding
   prompt, answer directly (one turn; ``n_search`` = 1).
 
 Per question: EM, F1, searches, turns, hit, format and search-error flags; the report (``summary.json``,
-``summary.md``, ``comparison.png``, written by :func:`deepretrieval.evaluate.write_report`) holds
+``summary.md``, ``comparison.png``, written by :func:`deepretrieval.evaluation.harness.write_report`) holds
 one row per system. Per-question JSONL with the full trajectory: ``generations.jsonl`` (the model,
 appended batch by batch: a rerun resumes), ``closed_book.jsonl``, ``naive_rag.jsonl``.
 """
@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..evaluate import (
+from deepretrieval.evaluation.harness import (
     GENERATIONS,
     _atomic_write,
     _json_default,
@@ -31,12 +31,12 @@ from ..evaluate import (
     summarize,
     write_report,
 )
-from ..generate import Decoding, make_generator
-from ..rewards import score_batch
-from ..search import get_searcher
-from ..tasks.agentic import CLOSED_BOOK, NAIVE_RAG
-from . import protocol as P
-from .runner import SEARCH_FAILURES, Episode, EpisodeRunner, episodes_from_rows
+from deepretrieval.generation.local import Decoding, make_generator
+from deepretrieval.rewards import score_batch
+from deepretrieval.search import get_searcher
+from deepretrieval.tasks.agentic import CLOSED_BOOK, NAIVE_RAG
+from deepretrieval.agent import protocol as P
+from deepretrieval.agent.runner import SEARCH_FAILURES, Episode, EpisodeRunner, episodes_from_rows
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,8 @@ def _score(rows: Sequence[Mapping[str, Any]], episodes: Sequence[Episode], mode:
               r.get("extra_info")) for r, e in zip(rows, episodes)]
     metrics = score_batch(items, mode=mode)
     if reference == NAIVE_RAG:
-        from ..tasks.agentic import passages_of
-        from ..tasks.evidence import answers_from_ground_truth, has_answer
+        from deepretrieval.tasks.agentic import passages_of
+        from deepretrieval.tasks.evidence import answers_from_ground_truth, has_answer
         for m, e, (_, _, gt, _) in zip(metrics, episodes, items):
             # the search happened before the model's turn: in its prompt, not its trajectory
             m["n_search"] = float(e.n_search)
@@ -139,8 +139,8 @@ def evaluate_agent(model: Any, rows: Sequence[Mapping[str, Any]], *,
     """Evaluate an agent on agentic task rows; returns the report (also written to ``out_dir``).
 
     ``model``: a generator object (``generate(prompts, decoding, ...)``, e.g. a scripted policy or
-    :class:`~deepretrieval.generate.TransformersGenerator`) or anything
-    :func:`deepretrieval.generate.make_generator` takes (``generator_kw`` go there).
+    :class:`~deepretrieval.generation.local.TransformersGenerator`) or anything
+    :func:`deepretrieval.generation.local.make_generator` takes (``generator_kw`` go there).
     ``max_new_tokens`` is per turn. ``settings`` overrides the rows' protocol settings."""
     rows = list(rows)
     if not rows:

@@ -2,7 +2,7 @@
 serving and ExSearch sampling all use it).
 
 Per turn: **one** generation call over every live episode (any generator of
-:mod:`deepretrieval.generate`, an OpenAI-compatible endpoint, or a scripted policy — anything with
+:mod:`deepretrieval.generation.local`, an OpenAI-compatible endpoint, or a scripted policy — anything with
 ``generate(prompts, decoding, ...)``), each turn parsed into an action
 (:mod:`deepretrieval.agent.protocol`), then **one** batched search per (index, top-k) over all of
 that turn's queries through the searcher (in-process :class:`~deepretrieval.search.LocalSearcher`
@@ -23,9 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..generate import Decoding, Prompt, StopRule
-from ..search import SearchError, SearchResult, get_searcher
-from . import protocol as P
+from deepretrieval.generation.local import Decoding, Prompt, StopRule
+from deepretrieval.search import SearchError, SearchResult, get_searcher
+from deepretrieval.agent import protocol as P
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +193,8 @@ def episodes_from_rows(rows: Sequence[Mapping[str, Any]], *, repeat: int = 1,
     """Episodes for agentic task rows (``repeat`` copies of each, e.g. K samples for ExSearch or
     GRPO groups). Settings: the row's task defaults and ``extra_info``; ``settings`` replaces
     both (same protocol as the rows' prompts)."""
-    from ..tasks import get_task
-    from ..tasks.agentic import AGENTIC, settings_for
+    from deepretrieval.tasks import get_task
+    from deepretrieval.tasks.agentic import AGENTIC, settings_for
 
     out = []
     for row in rows:

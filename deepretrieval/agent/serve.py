@@ -11,9 +11,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from ..generate import Decoding, make_generator
-from . import protocol as P
-from .runner import Episode, EpisodeRunner
+from deepretrieval.generation.local import Decoding, make_generator
+from deepretrieval.agent import protocol as P
+from deepretrieval.agent.runner import Episode, EpisodeRunner
 
 
 class SearchAgent:
@@ -37,8 +37,8 @@ class SearchAgent:
                  greedy: bool = True, temperature: float = 1.0, seed: int = 0,
                  generator: Any = None, device: str | None = None, dtype: str | None = None,
                  **generator_kw: Any):
-        from ..tasks import get_task
-        from ..tasks.agentic import AGENTIC, settings_for
+        from deepretrieval.tasks import get_task
+        from deepretrieval.tasks.agentic import AGENTIC, settings_for
 
         self.task = get_task(task)
         if self.task.family is not AGENTIC:
@@ -48,7 +48,7 @@ class SearchAgent:
         if generator is not None:
             self.generator = generator
         elif api_url:
-            from ..llm_api import OpenAIChatGenerator, served_models
+            from deepretrieval.generation.api import OpenAIChatGenerator, served_models
             name = model or served_models(api_url, api_key)[0]
             # the tag protocol continues the assistant turn: the server must continue the prefill
             self.generator = OpenAIChatGenerator(str(name), base_url=api_url, api_key=api_key,
@@ -59,7 +59,7 @@ class SearchAgent:
             raise ValueError("give a model (local path or hub name), api_url of a served model, "
                              "or a generator")
         if searcher is None and search_url:
-            from ..service.client import ServiceSearcher
+            from deepretrieval.service.client import ServiceSearcher
             searcher = ServiceSearcher(search_url, token=os.environ.get("DEEPRETRIEVAL_SEARCH_TOKEN"))
         self.runner = EpisodeRunner(self.generator, searcher, decoding=Decoding(
             max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, seed=seed))

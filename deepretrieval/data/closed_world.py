@@ -151,7 +151,7 @@ def split_questions(split: str, seed: int = 0) -> list[Question]:
 def closed_world_rows(task, split: str, settings=None) -> list[dict[str, Any]]:
     """Agentic task rows of a split of the seed-0 world (searching the built-in ``closedworld``
     index)."""
-    from ..tasks.agentic import agent_rows
+    from deepretrieval.tasks.agentic import agent_rows
     questions = split_questions(split)
     examples = [{"id": q.id, "question": q.question, "answers": [q.answer]} for q in questions]
     rows = agent_rows(task, examples, split, search_index=INDEX_NAME, settings=settings)
@@ -165,8 +165,8 @@ _lock = threading.Lock()
 
 def bm25_index(rebuild: bool = False):
     """The BM25 index of the seed-0 world, built under the index root on first use (~1 s)."""
-    from ..search import index_root
-    from ..search.bm25 import BM25Index
+    from deepretrieval.search import index_root
+    from deepretrieval.search.bm25 import BM25Index
 
     world = generate_world(0)
     name = INDEX_NAME
@@ -183,7 +183,7 @@ def bm25_index(rebuild: bool = False):
 
 
 # ---------------------------------------------------------------------------------------------
-# scripted policies (generator interface of deepretrieval.generate)
+# scripted policies (generator interface of deepretrieval.generation.local)
 
 _Q_CAPITAL = re.compile(r"^What is the capital of (?!the country)(.+)\?$")
 _Q_PERSON = re.compile(r"^What is the capital of the country where (?!the founder of )(.+) was born\?$")
@@ -229,7 +229,7 @@ class OraclePolicy:
         return [[self.turn(p)] * decoding.n for p in prompts]
 
     def turn(self, prompt) -> str:
-        from ..agent import protocol as P
+        from deepretrieval.agent import protocol as P
 
         tool = any("<tools>" in m["content"] for m in prompt.messages if m["role"] == "system")
         if tool:

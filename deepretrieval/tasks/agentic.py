@@ -33,11 +33,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..agent import protocol as P
-from ..answer import ParsedAnswer
-from ..qa_metrics import exact_match, f1_score
-from . import Family, Task, get_task, register_resolver, register_task
-from .evidence import answers_from_ground_truth, has_answer
+from deepretrieval.agent import protocol as P
+from deepretrieval.core.answer import ParsedAnswer
+from deepretrieval.qa_metrics import exact_match, f1_score
+from deepretrieval.tasks import Family, Task, get_task, register_resolver, register_task
+from deepretrieval.tasks.evidence import answers_from_ground_truth, has_answer
 
 #: verl agent-loop names the rows ask for (the tag-protocol loop is registered under this name).
 TAG_AGENT_LOOP = "deepretrieval_agent"
@@ -98,10 +98,10 @@ class AgenticFamily(Family):
     def bundled_rows(self, task, split):
         base = task.options.get("dataset")
         if base == "closedworld":
-            from ..data.closed_world import closed_world_rows
+            from deepretrieval.data.closed_world import closed_world_rows
             return closed_world_rows(task, split)
         if base == "nq":
-            from .evidence import nq_examples
+            from deepretrieval.tasks.evidence import nq_examples
             return agent_rows(task, nq_examples("dev" if split == "test" else split), split)
         return super().bundled_rows(task, split)
 
@@ -175,7 +175,7 @@ def agent_rows(task: Task, examples: Sequence[Mapping[str, Any]], split: str, *,
                search_index: str | None = None, settings: P.AgentSettings | None = None,
                id_prefix: str = "") -> list[dict[str, Any]]:
     """One verl row per ``{"question", "answers"}`` example (see the module docstring)."""
-    from ..data.prepare import make_row
+    from deepretrieval.data.prepare import make_row
 
     settings = settings or settings_for(task)
     index = search_index or task.index
