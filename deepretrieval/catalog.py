@@ -31,6 +31,7 @@ from deepretrieval.core import settings
 from deepretrieval.core.results import Backend, Searcher, SearchError
 from deepretrieval.core.tables import RewardTable, with_overrides
 from deepretrieval.data import bundled as bundled_indexes
+from deepretrieval.data import closed_world
 from deepretrieval.data import original as original_rows
 from deepretrieval.data import sql as sql_data
 from deepretrieval.data.rows import read_rows as _read_rows
@@ -38,7 +39,7 @@ from deepretrieval.search import LocalSearcher, load_index_dir
 from deepretrieval.search import live as live_engines
 from deepretrieval.search import sql as sql_backend
 from deepretrieval.service.client import ServiceSearcher
-from deepretrieval.tasks import beir, evidence, search_engine, sql
+from deepretrieval.tasks import agentic, beir, evidence, search_engine, sql
 from deepretrieval.tasks import original as original_names
 from deepretrieval.tasks.base import Family, Task, UnknownTask, tasks_by_name
 
@@ -61,6 +62,8 @@ FAMILIES: tuple[FamilyEntry, ...] = (
     FamilyEntry(search_engine.SEARCH_ENGINE, tuple(search_engine.TASKS), search_engine.TABLES,
                 search_engine.bundled_rows),
     FamilyEntry(evidence.EVIDENCE, tuple(evidence.TASKS), evidence.TABLES, evidence.bundled_rows),
+    FamilyEntry(agentic.AGENTIC, tuple(agentic.TASKS), agentic.TABLES,
+                closed_world.agentic_bundled_rows),
 )
 
 FAMILY_NAMES: tuple[str, ...] = tuple(e.family.name for e in FAMILIES)
@@ -110,6 +113,7 @@ def _builtin_indexes() -> dict[str, Callable[[], Backend]]:
         name: (lambda name=name: bundled_indexes.bm25_index(name))
         for name in ("scifact",)}
     out["scifact_dense"] = bundled_indexes.scifact_dense_index
+    out[closed_world.INDEX_NAME] = closed_world.bm25_index  # generated closed-world corpus
     out["pubmed"] = live_engines.pubmed_from_env     # live NCBI E-utilities
     out["ctgov"] = live_engines.ctgov_from_env       # live ClinicalTrials.gov API v2
     for name in sql_backend.bundled_databases():     # bundled Spider databases `spider/<db_id>`
@@ -202,9 +206,15 @@ def resolve_original(data_source: str) -> Task | None:
     return original_names.resolve(data_source, TASKS)
 
 
+def resolve_agentic(data_source: str) -> Task | None:
+    """``searchR1_<set>`` and bring-your-own ``agent_<name>`` (:mod:`deepretrieval.tasks.agentic`)."""
+    return agentic.resolve(data_source, TASKS)
+
+
 #: Resolvers for names that are not defined tasks, each named for error messages.
 RESOLVERS: tuple[tuple[str, Callable[[str], Task | None]], ...] = (
     ("original DeepRetrieval data_source name", resolve_original),
+    ("agentic task name", resolve_agentic),
     ("user collection (index)", resolve_local_collection),
 )
 

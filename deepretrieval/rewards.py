@@ -41,6 +41,7 @@ class _Pending:
     base: dict
     results: list = None              # one slot per plan, filled as the searches finish
     error: BaseException | str | None = None
+    record: Any = None                # a plan that is no search (the family's own record)
 
     def __post_init__(self) -> None:
         self.results = [None] * len(self.plans)
@@ -73,9 +74,12 @@ def _prepare(data_source: str, solution_str: Any, ground_truth: Any, extra_info:
         log.warning("%s: planning the search failed: %s", data_source, exc)
         pending = _Pending(task, table, (), False, ground_truth, extra, mode, base, error=exc)
         return _finish(pending)
-    single = isinstance(plan, SearchPlan)
-    return _Pending(task, table, (plan,) if single else tuple(plan), single, ground_truth, extra,
-                    mode, base)
+    if isinstance(plan, SearchPlan):
+        return _Pending(task, table, (plan,), True, ground_truth, extra, mode, base)
+    if isinstance(plan, tuple):
+        return _Pending(task, table, plan, False, ground_truth, extra, mode, base)
+    # nothing to search: the family's own record (e.g. an agentic trajectory whose searches ran)
+    return _Pending(task, table, (), True, ground_truth, extra, mode, base, record=plan)
 
 
 def _finish(p: _Pending) -> dict:
@@ -85,18 +89,25 @@ def _finish(p: _Pending) -> dict:
     if error is None:
         error = next((r.error for r in p.results if r is not None and r.error), None)
     if error is None:
-        plan = p.plans[0] if p.single else p.plans
-        result = p.results[0] if p.single else tuple(p.results)
+        if p.record is not None:
+            plan, result = p.record, None
+        else:
+            plan = p.plans[0] if p.single else p.plans
+            result = p.results[0] if p.single else tuple(p.results)
         try:
             out.update(p.task.family.score(p.task, plan, result, p.ground_truth, p.extra_info, p.mode))
         except Exception as exc:  # defensive
             log.warning("%s: scoring failed: %s", p.task.name, exc)
             error = exc
-    if error is not None:
+    if error is not None or out["search_error"]:  # a family may report a failed search itself
         out["search_error"] = True
         out["score"] = p.table.total(True, p.table.error)
         return out
-    out["score"] = p.table.total(True, p.table.answer_score(out.get(p.table.metric)))
+    # a family that judges the format while scoring (agentic: no final answer) reports format_ok
+    ok = bool(out["format_ok"])
+    out["score"] = p.table.total(ok, p.table.answer_score(out.get(p.table.metric)))
+    if ok and p.table.bonus_metric:
+        out["score"] += float(p.table.bonus_value) * float(out.get(p.table.bonus_metric) or 0.0)
     return out
 
 

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "deepretrieval.cli.serve",     # serve
     "deepretrieval.cli.train",     # train, export, quickstart
     "deepretrieval.cli.eval",      # eval, eval-compare, rewrite
+    "deepretrieval.cli.agent",     # ask
 )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from deepretrieval.catalog import bundled_rows, get_task, read_rows
+from deepretrieval.cli.agent import cmd_eval_agent
 from deepretrieval.core import settings
 from deepretrieval.evaluation.harness import (
     compare_runs,
@@ -58,6 +59,8 @@ def register(sub) -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the original-query baseline")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--max-turns", type=int, help="agentic tasks: model turns per episode (default: the rows')")
+    p.add_argument("--top-k", type=int, help="agentic tasks: passages per search (default: the rows')")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("eval-compare", help="put several eval run folders side by side (table + plot)")
@@ -134,6 +137,8 @@ def cmd_eval(args) -> int:
             raise ValueError("openai:NAME needs --base-url (or OPENAI_API_KEY for api.openai.com)")
     rows, task = _load_rows(args)
     out = args.out or str(Path("runs") / "eval" / f"{task}-{args.split}-{_slug(args.model)}")
+    if get_task(task).family.name == "agentic":
+        return cmd_eval_agent(args, rows, out)
     extra_body = None
     if args.api_extra:
         try:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from deepretrieval.catalog import bundled_rows, get_task
+from deepretrieval.cli.agent import agent_settings
 from deepretrieval.core import settings
 from deepretrieval.data.byo import (
     parse_qrels_args,
@@ -14,6 +15,7 @@ from deepretrieval.data.byo import (
     prepare_pico,
     prepare_sql,
 )
+from deepretrieval.data.closed_world import SPLITS, closed_world_rows
 from deepretrieval.data.rows import write_parquet
 from deepretrieval.data.sql import BUNDLED_DIR, load_examples, sql_rows
 from deepretrieval.tasks.evidence import (
@@ -131,6 +133,18 @@ def register(sub) -> None:
     p.add_argument("--out", default="data/bird", help="output folder (default: data/bird)")
     p.add_argument("--task", default="bird", help="task name (e.g. bird_no_reason)")
     p.set_defaults(func=cmd_prepare_bird)
+
+    q = targets.add_parser(
+        "closedworld", help="the generated closed-world multi-hop questions → agentic rows",
+        description="Write train/test rows of agent_closedworld (the generated corpus; its BM25 "
+                    "index `closedworld` is built in, on first use).")
+    q.add_argument("--out", default="data/agent_closedworld",
+                   help="output folder (default: data/agent_closedworld)")
+    q.add_argument("--task", default="agent_closedworld", help="task (e.g. agent_closedworld_f1)")
+    q.add_argument("--protocol", choices=("tags", "tool"), help="agent protocol (default: tags)")
+    q.add_argument("--max-turns", type=int)
+    q.add_argument("--top-k", type=int)
+    q.set_defaults(func=cmd_prepare_closedworld)
 
 
 def cmd_prepare_scifact(args) -> int:
@@ -254,3 +268,14 @@ def cmd_prepare_bird(args) -> int:
     return 0
 
 
+def cmd_prepare_closedworld(args) -> int:
+    task = get_task(args.task)
+    if task.family.name != "agentic" or task.options.get("dataset") != "closedworld":
+        raise ValueError(f"task {args.task!r} is not a closed-world agentic task (agent_closedworld, "
+                         f"agent_closedworld_f1)")
+    settings = agent_settings(args.task, args)
+    for split in SPLITS:
+        rows = closed_world_rows(task, split, settings=settings)
+        path = write_parquet(rows, Path(args.out) / f"{split}.parquet")
+        print(f"{split}: {len(rows)} rows → {path}")
+    return 0

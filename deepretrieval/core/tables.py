@@ -18,7 +18,8 @@ class RewardTable:
     e.g. a rank), else ``otherwise`` (also when the metric is missing, e.g. no relevant rank).
     total: ``format_bad`` when the format is wrong; else ``format_ok`` + answer score, where a
     failed search gives the answer score ``error``; with ``positive_only`` a total whose answer
-    score is <= 0 becomes 0.
+    score is <= 0 becomes 0. ``bonus_value`` × the metric ``bonus_metric`` is added to a well-formed,
+    error-free total (e.g. agentic tasks: a bonus when an answer-bearing passage was retrieved).
     """
 
     metric: str
@@ -30,6 +31,8 @@ class RewardTable:
     format_bad: float = 0.0
     error: float = 0.0
     positive_only: bool = False
+    bonus_metric: str | None = None
+    bonus_value: float = 0.0
 
     def answer_score(self, value: float | None) -> float:
         if value is None or (isinstance(value, float) and math.isnan(value)):

@@ -64,10 +64,16 @@ class Family:
     def user_message(self, task: "Task", fields: Mapping[str, Any]) -> str:
         return task.instruction.format(**fields)
 
-    def bundled_rows(self, task: "Task", split: str) -> list[dict[str, Any]]:
-        """Rows of the task's data bundled with the package; ValueError when there is none."""
-        raise ValueError(f"no bundled rows for task {task.name!r}; write rows with "
-                         f"`deepretrieval prepare ...` and pass --rows FILE.parquet")
+    def messages(self, task: "Task", fields: Mapping[str, Any]) -> list[dict[str, str]]:
+        """Chat messages of one example: the task's system text with the answer-format
+        instruction, then the user message."""
+        fmt = (FORMAT_REASONING if task.reasoning else FORMAT_ANSWER_ONLY).format(key=task.answer_key)
+        return [{"role": "system", "content": f"{task.system} {fmt}"},
+                {"role": "user", "content": self.user_message(task, fields)}]
+
+    def parse(self, task: "Task", text: str) -> ParsedAnswer:
+        """Strict format check of a completion (prefill already put back)."""
+        return parse_answer(text, task.answer_key, reasoning=task.reasoning)
 
     def reference_queries(self, task: "Task", rows: list[Mapping[str, Any]]) -> tuple[str, list[Any]]:
         """(name, query per row) of the reference system evaluated next to a model: by default
@@ -108,16 +114,13 @@ class Task:
     def messages(self, **fields: Any) -> list[dict[str, str]]:
         """Chat messages for one example (system + user). Render them with the tokenizer's chat
         template; the assistant ``prefill`` (if any) is appended by the generator."""
-        fmt = (FORMAT_REASONING if self.reasoning else FORMAT_ANSWER_ONLY).format(key=self.answer_key)
-        return [{"role": "system", "content": f"{self.system} {fmt}"},
-                {"role": "user", "content": self.family.user_message(self, fields)}]
+        return self.family.messages(self, fields)
 
     def parse(self, completion: Any, extra_info: Mapping[str, Any] | None = None) -> ParsedAnswer:
         """Strict format check of a completion; the row's (or task's) prefill is put back first."""
         if not isinstance(completion, str):
             return ParsedAnswer(False, error="completion is not a string")
-        return parse_answer(self.prefill_for(extra_info) + completion, self.answer_key,
-                            reasoning=self.reasoning)
+        return self.family.parse(self, self.prefill_for(extra_info) + completion)
 
     def variant(self, **changes: Any) -> "Task":
         return replace(self, **changes)

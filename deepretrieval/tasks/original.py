@@ -221,9 +221,6 @@ class OriginalFamily(Family):
         return self.inner.score(task, plan, result, normalize_ground_truth(ground_truth, self.family_key),
                                 normalize_extra_info(extra_info, self.original), mode)
 
-    def bundled_rows(self, task, split):
-        return self.inner.bundled_rows(task, split)
-
     def reference_queries(self, task, rows):
         normalized = [{**row, "extra_info": normalize_extra_info(row.get("extra_info"), self.original),
                        "reward_model": {**(row.get("reward_model") or {}), "ground_truth": normalize_ground_truth(

@@ -1,0 +1,310 @@
+"""The episode runner: a batch of agentic episodes advanced turn by turn (training, evaluation,
+serving and ExSearch sampling all use it).
+
+Per turn: **one** generation call over every live episode (any generator of
+:mod:`deepretrieval.generation.local`, an OpenAI-compatible endpoint, or a scripted policy — anything with
+``generate(prompts, decoding, ...)``), each turn parsed into an action
+(:mod:`deepretrieval.core.agent_protocol`), then **one** batched search per (index, top-k) over all of
+that turn's queries through the searcher (in-process :class:`~deepretrieval.search.LocalSearcher`
+or the service client — :func:`deepretrieval.search.get_searcher`). A failed search (the whole
+call, or one query) flags the episode ``search_error`` and ends it with a visible
+``Search failed:`` block.
+
+Tag protocol: the episode is one assistant message; each turn continues it (the generator gets
+the trajectory so far as the assistant prefill). Tool protocol: each turn is an assistant message
+and each search a ``tool`` message. Every episode records its segments (model-written or
+injected), so :meth:`Episode.injected_spans` gives the character spans of injected text and
+:meth:`Episode.token_ids` a token-level mask (0 on injected tokens) for loss / response masks.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from deepretrieval.catalog import get_searcher, get_task
+from deepretrieval.core import agent_protocol as P
+from deepretrieval.core.results import SearchError, SearchResult
+from deepretrieval.generation.decoding import Decoding, Prompt, StopRule
+from deepretrieval.tasks.agentic import AGENTIC, settings_for
+
+log = logging.getLogger(__name__)
+
+#: What a failed search raises (the whole call): reported per episode as ``search_error``.
+SEARCH_FAILURES = (SearchError, ValueError, OSError)
+FINISH_REASONS = ("answer", "no_answer", "max_turns", "search_error")
+
+
+@dataclass
+class Segment:
+    """A piece of the trajectory: written by the model (``injected`` False) or by the environment.
+    ``text`` is the piece as it appears in :attr:`Episode.text`; ``content`` the bare message
+    content (tool protocol: without the ``<tool_response>`` wrapper)."""
+
+    text: str
+    injected: bool
+    content: str = ""
+    turn: int = 0
+
+
+@dataclass
+class Episode:
+    """One question's episode. Build with :func:`episodes_from_rows` or directly from chat
+    ``messages`` (system + user) and the ``index`` to search."""
+
+    messages: list[dict[str, str]]
+    index: str
+    settings: P.AgentSettings = field(default_factory=P.AgentSettings)
+    prefill: str = ""
+    row: Mapping[str, Any] | None = None
+    segments: list[Segment] = field(default_factory=list)
+    actions: list[P.Action] = field(default_factory=list)
+    searches: list[dict[str, Any]] = field(default_factory=list)
+    finish: str | None = None
+    search_error: bool = False
+    error: str | None = None
+
+    # ---- views ------------------------------------------------------------------------------
+    @property
+    def text(self) -> str:
+        """The trajectory string (what ``compute_score`` scores): model turns and injected
+        blocks in order (after the prefill, which is not part of it)."""
+        return "".join(s.text for s in self.segments)
+
+    @property
+    def turns(self) -> int:
+        return sum(not s.injected for s in self.segments)
+
+    @property
+    def n_search(self) -> int:
+        return sum(1 for s in self.searches if s["error"] is None)
+
+    @property
+    def answer(self) -> str | None:
+        return P.final_answer(self.text)
+
+    @property
+    def records(self) -> list[str]:
+        return P.records(self.text)
+
+    @property
+    def done(self) -> bool:
+        return self.finish is not None
+
+    def injected_spans(self) -> list[tuple[int, int]]:
+        """``[start, end)`` character spans of injected text in :attr:`text`."""
+        spans, pos = [], 0
+        for s in self.segments:
+            if s.injected and s.text:
+                spans.append((pos, pos + len(s.text)))
+            pos += len(s.text)
+        return spans
+
+    def token_ids(self, tokenizer) -> tuple[list[int], list[int]]:
+        """Token ids of :attr:`text`, tokenised segment by segment, and a mask that is 1 on
+        model-written tokens and 0 on injected ones (verl's ``response_mask`` convention)."""
+        ids: list[int] = []
+        mask: list[int] = []
+        for s in self.segments:
+            if not s.text:
+                continue
+            seg = tokenizer(s.text, add_special_tokens=False)["input_ids"]
+            ids += seg
+            mask += [0 if s.injected else 1] * len(seg)
+        return ids, mask
+
+    def prompt(self) -> Prompt:
+        """What the model is given for its next turn."""
+        if self.settings.protocol == "tags":
+            return Prompt.of(self.messages, self.prefill + self.text)
+        msgs = [dict(m) for m in self.messages]
+        for s in self.segments:
+            msgs.append({"role": "tool" if s.injected else "assistant", "content": s.content})
+        return Prompt.of(msgs, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record (trajectory, spans, searches, finish)."""
+        return {"trajectory": self.text, "answer": self.answer, "finish": self.finish,
+                "turns": self.turns, "n_search": self.n_search, "search_error": self.search_error,
+                "error": self.error, "injected_spans": [list(s) for s in self.injected_spans()],
+                "searches": self.searches, "records": self.records,
+                "protocol": self.settings.protocol, "index": self.index}
+
+    # ---- stepping (the runner batches these; a per-sample loop, e.g. a verl agent loop, calls
+    # them directly: text = generate(ep.prompt()); queries = ep.advance(text); search;
+    # ep.receive(search_replies(...))) ----------------------------------------------------------
+    def advance(self, text: str) -> tuple[str, ...]:
+        """Take the model's next turn; returns the queries to search now (empty when the
+        episode ended or the environment already answered, e.g. an invalid action)."""
+        if self.done:
+            raise ValueError("the episode has ended")
+        s = self.settings
+        turn = self.turns + 1
+        action = P.parse_turn(text, s.protocol)
+        self._add_model(action, turn)
+        last = self.turns >= s.max_turns
+        if action.kind == "answer":
+            self.finish = "answer" if action.answer is not None else "no_answer"
+        elif action.kind == "search":
+            if not last:
+                return action.queries
+            self._add_env(s.refusal_message, turn)  # searching is refused on the last turn
+            self.finish = "max_turns"
+        elif last:
+            self.finish = "max_turns"
+        else:
+            self._add_env(self._note(s.invalid_message), turn)
+        return ()
+
+    def receive(self, replies: Sequence[tuple[str, SearchResult | None, str | None]]) -> None:
+        """The search replies ``(query, result, error)`` to the queries :meth:`advance` returned
+        (see :func:`search_replies`); a failed one ends the episode as ``search_error``."""
+        turn = self.turns
+        for query, result, error in replies:
+            self.searches.append({"turn": turn, "query": query, "error": error,
+                                  "ids": [] if error or result is None else [str(i) for i in result.ids]})
+        failed = [e for _, _, e in replies if e]
+        if failed:
+            self.search_error, self.error = True, failed[0]
+            self._add_env(P.search_error_content(failed[0]), turn)
+            self.finish = "search_error"
+            return
+        for i, (_, result, _) in enumerate(replies):
+            content = P.render_passages(result.texts or [], self.settings)
+            self._add_env(self._note(content) if i == len(replies) - 1 else content, turn)
+
+    def _note(self, content: str) -> str:
+        """Content of an injected block, with the last-turn note when the next turn is the last."""
+        if self.turns + 1 >= self.settings.max_turns and self.settings.last_turn_note:
+            return f"{content}\n{self.settings.last_turn_note}"
+        return content
+
+    # ---- building ---------------------------------------------------------------------------
+    def _add_model(self, action: P.Action, turn: int) -> None:
+        self.actions.append(action)
+        self.segments.append(Segment(action.text, False, action.text, turn))
+
+    def _add_env(self, content: str, turn: int) -> None:
+        wrap = P.information if self.settings.protocol == "tags" else P.tool_response
+        self.segments.append(Segment(wrap(content), True, content, turn))
+
+
+def episodes_from_rows(rows: Sequence[Mapping[str, Any]], *, repeat: int = 1,
+                       settings: P.AgentSettings | None = None) -> list[Episode]:
+    """Episodes for agentic task rows (``repeat`` copies of each, e.g. K samples for ExSearch or
+    GRPO groups). Settings: the row's task defaults and ``extra_info``; ``settings`` replaces
+    both (same protocol as the rows' prompts)."""
+
+    out = []
+    for row in rows:
+        task = get_task(row["data_source"])
+        if task.family is not AGENTIC:
+            raise ValueError(f"row of task {task.name!r} is not an agentic task row")
+        info = row.get("extra_info") or {}
+        s = settings_for(task, info)
+        if settings is not None:
+            if settings.protocol != s.protocol:
+                raise ValueError(f"the rows were written for the {s.protocol!r} protocol (their "
+                                 f"prompt says so), not {settings.protocol!r}; write rows for it")
+            s = settings
+        index = info.get("search_index") or task.index
+        prefill = str(info.get("prefill") or "")
+        for _ in range(max(1, repeat)):
+            out.append(Episode([dict(m) for m in row["prompt"]], index, s, prefill, row))
+    return out
+
+
+class EpisodeRunner:
+    """Runs episodes to the end. ``decoding``: per-turn decoding (``max_new_tokens`` is per turn;
+    ``n`` must be 1: repeat episodes for several samples); the protocol's stop strings are added."""
+
+    def __init__(self, generator, searcher=None, *, decoding: Decoding | None = None,
+                 batch_size: int = 16, progress: bool = False):
+        self.generator = generator
+        self.searcher = searcher
+        self.decoding = decoding or Decoding(max_new_tokens=256)
+        if self.decoding.n != 1:
+            raise ValueError("the episode runner samples one continuation per episode; repeat the "
+                             "episodes (episodes_from_rows(..., repeat=K)) for K samples")
+        self.batch_size = max(1, batch_size)
+        self.progress = progress
+        self.calls = {"generate": 0, "search": 0}
+
+    def run(self, episodes: Sequence[Episode]) -> list[Episode]:
+        episodes = list(episodes)
+        protocols = {ep.settings.protocol for ep in episodes}
+        if len(protocols) > 1:
+            raise ValueError(f"episodes mix protocols {sorted(protocols)}; run them separately")
+        if not episodes:
+            return episodes
+        protocol = protocols.pop()
+        decoding = Decoding(**{**self.decoding.__dict__,
+                               "stops": tuple(StopRule(s) for s in P.stop_strings(protocol))})
+        searcher = self.searcher or get_searcher()
+        live = [ep for ep in episodes if not ep.done]
+        turn = 0
+        while live:
+            turn += 1
+            outputs = self.generator.generate([ep.prompt() for ep in live], decoding,
+                                              batch_size=self.batch_size,
+                                              seed_offset=turn * 1_000_003)
+            self.calls["generate"] += 1
+            searching: list[tuple[Episode, tuple[str, ...]]] = []
+            for ep, out in zip(live, outputs):
+                queries = ep.advance(out[0] if out else "")
+                if queries:
+                    searching.append((ep, queries))
+            n_queries = self._search(searcher, searching)
+            live = [ep for ep in live if not ep.done]
+            if self.progress:
+                log.info("turn %d: %d searches, %d episodes still running", turn, n_queries, len(live))
+        return episodes
+
+    def _search(self, searcher, searching: list[tuple[Episode, tuple[str, ...]]]) -> int:
+        groups: dict[tuple[str, int], list[tuple[Episode, str]]] = {}
+        for ep, queries in searching:
+            for query in queries:
+                groups.setdefault((ep.index, ep.settings.top_k), []).append((ep, query))
+        replies: dict[int, list[tuple[str, SearchResult | None, str | None]]] = {}
+        for (index, k), items in groups.items():
+            queries = [q for _, q in items]
+            self.calls["search"] += 1
+            try:
+                outcome: Any = searcher.search(index, queries, k, return_text=True)
+            except SEARCH_FAILURES as exc:
+                log.warning("search on %s failed: %s", index, exc)
+                outcome = exc
+            for (ep, _), reply in zip(items, search_replies(index, queries, outcome)):
+                replies.setdefault(id(ep), []).append(reply)
+        for ep, _ in searching:
+            ep.receive(replies[id(ep)])
+        return sum(len(items) for items in groups.values())
+
+
+def search_replies(index: str, queries: Sequence[str], outcome: Sequence[SearchResult] | BaseException
+                   ) -> list[tuple[str, SearchResult | None, str | None]]:
+    """``(query, result, error)`` per query from a search call's results — or from the exception
+    it raised (every query failed). A result without passage texts is an error."""
+    if isinstance(outcome, BaseException):
+        reason = str(outcome) or type(outcome).__name__
+        return [(q, None, reason) for q in queries]
+    results = list(outcome)
+    if len(results) != len(queries):
+        reason = f"{len(results)} results for {len(queries)} queries"
+        return [(q, None, reason) for q in queries]
+    out = []
+    for q, r in zip(queries, results):
+        error = r.error or (None if r.texts is not None or not r.ids
+                            else f"index {index!r} returned no passage texts")
+        out.append((q, None if error else r, error))
+    return out
+
+
+def run_rows(generator, rows: Sequence[Mapping[str, Any]], searcher=None, *, repeat: int = 1,
+             decoding: Decoding | None = None, batch_size: int = 16,
+             settings: P.AgentSettings | None = None, progress: bool = False) -> list[Episode]:
+    """Run one (or ``repeat``) episode per agentic task row."""
+    runner = EpisodeRunner(generator, searcher, decoding=decoding, batch_size=batch_size,
+                           progress=progress)
+    return runner.run(episodes_from_rows(rows, repeat=repeat, settings=settings))
