@@ -9,7 +9,7 @@ import pytest
 
 from deepretrieval.cli import main
 from deepretrieval.data import qa_sets
-from deepretrieval.data.beir import FormatError
+from deepretrieval.core.beir_files import FormatError
 from deepretrieval.data.prepare import read_rows
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "multihop_qa_r1searcher"

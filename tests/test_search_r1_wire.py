@@ -45,14 +45,14 @@ def passages_to_string(hits: list[dict]) -> str:
 
 @pytest.fixture(scope="module")
 def corpus():
-    from deepretrieval.data.beir import load_corpus
+    from deepretrieval.core.beir_files import load_corpus
     from deepretrieval.data.bundled import collection_dir
     return {d["_id"]: d for d in load_corpus(collection_dir("scifact"))}
 
 
 @pytest.fixture(scope="module")
 def queries():
-    from deepretrieval.data.beir import load_queries
+    from deepretrieval.core.beir_files import load_queries
     from deepretrieval.data.bundled import collection_dir
     q = load_queries(collection_dir("scifact"))
     return [q[k] for k in sorted(q)[:12]]

@@ -61,7 +61,7 @@ LIMITS = dict(max_queries=400, max_query_chars=1000, max_k=2000)
 
 @pytest.fixture(scope="module")
 def scifact_queries():
-    from deepretrieval.data.beir import load_qrels, load_queries
+    from deepretrieval.core.beir_files import load_qrels, load_queries
     from deepretrieval.data.bundled import collection_dir
     folder = collection_dir("scifact")
     queries = load_queries(folder)
@@ -465,7 +465,7 @@ def search_url_env():
 
 
 def test_reward_reports_search_error_on_dead_server(search_url_env):
-    from deepretrieval.commands import bundled_rows
+    from deepretrieval.cli.core import bundled_rows
     from deepretrieval.rewards import compute_score, compute_score_async
     from deepretrieval.tasks import get_task
     row = bundled_rows("scifact", "test")[0]
@@ -484,7 +484,7 @@ def test_reward_reports_search_error_on_dead_server(search_url_env):
 
 
 def test_reward_through_service_equals_in_process(server, search_url_env):
-    from deepretrieval.commands import bundled_rows
+    from deepretrieval.cli.core import bundled_rows
     from deepretrieval.rewards import ascore_batch, compute_score, score_batch
     rows = bundled_rows("scifact", "test")[:40] + bundled_rows("scifact", "train")[:20]
     items = [(r["data_source"], _completion(r["extra_info"]["query"] if i % 4 else "stem cell"),
@@ -503,7 +503,7 @@ def test_reward_through_service_equals_in_process(server, search_url_env):
 # ---- command line ----------------------------------------------------------------------------
 
 def test_parse_index_specs():
-    from deepretrieval.service.cli import parse_index_specs
+    from deepretrieval.cli.serve import parse_index_specs
     assert parse_index_specs(["scifact", "sf=/data/x", "p = pubmed"]) == {
         "scifact": "scifact", "sf": "/data/x", "p": "pubmed"}
     for bad in (["=x"], ["a="], ["a", "a=b"]):

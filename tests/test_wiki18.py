@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from deepretrieval.data.beir import FormatError, load_corpus
+from deepretrieval.core.beir_files import FormatError, load_corpus
 from deepretrieval.data.wiki18 import split_contents, to_beir
 from deepretrieval.search.bm25 import BM25Index
 from deepretrieval.service.app import ServerThread, create_app

@@ -7,8 +7,8 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    from ..commands import prepare_targets
-    from . import qa_sets
+    from deepretrieval.cli.core import prepare_targets
+    from deepretrieval.data import qa_sets
 
     sets = ", ".join(f"{s.name}" + (f" (bundled: {'/'.join(s.bundled)})" if s.bundled else "")
                      for s in qa_sets.STANDARD_SETS.values())
@@ -43,9 +43,9 @@ def register(sub) -> None:
 
 
 def cmd_prepare_qa(args) -> int:
-    from . import qa_sets
-    from .download import DownloadError
-    from .prepare import write_parquet
+    from deepretrieval.data import qa_sets
+    from deepretrieval.data.download import DownloadError
+    from deepretrieval.data.prepare import write_parquet
 
     if args.input and args.from_hub:
         raise ValueError("give either --input or --from-hub, not both")

@@ -103,7 +103,7 @@ def load_questions(path: str | Path) -> list[dict[str, Any]]:
     """Questions from JSONL (``.gz`` ok), one object per line: ``"question"`` and the gold answers
     as ``"answers"``, ``"golden_answers"`` or ``"answer"`` (a string or a list of strings), and an
     optional ``"id"`` (or ``"idx"``). FormatError naming file:line for anything else."""
-    from .beir import FormatError, iter_jsonl
+    from deepretrieval.core.beir_files import FormatError, iter_jsonl
 
     out: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
@@ -164,7 +164,7 @@ def hub_questions(name: str, split: str, *, repo_id: str = HUB_REPO, revision: s
     default) with ``huggingface_hub`` and load it. Needs network access."""
     from huggingface_hub import hf_hub_download
 
-    from .download import DownloadError, _explain
+    from deepretrieval.data.download import DownloadError, _explain
 
     qa = standard_set(name)
     if repo_id == HUB_REPO and split not in qa.hub_splits:

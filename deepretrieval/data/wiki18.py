@@ -28,7 +28,7 @@ def split_contents(contents: str) -> tuple[str, str]:
 
 
 def convert_line(obj: Any, where: str) -> dict[str, str]:
-    from .beir import FormatError
+    from deepretrieval.core.beir_files import FormatError
 
     if not isinstance(obj, dict) or "id" not in obj or not isinstance(obj.get("contents"), str):
         raise FormatError(f"{where}: expected {{\"id\", \"contents\": str}} (Search-R1's corpus)")
@@ -42,7 +42,7 @@ def to_beir(src: str | Path, dst: str | Path, *, progress_every: int = 1_000_000
     import os
     import tempfile
 
-    from .beir import iter_jsonl
+    from deepretrieval.core.beir_files import iter_jsonl
 
     src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -97,8 +97,8 @@ def bm25_index(rebuild: bool = False):
     (about 10 s) and rebuilt when the installed data file is not the one it was built from."""
     import os
 
-    from ..search import index_root
-    from ..search.bm25 import BM25Index
+    from deepretrieval.search import index_root
+    from deepretrieval.search.bm25 import BM25Index
 
     path = index_root() / INDEX_NAME
     source = source_info()
@@ -198,7 +198,7 @@ def nq_subset(split: str = "test", docs: Sequence[Mapping[str, Any]] | None = No
     "passages": [ids]}``, in NQ-open order. DPR's match is lenient for short answers ("one",
     "2017" occur in many summaries); ``max_passages`` keeps only the questions whose answers
     occur in at most that many passages (a more specific subset)."""
-    from .qa_sets import bundled_questions
+    from deepretrieval.data.qa_sets import bundled_questions
 
     if max_passages is not None and (isinstance(max_passages, bool)
                                      or not isinstance(max_passages, int) or max_passages < 1):

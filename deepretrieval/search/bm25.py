@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_dir
-from .base import SearchResult, StoredDocs
+from deepretrieval.core.io import atomic_dir
+from deepretrieval.core.results import SearchResult, StoredDocs
 
 INDEX_TYPE = "bm25"
 FORMAT_VERSION = 1

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_dir
-from .base import SearchResult, StoredDocs
-from .bm25 import collect_titled_docs
+from deepretrieval.core.io import atomic_dir
+from deepretrieval.core.results import SearchResult, StoredDocs
+from deepretrieval.search.bm25 import collect_titled_docs
 
 log = logging.getLogger(__name__)
 
@@ -426,9 +426,9 @@ def scifact_dense_index(rebuild: bool = False, name: str = "scifact_dense",
     """The dense index of the bundled SciFact, built under the index root on first use (a few
     minutes on a CPU), then loaded from there. ``overrides`` change the build settings
     (e.g. ``precision="bfloat16"``)."""
-    from ..data.beir import load_corpus
-    from ..data.bundled import collection_dir
-    from . import index_root
+    from deepretrieval.core.beir_files import load_corpus
+    from deepretrieval.data.bundled import collection_dir
+    from deepretrieval.search import index_root
 
     path = index_root() / name
     with _builtin_lock:
@@ -473,8 +473,8 @@ def register(sub) -> None:
 
 
 def cmd_index_dense(args) -> int:
-    from ..data.beir import load_corpus
-    from . import index_root
+    from deepretrieval.core.beir_files import load_corpus
+    from deepretrieval.search import index_root
     out = Path(args.out) if args.out else index_root() / args.name
     index = DenseIndex.build(
         load_corpus(args.corpus), args.model, name=args.name, query_prefix=args.query_prefix,

@@ -48,8 +48,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..answer import MAX_VALUE_CHARS
-from ..search.base import Backend, SearchError, SearchResult
+from deepretrieval.core.answer import MAX_VALUE_CHARS
+from deepretrieval.core.results import Backend, SearchError, SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -446,7 +446,7 @@ def create_app(indexes: dict[str, Backend], config: ServiceConfig | None = None)
     from fastapi import FastAPI, Request
     from fastapi.responses import Response
 
-    from .. import __version__
+    from deepretrieval import __version__
 
     config = config or ServiceConfig()
     if not indexes:
