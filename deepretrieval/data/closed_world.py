@@ -33,7 +33,6 @@ from deepretrieval.core import agent_protocol as P
 from deepretrieval.core.settings import index_dir
 from deepretrieval.search.bm25 import BM25Index
 from deepretrieval.tasks.agentic import agent_rows
-from deepretrieval.tasks.evidence import nq_examples
 
 VERSION = 1
 INDEX_NAME = "closedworld"
@@ -281,14 +280,3 @@ class ClosedBookGuess:
             words = re.findall(r"[A-Z][a-z]+", _question_of(p.messages))
             out.append([f"<answer>{words[-1] if words else 'unknown'}</answer>"] * decoding.n)
         return out
-
-
-def agentic_bundled_rows(task, split: str) -> list[dict[str, Any]]:
-    """Bundled rows of an agentic task: the closed-world questions, or NQ-open."""
-    base = task.options.get("dataset")
-    if base == "closedworld":
-        return closed_world_rows(task, split)
-    if base == "nq":
-        return agent_rows(task, nq_examples("dev" if split == "test" else split), split)
-    raise ValueError(f"no bundled rows for task {task.name!r}; write rows with "
-                     f"`deepretrieval prepare ...` and pass --rows FILE.parquet")

@@ -139,16 +139,25 @@ def doc_text(doc: dict[str, Any]) -> str:
 
 def collect_docs(docs: Iterable[dict[str, Any]]) -> tuple[list[str], list[str]]:
     """(ids, texts) of BEIR-style docs; ValueError for an empty collection or repeated ids."""
+    doc_ids, texts, _ = collect_titled_docs(docs)
+    return doc_ids, texts
+
+
+def collect_titled_docs(docs: Iterable[dict[str, Any]]
+                        ) -> tuple[list[str], list[str], list[str] | None]:
+    """(ids, texts, titles) of BEIR-style docs; titles is None when no document has one."""
     doc_ids: list[str] = []
     texts: list[str] = []
+    titles: list[str] = []
     for doc in docs:
         doc_ids.append(str(doc["_id"]))
         texts.append(doc_text(doc))
+        titles.append((doc.get("title") or "").strip())
     if not doc_ids:
         raise ValueError("cannot build an index from an empty collection")
     if len(set(doc_ids)) != len(doc_ids):
         raise ValueError("document ids are not unique")
-    return doc_ids, texts
+    return doc_ids, texts, (titles if any(titles) else None)
 
 
 class BM25Index(StoredDocs):
@@ -159,13 +168,14 @@ class BM25Index(StoredDocs):
 
     def __init__(self, retriever, tokenizer, doc_ids: list[str], name: str = "bm25",
                  texts: list[str] | None = None, path: Path | None = None,
-                 params: dict[str, Any] | None = None):
+                 params: dict[str, Any] | None = None, titles: list[str] | None = None):
         self.retriever = retriever
         self.tokenizer = tokenizer
         self.doc_ids = doc_ids
         self._doc_ids_arr = np.asarray(doc_ids, dtype=object)
         self.name = name
         self._texts = texts
+        self._titles = titles
         self.path = path
         self.params = params or {}
         self.backend = "numba" if _numba_available() else "numpy"
@@ -184,13 +194,14 @@ class BM25Index(StoredDocs):
         import bm25s
         from bm25s.tokenization import Tokenizer
 
-        doc_ids, texts = collect_docs(docs)
+        doc_ids, texts, titles = collect_titled_docs(docs)
         tokenizer = Tokenizer(stemmer=_stemmer(), stopwords=stopwords, splitter=r"(?u)\b\w\w+\b")
         tokens = tokenizer.tokenize(texts, show_progress=show_progress, return_as="tuple")
         retriever = bm25s.BM25(k1=k1, b=b, method=method)
         retriever.index(tokens, show_progress=show_progress)
         params = {"k1": k1, "b": b, "method": method, "stopwords": stopwords}
-        return cls(retriever, tokenizer, doc_ids, name=name, texts=texts, params=params)
+        return cls(retriever, tokenizer, doc_ids, name=name, texts=texts, params=params,
+                   titles=titles)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index atomically: into a temp dir beside ``path``, then rename."""
@@ -305,7 +316,9 @@ class BM25Index(StoredDocs):
                 result = SearchResult(ids=self._doc_ids_arr[idx].tolist(),
                                       scores=row_scores[keep].astype(float).tolist())
                 if return_text:
-                    texts = self.texts
+                    texts, titles = self.texts, self.titles
                     result.texts = [texts[j] for j in idx.tolist()]
+                    if titles is not None:
+                        result.titles = [titles[j] for j in idx.tolist()]
                 out[i] = result
         return out  # type: ignore[return-value]

@@ -34,7 +34,7 @@ import numpy as np
 
 from deepretrieval.core.io import atomic_dir
 from deepretrieval.core.results import SearchResult, StoredDocs
-from deepretrieval.search.bm25 import collect_docs
+from deepretrieval.search.bm25 import collect_titled_docs
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,8 @@ class DenseIndex(StoredDocs):
     def __init__(self, embeddings: np.ndarray, doc_ids: list[str], encoder: EncoderConfig, *,
                  name: str = "dense", kind: str = "flat", hnsw: HNSWParams | None = None,
                  texts: list[str] | None = None, path: Path | None = None, faiss_index=None,
-                 use_gpu: bool | None = None, device: str | None = None):
+                 use_gpu: bool | None = None, device: str | None = None,
+                 titles: list[str] | None = None):
         if embeddings.ndim != 2 or embeddings.shape[0] != len(doc_ids):
             raise ValueError(f"embeddings shape {embeddings.shape} does not match {len(doc_ids)} docs")
         if kind not in KINDS:
@@ -226,6 +227,7 @@ class DenseIndex(StoredDocs):
         self.kind = kind
         self.hnsw = hnsw or HNSWParams()
         self._texts = texts
+        self._titles = titles
         self.path = path
         self.device = device
         self._lock = threading.Lock()
@@ -251,7 +253,7 @@ class DenseIndex(StoredDocs):
               use_gpu: bool | None = None, show_progress: bool = True) -> "DenseIndex":
         """Encode BEIR-style docs (``_id``, ``title``, ``text``; title and text joined by a space)
         and index them."""
-        doc_ids, texts = collect_docs(docs)
+        doc_ids, texts, titles = collect_titled_docs(docs)
         if Path(str(model)).expanduser().is_dir():  # store local models by absolute path
             model = str(Path(str(model)).expanduser().resolve())
         config = EncoderConfig(model=str(model), query_prefix=query_prefix,
@@ -261,7 +263,7 @@ class DenseIndex(StoredDocs):
         embeddings = encode(config, texts, kind="passage", device=device,
                             show_progress=show_progress)
         return cls(embeddings, doc_ids, config, name=name, kind=kind, hnsw=hnsw, texts=texts,
-                   use_gpu=use_gpu, device=device)
+                   use_gpu=use_gpu, device=device, titles=titles)
 
     @classmethod
     def from_embeddings(cls, embeddings: np.ndarray, doc_ids: Sequence[str], encoder: EncoderConfig,
@@ -274,7 +276,8 @@ class DenseIndex(StoredDocs):
         """The same embeddings in another index kind (no encoding)."""
         texts = self.texts if (self._texts is not None or self.path is not None) else None
         return DenseIndex(self.embeddings, self.doc_ids, self.encoder, name=name or self.name,
-                          kind=kind, hnsw=hnsw, texts=texts, device=self.device)
+                          kind=kind, hnsw=hnsw, texts=texts, device=self.device,
+                          titles=self.titles)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index directory atomically (temp dir beside ``path``, then rename)."""
@@ -390,6 +393,7 @@ class DenseIndex(StoredDocs):
         vectors = self.encode_queries([queries[i] for i in todo])
         scores, positions = self.search_vectors(vectors, k, ef_search=ef_search)
         texts = self.texts if return_text else None
+        titles = self.titles if return_text else None
         for row, i in enumerate(todo):
             keep = positions[row] >= 0
             idx = positions[row][keep]
@@ -397,6 +401,8 @@ class DenseIndex(StoredDocs):
                                   scores=scores[row][keep].astype(float).tolist())
             if texts is not None:
                 result.texts = [texts[j] for j in idx.tolist()]
+            if titles is not None:
+                result.titles = [titles[j] for j in idx.tolist()]
             out[i] = result
         return out
 

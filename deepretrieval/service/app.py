@@ -1,21 +1,28 @@
 """The retrieval service: one HTTP search API over several named backends.
 
-``POST /retrieve`` (Search-R1 compatible)::
+``POST /retrieve`` speaks Search-R1's protocol::
 
-    {"queries": ["..."], "topk": 10, "return_scores": true,
+    {"queries": ["..."], "topk": 10, "return_scores": true}
+
+answers ``{"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}`` (one list per
+query; ``contents`` is ``"Title"\ntext``, each passage cut to ``max_passage_chars``), and with
+``"return_scores": false`` one list of documents ``{"id", "contents"}`` per query. Our extensions::
+
      "index": "scifact",            # may be omitted when exactly one index is served
-     "return_text": false,          # optional: add "contents" to each hit
-     "options": {...},              # optional: backend options (e.g. PubMed "maxdate")
-     "format": "hits"}              # optional: "hits" (default), "columns" or "packed"
+     "options": {...},              # backend options (e.g. PubMed "maxdate")
+     "max_passage_chars": 500,      # cut each passage to this many characters (<= the server's)
+     "format": "search_r1",         # default; or a compact format: "hits", "columns", "packed"
+     "return_text": false,          # compact formats only: add each hit's text
 
-answers ``{"result": [[{"id", "score", "contents"?}, ...], ...]}`` plus, only when present,
-``"errors"`` (one entry per query, ``null`` when that query succeeded), ``"rows"`` (SQL backends) and
-``"info"`` (backend extras per query). ``"format": "columns"`` answers
-``{"ids": [[...]], "scores": [[...]], "contents": [[...]]?, ...}`` instead: the same data without
-one JSON object per hit. ``"format": "packed"`` (what :mod:`deepretrieval.service.client` asks
-for) is ``columns`` with each query's ids joined by newlines into one string (a list when an id is
-empty or contains a newline) and its scores as base64 of little-endian float64: at k=1000 this cuts
-encoding plus decoding from ~200 µs to ~40 µs per query, with identical values.
+The compact formats carry no document objects: ``"hits"`` answers ``{"result": [[{"id",
+"score"?, "contents"?}, ...], ...]}``, ``"columns"`` answers ``{"ids": [[...]], "scores": [[...]],
+"contents": [[...]]?}``, and ``"packed"`` (what :mod:`deepretrieval.service.client` asks for) is
+``columns`` with each query's ids joined by newlines into one string (a list when an id is empty or
+contains a newline) and its scores as base64 of little-endian float64: at k=1000 this cuts encoding
+plus decoding from ~200 µs to ~40 µs per query, with identical values. Their texts are whole unless
+the request sets ``max_passage_chars`` (the reward path needs the texts the in-process index has).
+Every format adds, only when present, ``"errors"`` (one entry per query, ``null`` when that query
+succeeded), ``"rows"`` (SQL backends) and ``"info"`` (backend extras per query).
 
 ``GET /health`` reports the served indexes with their ``info()``, the limits, counters and the
 package version.
@@ -90,6 +97,8 @@ class ServiceConfig:
     max_body_bytes: int = 64 << 20    #: request body size
     batch_wait_ms: float = 2.0        #: how long a request waits for others to join its batch
     max_batch: int = 1024             #: most queries in one backend call
+    max_passage_chars: int = 4096     #: characters per passage in Search-R1 answers (the most a
+    #:                                   request's ``max_passage_chars`` may ask for)
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))  #: backend threads
 
     def public(self) -> dict[str, Any]:
@@ -293,18 +302,32 @@ def parse_request(body: bytes, config: ServiceConfig, indexes: dict[str, Any]) -
     options = req.get("options")
     if options is not None and not isinstance(options, dict):
         raise HTTPError(422, "'options' must be a JSON object")
-    fmt = req.get("format", "hits")
+    fmt = req.get("format", SEARCH_R1)
     if fmt not in FORMATS:
         raise HTTPError(422, f"'format' must be one of {list(FORMATS)} (got {fmt!r})")
     for flag in ("return_scores", "return_text"):
         if flag in req and not isinstance(req[flag], bool):
             raise HTTPError(422, f"'{flag}' must be true or false")
+    if fmt == SEARCH_R1 and req.get("return_text") is False:
+        raise HTTPError(422, "format 'search_r1' always returns the passages; ask for "
+                             "'format': 'hits' (or 'columns', 'packed') to get ids only")
+    cap = req.get("max_passage_chars")
+    if cap is not None:
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise HTTPError(422, f"'max_passage_chars' must be a positive integer (got {cap!r})")
+        if cap > config.max_passage_chars:
+            raise HTTPError(422, f"max_passage_chars={cap} exceeds the limit "
+                                 f"max_passage_chars={config.max_passage_chars}")
+    elif fmt == SEARCH_R1:
+        cap = config.max_passage_chars
     return {"queries": queries, "k": k, "index": index, "options": options or None,
-            "return_text": bool(req.get("return_text", False)),
-            "return_scores": bool(req.get("return_scores", True)), "format": fmt}
+            "return_text": fmt == SEARCH_R1 or bool(req.get("return_text", False)),
+            "return_scores": bool(req.get("return_scores", True)), "format": fmt,
+            "max_passage_chars": cap}
 
 
-FORMATS = ("hits", "columns", "packed")
+SEARCH_R1 = "search_r1"
+FORMATS = (SEARCH_R1, "hits", "columns", "packed")
 PACK_SEP = "\n"
 
 
@@ -337,10 +360,50 @@ def pack_scores(scores: list[float]) -> str | list:
     return base64.b64encode(arr.tobytes()).decode("ascii")
 
 
-def render(results: list[SearchResult], return_scores: bool, fmt: str) -> dict[str, Any]:
+def _cut(text: str, cap: int | None) -> str:
+    return text if cap is None or len(text) <= cap else text[:cap]
+
+
+def _title_and_body(text: str, title: str) -> tuple[str, str]:
+    """Split a stored text (title and text joined by a space, see ``search.bm25.doc_text``)."""
+    if title and text.startswith(title):
+        return title, text[len(title):].lstrip()
+    return title, text
+
+
+def search_r1_documents(result: SearchResult, cap: int | None) -> list[dict[str, str]]:
+    """Search-R1's documents ``{"id", "contents"}`` of one result: ``contents`` is the title in
+    double quotes, a newline and the passage (cut to ``cap`` characters; the title is kept whole);
+    the title is empty when the index stores none."""
+    texts = result.texts if result.texts is not None else [""] * len(result.ids)
+    titles = result.titles if result.titles is not None else [""] * len(result.ids)
+    docs = []
+    for doc_id, text, title in zip(result.ids, texts, titles):
+        title, body = _title_and_body(text, title)
+        docs.append({"id": doc_id, "contents": f'"{title}"\n{_cut(body, cap)}'})
+    return docs
+
+
+def render(results: list[SearchResult], return_scores: bool, fmt: str,
+           max_passage_chars: int | None = None) -> dict[str, Any]:
     """The response body for ``results`` (see the module docstring)."""
     out: dict[str, Any]
-    if fmt == "packed":
+    cap = max_passage_chars
+    if cap is not None and fmt != SEARCH_R1:
+        results = [r if r.texts is None else
+                   SearchResult(ids=r.ids, scores=r.scores, texts=[_cut(t, cap) for t in r.texts],
+                                rows=r.rows, error=r.error, info=r.info, titles=r.titles)
+                   for r in results]
+    if fmt == SEARCH_R1:
+        hits = []
+        for r in results:
+            docs = search_r1_documents(r, cap)
+            if return_scores:
+                hits.append([{"document": d, "score": float(s)} for d, s in zip(docs, r.scores)])
+            else:
+                hits.append(docs)
+        out = {"result": hits}
+    elif fmt == "packed":
         out = {"ids": [pack_ids(r.ids) for r in results]}
         if return_scores:
             out["scores"] = [pack_scores(r.scores) for r in results]
@@ -369,9 +432,10 @@ def render(results: list[SearchResult], return_scores: bool, fmt: str) -> dict[s
     return out
 
 
-async def _send_json(send, status: int, body: bytes) -> None:
+async def _send_json(send, status: int, body: bytes,
+                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
     headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode())]
+               (b"content-length", str(len(body)).encode()), *(extra or [])]
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -410,8 +474,12 @@ def create_app(indexes: dict[str, Backend], config: ServiceConfig | None = None)
         """FastAPI whose hot path (``POST /retrieve``) skips the middleware stack."""
 
         async def __call__(self, scope, receive, send):
-            if (scope["type"] == "http" and scope["path"] == "/retrieve"
-                    and scope["method"] == "POST"):
+            if scope["type"] == "http" and scope["path"] == "/retrieve":
+                if scope["method"] != "POST":
+                    status, body = error(405, f"/retrieve answers POST only "
+                                              f"(got {scope['method']})")
+                    await _send_json(send, status, body, [(b"allow", b"POST")])
+                    return
                 try:
                     return await fast_retrieve(scope, receive, send)
                 except Exception:  # noqa: BLE001 - never leave a caller without an answer
@@ -430,7 +498,7 @@ def create_app(indexes: dict[str, Backend], config: ServiceConfig | None = None)
         return status, dumps({"error": message, "status": status})
 
     async def handle_retrieve(body: bytes, authorization: str | None) -> tuple[int, bytes]:
-        """``POST /retrieve`` → (status, JSON body); shared by the route and the fast path."""
+        """``POST /retrieve`` → (status, JSON body)."""
         state["requests"] += 1
         try:
             _check_token(config, authorization)
@@ -449,26 +517,15 @@ def create_app(indexes: dict[str, Backend], config: ServiceConfig | None = None)
             return error(500, f"search on index {req['index']!r} failed: "
                               f"{type(exc).__name__}: {exc}")
         try:
-            return 200, dumps(render(results, req["return_scores"], req["format"]))
+            return 200, dumps(render(results, req["return_scores"], req["format"],
+                                     req["max_passage_chars"]))
         except Exception as exc:  # noqa: BLE001
             log.exception("encoding the response failed")
             return error(500, f"could not encode the results: {type(exc).__name__}: {exc}")
 
-    @app.post("/retrieve")
-    async def retrieve(request: Request) -> Response:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > config.max_body_bytes:
-            status, body = error(413, f"request body of {length} bytes exceeds the limit "
-                                      f"max_body_bytes={config.max_body_bytes}")
-        else:
-            status, body = await handle_retrieve(await request.body(),
-                                                 request.headers.get("authorization"))
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return Response(body, status_code=status, media_type="application/json", headers=headers)
-
     # ``POST /retrieve`` is the hot path (one request per reward call): ``ServiceApp.__call__``
-    # answers it here, without FastAPI's middleware, routing and request/response objects; it
-    # behaves exactly like the route above.
+    # answers it here, without FastAPI's middleware, routing and request/response objects. This
+    # is its only implementation (there is no FastAPI route for it).
     async def fast_retrieve(scope, receive, send):
         authorization = length = None
         for key, value in scope["headers"]:

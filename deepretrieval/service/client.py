@@ -35,6 +35,32 @@ DEFAULT_BACKOFF = 0.1
 DEFAULT_CHUNK = 1024
 
 
+def _columns_from_result(result: Any) -> dict[str, Any]:
+    """``ids``/``scores``/``contents`` columns of a ``"result"`` answer: Search-R1's
+    ``[{"document": {"id", "contents"}, "score"}]`` (or bare documents) or our ``hits``."""
+    if not isinstance(result, list) or not all(isinstance(row, list) for row in result):
+        raise SearchError("malformed answer from the search service: 'result' is not a list of "
+                          "hit lists")
+    ids, scores, contents = [], [], []
+    for row in result:
+        row_ids, row_scores, row_contents = [], [], []
+        for hit in row:
+            doc = hit.get("document", hit) if isinstance(hit, dict) else None
+            if not isinstance(doc, dict) or "id" not in doc:
+                raise SearchError("malformed answer from the search service: a hit without a "
+                                  "document id")
+            row_ids.append(doc["id"])
+            row_scores.append(hit.get("score"))
+            row_contents.append(doc.get("contents"))
+        ids.append(row_ids)
+        scores.append(row_scores)
+        contents.append(row_contents)
+    out: dict[str, Any] = {"ids": ids, "scores": scores}
+    if any(c is not None for row in contents for c in row):
+        out["contents"] = contents
+    return out
+
+
 def _unpack_ids(value: Any) -> list:
     if isinstance(value, str):
         return value.split("\n")
@@ -93,11 +119,8 @@ class _Base:
     def _parse(data: dict[str, Any], n: int) -> list[SearchResult]:
         ids = data.get("ids")
         if ids is None and "result" in data:  # a Search-R1 style server
-            hits = data["result"]
-            ids = [[h["id"] for h in row] for row in hits]
-            data = {**data, "scores": [[h.get("score") for h in row] for row in hits]}
-            if any(row and "contents" in row[0] for row in hits):
-                data["contents"] = [[h.get("contents") for h in row] for row in hits]
+            data = {**data, **_columns_from_result(data["result"])}
+            ids = data["ids"]
         if not isinstance(ids, list) or len(ids) != n:
             raise SearchError(f"malformed answer from the search service: expected {n} results")
         ids = [_unpack_ids(x) for x in ids]
