@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .base import Backend, SearchError, SearchResult
+from .base import Backend, SearchError, SearchResult, unencodable
 
 __all__ = ["Backend", "SearchError", "SearchResult", "Searcher", "LocalSearcher", "open_index",
            "register_index", "index_root", "get_searcher", "set_searcher", "INDEX_TYPES",
@@ -96,6 +96,20 @@ def open_index(name_or_path: str) -> Backend:
                       f"or build one under {index_root()} with `deepretrieval index`")
 
 
+def search_sendable(search: Callable[..., list[SearchResult]], queries: list[str], k: int,
+                    **kw: Any) -> list[SearchResult]:
+    """``search(unique, k, **kw)`` over the distinct queries that can be sent (see
+    :func:`~deepretrieval.search.base.unencodable`); each other query gets its own
+    ``SearchResult(error=...)``. One result per query, in order."""
+    why = [unencodable(q) for q in queries]
+    sendable = list(dict.fromkeys(q for q, w in zip(queries, why) if w is None))
+    results = search(sendable, k, **kw) if sendable else []
+    if len(results) != len(sendable):
+        raise SearchError(f"the backend returned {len(results)} results for {len(sendable)} queries")
+    by_query = dict(zip(sendable, results))
+    return [SearchResult(error=w) if w is not None else by_query[q] for q, w in zip(queries, why)]
+
+
 class Searcher(Protocol):
     def search(self, index: str, queries: list[str], k: int, *, return_text: bool = False,
                options: dict[str, Any] | None = None) -> list[SearchResult]: ...
@@ -120,11 +134,8 @@ class LocalSearcher:
     def search(self, index: str, queries: list[str], k: int, *, return_text: bool = False,
                options: dict[str, Any] | None = None) -> list[SearchResult]:
         backend = self.backend(index)
-        # identical queries are searched once
-        unique = list(dict.fromkeys(queries))
-        results = backend.search(unique, k, return_text=return_text, options=options)
-        by_query = dict(zip(unique, results))
-        return [by_query[q] for q in queries]
+        return search_sendable(backend.search, queries, k, return_text=return_text,
+                               options=options)
 
     async def asearch(self, index: str, queries: list[str], k: int, *, return_text: bool = False,
                       options: dict[str, Any] | None = None) -> list[SearchResult]:

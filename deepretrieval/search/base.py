@@ -13,6 +13,20 @@ class SearchError(RuntimeError):
     """The search itself failed (backend down, retries exhausted, unknown index)."""
 
 
+def unencodable(query: object) -> str | None:
+    """Why ``query`` cannot be sent to any backend, or None when it can: it is not a string, or it
+    holds a lone surrogate (``"\\ud800"`` in JSON) that no UTF-8 encoder accepts. Searchers answer
+    such a query with ``SearchResult(error=...)`` instead of letting it fail the whole call."""
+    if not isinstance(query, str):
+        return f"query is not a string ({type(query).__name__})"
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"query is not valid Unicode text (lone surrogate at character {exc.start}); "
+                "it cannot be encoded as UTF-8")
+    return None
+
+
 @dataclass
 class SearchResult:
     ids: list[str] = field(default_factory=list)

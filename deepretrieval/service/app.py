@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..answer import MAX_VALUE_CHARS
-from ..search.base import Backend, SearchError, SearchResult
+from ..search.base import Backend, SearchError, SearchResult, unencodable
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,11 @@ class Batcher:
 
     async def search(self, queries: list[str], k: int, return_text: bool,
                      options: dict[str, Any] | None) -> list[SearchResult]:
+        why = [unencodable(q) for q in queries]
+        if any(why):  # never handed to the backend: each gets its own error, the rest is searched
+            good = [q for q, w in zip(queries, why) if w is None]
+            found = iter(await self.search(good, k, return_text, options) if good else [])
+            return [SearchResult(error=w) if w else next(found) for w in why]
         key = (k, return_text, json.dumps(options, sort_keys=True) if options else "")
         group = self.groups.get(key)
         if group is None:

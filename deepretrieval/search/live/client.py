@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from ..base import SearchResult
+from ..base import SearchResult, unencodable
 from .cache import SearchCache, cache_key
 from .governor import Backoff, TokenBucket, bucket_for, parse_retry_after
 
@@ -166,6 +166,9 @@ class LiveBackend:
             return SearchResult(error=f"{self.name}: empty query")
         if len(query) > MAX_QUERY_CHARS:
             return SearchResult(error=f"{self.name}: query longer than {MAX_QUERY_CHARS} characters")
+        why = unencodable(query)
+        if why is not None:  # would fail in the cache key and the URL: this query's own error
+            return SearchResult(error=f"{self.name}: {why}")
         cache_params = {**params, "depth": depth}
         key = cache_key(self.engine, query, cache_params)
         with self._inflight_lock:
@@ -179,6 +182,11 @@ class LiveBackend:
                                 error=shared.error, info=dict(shared.info))
         try:
             result = self._lookup(query, depth, k, params, cache_params, key)
+        except Exception as exc:  # noqa: BLE001 - one query's failure is that query's result
+            log.warning("%s: query failed: %s: %s", self.name, type(exc).__name__, exc)
+            self._count("failed_queries")
+            result = SearchResult(error=f"{self.name}: {type(exc).__name__}: {exc}")
+            future.set_result(result)
         except BaseException as exc:  # keep waiters from hanging, then re-raise
             future.set_result(SearchResult(error=f"{self.name}: {type(exc).__name__}: {exc}"))
             raise
