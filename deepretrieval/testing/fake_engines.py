@@ -55,7 +55,7 @@ from urllib.parse import parse_qs, urlsplit
 __all__ = ["FakePubMed", "FakeCTGov", "FakeEngine", "Received", "Collection",
            "pubmed_collection", "ctgov_collection", "FAULTS"]
 
-FAULTS = ("500", "502", "503", "429", "slow", "truncated", "cut", "empty", "error")
+FAULTS = ("500", "502", "503", "429", "slow", "truncated", "cut", "empty", "error", "echo")
 _BUNDLED = Path(__file__).resolve().parent.parent / "bundled"
 _TOKEN = re.compile(r"[a-z0-9]+")
 
@@ -427,6 +427,11 @@ class FakeEngine:
             record.status = int(fault)
             headers = {"Retry-After": self.retry_after} if fault in ("429", "503") else {}
             self._send(h, int(fault), f"fault {fault}".encode(), "text/plain", headers)
+            return
+        if fault == "echo":  # a 4xx whose body echoes the request, as some proxies do
+            record.status = 400
+            self._send(h, 400, f"bad request: {method} {path}?{raw} "
+                               f"{dict(h.headers)}".encode(), "text/plain")
             return
         if fault == "slow":
             time.sleep(self.slow_s)
