@@ -101,6 +101,8 @@ def load_indexes(specs: dict[str, str], warmup: bool = True) -> dict:
 
 def cmd_serve(args) -> int:
     from .app import ServiceConfig, create_app, serve
+    from .lifeline import watch
+    watch()  # started by a training run: end with it (before the indexes load, which takes long)
 
     for flag in ("max_queries", "max_query_chars", "max_k", "max_batch", "workers"):
         if getattr(args, flag) < 1:
