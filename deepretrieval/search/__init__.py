@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from .base import Backend, SearchError, SearchResult, unencodable
 
-__all__ = ["Backend", "SearchError", "SearchResult", "Searcher", "LocalSearcher", "open_index",
+__all__ = ["Backend", "DamagedIndex", "SearchError", "SearchResult", "Searcher", "LocalSearcher", "open_index",
            "register_index", "index_root", "get_searcher", "set_searcher", "INDEX_TYPES",
            "BUILTIN_INDEXES"]
 
@@ -72,10 +72,31 @@ def load_index_dir(path: str | os.PathLike) -> Backend:
     meta_file = path / "meta.json"
     if not meta_file.exists():
         raise SearchError(f"{path} is not an index directory (no meta.json)")
-    kind = json.loads(meta_file.read_text()).get("type")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise DamagedIndex(path, f"meta.json is unreadable: {exc}") from None
+    kind = meta.get("type") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict):
+        raise DamagedIndex(path, "meta.json is not a JSON object")
     if kind not in INDEX_TYPES:
         raise SearchError(f"{path}: unknown index type {kind!r} (known: {sorted(INDEX_TYPES)})")
-    return INDEX_TYPES[kind](path)
+    try:
+        return INDEX_TYPES[kind](path)
+    except SearchError:
+        raise
+    except (OSError, ValueError, KeyError, IndexError, EOFError) as exc:  # a file missing or cut short
+        raise DamagedIndex(path, f"{type(exc).__name__}: {exc}") from None
+
+
+class DamagedIndex(SearchError):
+    """An index directory with missing or unreadable files (a build or copy that was cut short)."""
+
+    def __init__(self, path: Path, why: str):
+        self.path = path
+        super().__init__(f"the index at {path} is damaged or incomplete ({why}); rebuild it "
+                         f"(`deepretrieval index ... --name {path.name}`, or delete the folder and "
+                         f"rerun for a built-in index)")
 
 
 def open_index(name_or_path: str) -> Backend:
@@ -86,7 +107,15 @@ def open_index(name_or_path: str) -> Backend:
         return load_index_dir(registered[name_or_path])
     candidate = index_root() / name_or_path
     if (candidate / "meta.json").exists():
-        return load_index_dir(candidate)
+        try:
+            return load_index_dir(candidate)
+        except DamagedIndex as exc:
+            if name_or_path not in BUILTIN_INDEXES:
+                raise
+            import logging
+            logging.getLogger(__name__).warning("%s; rebuilding the built-in index", exc)
+            import shutil
+            shutil.rmtree(candidate, ignore_errors=True)  # the built-in builds it anew
     if name_or_path in BUILTIN_INDEXES:
         return BUILTIN_INDEXES[name_or_path]()
     if Path(name_or_path).is_dir():
