@@ -9,20 +9,20 @@ import sys
 
 #: Modules contributing sub-commands (each defines ``register(subparsers)``).
 COMMAND_MODULES = (
-    "deepretrieval.commands",
-    "deepretrieval.data.commands",
-    "deepretrieval.service.cli",
+    "deepretrieval.cli.core",
+    "deepretrieval.cli.data",
+    "deepretrieval.cli.serve",
     "deepretrieval.tasks.sql",
     "deepretrieval.search.dense",
     "deepretrieval.tasks.evidence",
-    "deepretrieval.search.live.cli",
-    "deepretrieval.train.cli",
-    "deepretrieval.eval_cli",
+    "deepretrieval.cli.cache",
+    "deepretrieval.cli.train",
+    "deepretrieval.cli.eval",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from deepretrieval import __version__
 
     parser = argparse.ArgumentParser(
         prog="deepretrieval",
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     import sqlite3
 
-    from .search.base import SearchError
+    from deepretrieval.core.results import SearchError
     # bad values, missing/unreadable/misplaced files (gzip/zip damage is OSError or EOFError),
     # unknown names, searches that failed, files that are not databases
     import zlib

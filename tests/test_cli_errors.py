@@ -73,7 +73,7 @@ def test_search_on_a_frozen_cache_miss_fails_loudly(tmp_path, capsys, monkeypatc
 
 
 def test_baseline_exits_non_zero_when_searches_fail(tmp_path, capsys):
-    from deepretrieval.commands import bundled_rows
+    from deepretrieval.cli.core import bundled_rows
     from deepretrieval.data.prepare import write_parquet
     rows = bundled_rows("scifact", "test")[:5]
     rows = [{**r, "extra_info": {**r["extra_info"], "search_index": "no_such_index_xyz"}} for r in rows]

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from deepretrieval import io as dio
-from deepretrieval.io import atomic_dir, clean_stale
+from deepretrieval.core.io import atomic_dir, clean_stale
 from deepretrieval.search import DamagedIndex, open_index, register_index
 
 
@@ -65,7 +65,7 @@ def test_interrupted_delete_of_the_old_version_leaves_the_new_one_whole(tmp_path
 
 KILLED_BUILD = """
 import sys, time
-from deepretrieval.io import atomic_dir
+from deepretrieval.core.io import atomic_dir
 with atomic_dir(sys.argv[1]) as tmp:
     (tmp / "big.bin").write_bytes(b"x" * 1_000_000)
     print(tmp, flush=True)

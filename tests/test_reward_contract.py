@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from deepretrieval.commands import bundled_rows
+from deepretrieval.cli.core import bundled_rows
 from deepretrieval.rewards import TRLReward, ascore_batch, compute_score, compute_score_async, score_batch
 from deepretrieval.search import LocalSearcher, SearchResult, open_index, set_searcher
 from deepretrieval.search.bm25 import BM25Index
@@ -53,7 +53,7 @@ def _pubmed(fake):
 @pytest.fixture(scope="module")
 def passages(tmp_path_factory):
     """A small passage index (300 SciFact abstracts) for the evidence family."""
-    from deepretrieval.data.beir import load_corpus
+    from deepretrieval.core.beir_files import load_corpus
     from deepretrieval.data.bundled import collection_dir
     docs = list(itertools.islice(load_corpus(collection_dir("scifact")), 300))
     index = BM25Index.build(docs, name="fuzz_passages")

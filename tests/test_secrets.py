@@ -52,7 +52,7 @@ def test_echoed_key_is_redacted_through_the_service(echoing, caplog):
 
 
 def test_reward_search_error_carries_no_key(echoing, caplog, monkeypatch):
-    from deepretrieval.commands import bundled_rows
+    from deepretrieval.cli.core import bundled_rows
     from deepretrieval.rewards import compute_score
     from deepretrieval.search import set_searcher
     monkeypatch.setenv("DEEPRETRIEVAL_PUBMED_URL", echoing.url)

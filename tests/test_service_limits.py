@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from deepretrieval.search import open_index
-from deepretrieval.search.base import SearchResult
+from deepretrieval.core.results import SearchResult
 from deepretrieval.service.app import ServerThread, ServiceConfig, create_app
 from deepretrieval.service.client import ServiceClient
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .base import Backend, SearchError, SearchResult, unencodable
+from deepretrieval.core.results import Backend, SearchError, SearchResult, unencodable
 
 __all__ = ["Backend", "DamagedIndex", "SearchError", "SearchResult", "Searcher", "LocalSearcher", "open_index",
            "register_index", "index_root", "get_searcher", "set_searcher", "INDEX_TYPES",
@@ -25,17 +25,17 @@ __all__ = ["Backend", "DamagedIndex", "SearchError", "SearchResult", "Searcher",
 
 
 def _load_bm25(path: Path) -> Backend:
-    from .bm25 import BM25Index
+    from deepretrieval.search.bm25 import BM25Index
     return BM25Index.load(path)
 
 
 def _load_dense(path: Path) -> Backend:
-    from .dense import DenseIndex  # torch/faiss are imported only when a dense index is opened
+    from deepretrieval.search.dense import DenseIndex  # torch/faiss are imported only when a dense index is opened
     return DenseIndex.load(path)
 
 
 def _load_sqlite(path: Path) -> Backend:
-    from .sql import load_sqlite_index
+    from deepretrieval.search.sql import load_sqlite_index
     return load_sqlite_index(path)
 
 
@@ -128,7 +128,7 @@ def open_index(name_or_path: str) -> Backend:
 def search_sendable(search: Callable[..., list[SearchResult]], queries: list[str], k: int,
                     **kw: Any) -> list[SearchResult]:
     """``search(unique, k, **kw)`` over the distinct queries that can be sent (see
-    :func:`~deepretrieval.search.base.unencodable`); each other query gets its own
+    :func:`~deepretrieval.core.results.unencodable`); each other query gets its own
     ``SearchResult(error=...)``. One result per query, in order."""
     why = [unencodable(q) for q in queries]
     sendable = list(dict.fromkeys(q for q, w in zip(queries, why) if w is None))
@@ -187,7 +187,7 @@ def get_searcher() -> Searcher:
     url = os.environ.get("DEEPRETRIEVAL_SEARCH_URL") or None
     if _SEARCHER is None or url != _SEARCHER_URL:
         if url:
-            from ..service.client import ServiceSearcher  # noqa: PLC0415
+            from deepretrieval.service.client import ServiceSearcher  # noqa: PLC0415
             _SEARCHER = ServiceSearcher(url, token=os.environ.get("DEEPRETRIEVAL_SEARCH_TOKEN"))
         else:
             _SEARCHER = LocalSearcher()
@@ -196,27 +196,27 @@ def get_searcher() -> Searcher:
 
 
 def _register_builtins() -> None:
-    from ..data import bundled
+    from deepretrieval.data import bundled
     for name in bundled.COLLECTIONS:
         BUILTIN_INDEXES.setdefault(name, lambda name=name: bundled.bm25_index(name))
 
     def scifact_dense():  # SciFact encoded with the shipped all-MiniLM-L6-v2, built on first use
-        from .dense import scifact_dense_index
+        from deepretrieval.search.dense import scifact_dense_index
         return scifact_dense_index()
     BUILTIN_INDEXES.setdefault("scifact_dense", scifact_dense)
 
     def pubmed():  # live NCBI E-utilities (env: DEEPRETRIEVAL_PUBMED_URL, NCBI_API_KEY, ...)
-        from .live import pubmed_from_env
+        from deepretrieval.search.live import pubmed_from_env
         return pubmed_from_env()
 
     def ctgov():  # live ClinicalTrials.gov API v2 (env: DEEPRETRIEVAL_CTGOV_URL, ...)
-        from .live import ctgov_from_env
+        from deepretrieval.search.live import ctgov_from_env
         return ctgov_from_env()
     BUILTIN_INDEXES.setdefault("pubmed", pubmed)
     BUILTIN_INDEXES.setdefault("ctgov", ctgov)
 
     # bundled Spider databases as SQL indexes `spider/<db_id>` (opened on first use)
-    from .sql import register_builtins as register_sql_builtins
+    from deepretrieval.search.sql import register_builtins as register_sql_builtins
     register_sql_builtins(BUILTIN_INDEXES)
 
 

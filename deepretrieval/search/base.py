@@ -63,13 +63,13 @@ class StoredDocs:
         if self._texts is None:
             if self.path is None:
                 raise RuntimeError("index has no stored texts")
-            from ..io import read_json_lines_gz
+            from deepretrieval.core.io import read_json_lines_gz
             self._texts = read_json_lines_gz(self.path / "texts.jsonl.gz")
         return self._texts
 
     def save_docs(self, folder) -> None:
         import json
-        from ..io import write_json_lines_gz
+        from deepretrieval.core.io import write_json_lines_gz
         (folder / "doc_ids.json").write_text(json.dumps(self.doc_ids))
         write_json_lines_gz(folder / "texts.jsonl.gz", self.texts)
 

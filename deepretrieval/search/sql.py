@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .base import SearchError, SearchResult
+from deepretrieval.core.results import SearchError, SearchResult
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..answer import MAX_VALUE_CHARS
-from ..search.base import Backend, SearchError, SearchResult, unencodable
+from deepretrieval.core.answer import MAX_VALUE_CHARS
+from deepretrieval.core.results import Backend, SearchError, SearchResult, unencodable
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +393,7 @@ def create_app(indexes: dict[str, Backend], config: ServiceConfig | None = None)
     from fastapi import FastAPI, Request
     from fastapi.responses import Response
 
-    from .. import __version__
+    from deepretrieval import __version__
 
     config = config or ServiceConfig()
     if not indexes:
@@ -401,7 +401,7 @@ def create_app(indexes: dict[str, Backend], config: ServiceConfig | None = None)
     state: dict[str, Any] = {"batchers": {}, "executors": {}, "started": time.time(),
                              "requests": 0, "client_errors": 0, "server_errors": 0,
                              "config": config}
-    from .limits import apply_backend_limits, json_error_handlers
+    from deepretrieval.service.limits import apply_backend_limits, json_error_handlers
     apply_backend_limits(indexes, config.max_timeout_s, config.max_result_bytes)
 
     def batcher(name: str) -> Batcher:
@@ -548,7 +548,7 @@ def create_app(indexes: dict[str, Backend], config: ServiceConfig | None = None)
 def _uvicorn_config(app, host: str, port: int, log_level: str = "warning"):
     import uvicorn
 
-    from .limits import guarded_protocol
+    from deepretrieval.service.limits import guarded_protocol
     config = app.state.deepretrieval["config"]
     protocol = guarded_protocol(config.max_header_bytes, config.request_timeout_s,
                                 config.max_connections)

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
-    from .app import ServiceConfig
+    from deepretrieval.service.app import ServiceConfig
 
     d = ServiceConfig()
     p = sub.add_parser(
@@ -73,7 +73,7 @@ def parse_index_specs(specs: list[str]) -> dict[str, str]:
 
 
 def load_indexes(specs: dict[str, str], warmup: bool = True) -> dict:
-    from ..search import SearchError, open_index
+    from deepretrieval.search import SearchError, open_index
 
     indexes = {}
     for name, target in specs.items():
@@ -100,8 +100,8 @@ def load_indexes(specs: dict[str, str], warmup: bool = True) -> dict:
 
 
 def cmd_serve(args) -> int:
-    from .app import ServiceConfig, create_app, serve
-    from .lifeline import watch
+    from deepretrieval.service.app import ServiceConfig, create_app, serve
+    from deepretrieval.service.lifeline import watch
     watch()  # started by a training run: end with it (before the indexes load, which takes long)
 
     for flag in ("max_queries", "max_query_chars", "max_k", "max_batch", "workers"):

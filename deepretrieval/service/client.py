@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from ..search.base import SearchError, SearchResult, unencodable
-from ._http import AsyncHTTP, TransportError
-from .app import dumps, loads
+from deepretrieval.core.results import SearchError, SearchResult, unencodable
+from deepretrieval.service._http import AsyncHTTP, TransportError
+from deepretrieval.service.app import dumps, loads
 
 __all__ = ["AsyncServiceClient", "ServiceClient", "ServiceSearcher"]
 

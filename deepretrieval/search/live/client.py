@@ -1,6 +1,6 @@
 """What the live engines share: governed, retried HTTP; the cache; batching; statistics.
 
-:class:`LiveBackend` implements the :class:`~deepretrieval.search.base.Backend` protocol. A
+:class:`LiveBackend` implements the :class:`~deepretrieval.core.results.Backend` protocol. A
 subclass says how one query is fetched (:meth:`LiveBackend._fetch`, any number of requests via
 :meth:`LiveBackend._get_json`) and which per-call options it accepts. Everything else is here:
 
@@ -27,9 +27,9 @@ from typing import Any
 
 import httpx
 
-from ..base import SearchResult, unencodable
-from .cache import SearchCache, cache_key
-from .governor import Backoff, TokenBucket, bucket_for, parse_retry_after
+from deepretrieval.core.results import SearchResult, unencodable
+from deepretrieval.search.live.cache import SearchCache, cache_key
+from deepretrieval.search.live.governor import Backoff, TokenBucket, bucket_for, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class LiveBackend:
                  cache: SearchCache | None = None, backoff: Backoff | None = None,
                  timeout: float = 30.0, max_workers: int = 16, name: str | None = None,
                  bucket: TokenBucket | None = None, user_agent: str | None = None) -> None:
-        from ... import __version__
+        from deepretrieval import __version__
         self.base_url = base_url.rstrip("/")
         if name:
             self.name = name

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
-from .client import LiveBackend, LiveError, RetryableError
+from deepretrieval.search.live.client import LiveBackend, LiveError, RetryableError
 
 __all__ = ["PubMedBackend", "normalize_date", "DEFAULT_URL"]
 
