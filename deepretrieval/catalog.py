@@ -20,7 +20,9 @@ Index names resolve: registered in this process (:func:`register_index`) or in
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from deepretrieval.core import settings
-from deepretrieval.core.results import Backend, Searcher, SearchError
+from deepretrieval.core.results import Backend, DamagedIndex, Searcher, SearchError
 from deepretrieval.core.tables import RewardTable, with_overrides
 from deepretrieval.data import bundled as bundled_indexes
 from deepretrieval.data import closed_world, qa_sets, wiki_offline
@@ -42,6 +44,8 @@ from deepretrieval.service.client import ServiceSearcher
 from deepretrieval.tasks import agentic, beir, evidence, search_engine, sql
 from deepretrieval.tasks import original as original_names
 from deepretrieval.tasks.base import Family, Task, UnknownTask, tasks_by_name
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,13 @@ def open_index(name_or_path: str) -> Backend:
         return load_index_dir(registered[name_or_path])
     candidate = settings.index_dir() / name_or_path
     if (candidate / "meta.json").exists():
-        return load_index_dir(candidate)
+        try:
+            return load_index_dir(candidate)
+        except DamagedIndex as exc:
+            if name_or_path not in BUILTIN_INDEXES:
+                raise
+            log.warning("%s; rebuilding the built-in index", exc)
+            shutil.rmtree(candidate, ignore_errors=True)  # the built-in builds it anew
     if name_or_path in BUILTIN_INDEXES:
         return BUILTIN_INDEXES[name_or_path]()
     if Path(name_or_path).is_dir():

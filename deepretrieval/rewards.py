@@ -133,14 +133,19 @@ class _Batch:
                        json.dumps(plan.options or {}, sort_keys=True))
                 self.groups.setdefault(key, []).append((i, slot))
 
-    def request(self, key) -> tuple[tuple, dict]:
-        """(args, kwargs) of the search call for a group."""
+    def request(self, key, members: list[tuple[int, int]] | None = None) -> tuple[tuple, dict]:
+        """(args, kwargs) of the search call for a group (or for some of its ``members``)."""
         index, k, return_text, options = key
-        queries = [self.out[i].plans[slot].query for i, slot in self.groups[key]]
+        members = self.groups[key] if members is None else members
+        queries = [self.out[i].plans[slot].query for i, slot in members]
         return (index, queries, k), {"return_text": return_text, "options": json.loads(options) or None}
 
-    def finish(self, key, results=None, error: BaseException | None = None) -> None:
-        members = self.groups[key]
+    def finish(self, key, results=None, error: BaseException | None = None,
+               members: list[tuple[int, int]] | None = None) -> None:
+        members = self.groups[key] if members is None else members
+        if error is None and (not isinstance(results, list) or len(results) != len(members)):
+            error = SearchError(f"the searcher returned {len(results) if isinstance(results, list) else results!r} "
+                                f"results for {len(members)} queries")
         if error is not None:
             log.warning("search on %s failed: %s", key[0], error)
             results = [None] * len(members)
@@ -153,8 +158,18 @@ class _Batch:
             if self._waiting[i] == 0:
                 self.out[i] = _finish(pending)
 
-
-SEARCH_FAILURES = (SearchError, ValueError, OSError)
+    def calls(self, key, exc: BaseException) -> list[list[tuple[int, int]]]:
+        """After the group's call raised ``exc``: the member lists to search again. A failure of
+        the search itself (:class:`SearchError`, a transport ``OSError``) is every member's
+        outcome (nothing to retry); anything else may be one query's fault, so each query is
+        searched on its own and only the queries that fail again report a search error."""
+        members = self.groups[key]
+        if isinstance(exc, (SearchError, OSError)) or len(members) == 1:
+            self.finish(key, error=exc)
+            return []
+        log.warning("search on %s failed (%s: %s); searching its %d queries one by one",
+                    key[0], type(exc).__name__, exc, len(members))
+        return [[m] for m in members]
 
 
 def _items(items) -> list[tuple]:
@@ -172,15 +187,26 @@ def score_batch(items, searcher=None, values=None, **kw) -> list[dict]:
     """Score many completions with one batched search per (index, depth, options) group.
     ``items``: tuples ``(data_source, solution_str, ground_truth, extra_info)`` or dicts.
     ``values``: already-extracted queries (skips the format check; e.g. the original query or a
-    leniently extracted one in evaluation)."""
+    leniently extracted one in evaluation). Never raises for anything the model wrote, and one
+    completion's failure never changes another's score (see :meth:`_Batch.calls`)."""
     batch = _Batch(items, values, kw)
     searcher = searcher or (get_searcher() if batch.groups else None)
-    for key in batch.groups:
-        args, kwargs = batch.request(key)
+
+    def run(key, members=None):
+        args, kwargs = batch.request(key, members)
         try:
-            batch.finish(key, searcher.search(*args, **kwargs))
-        except SEARCH_FAILURES as exc:
-            batch.finish(key, error=exc)
+            results = searcher.search(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - see _Batch.calls
+            if members is not None:
+                batch.finish(key, error=exc, members=members)
+                return
+            for part in batch.calls(key, exc):
+                run(key, part)
+            return
+        batch.finish(key, results, members=members)
+
+    for key in batch.groups:
+        run(key)
     return batch.out
 
 
@@ -189,12 +215,17 @@ async def ascore_batch(items, searcher=None, values=None, **kw) -> list[dict]:
     batch = _Batch(items, values, kw)
     searcher = searcher or (get_searcher() if batch.groups else None)
 
-    async def run(key):
-        args, kwargs = batch.request(key)
+    async def run(key, members=None):
+        args, kwargs = batch.request(key, members)
         try:
-            batch.finish(key, await searcher.asearch(*args, **kwargs))
-        except SEARCH_FAILURES as exc:
-            batch.finish(key, error=exc)
+            results = await searcher.asearch(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - see _Batch.calls
+            if members is not None:
+                batch.finish(key, error=exc, members=members)
+                return
+            await asyncio.gather(*(run(key, part) for part in batch.calls(key, exc)))
+            return
+        batch.finish(key, results, members=members)
 
     await asyncio.gather(*(run(key) for key in batch.groups))
     return batch.out

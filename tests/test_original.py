@@ -18,7 +18,7 @@ from deepretrieval.data.original import convert_row, model_prefill, parse_name, 
 from deepretrieval.catalog import read_rows
 from deepretrieval.rewards import compute_score
 from deepretrieval.catalog import local_searcher, open_index
-from deepretrieval.catalog import LocalSearcher
+from deepretrieval.search import LocalSearcher
 from deepretrieval.catalog import get_task
 from deepretrieval.tasks import UnknownTask
 

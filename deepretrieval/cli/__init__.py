@@ -9,6 +9,7 @@ import logging
 import sys
 
 from deepretrieval import __version__
+from deepretrieval.core.results import SearchError
 
 #: Modules contributing sub-commands (each defines ``register(subparsers)``).
 COMMAND_MODULES = (
@@ -40,8 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -54,9 +54,50 @@ def main(argv: list[str] | None = None) -> int:
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        if args.verbose:
+            import traceback
+            traceback.print_exc()
+        print(f"error: {_message(exc)}", file=sys.stderr)
         return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    import sqlite3
+
+    # bad values, missing/unreadable/misplaced files (gzip/zip damage is OSError or EOFError),
+    # unknown names, searches that failed, files that are not databases
+    import zlib
+    return (ValueError, OSError, EOFError, KeyError, SearchError, sqlite3.Error, zlib.error)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        return exc.args[0]  # KeyError's str() adds quotes
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}"
+    return f"{exc}" or type(exc).__name__
+
+
+USER_ERRORS = _user_errors()
+
+
+def configure_logging(verbose: bool) -> None:
+    """Our messages at INFO (DEBUG with ``-v``); other libraries' DEBUG/INFO lines (bm25s,
+    httpx, torch, ...) only with ``-v``: the root logger stays at WARNING otherwise."""
+    root = logging.getLogger()
+    if not root.handlers:  # embedded (tests, notebooks): leave the host's handlers alone
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        if not verbose:  # some libraries set their own logger levels (bm25s: DEBUG)
+            handler.addFilter(_ours_or_warnings)
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("deepretrieval").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _ours_or_warnings(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name.split(".", 1)[0] == "deepretrieval"
 
 
 if __name__ == "__main__":

@@ -59,8 +59,17 @@ def cmd_cache_export(args) -> int:
 def cmd_cache_import(args) -> int:
     if not Path(args.file).exists():
         raise FileNotFoundError(f"no such file: {args.file}")
+    target = Path(args.cache) if args.cache else default_cache_path()
+    existed = target.exists()
     cache = _cache(args.cache)
     before = len(cache)
-    n = cache.import_(args.file, overwrite=args.overwrite)
+    try:
+        n = cache.import_(args.file, overwrite=args.overwrite)
+    except BaseException:
+        if not existed:  # a failed import leaves no new (empty) database behind
+            cache.close()
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{target}{suffix}").unlink(missing_ok=True)
+        raise
     print(f"read {n} entries; cache {cache.path} now holds {len(cache)} ({len(cache) - before} new)")
     return 0

@@ -50,9 +50,17 @@ def cmd_tasks(args) -> int:
 
 def cmd_search(args) -> int:
     results = open_index(args.index).search(args.queries, args.k, return_text=args.text)
+    failed = 0
+    for query, result in zip(args.queries, results):
+        kind = result.info.get("error_kind") if isinstance(result.info, dict) else None
+        if result.error or (kind and result.rows is None):
+            failed += 1
+            what = "search error" if result.error else f"SQL error ({kind})"
+            detail = result.error or result.info.get("sql_error")
+            print(f"error: {query!r}: {what}: {detail}", file=sys.stderr)
     if args.json:
         print(json.dumps([r.to_hits() for r in results], indent=1))
-        return 0
+        return 1 if failed else 0
     for query, result in zip(args.queries, results):
         print(f"# {query}")
         for rank, hit in enumerate(result.to_hits(), start=1):
@@ -60,7 +68,7 @@ def cmd_search(args) -> int:
             if args.text:
                 line += "  " + hit["contents"][:100]
             print(line)
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_baseline(args) -> int:
@@ -68,12 +76,17 @@ def cmd_baseline(args) -> int:
     if not rows:
         raise ValueError("no rows to evaluate")
     name, queries = baseline_queries(rows)
-    summary = {"task": args.task, "split": args.split, "query": name,
-               **summarize(score_queries(rows, queries))}
+    scores = score_queries(rows, queries)
+    summary = {"task": args.task, "split": args.split, "query": name, **summarize(scores)}
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         print()
     else:
         cols = ["task", "split", "query", "n"] + [k for k in summary if k not in ("task", "split", "query", "n")]
         print(format_table([summary], cols))
+    failed = sum(1 for m in scores if m["search_error"])
+    if failed:
+        print(f"error: {failed} of {len(scores)} searches failed (see search_error_rate)",
+              file=sys.stderr)
+        return 1
     return 0

@@ -13,6 +13,7 @@ from deepretrieval.catalog import open_index
 from deepretrieval.core import settings
 from deepretrieval.core.results import SearchError
 from deepretrieval.service.app import ServiceConfig, create_app, serve
+from deepretrieval.service.lifeline import watch
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,17 @@ def register(sub) -> None:
                         f"max_passage_chars may ask for (default {d.max_passage_chars})")
     p.add_argument("--workers", type=int, default=d.workers,
                    help=f"threads running backend calls (default: CPU count, {d.workers})")
+    p.add_argument("--max-connections", type=int, default=d.max_connections,
+                   help=f"open connections; past it idle ones are closed, else 503 (default "
+                        f"{d.max_connections}, capped by the descriptor limit)")
+    p.add_argument("--request-timeout-s", type=float, default=d.request_timeout_s,
+                   help=f"seconds for a request to arrive, head and body (default "
+                        f"{d.request_timeout_s:g}; slower → 408)")
+    p.add_argument("--max-header-bytes", type=int, default=d.max_header_bytes,
+                   help=f"largest request head (default {d.max_header_bytes}; more → 431)")
+    p.add_argument("--max-timeout-s", type=float, default=d.max_timeout_s,
+                   help=f"largest backend timeout_s a client may ask (SQL; default "
+                        f"{d.max_timeout_s:g})")
     p.add_argument("--no-warmup", action="store_true",
                    help="skip the warm-up query on local indexes (JIT compilation)")
     p.set_defaults(func=cmd_serve)
@@ -94,6 +106,7 @@ def load_indexes(specs: dict[str, str], warmup: bool = True) -> dict:
 
 
 def cmd_serve(args) -> int:
+    watch()  # started by a training run: end with it (before the indexes load, which takes long)
 
     for flag in ("max_queries", "max_query_chars", "max_k", "max_batch", "max_passage_chars",
                  "workers"):
@@ -107,7 +120,13 @@ def cmd_serve(args) -> int:
     config = ServiceConfig(token=args.token or None, max_queries=args.max_queries,
                            max_query_chars=args.max_query_chars, max_k=args.max_k,
                            batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch,
-                           max_passage_chars=args.max_passage_chars, workers=args.workers)
+                           max_passage_chars=args.max_passage_chars,
+                           workers=args.workers, max_connections=args.max_connections,
+                           request_timeout_s=args.request_timeout_s,
+                           max_header_bytes=args.max_header_bytes, max_timeout_s=args.max_timeout_s)
+    for flag in ("max_connections", "request_timeout_s", "max_header_bytes", "max_timeout_s"):
+        if getattr(config, flag) <= 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be > 0")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
         print(f"warning: serving on {args.host} without --token: anyone who can reach this "
               f"port can search", file=sys.stderr)

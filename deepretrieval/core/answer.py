@@ -42,7 +42,8 @@ def _strip_end_markers(text: str) -> str:
     return text
 
 
-def _payload_value(payload: str, key: str) -> tuple[str | None, str | None]:
+def _payload_value(payload: str, key: str,
+                   lenient: bool = False) -> tuple[str | None, str | None]:
     """Return (value, error) for the JSON payload inside <answer>…</answer>."""
     payload = payload.strip()
     if not payload:
@@ -63,7 +64,26 @@ def _payload_value(payload: str, key: str) -> tuple[str | None, str | None]:
         return None, f"{key!r} is empty"
     if len(value) > MAX_VALUE_CHARS:
         return None, f"{key!r} is longer than {MAX_VALUE_CHARS} characters"
+    if not _encodable(value):
+        if lenient:  # a JSON "\\ud800" escape decodes to a lone surrogate
+            return _replace_surrogates(value), None
+        return None, f"{key!r} is not valid Unicode text (it holds a lone surrogate)"
     return value, None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _replace_surrogates(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD (lenient paths only)."""
+    if _encodable(text):
+        return text
+    return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
 
 
 def parse_answer(text: object, key: str = "query", *, reasoning: bool = True,
@@ -125,6 +145,10 @@ def extract_answer_lenient(text: object, key: str = "query") -> str | None:
     text = _strip_end_markers(text)
     if len(text) > 16 * MAX_VALUE_CHARS:
         text = text[-16 * MAX_VALUE_CHARS:]
+    # decoded JSON may hold lone surrogates ("\\ud800"): replace them so the value can be sent
+    text = _replace_surrogates(text)
+    if len(text) > 16 * MAX_VALUE_CHARS:
+        text = text[-16 * MAX_VALUE_CHARS:]
     candidates: list[str] = []
     start = text.rfind(ANSWER_OPEN)
     if start >= 0:
@@ -132,7 +156,7 @@ def extract_answer_lenient(text: object, key: str = "query") -> str | None:
         candidates.append(text[start + len(ANSWER_OPEN): end if end >= 0 else len(text)])
     candidates += [m.group(1) for m in reversed(list(_FENCE.finditer(text)))]
     for candidate in candidates:
-        value, _ = _payload_value(candidate, key)
+        value, _ = _payload_value(candidate, key, lenient=True)
         if value is not None:
             return value
     decoder = json.JSONDecoder()
@@ -142,7 +166,7 @@ def extract_answer_lenient(text: object, key: str = "query") -> str | None:
         except (ValueError, RecursionError):
             continue
         if isinstance(obj, dict) and isinstance(obj.get(key), str) and obj[key].strip():
-            return obj[key].strip()[:MAX_VALUE_CHARS]
+            return _replace_surrogates(obj[key].strip()[:MAX_VALUE_CHARS])
     for candidate in candidates:
         plain = candidate.strip().strip("`").strip()
         if plain and "{" not in plain:

@@ -10,22 +10,75 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+_OWNER = ".owner-pid"
+_OLD = ".old-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(path: str | os.PathLike) -> list[Path]:
+    """Remove what killed writers of ``path`` left beside it: temp folders whose owner process is
+    gone, and the previous version set aside during a swap (restored instead when ``path`` itself
+    is missing, i.e. the swap was cut between its two renames). Returns the folders removed."""
+    path = Path(path)
+    removed: list[Path] = []
+    if not path.parent.is_dir():
+        return removed
+    for item in sorted(path.parent.glob(f".{path.name}.*")):
+        if not item.is_dir():
+            continue
+        if item.name.startswith(f".{path.name}{_OLD}"):
+            if not path.exists():
+                os.replace(item, path)      # put the previous version back
+                continue
+        else:
+            try:
+                owner = int((item / _OWNER).read_text().strip())
+            except (OSError, ValueError):
+                continue                    # not ours, or its writer is still creating it
+            if _pid_alive(owner) and owner != os.getpid():
+                continue                    # a build in progress in another process
+            if owner == os.getpid():
+                continue
+        shutil.rmtree(item, ignore_errors=True)
+        removed.append(item)
+    return removed
+
 
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp directory beside ``path``; on success it replaces ``path``, on failure it is
-    removed and ``path`` is left as it was."""
+    removed and ``path`` is left as it was. The replacement never leaves a half-deleted ``path``:
+    the old version is renamed aside, the new one renamed in, and only then is the old one deleted.
+    Leftovers of writers that were killed are cleaned first (:func:`clean_stale`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    old = None
     try:
+        (tmp / _OWNER).write_text(str(os.getpid()))
         yield tmp
+        (tmp / _OWNER).unlink(missing_ok=True)
         if path.exists():
-            shutil.rmtree(path)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}{_OLD}", dir=path.parent))
+            os.replace(path, old)           # a directory replaces an empty directory
         os.replace(tmp, path)
     except BaseException:
+        if old is not None and not path.exists():
+            os.replace(old, path)           # interrupted between the two renames: undo
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager

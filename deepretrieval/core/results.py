@@ -6,6 +6,7 @@ A backend answers a batch of queries at once. Per-query failures come back as
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from deepretrieval.core.io import read_json_lines_gz, write_json_lines_gz
@@ -13,6 +14,20 @@ from deepretrieval.core.io import read_json_lines_gz, write_json_lines_gz
 
 class SearchError(RuntimeError):
     """The search itself failed (backend down, retries exhausted, unknown index)."""
+
+
+def unencodable(query: object) -> str | None:
+    """Why ``query`` cannot be sent to any backend, or None when it can: it is not a string, or it
+    holds a lone surrogate (``"\\ud800"`` in JSON) that no UTF-8 encoder accepts. Searchers answer
+    such a query with ``SearchResult(error=...)`` instead of letting it fail the whole call."""
+    if not isinstance(query, str):
+        return f"query is not a string ({type(query).__name__})"
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"query is not valid Unicode text (lone surrogate at character {exc.start}); "
+                "it cannot be encoded as UTF-8")
+    return None
 
 
 @dataclass
@@ -105,3 +120,26 @@ class Searcher(Protocol):
 
     async def asearch(self, index: str, queries: list[str], k: int, *, return_text: bool = False,
                       options: dict[str, Any] | None = None) -> list[SearchResult]: ...
+
+
+class DamagedIndex(SearchError):
+    """An index directory with missing or unreadable files (a build or copy that was cut short)."""
+
+    def __init__(self, path: Path, why: str):
+        self.path = path
+        super().__init__(f"the index at {path} is damaged or incomplete ({why}); rebuild it "
+                         f"(`deepretrieval index ... --name {path.name}`, or delete the folder and "
+                         f"rerun for a built-in index)")
+
+
+def search_sendable(search, queries: list[str], k: int, **kw: Any) -> list[SearchResult]:
+    """``search(unique, k, **kw)`` over the distinct queries that can be sent (see
+    :func:`unencodable`); each other query gets its own ``SearchResult(error=...)``. One result
+    per query, in order."""
+    why = [unencodable(q) for q in queries]
+    sendable = list(dict.fromkeys(q for q, w in zip(queries, why) if w is None))
+    results = search(sendable, k, **kw) if sendable else []
+    if len(results) != len(sendable):
+        raise SearchError(f"the backend returned {len(results)} results for {len(sendable)} queries")
+    by_query = dict(zip(sendable, results))
+    return [SearchResult(error=w) if w is not None else by_query[q] for q, w in zip(queries, why)]

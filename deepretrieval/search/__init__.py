@@ -18,12 +18,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deepretrieval.core.results import Backend, SearchError, SearchResult
+from deepretrieval.core.results import (
+    Backend,
+    DamagedIndex,
+    SearchError,
+    SearchResult,
+    search_sendable,
+)
 from deepretrieval.search.bm25 import BM25Index
 from deepretrieval.search.dense import DenseIndex
 from deepretrieval.search.sql import load_sqlite_index
 
-__all__ = ["Backend", "SearchError", "SearchResult", "LocalSearcher", "load_index_dir",
+__all__ = ["Backend", "DamagedIndex", "SearchError", "SearchResult", "LocalSearcher", "load_index_dir",
            "INDEX_TYPES"]
 
 #: Index types by ``meta.json`` ``type``. Dense indexes import torch/faiss only when opened.
@@ -36,10 +42,21 @@ def load_index_dir(path: str | os.PathLike) -> Backend:
     meta_file = path / "meta.json"
     if not meta_file.exists():
         raise SearchError(f"{path} is not an index directory (no meta.json)")
-    kind = json.loads(meta_file.read_text()).get("type")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise DamagedIndex(path, f"meta.json is unreadable: {exc}") from None
+    kind = meta.get("type") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict):
+        raise DamagedIndex(path, "meta.json is not a JSON object")
     if kind not in INDEX_TYPES:
         raise SearchError(f"{path}: unknown index type {kind!r} (known: {sorted(INDEX_TYPES)})")
-    return INDEX_TYPES[kind](path)
+    try:
+        return INDEX_TYPES[kind](path)
+    except SearchError:
+        raise
+    except (OSError, ValueError, KeyError, IndexError, EOFError) as exc:  # a file missing or cut short
+        raise DamagedIndex(path, f"{type(exc).__name__}: {exc}") from None
 
 
 class LocalSearcher:
@@ -59,11 +76,8 @@ class LocalSearcher:
     def search(self, index: str, queries: list[str], k: int, *, return_text: bool = False,
                options: dict[str, Any] | None = None) -> list[SearchResult]:
         backend = self.backend(index)
-        # identical queries are searched once
-        unique = list(dict.fromkeys(queries))
-        results = backend.search(unique, k, return_text=return_text, options=options)
-        by_query = dict(zip(unique, results))
-        return [by_query[q] for q in queries]
+        return search_sendable(backend.search, queries, k, return_text=return_text,
+                               options=options)
 
     async def asearch(self, index: str, queries: list[str], k: int, *, return_text: bool = False,
                       options: dict[str, Any] | None = None) -> list[SearchResult]:

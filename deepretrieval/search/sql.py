@@ -11,7 +11,8 @@ Every query gets its own connection, opened with the URI ``file:PATH?mode=ro`` a
 * extension loading switched off;
 * a wall-clock limit enforced *inside* SQLite: a progress handler returns non-zero once the deadline
   has passed, which interrupts the statement (infinite recursive CTEs, cartesian explosions);
-* a row cap (``k`` of the search) and a result-size cap, read with ``fetchmany``;
+* a row cap (``k`` of the search) and a result-size cap, checked as each row is fetched;
+* temp b-trees and sorters in memory under a process-wide heap ceiling (:data:`HEAP_LIMIT_BYTES`);
 * exactly one statement (a trailing ``;`` and comments are fine).
 
 A failing execution is the SQL's fault, not the backend's: it comes back as a normal result with
@@ -58,8 +59,19 @@ INDEX_TYPE = "sqlite"
 MAX_TIMEOUT_S = 120.0
 #: Largest single string/blob a query may build (SQLITE_LIMIT_LENGTH).
 MAX_VALUE_BYTES = 1_000_000
-#: Result size cap (approximate bytes of all values); more → truncated.
+#: Result size cap (approximate bytes of all values); more → truncated. Also the most a caller
+#: may ask for with the ``max_result_bytes`` option (a server may set a lower ceiling).
 MAX_RESULT_BYTES = 32_000_000
+#: Most columns a statement may have (SQLITE_LIMIT_COLUMN): bounds the size of one result row to
+#: MAX_COLUMNS × MAX_VALUE_BYTES before the byte cap can look at it.
+MAX_COLUMNS = 256
+#: Process-wide ceiling on SQLite's heap (``PRAGMA hard_heap_limit``), set when the first
+#: connection opens unless already set: temp b-trees and sorters live in memory
+#: (``PRAGMA temp_store=MEMORY``, nothing written to disk), so this bounds them too. A statement
+#: that needs more fails as ``too_large``. Override with ``DEEPRETRIEVAL_SQL_HEAP_LIMIT`` (bytes).
+HEAP_LIMIT_BYTES = 1 << 30
+#: Seconds a statement may run over its limit (opening the file, the last row, a loaded machine).
+TIME_MARGIN_S = 1.5
 #: Longest SQL text accepted (characters).
 MAX_SQL_CHARS = 100_000
 #: VM instructions between two deadline checks.
@@ -67,7 +79,8 @@ PROGRESS_EVERY = 1000
 #: Options ``search`` accepts.
 OPTIONS = ("timeout_s", "max_result_bytes")
 #: ``info["error_kind"]`` values for a failed execution.
-ERROR_KINDS = ("empty", "too_long", "multiple_statements", "denied", "timeout", "syntax", "runtime")
+ERROR_KINDS = ("empty", "too_long", "multiple_statements", "denied", "timeout", "syntax", "runtime",
+               "too_large")
 
 BUNDLED_DIR = bundled_path("spider")
 
@@ -111,7 +124,7 @@ class Execution:
 
 
 _INFRA_MARKERS = ("unable to open", "not a database", "malformed", "disk i/o", "locked",
-                  "readonly_rollback", "no such file", "out of memory", "cannot open")
+                  "readonly_rollback", "no such file", "cannot open")
 
 
 def _classify(exc: BaseException, timed_out: bool) -> tuple[str, str]:
@@ -119,6 +132,10 @@ def _classify(exc: BaseException, timed_out: bool) -> tuple[str, str]:
     low = message.lower()
     if timed_out or "interrupted" in low:
         return "timeout", message
+    if isinstance(exc, MemoryError) or "out of memory" in low or "too big" in low \
+            or "too many columns" in low:
+        # under the heap limit this is the statement's appetite, not a broken database
+        return "too_large", message
     if "one statement at a time" in low:
         return "multiple_statements", message
     if "not authorized" in low or "authorization denied" in low or "prohibited" in low \
@@ -142,6 +159,20 @@ def _text_factory(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
+_HEAP_LIMIT_SET = False
+
+
+def _set_heap_limit(conn: sqlite3.Connection) -> None:
+    global _HEAP_LIMIT_SET
+    if _HEAP_LIMIT_SET:
+        return
+    limit = int(os.environ.get("DEEPRETRIEVAL_SQL_HEAP_LIMIT", HEAP_LIMIT_BYTES))
+    current = conn.execute("PRAGMA hard_heap_limit").fetchone()[0]
+    if not current or current > limit:  # never raise a ceiling an operator set lower
+        conn.execute(f"PRAGMA hard_heap_limit={limit}")
+    _HEAP_LIMIT_SET = True
+
+
 def connect_readonly(path: str | os.PathLike, *, immutable: bool = False,
                      busy_timeout_s: float = 1.0) -> sqlite3.Connection:
     """A locked-down read-only connection (see the module docstring). Raises :class:`SearchError`
@@ -159,10 +190,13 @@ def connect_readonly(path: str | os.PathLike, *, immutable: bool = False,
         conn.text_factory = _text_factory
         if hasattr(conn, "enable_load_extension"):
             conn.enable_load_extension(False)
+        _set_heap_limit(conn)
+        conn.execute("PRAGMA temp_store=MEMORY")   # no temp files; bounded by the heap limit
         conn.execute("PRAGMA query_only=ON")
         if hasattr(conn, "setlimit"):  # Python >= 3.11
             conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
             conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+            conn.setlimit(sqlite3.SQLITE_LIMIT_COLUMN, MAX_COLUMNS)
         conn.set_authorizer(_authorizer)
     except sqlite3.Error as exc:
         conn.close()
@@ -204,22 +238,20 @@ def execute_readonly(path: str | os.PathLike, sql: str, *, timeout_s: float = DE
         out.columns = [d[0] for d in (cursor.description or [])]
         rows: list[tuple] = []
         size = 0
-        chunk = max(1, min(256, max_rows + 1))
+        # one row at a time: the byte cap and the deadline are checked after every row, so at
+        # most one row (<= MAX_COLUMNS x MAX_VALUE_BYTES) is held beyond the caps
         while True:
-            batch = cursor.fetchmany(chunk)
-            if not batch:
+            row = cursor.fetchone()
+            if row is None:
                 break
-            for row in batch:
-                if len(rows) >= max_rows:
-                    out.truncated = True
-                    break
-                size += sum(_value_size(v) for v in row)
-                if size > max_result_bytes:
-                    out.truncated = True
-                    break
-                rows.append(tuple(row))
-            if out.truncated:
+            if len(rows) >= max_rows:
+                out.truncated = True
                 break
+            size += sum(_value_size(v) for v in row)
+            if size > max_result_bytes:
+                out.truncated = True
+                break
+            rows.append(row)
             if time.monotonic() > deadline:
                 raise sqlite3.OperationalError("interrupted")
         out.rows = rows
@@ -270,6 +302,9 @@ class SqliteBackend:
         self.timeout_s = float(timeout_s)
         self.immutable = bool(immutable)
         self.workers = max(1, int(workers or min(4, os.cpu_count() or 1)))
+        #: ceilings of the per-call options (a server lowers them: ``ServiceConfig``)
+        self.max_timeout_s = MAX_TIMEOUT_S
+        self.max_result_bytes = MAX_RESULT_BYTES
         # fail early (SearchError) when the file is missing or not a SQLite database
         self._tables = self._read_schema()
 
@@ -312,10 +347,17 @@ class SqliteBackend:
             raise ValueError(f"unknown SQL search option(s) {sorted(unknown)}; known: {list(OPTIONS)}")
         if int(k) < 1:
             raise ValueError("k (the row cap) must be >= 1")
-        timeout_s = float(options.get("timeout_s", self.timeout_s))
-        if not 0 < timeout_s <= MAX_TIMEOUT_S:
-            raise ValueError(f"timeout_s must be in (0, {MAX_TIMEOUT_S}]")
-        max_bytes = int(options.get("max_result_bytes", MAX_RESULT_BYTES))
+        try:
+            timeout_s = float(options.get("timeout_s", self.timeout_s))
+            max_bytes = int(options.get("max_result_bytes", self.max_result_bytes))
+        except (TypeError, ValueError):
+            raise ValueError("timeout_s and max_result_bytes must be numbers") from None
+        if not 0 < timeout_s <= self.max_timeout_s:
+            raise ValueError(f"timeout_s must be in (0, {self.max_timeout_s:g}] "
+                             f"(the server's max_timeout_s), got {timeout_s:g}")
+        if not 0 < max_bytes <= self.max_result_bytes:
+            raise ValueError(f"max_result_bytes must be in (0, {self.max_result_bytes}] "
+                             f"(the server's maximum), got {max_bytes}")
         if not self.path.is_file():
             raise SearchError(f"SQLite database {str(self.path)!r} does not exist")
 

@@ -50,7 +50,12 @@ from typing import Any
 
 from deepretrieval import __version__
 from deepretrieval.core.answer import MAX_VALUE_CHARS
-from deepretrieval.core.results import Backend, SearchError, SearchResult
+from deepretrieval.core.results import Backend, SearchError, SearchResult, unencodable
+from deepretrieval.service.limits import (
+    apply_backend_limits,
+    guarded_protocol,
+    json_error_handlers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +104,13 @@ class ServiceConfig:
     max_batch: int = 1024             #: most queries in one backend call
     max_passage_chars: int = 4096     #: characters per passage in Search-R1 answers (the most a
     #:                                   request's ``max_passage_chars`` may ask for)
-    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))  #: backend threads
+    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))  #: backend threads per index
+    # connection limits and option ceilings (deepretrieval.service.limits)
+    max_header_bytes: int = 64 << 10  #: request head size (more → 431)
+    request_timeout_s: float = 10.0   #: time for a request to arrive, head and body (→ 408)
+    max_connections: int = 1024       #: open connections (capped by the descriptor limit; → 503)
+    max_timeout_s: float = 30.0       #: largest backend ``timeout_s`` option a client may ask
+    max_result_bytes: int = 32_000_000  #: largest backend ``max_result_bytes`` option
 
     def public(self) -> dict[str, Any]:
         out = asdict(self)
@@ -150,6 +161,11 @@ class Batcher:
 
     async def search(self, queries: list[str], k: int, return_text: bool,
                      options: dict[str, Any] | None) -> list[SearchResult]:
+        why = [unencodable(q) for q in queries]
+        if any(why):  # never handed to the backend: each gets its own error, the rest is searched
+            good = [q for q, w in zip(queries, why) if w is None]
+            found = iter(await self.search(good, k, return_text, options) if good else [])
+            return [SearchResult(error=w) if w else next(found) for w in why]
         key = (k, return_text, json.dumps(options, sort_keys=True) if options else "")
         group = self.groups.get(key)
         if group is None:
@@ -451,24 +467,26 @@ def create_app(indexes: dict[str, Backend], config: ServiceConfig | None = None)
     config = config or ServiceConfig()
     if not indexes:
         raise ValueError("the service needs at least one index")
-    state: dict[str, Any] = {"batchers": {}, "executor": None, "started": time.time(),
-                             "requests": 0, "client_errors": 0, "server_errors": 0}
+    state: dict[str, Any] = {"batchers": {}, "executors": {}, "started": time.time(),
+                             "requests": 0, "client_errors": 0, "server_errors": 0,
+                             "config": config}
+    apply_backend_limits(indexes, config.max_timeout_s, config.max_result_bytes)
 
     def batcher(name: str) -> Batcher:
         b = state["batchers"].get(name)
         if b is None:
-            if state["executor"] is None:
-                state["executor"] = ThreadPoolExecutor(max_workers=config.workers,
-                                                       thread_name_prefix="search")
-            b = state["batchers"][name] = Batcher(indexes[name], state["executor"], config.workers,
+            # one worker pool per index: a slow index (long SQL) cannot starve another
+            executor = state["executors"][name] = ThreadPoolExecutor(
+                max_workers=config.workers, thread_name_prefix=f"search-{name}")
+            b = state["batchers"][name] = Batcher(indexes[name], executor, config.workers,
                                                   config.batch_wait_ms / 1000.0, config.max_batch)
         return b
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
-        if state["executor"] is not None:
-            state["executor"].shutdown(wait=False, cancel_futures=True)
+        for executor in state["executors"].values():
+            executor.shutdown(wait=False, cancel_futures=True)
 
     class ServiceApp(FastAPI):
         """FastAPI whose hot path (``POST /retrieve``) skips the middleware stack."""
@@ -496,6 +514,8 @@ def create_app(indexes: dict[str, Backend], config: ServiceConfig | None = None)
         key = "client_errors" if status < 500 else "server_errors"
         state[key] += 1
         return status, dumps({"error": message, "status": status})
+
+    json_error_handlers(app, lambda status: error(status, ""))
 
     async def handle_retrieve(body: bytes, authorization: str | None) -> tuple[int, bytes]:
         """``POST /retrieve`` → (status, JSON body)."""
@@ -588,8 +608,12 @@ def create_app(indexes: dict[str, Backend], config: ServiceConfig | None = None)
 
 def _uvicorn_config(app, host: str, port: int, log_level: str = "warning"):
     import uvicorn
+
+    config = app.state.deepretrieval["config"]
+    protocol = guarded_protocol(config.max_header_bytes, config.request_timeout_s,
+                                config.max_connections)
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                          lifespan="on", timeout_keep_alive=30, backlog=2048)
+                          lifespan="on", timeout_keep_alive=30, backlog=2048, http=protocol)
 
 
 def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:

@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 
 from deepretrieval.core import settings
-from deepretrieval.core.results import SearchError, SearchResult
+from deepretrieval.core.results import SearchError, SearchResult, unencodable
 from deepretrieval.service._http import AsyncHTTP, TransportError
 from deepretrieval.service.app import dumps, loads
 
@@ -71,6 +71,32 @@ def _unpack_scores(value: Any) -> list:
     if isinstance(value, str):
         return np.frombuffer(base64.b64decode(value), dtype="<f8").tolist()
     return value
+
+
+def _check_columns(n: int, ids, scores, contents, errors, rows, info) -> None:
+    """Raise SearchError unless every column of an answer has the shape of the search API."""
+    def bad(what: str) -> SearchError:
+        return SearchError(f"malformed answer from the search service: {what}")
+
+    for name, col in (("scores", scores), ("contents", contents), ("errors", errors),
+                      ("rows", rows), ("info", info)):
+        if not isinstance(col, list) or len(col) != n:
+            raise bad(f"'{name}' is not a list of {n} entries")
+    for i in range(n):
+        if not isinstance(ids[i], list) or not all(isinstance(x, str) for x in ids[i]):
+            raise bad(f"ids of query {i} are not a list of strings")
+        if not isinstance(scores[i], list) or (scores[i] and len(scores[i]) != len(ids[i])) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) or x is None for x in scores[i]):
+            raise bad(f"scores of query {i} are not {len(ids[i])} numbers")
+        if contents[i] is not None and (not isinstance(contents[i], list)
+                                        or len(contents[i]) != len(ids[i])):
+            raise bad(f"contents of query {i} are not {len(ids[i])} entries")
+        if errors[i] is not None and not isinstance(errors[i], str):
+            raise bad(f"error of query {i} is not a string")
+        if rows[i] is not None and not isinstance(rows[i], list):
+            raise bad(f"rows of query {i} are not a list")
+        if info[i] is not None and not isinstance(info[i], dict):
+            raise bad(f"info of query {i} is not an object")
 
 
 class _Base:
@@ -129,6 +155,7 @@ class _Base:
         errors = data.get("errors") or [None] * n
         rows = data.get("rows") or [None] * n
         info = data.get("info") or [None] * n
+        _check_columns(n, ids, scores, contents, errors, rows, info)
         return [SearchResult(ids=ids[i], scores=scores[i], texts=contents[i], rows=rows[i],
                              error=errors[i], info=info[i] or {}) for i in range(n)]
 
@@ -137,7 +164,8 @@ class _Base:
                            f"(timeout {self.timeout:g}s, retries {self.retries}): {last}")
 
     def _plan(self, queries: list[str]) -> tuple[list[str], list[list[str]]]:
-        unique = list(dict.fromkeys(queries))
+        # a query that cannot be encoded (lone surrogate) is never sent: it gets its own error
+        unique = list(dict.fromkeys(q for q in queries if unencodable(q) is None))
         chunks = [unique[i:i + self.chunk_size] for i in range(0, len(unique), self.chunk_size)]
         return unique, chunks
 
@@ -145,7 +173,11 @@ class _Base:
     def _assemble(queries: list[str], unique: list[str],
                   parts: list[list[SearchResult]]) -> list[SearchResult]:
         by_query = dict(zip(unique, (r for part in parts for r in part)))
-        return [by_query[q] for q in queries]
+        out = []
+        for q in queries:
+            why = unencodable(q)
+            out.append(SearchResult(error=why) if why is not None else by_query[q])
+        return out
 
     def _retry_status(self, response: httpx.Response) -> bool:
         return response.status_code >= 500

@@ -53,9 +53,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 __all__ = ["FakePubMed", "FakeCTGov", "FakeEngine", "Received", "Collection",
-           "pubmed_collection", "ctgov_collection", "FAULTS"]
+           "pubmed_collection", "ctgov_collection", "FAULTS", "FINAL_FAULTS"]
 
 FAULTS = ("500", "502", "503", "429", "slow", "truncated", "cut", "empty", "error")
+#: Faults a client must not retry: "echo" answers 400 with the request echoed in the body.
+FINAL_FAULTS = ("echo",)
 _BUNDLED = Path(__file__).resolve().parent.parent / "bundled"
 _TOKEN = re.compile(r"[a-z0-9]+")
 
@@ -346,8 +348,8 @@ class FakeEngine:
     # -- control -----------------------------------------------------------------------------
     def fail(self, kind: str, times: int | None = 1) -> None:
         """The next ``times`` requests (None: all, until :meth:`clear_faults`) fail with ``kind``."""
-        if kind not in FAULTS:
-            raise ValueError(f"unknown fault {kind!r}; known: {FAULTS}")
+        if kind not in FAULTS + FINAL_FAULTS:
+            raise ValueError(f"unknown fault {kind!r}; known: {FAULTS + FINAL_FAULTS}")
         with self._lock:
             self._faults.append(_Fault(kind, times))
 
@@ -427,6 +429,11 @@ class FakeEngine:
             record.status = int(fault)
             headers = {"Retry-After": self.retry_after} if fault in ("429", "503") else {}
             self._send(h, int(fault), f"fault {fault}".encode(), "text/plain", headers)
+            return
+        if fault == "echo":  # a 4xx whose body echoes the request, as some proxies do
+            record.status = 400
+            self._send(h, 400, f"bad request: {method} {path}?{raw} "
+                               f"{dict(h.headers)}".encode(), "text/plain")
             return
         if fault == "slow":
             time.sleep(self.slow_s)

@@ -49,6 +49,7 @@ class ManagedService:
         self.extra_args = list(extra_args)
         self.proc: subprocess.Popen | None = None
         self._log = None
+        self._lifeline: int | None = None
 
     @property
     def url(self) -> str:
@@ -78,8 +79,15 @@ class ManagedService:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")
         out = self._log or subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+        # the service's lifeline: it stops when our end of this pipe closes, i.e. when this
+        # process dies however it died (deepretrieval.service.lifeline)
+        read_end, self._lifeline = os.pipe()
+        env["DEEPRETRIEVAL_LIFELINE_FD"] = str(read_end)
+        try:
+            self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
+                                         env=env, start_new_session=True, pass_fds=(read_end,))
+        finally:
+            os.close(read_end)
         try:
             self.wait_healthy()
         except BaseException:
@@ -130,6 +138,9 @@ class ManagedService:
         if self._log:
             self._log.close()
             self._log = None
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
         return code
 
     def __enter__(self) -> "ManagedService":

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from deepretrieval import __version__
-from deepretrieval.core.results import SearchResult
+from deepretrieval.core.results import SearchResult, unencodable
 from deepretrieval.search.live.cache import SearchCache, cache_key
 from deepretrieval.search.live.governor import (
     Backoff,
@@ -117,6 +117,20 @@ class LiveBackend:
         self._stats_lock = threading.Lock()
         self._stats: Counter = Counter()
 
+    # -- secrets -----------------------------------------------------------------------------
+    #: values that must never appear in an error text or log line (subclasses add API keys)
+    secrets: tuple[str, ...] = ()
+
+    def redact(self, text: str) -> str:
+        """``text`` without the engine's secrets (raw, URL-encoded, or as ``api_key=...``)."""
+        from urllib.parse import quote, quote_plus
+        text = _RedactSecrets.pattern.sub(r"\1***", str(text))
+        for secret in self.secrets:
+            if secret:
+                for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+                    text = text.replace(form, "***")
+        return text
+
     # -- subclass interface ------------------------------------------------------------------
     def _params(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """Validated per-call options → the parameters that become part of the cache key."""
@@ -171,6 +185,9 @@ class LiveBackend:
             return SearchResult(error=f"{self.name}: empty query")
         if len(query) > MAX_QUERY_CHARS:
             return SearchResult(error=f"{self.name}: query longer than {MAX_QUERY_CHARS} characters")
+        why = unencodable(query)
+        if why is not None:  # would fail in the cache key and the URL: this query's own error
+            return SearchResult(error=f"{self.name}: {why}")
         cache_params = {**params, "depth": depth}
         key = cache_key(self.engine, query, cache_params)
         with self._inflight_lock:
@@ -184,8 +201,14 @@ class LiveBackend:
                                 error=shared.error, info=dict(shared.info))
         try:
             result = self._lookup(query, depth, k, params, cache_params, key)
+        except Exception as exc:  # noqa: BLE001 - one query's failure is that query's result
+            message = self.redact(f"{type(exc).__name__}: {exc}")
+            log.warning("%s: query failed: %s", self.name, message)
+            self._count("failed_queries")
+            result = SearchResult(error=f"{self.name}: {message}")
+            future.set_result(result)
         except BaseException as exc:  # keep waiters from hanging, then re-raise
-            future.set_result(SearchResult(error=f"{self.name}: {type(exc).__name__}: {exc}"))
+            future.set_result(SearchResult(error=self.redact(f"{self.name}: {type(exc).__name__}: {exc}")))
             raise
         else:
             future.set_result(result)
@@ -208,7 +231,7 @@ class LiveBackend:
             ids, info = self._fetch(query, depth, params)
         except LiveError as exc:
             self._count("failed_queries")
-            return SearchResult(error=f"{self.name}: {exc}", info={"cached": False})
+            return SearchResult(error=self.redact(f"{self.name}: {exc}"), info={"cached": False})
         if depth < k:
             info.setdefault("warnings", []).append(
                 f"depth capped at {depth} (the engine returns at most {self.max_depth} results)")
@@ -245,7 +268,7 @@ class LiveBackend:
                 delay = self.backoff.delay(attempt, exc.retry_after)
                 if exc.retry_after is not None:
                     self.bucket.pause(exc.retry_after)
-                log.debug("%s: %s; retry %d/%d in %.2fs", self.name, exc, attempt + 1,
+                log.debug("%s: %s; retry %d/%d in %.2fs", self.name, self.redact(str(exc)), attempt + 1,
                           self.backoff.retries, delay)
                 time.sleep(delay)
         raise LiveError(f"gave up after {attempts} attempt(s): {last}")
@@ -271,7 +294,7 @@ class LiveBackend:
                                  parse_retry_after(response.headers.get("Retry-After")))
         if status >= 400:
             self._count(f"error:{status}")
-            snippet = body[:300].decode("utf-8", "replace").strip()
+            snippet = self.redact(body[:4096].decode("utf-8", "replace").strip())[:300]
             raise LiveError(f"HTTP {status}: {snippet}")
         try:
             return json.loads(body)

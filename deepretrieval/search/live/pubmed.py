@@ -58,6 +58,7 @@ class PubMedBackend(LiveBackend):
         if not 1 <= page_size <= ESEARCH_MAX_RETMAX:
             raise ValueError(f"page_size must be 1..{ESEARCH_MAX_RETMAX}, got {page_size}")
         self._api_key = api_key or None
+        self.secrets = (self._api_key,) if self._api_key else ()
         self.tool = tool
         self.email = email
         self.page_size = int(page_size)
