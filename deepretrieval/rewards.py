@@ -163,10 +163,11 @@ class _Batch:
     """Completions of one scoring call, grouped into one search per (index, k, return_text,
     options); the sync and async entry points differ only in how they run the searches."""
 
-    def __init__(self, items, values, kw):
+    def __init__(self, items, values, kw, searcher=None):
         items = _items(items)
         values = [None] * len(items) if values is None else list(values)
-        self.out = [_prepare(*it, kw, value=v) for it, v in zip(items, values)]
+        self.out = [_paper(it, kw, v, searcher) or _prepare(*it, kw, value=v)
+                    for it, v in zip(items, values)]
         self.groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(self.out):
             if isinstance(p, _Pending) and p.plan:
@@ -193,6 +194,20 @@ class _Batch:
 SEARCH_FAILURES = (SearchError, ValueError, OSError)
 
 
+def _paper(item: tuple, kw: Mapping[str, Any], value: str | None, searcher) -> dict | None:
+    """The ``paper`` profile's result for one item, or None when the default profile scores it
+    (see :mod:`deepretrieval.profiles` for how the profile is chosen)."""
+    from .profiles import resolve_profile
+
+    data_source, solution_str, ground_truth, extra_info = item
+    if resolve_profile(data_source, extra_info, kw.get("profile")) != "paper":
+        return None
+    from .paper_rewards import score_sample
+
+    return score_sample(data_source, solution_str, ground_truth, extra_info,
+                        searcher or get_searcher(), value=value)
+
+
 def _items(items) -> list[tuple]:
     out = []
     for item in items:
@@ -209,7 +224,7 @@ def score_batch(items, searcher=None, values=None, **kw) -> list[dict]:
     ``items``: tuples ``(data_source, solution_str, ground_truth, extra_info)`` or dicts.
     ``values``: already-extracted queries (skips the format check; e.g. the original query or a
     leniently extracted one in evaluation)."""
-    batch = _Batch(items, values, kw)
+    batch = _Batch(items, values, kw, searcher)
     searcher = searcher or (get_searcher() if batch.groups else None)
     for key in batch.groups:
         args, kwargs = batch.request(key)
@@ -222,7 +237,7 @@ def score_batch(items, searcher=None, values=None, **kw) -> list[dict]:
 
 async def ascore_batch(items, searcher=None, values=None, **kw) -> list[dict]:
     """Async :func:`score_batch`: the groups are searched concurrently."""
-    batch = _Batch(items, values, kw)
+    batch = await asyncio.to_thread(_Batch, items, values, kw, searcher)  # paper items search here
     searcher = searcher or (get_searcher() if batch.groups else None)
 
     async def run(key):
