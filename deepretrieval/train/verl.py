@@ -37,6 +37,10 @@ def preset_path(preset: str) -> tuple[Path, str]:
                      f"hydra.searchpath [pkg://verl.trainer.config, file://{CONFIG_DIR}])")
 
 
+#: The search service's bearer token (read by ``deepretrieval.search.get_searcher``).
+TOKEN_ENV = "DEEPRETRIEVAL_SEARCH_TOKEN"
+
+
 def family_for(task) -> str:
     name = task.family.name
     return name if name in FAMILIES else "beir"
@@ -53,7 +57,8 @@ def check_overrides(overrides: Sequence[str]) -> None:
 
 def build_overrides(task_name: str, *, model: str, train_files: str, val_files: str, out_dir: str,
                     experiment: str | None = None, n_gpus: int | None = None, nnodes: int | None = None,
-                    search_url: str | None = None, extra: Sequence[str] = ()) -> list[str]:
+                    search_url: str | None = None, search_token: str | None = None,
+                    extra: Sequence[str] = ()) -> list[str]:
     """Hydra overrides for one run (user ``extra`` overrides come last and win)."""
     from ..tasks import get_task
     task = get_task(task_name)
@@ -70,8 +75,18 @@ def build_overrides(task_name: str, *, model: str, train_files: str, val_files: 
     if nnodes is not None:
         items.append(f"trainer.nnodes={nnodes}")
     if search_url:
-        # Ray workers on every node get the service address (the token travels in the environment).
+        # Ray workers on every node get the service address and, when the driver has one, its
+        # token. verl 0.9.1 passes ``ray_kwargs.ray_init`` to ray.init *unresolved*
+        # (OmegaConf.to_container without resolve), so an ``${oc.env:...}`` interpolation would
+        # reach the workers as literal text: the value itself is written. It is therefore on the
+        # trainer's command line and in Hydra's saved overrides (docs/profiles.md, multi-node).
         items.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.DEEPRETRIEVAL_SEARCH_URL={search_url}")
+        token = search_token if search_token is not None else os.environ.get(TOKEN_ENV)
+        if token:
+            if any(c in token for c in "'\"\\$,[]{}()= \n"):
+                raise ValueError(f"{TOKEN_ENV} holds characters a Hydra override cannot carry "
+                                 "unquoted; use a token of letters, digits, '-', '_', '.', '~'")
+            items.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.{TOKEN_ENV}={token}")
     check_overrides(extra)
     return items + list(extra)
 
