@@ -58,8 +58,10 @@ def check_overrides(overrides: Sequence[str]) -> None:
 def build_overrides(task_name: str, *, model: str, train_files: str, val_files: str, out_dir: str,
                     experiment: str | None = None, n_gpus: int | None = None, nnodes: int | None = None,
                     search_url: str | None = None, search_token: str | None = None,
-                    extra: Sequence[str] = ()) -> list[str]:
-    """Hydra overrides for one run (user ``extra`` overrides come last and win)."""
+                    preset: str | None = None, extra: Sequence[str] = ()) -> list[str]:
+    """Hydra overrides for one run (user ``extra`` overrides come last and win). With
+    ``preset="ppo"`` the task's original-script values (``paper_presets.PAPER_RUNS``) follow
+    the family defaults."""
     from ..tasks import get_task
     task = get_task(task_name)
     out = Path(out_dir).resolve()
@@ -70,6 +72,9 @@ def build_overrides(task_name: str, *, model: str, train_files: str, val_files: 
              f"trainer.experiment_name={experiment or task.name}",
              f"trainer.default_local_dir={out / 'checkpoints'}",
              f"trainer.validation_data_dir={out / 'validation'}"]
+    if preset == "ppo":
+        from .paper_presets import paper_run_overrides
+        items += paper_run_overrides(task.name)
     if n_gpus is not None:
         items.append(f"trainer.n_gpus_per_node={n_gpus}")
     if nnodes is not None:
