@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .paper_rewards import PaperResult, SQLiteCopy, paper_score, run_sql_on_copy
-from .profiles import PAPER_MODULES, paper_module_name
+from deepretrieval.paper_rewards import PaperResult, SQLiteCopy, paper_score, run_sql_on_copy
+from deepretrieval.profiles import PAPER_MODULES, paper_module_name
 
 #: Spider databases bundled with the package (``<db_id>/<db_id>.sqlite``).
 BUNDLED_DB_ROOT = Path(__file__).resolve().parent / "bundled" / "spider" / "database"

@@ -22,8 +22,8 @@ def register(sub) -> None:
 
 
 def cmd_paper_check(args) -> int:
-    from .paper_check import BUNDLED_DB_ROOT, load_cases, replay
-    from .paper_rewards import RAISE_RULES
+    from deepretrieval.paper_check import BUNDLED_DB_ROOT, load_cases, replay
+    from deepretrieval.paper_rewards import RAISE_RULES
 
     path = Path(args.file)
     if not path.is_file():

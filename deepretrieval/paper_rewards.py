@@ -31,8 +31,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import dpr_match
-from .profiles import PaperModule, paper_module
+from deepretrieval import dpr_match
+from deepretrieval.profiles import PaperModule, paper_module
 
 log = logging.getLogger(__name__)
 
@@ -501,7 +501,7 @@ class SearcherBackend:
         self.failed: str | None = None
 
     def _search(self, query, k, return_text=False, options=None):
-        from .search import SearchError
+        from deepretrieval.search import SearchError
 
         if not isinstance(query, str):
             raise TypeError("the query must be text")
@@ -538,8 +538,8 @@ def score_sample(data_source: str, solution_str: Any, ground_truth: Any, extra_i
                  searcher, value: str | None = None) -> dict:
     """The paper profile's result dict for ``compute_score``: ``score``, ``format_ok``,
     ``search_error`` and the task's metric keys (0 where the original computed no such value)."""
-    from .profiles import paper_data_source
-    from .tasks import UnknownTask, get_task
+    from deepretrieval.profiles import paper_data_source
+    from deepretrieval.tasks import UnknownTask, get_task
 
     extra = dict(extra_info) if isinstance(extra_info, Mapping) else {}
     original_ds = paper_data_source(data_source, extra)

@@ -47,7 +47,7 @@ def resolve_profile(data_source: str, extra_info: Mapping[str, Any] | None = Non
 
 def is_original_data_source(data_source: str) -> bool:
     """Is this one of the original project's ``data_source`` names (one its trainer dispatched)?"""
-    from .tasks import _TASKS  # registered names are ours, even where they look alike
+    from deepretrieval.tasks import _TASKS  # registered names are ours, even where they look alike
 
     if not isinstance(data_source, str) or data_source in _TASKS:
         return False
@@ -205,7 +205,7 @@ def paper_data_source(data_source: str, extra_info: Mapping[str, Any] | None = N
     """The ``data_source`` the original would have seen for a sample: original names unchanged;
     our task names spelled the original's way with the row's split appended (``scifact`` +
     split test → ``scifact_test``), since the original chose depths from the name."""
-    from .tasks import _TASKS
+    from deepretrieval.tasks import _TASKS
 
     if data_source not in _TASKS:
         return data_source

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from .search import SearchError, SearchResult, get_searcher
+from deepretrieval.search import SearchError, SearchResult, get_searcher
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _mode(extra_info: Mapping[str, Any], kw: Mapping[str, Any]) -> str:
 
 def _prepare(data_source: str, solution_str: Any, ground_truth: Any, extra_info: Any,
              kw: Mapping[str, Any], value: str | None = None) -> dict | _Pending:
-    from .tasks import get_task
+    from deepretrieval.tasks import get_task
 
     task = get_task(data_source)  # unknown data_source is a configuration error: raises
     extra = dict(extra_info) if isinstance(extra_info, Mapping) else {}
@@ -197,12 +197,12 @@ SEARCH_FAILURES = (SearchError, ValueError, OSError)
 def _paper(item: tuple, kw: Mapping[str, Any], value: str | None, searcher) -> dict | None:
     """The ``paper`` profile's result for one item, or None when the default profile scores it
     (see :mod:`deepretrieval.profiles` for how the profile is chosen)."""
-    from .profiles import resolve_profile
+    from deepretrieval.profiles import resolve_profile
 
     data_source, solution_str, ground_truth, extra_info = item
     if resolve_profile(data_source, extra_info, kw.get("profile")) != "paper":
         return None
-    from .paper_rewards import score_sample
+    from deepretrieval.paper_rewards import score_sample
 
     return score_sample(data_source, solution_str, ground_truth, extra_info,
                         searcher or get_searcher(), value=value)

@@ -138,7 +138,7 @@ def test_evidence_tasks_registered():
 
 
 def _passages():
-    from deepretrieval.data.beir import load_corpus
+    from deepretrieval.core.beir_files import load_corpus
     from deepretrieval.data.bundled import collection_dir
     out = []
     for doc in load_corpus(collection_dir("scifact")):
@@ -289,7 +289,7 @@ def test_prepare_nq_and_baseline_cli(corpus, tmp_path, capsys):
 
 
 def test_bundled_rows_for_nq(corpus, capsys):
-    from deepretrieval.commands import bundled_rows
+    from deepretrieval.cli.core import bundled_rows
     rows = bundled_rows("nq", "test")
     assert len(rows) == 3610 and rows[0]["extra_info"]["split"] == "test"
     assert "search_index" not in rows[0]["extra_info"]                # the task's index
@@ -311,7 +311,7 @@ def test_prepare_from_user_file(tmp_path):
     assert rows[0]["extra_info"]["prefill"] == "<answer>{\"query\": \""
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "no answers here"}\n')
-    from deepretrieval.data.beir import FormatError
+    from deepretrieval.core.beir_files import FormatError
     with pytest.raises(FormatError, match="bad.jsonl:1"):
         load_qa_jsonl(bad)
     assert cli_main(["prepare", "nq", "--index", "x", "--task", "scifact", "--out",

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from deepretrieval.data.beir import load_qrels, load_queries
+from deepretrieval.core.beir_files import load_qrels, load_queries
 from deepretrieval.data.bundled import collection_dir
 from deepretrieval.data.original import convert_row, model_prefill, parse_name, split_raw_prompt
 from deepretrieval.data.prepare import read_rows
@@ -362,7 +362,7 @@ def test_convert_errors_are_clear(tmp_path):
 
 def test_loaders_detect_and_convert_original_files(scifact_case, tmp_path):
     from deepretrieval.data.original import ensure_ours, is_original_row, maybe_convert
-    from deepretrieval.commands import bundled_rows
+    from deepretrieval.cli.core import bundled_rows
     qid, claim, doc, title = scifact_case
     src, originals = roundtrip([original_row("scifact_test", chatml_inline("R", claim), {"target": doc},
                                              "test", query=claim)], tmp_path)

@@ -29,8 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import dpr_match
-from . import Family, SearchPlan, Task, register_task
+from deepretrieval import dpr_match
+from deepretrieval.tasks import Family, SearchPlan, Task, register_task
 
 _ARTICLES = frozenset({"a", "an", "the"})
 _NON_WORD = re.compile(r"[\W_]+")  # punctuation, symbols, whitespace, underscore → boundary
@@ -166,7 +166,7 @@ NQ_SPLITS = {"dev": "NQ-open.dev.jsonl.gz",
 def load_qa_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read question/answer JSONL (``.gz`` ok): ``{"question": str, "answer": [str, ...]}`` per
     line (``answers`` and a single string answer are accepted too)."""
-    from ..data.beir import FormatError, iter_jsonl
+    from deepretrieval.core.beir_files import FormatError, iter_jsonl
 
     out = []
     for lineno, obj in iter_jsonl(Path(path), required=(), with_lines=True):
@@ -194,7 +194,7 @@ def qa_rows(task: Task, examples: Sequence[Mapping[str, Any]], split: str,
             search_index: str | None = None, id_prefix: str = "") -> list[dict[str, Any]]:
     """One task row per question: ``ground_truth.target`` = the answers, ``extra_info.query`` =
     the question (the original-query baseline)."""
-    from ..data.prepare import make_row
+    from deepretrieval.data.prepare import make_row
 
     rows = []
     for i, ex in enumerate(examples):
@@ -207,7 +207,7 @@ def qa_rows(task: Task, examples: Sequence[Mapping[str, Any]], split: str,
 
 
 def register(sub) -> None:
-    from ..commands import prepare_targets
+    from deepretrieval.cli.core import prepare_targets
 
     targets = prepare_targets()
     for dataset in _DATASETS:
@@ -235,8 +235,8 @@ def register(sub) -> None:
 
 
 def cmd_prepare_qa(args) -> int:
-    from ..data.prepare import write_parquet
-    from . import get_task
+    from deepretrieval.data.prepare import write_parquet
+    from deepretrieval.tasks import get_task
 
     task = get_task(args.task)
     if task.family is not EVIDENCE:

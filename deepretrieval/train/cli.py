@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import export as export_mod
-from . import quickstart as quickstart_mod
+from deepretrieval.train import export as export_mod
+from deepretrieval.train import quickstart as quickstart_mod
 
 
 def register(sub) -> None:
@@ -72,7 +72,7 @@ def register(sub) -> None:
 
 def _rows_files(task_name: str, data: str | None, out: Path, dry_run: bool) -> tuple[Path, Path]:
     """train/test parquet of the task: --data, data/<task>, or the bundled BEIR rows."""
-    from ..data.prepare import write_parquet
+    from deepretrieval.data.prepare import write_parquet
     folder = Path(data) if data else Path("data") / task_name
     train, test = folder / "train.parquet", folder / "test.parquet"
     if train.is_file() and test.is_file():
@@ -81,7 +81,7 @@ def _rows_files(task_name: str, data: str | None, out: Path, dry_run: bool) -> t
         raise FileNotFoundError(f"{folder} has no train.parquet/test.parquet; write them with "
                                 f"`deepretrieval prepare ...`")
     try:
-        from ..commands import bundled_rows
+        from deepretrieval.cli.core import bundled_rows
         rows = {split: bundled_rows(task_name, split) for split in ("train", "test")}
     except (FileNotFoundError, KeyError, ValueError) as exc:
         if dry_run:
@@ -98,7 +98,7 @@ def _rows_files(task_name: str, data: str | None, out: Path, dry_run: bool) -> t
 def default_indexes(task) -> list[str]:
     """The indexes a task's searches need: its index, or — for per-database tasks such as Spider —
     every registered ``<index>/<name>``."""
-    from ..search import BUILTIN_INDEXES, index_root
+    from deepretrieval.search import BUILTIN_INDEXES, index_root
     if task.index in BUILTIN_INDEXES or (index_root() / task.index / "meta.json").exists():
         return [task.index]
     prefixed = sorted(name for name in BUILTIN_INDEXES if name.startswith(task.index + "/"))
@@ -122,8 +122,8 @@ def _kv(items: list[str]) -> dict:
 
 
 def cmd_train(args) -> int:
-    from ..tasks import get_task
-    from .service import ManagedService, service_env, signals_raise
+    from deepretrieval.tasks import get_task
+    from deepretrieval.train.service import ManagedService, service_env, signals_raise
 
     import logging
     if not getattr(args, "verbose", False):  # one line per search request is noise here
@@ -164,7 +164,7 @@ def cmd_train(args) -> int:
 def _init_model(args, model: str, out: Path) -> str:
     if not args.init_from:
         return model
-    from .export import checkpoint_kind, export_checkpoint
+    from deepretrieval.train.export import checkpoint_kind, export_checkpoint
     kind = checkpoint_kind(args.init_from)
     if kind == "hf":
         return str(Path(args.init_from).resolve())
@@ -178,7 +178,7 @@ def _init_model(args, model: str, out: Path) -> str:
 
 def _train_verl(args, task, model, out: Path, url: str | None, service) -> int:
     from omegaconf import OmegaConf
-    from . import verl as launcher
+    from deepretrieval.train import verl as launcher
 
     model = _init_model(args, model, out)
     train, test = _rows_files(task.name, args.data, out, args.dry_run)
@@ -212,9 +212,9 @@ def _train_verl(args, task, model, out: Path, url: str | None, service) -> int:
 
 
 def _train_trl(args, task, model, out: Path) -> int:
-    from ..data.prepare import read_rows
-    from .models import resolve_model
-    from .trl_engine import TRLSettings, train_trl
+    from deepretrieval.data.prepare import read_rows
+    from deepretrieval.train.models import resolve_model
+    from deepretrieval.train.trl_engine import TRLSettings, train_trl
 
     train, _test = _rows_files(task.name, args.data, out, args.dry_run)
     settings = TRLSettings(

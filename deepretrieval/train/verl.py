@@ -62,7 +62,7 @@ def build_overrides(task_name: str, *, model: str, train_files: str, val_files: 
     """Hydra overrides for one run (user ``extra`` overrides come last and win). With
     ``preset="ppo"`` the task's original-script values (``paper_presets.PAPER_RUNS``) follow
     the family defaults."""
-    from ..tasks import get_task
+    from deepretrieval.tasks import get_task
     task = get_task(task_name)
     out = Path(out_dir).resolve()
     items = [f"family={family_for(task)}",
@@ -73,7 +73,7 @@ def build_overrides(task_name: str, *, model: str, train_files: str, val_files: 
              f"trainer.default_local_dir={out / 'checkpoints'}",
              f"trainer.validation_data_dir={out / 'validation'}"]
     if preset == "ppo":
-        from .paper_presets import paper_run_overrides
+        from deepretrieval.train.paper_presets import paper_run_overrides
         items += paper_run_overrides(task.name)
     if n_gpus is not None:
         items.append(f"trainer.n_gpus_per_node={n_gpus}")
@@ -102,8 +102,8 @@ def without_prefill(train: str | os.PathLike, test: str | os.PathLike, out_dir: 
     assistant turn, so rows of prefilled tasks (``*_no_reason``) get ``extra_info.prefill = ""``:
     the model writes the whole ``<answer>…</answer>`` and the reward parses exactly that.
     Returns the files to train on and whether they were rewritten."""
-    from ..data.prepare import read_rows, write_parquet
-    from ..tasks import get_task
+    from deepretrieval.data.prepare import read_rows, write_parquet
+    from deepretrieval.tasks import get_task
 
     def strip(path):
         rows = read_rows(path)
