@@ -18,6 +18,8 @@ from typing import Any
 from deepretrieval.catalog import TABLES, get_searcher, get_table, get_task
 from deepretrieval.core.results import SearchError
 from deepretrieval.core.tables import RewardTable
+from deepretrieval.paper_rewards import score_sample
+from deepretrieval.profiles import resolve_profile
 from deepretrieval.tasks.base import SearchPlan
 
 __all__ = ["TABLES", "RewardTable", "get_table", "compute_score", "compute_score_async",
@@ -115,10 +117,11 @@ class _Batch:
     """Completions of one scoring call, grouped into one search per (index, k, return_text,
     options); the sync and async entry points differ only in how they run the searches."""
 
-    def __init__(self, items, values, kw):
+    def __init__(self, items, values, kw, searcher=None):
         items = _items(items)
         values = [None] * len(items) if values is None else list(values)
-        self.out = [_prepare(*it, kw, value=v) for it, v in zip(items, values)]
+        self.out = [_paper(it, kw, v, searcher) or _prepare(*it, kw, value=v)
+                    for it, v in zip(items, values)]
         self.groups: dict[tuple, list[tuple[int, int]]] = {}   # key → [(completion, plan slot)]
         self._waiting: dict[int, int] = {}                       # completion → searches left
         for i, p in enumerate(self.out):
@@ -172,6 +175,18 @@ class _Batch:
         return [[m] for m in members]
 
 
+def _paper(item: tuple, kw: Mapping[str, Any], value: str | None, searcher) -> dict | None:
+    """The ``paper`` profile's result for one item, or None when the default profile scores it
+    (see :mod:`deepretrieval.profiles` for how the profile is chosen)."""
+
+    data_source, solution_str, ground_truth, extra_info = item
+    if resolve_profile(data_source, extra_info, kw.get("profile")) != "paper":
+        return None
+
+    return score_sample(data_source, solution_str, ground_truth, extra_info,
+                        searcher or get_searcher(), value=value)
+
+
 def _items(items) -> list[tuple]:
     out = []
     for item in items:
@@ -189,7 +204,7 @@ def score_batch(items, searcher=None, values=None, **kw) -> list[dict]:
     ``values``: already-extracted queries (skips the format check; e.g. the original query or a
     leniently extracted one in evaluation). Never raises for anything the model wrote, and one
     completion's failure never changes another's score (see :meth:`_Batch.calls`)."""
-    batch = _Batch(items, values, kw)
+    batch = _Batch(items, values, kw, searcher)
     searcher = searcher or (get_searcher() if batch.groups else None)
 
     def run(key, members=None):
@@ -212,7 +227,7 @@ def score_batch(items, searcher=None, values=None, **kw) -> list[dict]:
 
 async def ascore_batch(items, searcher=None, values=None, **kw) -> list[dict]:
     """Async :func:`score_batch`: the groups are searched concurrently."""
-    batch = _Batch(items, values, kw)
+    batch = await asyncio.to_thread(_Batch, items, values, kw, searcher)  # paper items search here
     searcher = searcher or (get_searcher() if batch.groups else None)
 
     async def run(key, members=None):

@@ -70,6 +70,8 @@ def roundtrip(rows, tmp_path, name="original.parquet"):
 
 
 def score(row, completion, **kw):
+    # these tests pin the default profile on original rows; tests/test_paper_profile.py the paper one
+    kw.setdefault("profile", "default")
     return compute_score(row["data_source"], completion, row["reward_model"]["ground_truth"],
                          row["extra_info"], **kw)
 

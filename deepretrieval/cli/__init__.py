@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "deepretrieval.cli.train",     # train, export, quickstart
     "deepretrieval.cli.eval",      # eval, eval-compare, rewrite
     "deepretrieval.cli.agent",     # ask
+    "deepretrieval.cli.paper",     # paper-check
 )
 
 

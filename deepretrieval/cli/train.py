@@ -188,7 +188,8 @@ def _train_verl(args, task, model, out: Path, url: str | None, service) -> int:
                   f"the prefill ({train.parent}) — the model writes the whole <answer>…</answer>")
     overrides = launcher.build_overrides(task.name, model=model, train_files=str(train),
                                          val_files=str(test), out_dir=str(out), n_gpus=args.gpus,
-                                         nnodes=args.nodes, search_url=url, extra=args.overrides)
+                                         nnodes=args.nodes, search_url=url, preset=args.config,
+                                         extra=args.overrides)
     config = launcher.compose(args.config, overrides)
     cmd = launcher.command(args.config, overrides)
     (out / "verl_config.yaml").write_text(OmegaConf.to_yaml(config))

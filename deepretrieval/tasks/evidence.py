@@ -1,13 +1,13 @@
 """Evidence seeking (NQ / TriviaQA / SQuAD, open-domain): write a query that retrieves a passage
 containing the answer; reward by the rank of the first answer-bearing passage.
 
-* :func:`normalize_answer`: lowercase, dotted acronyms are joined ("U.S.A." → "usa"),
-  punctuation and symbols become token boundaries (as in DPR's tokenizer: "Henry's" → "henry s",
-  "New-York" → "new york"), the articles a/an/the are removed, whitespace is collapsed
-  (Unicode NFC first).
-* :func:`has_answer`: an answer matches a passage when its normalised token sequence occurs as a
-  contiguous run of the passage's normalised tokens (the DPR criterion: a token-level match, so
-  "art" does not match "party").
+* :func:`has_answer`: DPR / pyserini ``has_answers`` semantics (:mod:`deepretrieval.core.dpr_match`):
+  an answer matches a passage when its token sequence (NFD-normalised, lower-cased, articles and
+  punctuation kept as tokens) occurs as a contiguous run of the passage's tokens, so "art" does
+  not match "party" and "The Who" does not match "who is there". Answers with no tokens (empty
+  or whitespace) are ignored here (pyserini would let them match every passage; the ``paper``
+  profile keeps that). :func:`normalize_answer` (lowercase, acronyms joined, punctuation and
+  articles dropped) is a display/comparison helper only; it is not used for matching.
 * The search returns the top ``depth`` passages with their text (``return_text=True``; default
   depth 3,000 in training and validation, as in the paper).
 * Metrics (numbers only, the same keys for every row): ``first_hit_rank`` (1-based rank of the
@@ -26,10 +26,10 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from deepretrieval.core import dpr_match
 from deepretrieval.core.beir_files import FormatError, iter_jsonl
 from deepretrieval.core.bundled import bundled_path
 from deepretrieval.core.tables import RewardTable
@@ -62,38 +62,27 @@ def normalize_answer(text: str) -> str:
     return " ".join(answer_tokens(text))
 
 
-@lru_cache(maxsize=65536)
-def _passage_key(text: str) -> str:
-    # space-padded normalised passage: a contiguous token run is a padded substring
-    return f" {normalize_answer(text)} "
-
-
-def _answer_keys(answers: Iterable[str]) -> list[str]:
-    keys = []
-    for answer in answers:
-        norm = normalize_answer(answer)
-        if norm:  # an answer that normalises to nothing ("The", "?") can match nothing
-            keys.append(f" {norm} ")
-    return list(dict.fromkeys(keys))
+def _answer_list(answers: Iterable[str]) -> list[str]:
+    # answers without any token ("", "  ") would match every passage: ignored here
+    return [a for a in dict.fromkeys(str(a) for a in answers) if dpr_match.tokens(a)]
 
 
 def has_answer(passage: str, answers: Iterable[str]) -> bool:
-    """Does ``passage`` contain one of ``answers`` as a contiguous normalised token run?"""
-    keys = _answer_keys(answers)
+    """Does ``passage`` contain one of ``answers`` (DPR ``has_answers`` token match)?"""
+    keys = _answer_list(answers)
     if not keys or not isinstance(passage, str):
         return False
-    key = _passage_key(passage)
-    return any(a in key for a in keys)
+    return dpr_match.has_answer(passage, keys)
 
 
 def first_answer_rank(passages: Sequence[str | None], answers: Iterable[str],
                       depth: int | None = None) -> int | None:
     """1-based rank of the first passage containing an answer, within ``depth``; None if none."""
-    keys = _answer_keys(answers)
+    keys = _answer_list(answers)
     if not keys:
         return None
     for rank, passage in enumerate(passages if depth is None else passages[:depth], start=1):
-        if isinstance(passage, str) and any(a in _passage_key(passage) for a in keys):
+        if isinstance(passage, str) and dpr_match.has_answer(passage, keys):
             return rank
     return None
 

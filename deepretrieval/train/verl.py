@@ -17,6 +17,7 @@ from typing import Any
 
 from deepretrieval.catalog import get_task, read_rows, row_prefill
 from deepretrieval.data.rows import write_parquet
+from deepretrieval.train.paper_presets import paper_run_overrides
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "verl"
 PRESETS = ("ppo", "grpo", "lora_3b_1gpu")
@@ -37,6 +38,10 @@ def preset_path(preset: str) -> tuple[Path, str]:
     raise ValueError(f"unknown verl config {preset!r}: use one of {', '.join(PRESETS)} or a .yaml file "
                      f"(which may start from `defaults: [ppo_trainer, base/deepretrieval, _self_]` with "
                      f"hydra.searchpath [pkg://verl.trainer.config, file://{CONFIG_DIR}])")
+
+
+#: The search service's bearer token (read by ``deepretrieval.search.get_searcher``).
+TOKEN_ENV = "DEEPRETRIEVAL_SEARCH_TOKEN"
 
 
 def family_for(task) -> str:
@@ -61,8 +66,11 @@ def check_overrides(overrides: Sequence[str]) -> None:
 
 def build_overrides(task_name: str, *, model: str, train_files: str, val_files: str, out_dir: str,
                     experiment: str | None = None, n_gpus: int | None = None, nnodes: int | None = None,
-                    search_url: str | None = None, extra: Sequence[str] = ()) -> list[str]:
-    """Hydra overrides for one run (user ``extra`` overrides come last and win)."""
+                    search_url: str | None = None, search_token: str | None = None,
+                    preset: str | None = None, extra: Sequence[str] = ()) -> list[str]:
+    """Hydra overrides for one run (user ``extra`` overrides come last and win). With
+    ``preset="ppo"`` the task's original-script values (``paper_presets.PAPER_RUNS``) follow
+    the family defaults."""
     task = get_task(task_name)
     out = Path(out_dir).resolve()
     items = [f"family={family_for(task)}",
@@ -72,13 +80,25 @@ def build_overrides(task_name: str, *, model: str, train_files: str, val_files: 
              f"trainer.experiment_name={experiment or task.name}",
              f"trainer.default_local_dir={out / 'checkpoints'}",
              f"trainer.validation_data_dir={out / 'validation'}"]
+    if preset == "ppo":
+        items += paper_run_overrides(task.name)
     if n_gpus is not None:
         items.append(f"trainer.n_gpus_per_node={n_gpus}")
     if nnodes is not None:
         items.append(f"trainer.nnodes={nnodes}")
     if search_url:
-        # Ray workers on every node get the service address (the token travels in the environment).
+        # Ray workers on every node get the service address and, when the driver has one, its
+        # token. verl 0.9.1 passes ``ray_kwargs.ray_init`` to ray.init *unresolved*
+        # (OmegaConf.to_container without resolve), so an ``${oc.env:...}`` interpolation would
+        # reach the workers as literal text: the value itself is written. It is therefore on the
+        # trainer's command line and in Hydra's saved overrides (docs/profiles.md, multi-node).
         items.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.DEEPRETRIEVAL_SEARCH_URL={search_url}")
+        token = search_token if search_token is not None else os.environ.get(TOKEN_ENV)
+        if token:
+            if any(c in token for c in "'\"\\$,[]{}()= \n"):
+                raise ValueError(f"{TOKEN_ENV} holds characters a Hydra override cannot carry "
+                                 "unquoted; use a token of letters, digits, '-', '_', '.', '~'")
+            items.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.{TOKEN_ENV}={token}")
     check_overrides(extra)
     return items + list(extra)
 

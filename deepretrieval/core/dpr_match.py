@@ -1,0 +1,95 @@
+"""Answer matching as DPR / pyserini ``has_answers`` define it (non-regex mode).
+
+A passage *has* an answer when the answer's token sequence occurs as a contiguous run of the
+passage's tokens, where both texts are
+
+1. Unicode NFD-normalised (so "é" is "e" + a combining accent, and stays different from "e"),
+2. split into tokens: a maximal run of letters, digits and combining marks (Unicode categories
+   L*, N*, M*) is one token; every other character that is neither a separator (Z*) nor a
+   control/format/unassigned character (C*) is a token on its own (``.``, ``&``, ``-``, ``,``);
+   separators and control characters only separate,
+3. lower-cased token by token.
+
+Articles are kept and punctuation is matched as tokens, so "The Who" does not match "who is
+there", "U.S." (``u . s .``) does not match "US", "Jean-Paul" does not match "jean paul", while
+"AT&T" matches "at & t". An empty answer (no tokens) matches every passage, as in pyserini.
+
+This is the definition the evidence-seeking reward uses in every profile.
+"""
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+
+def _kind(ch: str) -> int:
+    """2: part of an alphanumeric run; 1: a one-character token; 0: a separator."""
+    cat = unicodedata.category(ch)[0]
+    if cat in "LNM":
+        return 2
+    if cat in "ZC":
+        return 0
+    return 1
+
+
+def tokens(text: str) -> list[str]:
+    """DPR ``SimpleTokenizer`` tokens of NFD-normalised ``text``, lower-cased."""
+    text = unicodedata.normalize("NFD", text)
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        kind = _kind(text[i])
+        if kind == 2:
+            j = i + 1
+            while j < n and _kind(text[j]) == 2:
+                j += 1
+            out.append(text[i:j].lower())
+            i = j
+        else:
+            if kind == 1:
+                out.append(text[i].lower())
+            i += 1
+    return out
+
+
+@lru_cache(maxsize=65536)
+def _passage_tokens(text: str) -> tuple[str, ...]:
+    return tuple(tokens(text))
+
+
+def _contains(hay: Sequence[str], needle: Sequence[str]) -> bool:
+    m = len(needle)
+    if m == 0:
+        return True
+    first = needle[0]
+    for i in range(len(hay) - m + 1):
+        if hay[i] == first and tuple(hay[i:i + m]) == tuple(needle):
+            return True
+    return False
+
+
+def has_answer(passage: str, answers: Iterable[str]) -> bool:
+    """Does ``passage`` contain one of ``answers`` (see the module docstring)?
+
+    Answers are tried in order; a non-string answer raises ``TypeError`` when it is reached
+    (as in pyserini) — callers that accept loose input convert answers to ``str`` first."""
+    if not isinstance(passage, str):
+        raise TypeError(f"passage must be a string, not {type(passage).__name__}")
+    hay = _passage_tokens(passage)
+    for answer in answers:
+        if not isinstance(answer, str):
+            raise TypeError(f"answer must be a string, not {type(answer).__name__}")
+        if _contains(hay, tokens(answer)):
+            return True
+    return False
+
+
+def first_answer_rank(passages: Sequence[str], answers: Sequence[str],
+                      depth: int | None = None) -> int | None:
+    """1-based rank of the first passage (within ``depth``) that has one of ``answers``."""
+    answers = list(answers)
+    for rank, passage in enumerate(passages if depth is None else passages[:depth], start=1):
+        if has_answer(passage, answers):
+            return rank
+    return None
