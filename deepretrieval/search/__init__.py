@@ -34,13 +34,18 @@ def _load_dense(path: Path) -> Backend:
     return DenseIndex.load(path)
 
 
+def _load_boolean(path: Path) -> Backend:
+    from .boolean import BooleanIndex
+    return BooleanIndex.load(path)
+
+
 def _load_sqlite(path: Path) -> Backend:
     from .sql import load_sqlite_index
     return load_sqlite_index(path)
 
 
 INDEX_TYPES: dict[str, Callable[[Path], Backend]] = {"bm25": _load_bm25, "dense": _load_dense,
-                                                     "sqlite": _load_sqlite}
+                                                     "sqlite": _load_sqlite, "boolean": _load_boolean}
 BUILTIN_INDEXES: dict[str, Callable[[], Backend]] = {}
 _REGISTERED: dict[str, Path] = {}
 
@@ -164,6 +169,11 @@ def _register_builtins() -> None:
         from .dense import scifact_dense_index
         return scifact_dense_index()
     BUILTIN_INDEXES.setdefault("scifact_dense", scifact_dense)
+
+    def scifact_boolean():  # SciFact with PubMed query syntax (search/boolean.py), built on first use
+        from .boolean import scifact_boolean_index
+        return scifact_boolean_index()
+    BUILTIN_INDEXES.setdefault("scifact_boolean", scifact_boolean)
 
     def pubmed():  # live NCBI E-utilities (env: DEEPRETRIEVAL_PUBMED_URL, NCBI_API_KEY, ...)
         from .live import pubmed_from_env
