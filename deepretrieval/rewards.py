@@ -144,6 +144,13 @@ def _prepare(data_source: str, solution_str: Any, ground_truth: Any, extra_info:
 def _finish(p: _Pending, result: SearchResult | None, error: BaseException | str | None) -> dict:
     out = dict(p.base)
     if error is None and result is not None and result.error:
+        if result.info.get("query_error"):  # a malformed query: the writer's fault, if the family says so
+            metrics = p.task.family.query_error_metrics(p.task, p.plan, result, p.ground_truth,
+                                                        p.extra_info, p.mode)
+            if metrics is not None:
+                out.update(metrics)
+                out["score"] = p.table.total(True, p.table.answer_score(out.get(p.table.metric)))
+                return out
         error = result.error
     if error is None:
         try:

@@ -53,7 +53,7 @@ from .base import SearchResult
 from .bm25 import BM25Index
 
 INDEX_TYPE = "boolean"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: Fields of a Boolean index: title, abstract, MeSH headings, publication types.
 FIELDS = ("ti", "ab", "mh", "pt")
@@ -511,6 +511,9 @@ class BooleanIndex:
         meta = json.loads((path / "meta.json").read_text())
         if meta.get("type") != INDEX_TYPE:
             raise ValueError(f"{path} is not a Boolean index (type={meta.get('type')!r})")
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{path}: Boolean index format {meta.get('format')!r}, this version "
+                             f"reads {FORMAT_VERSION}; rebuild it")
         bm25 = BM25Index.load(path / "bm25")
         with np.load(path / "fields.npz") as z:
             arrays = {k: z[k] for k in z.files}
@@ -659,6 +662,8 @@ def scifact_boolean_index(rebuild: bool = False) -> BooleanIndex:
 
     path = index_root() / "scifact_boolean"
     with _lock:
-        if rebuild or not (path / "meta.json").exists():
+        meta = path / "meta.json"
+        stale = meta.exists() and json.loads(meta.read_text()).get("format") != FORMAT_VERSION
+        if rebuild or stale or not meta.exists():
             BooleanIndex.build(load_corpus(collection_dir("scifact")), name="scifact_boolean").save(path)
     return BooleanIndex.load(path)

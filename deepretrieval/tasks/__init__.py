@@ -57,6 +57,13 @@ class Family:
               mode: str) -> dict[str, float]:
         raise NotImplementedError
 
+    def query_error_metrics(self, task: "Task", plan: SearchPlan, result, ground_truth: Any,
+                            extra_info: dict, mode: str) -> dict[str, float] | None:
+        """Metrics for a result the backend rejected as a malformed query (``result.error`` with
+        ``result.info["query_error"]``): the query writer's fault, scored through the reward
+        table like any result. None (the default): treat it as a search error."""
+        return None
+
     def user_message(self, task: "Task", fields: Mapping[str, Any]) -> str:
         return task.instruction.format(**fields)
 
@@ -154,4 +161,5 @@ from . import beir  # noqa: E402,F401
 from . import sql  # noqa: E402,F401
 from . import search_engine  # noqa: E402,F401
 from . import evidence  # noqa: E402,F401
+from . import boolean  # noqa: E402,F401
 from ..data import original as _original  # noqa: E402,F401  (original data_source names)

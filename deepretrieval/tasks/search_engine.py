@@ -68,6 +68,10 @@ class SearchEngineFamily(Family):
         out["num_results"] = float(len(ranked))
         return out
 
+    def query_error_metrics(self, task, plan, result, ground_truth, extra_info, mode):
+        # a Boolean backend (``pubmed_local``) rejected the query as malformed: nothing found
+        return self.empty_metrics(task)
+
     def bundled_rows(self, task, split):
         return bundled_rows(task.name, split)
 
