@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "deepretrieval.search.live.cli",
     "deepretrieval.train.cli",
     "deepretrieval.eval_cli",
+    "deepretrieval.data.mirror_cli",
 )
 
 
