@@ -8,8 +8,15 @@ import re
 import numpy as np
 import pytest
 
-from deepretrieval.search.boolean import (QUERY_ERROR, BooleanIndex, DateRange, QueryError, Seq,
-                                          Term, parse_query)
+from deepretrieval.search.boolean import (
+    QUERY_ERROR,
+    BooleanIndex,
+    DateRange,
+    QueryError,
+    Seq,
+    Term,
+    parse_query,
+)
 
 DOCS = [
     {"_id": "1", "title": "Aspirin for heart attack prevention", "text": "A randomized trial of aspirin in adults.",

@@ -108,7 +108,7 @@ def test_ctgov_mirror(tmp_path):
 def test_cli_mirror_and_pubmed_task_on_the_mirror(tmp_path):
     import os
     env = dict(os.environ, DEEPRETRIEVAL_INDEX_DIR=str(tmp_path))
-    run = lambda *a: subprocess.run([sys.executable, "-m", "deepretrieval.cli", *a],  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "deepretrieval.cli", *a],
                                     capture_output=True, text=True, env=env, timeout=300)
     out = run("mirror", "pubmed", "--from", str(DATA / "pubmed"))
     assert out.returncode == 0, out.stderr

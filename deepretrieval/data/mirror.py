@@ -216,5 +216,13 @@ def default_paths(source: str) -> tuple[Path, Path]:
     return index_root() / f"{name}.mirror", index_root() / name
 
 
-__all__ = ["ingest", "default_paths", "parse_pubmed_xml", "parse_ctgov_json", "pubmed_record",
-           "ctgov_record", "MirrorStats", "SOURCES"]
+__all__ = [
+    "SOURCES",
+    "MirrorStats",
+    "ctgov_record",
+    "default_paths",
+    "ingest",
+    "parse_ctgov_json",
+    "parse_pubmed_xml",
+    "pubmed_record",
+]

@@ -155,7 +155,7 @@ _LEX = re.compile(r"""
   | (?P<badquote>")
   | (?P<badtag>[\[\]])
   | (?P<word>[^\s()\[\]":]+)
-""", re.X)
+""", re.VERBOSE)
 _DATEWORD = re.compile(r"^\d{4}(?:[/-]\d{1,2}(?:[/-]\d{1,2})?)?$")
 
 
@@ -379,7 +379,7 @@ class FieldStore:
 
     @classmethod
     def build(cls, records: list[Mapping[str, list[str]]], analyzer: Analyzer,
-              vocab_size: int) -> "FieldStore":
+              vocab_size: int) -> FieldStore:
         arrays: dict[str, np.ndarray] = {}
         for f in FIELDS:
             toks: list[int] = []
@@ -469,7 +469,7 @@ class BooleanIndex:
     # ---- building -------------------------------------------------------------------------
     @classmethod
     def build(cls, docs: Iterable[Mapping[str, Any]], name: str = "boolean", *,
-              show_progress: bool = False, **bm25_params: Any) -> "BooleanIndex":
+              show_progress: bool = False, **bm25_params: Any) -> BooleanIndex:
         """Index document dicts (``_id``, ``title``, ``text``; optional ``mesh`` and
         ``pub_types`` lists, ``date`` ``YYYY[-MM[-DD]]``). BM25 ranks over title + text."""
         docs = list(docs)
@@ -506,7 +506,7 @@ class BooleanIndex:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "BooleanIndex":
+    def load(cls, path: str | os.PathLike) -> BooleanIndex:
         path = Path(path)
         meta = json.loads((path / "meta.json").read_text())
         if meta.get("type") != INDEX_TYPE:
@@ -645,7 +645,7 @@ class BooleanIndex:
             idx = cand[order]
             result = SearchResult(ids=self._ids[idx].tolist(),
                                   scores=scores[order].astype(float).tolist(),
-                                  info={"count": int(len(cand))})
+                                  info={"count": len(cand)})
             if return_text:
                 texts = self.texts
                 result.texts = [texts[j] for j in idx.tolist()]
