@@ -123,6 +123,12 @@ def test_cli_mirror_and_pubmed_task_on_the_mirror(tmp_path):
     assert base.returncode == 0, base.stderr
     summary = json.loads(base.stdout)
     assert summary["n"] == 25 and summary["search_error_rate"] == 0.0
+    # training rows that search the mirror
+    prep = run("prepare", "pubmed", "--out", str(tmp_path / "rows"), "--index", "pubmed_local")
+    assert prep.returncode == 0, prep.stderr
+    from deepretrieval.data.prepare import read_rows
+    rows = read_rows(tmp_path / "rows" / "train.parquet")
+    assert rows and all(r["extra_info"]["search_index"] == "pubmed_local" for r in rows)
 
 
 def test_pubmed_task_reward_on_the_mirror(tmp_path):
