@@ -94,3 +94,21 @@ def test_cli_baseline_on_the_boolean_task(_index_dir):
     # the claim as an AND query finds almost nothing (measured 0.049; BM25 on the claim: 0.9)
     assert 0.0 < summary["recall"] < 0.15
     assert summary["num_results"] < 1.0
+
+
+def test_reward_through_the_retrieval_service_equals_in_process(top):
+    """The per-query error and its kind travel through the HTTP service; rewards are the same."""
+    from deepretrieval.search import open_index
+    from deepretrieval.service.app import ServerThread, ServiceConfig, create_app
+    from deepretrieval.service.client import ServiceSearcher
+    app = create_app({"scifact_boolean": open_index("scifact_boolean")}, ServiceConfig(batch_wait_ms=5))
+    gt = gt_with_recall(top, 50)
+    items = [("scifact_boolean", completion(q), gt, {"split": "train"})
+             for q in ["cancer", "(cancer", "cancer[xyz] OR tumor", '"breast cancer" OR canc*']]
+    local = score_batch(items)
+    with ServerThread(app) as srv:
+        remote = score_batch(items, searcher=ServiceSearcher(srv.url, timeout=60))
+        result = ServiceSearcher(srv.url).search("scifact_boolean", ["(cancer"], 10)[0]
+    assert remote == local
+    assert [o["query_error"] for o in local] == [0.0, 1.0, 1.0, 0.0]
+    assert result.error.startswith("malformed query") and result.info["query_error"] == "unbalanced_parentheses"
