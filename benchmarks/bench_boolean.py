@@ -39,7 +39,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.index_dir:
         os.environ["DEEPRETRIEVAL_INDEX_DIR"] = args.index_dir
-    from deepretrieval.data.beir import load_queries
+    from deepretrieval.core.beir_files import load_queries
     from deepretrieval.data.bundled import collection_dir
     from deepretrieval.search import open_index
 

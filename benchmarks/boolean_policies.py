@@ -6,8 +6,8 @@ itself (the original query). Re-measures notes/boolean-feasibility.md on the rea
 """
 import math, re
 import numpy as np
-from deepretrieval.commands import bundled_rows
-from deepretrieval.evaluate import score_queries, summarize
+from deepretrieval.cli.core import bundled_rows
+from deepretrieval.evaluation.harness import score_queries, summarize
 from deepretrieval.search import open_index
 ix = open_index("scifact_boolean")
 rows = bundled_rows("scifact_boolean", "test")

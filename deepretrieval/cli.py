@@ -9,21 +9,21 @@ import sys
 
 #: Modules contributing sub-commands (each defines ``register(subparsers)``).
 COMMAND_MODULES = (
-    "deepretrieval.commands",
-    "deepretrieval.data.commands",
-    "deepretrieval.service.cli",
+    "deepretrieval.cli.core",
+    "deepretrieval.cli.data",
+    "deepretrieval.cli.serve",
     "deepretrieval.tasks.sql",
     "deepretrieval.search.dense",
     "deepretrieval.tasks.evidence",
-    "deepretrieval.search.live.cli",
-    "deepretrieval.train.cli",
-    "deepretrieval.eval_cli",
+    "deepretrieval.cli.cache",
+    "deepretrieval.cli.train",
+    "deepretrieval.cli.eval",
     "deepretrieval.data.mirror_cli",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from deepretrieval import __version__
 
     parser = argparse.ArgumentParser(
         prog="deepretrieval",

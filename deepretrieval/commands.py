@@ -15,7 +15,7 @@ _PREPARE = None
 def prepare_targets():
     """The ``prepare`` sub-parsers (available once this module's ``register`` ran)."""
     if _PREPARE is None:
-        raise RuntimeError("deepretrieval.commands.register must run first")
+        raise RuntimeError("deepretrieval.cli.core.register must run first")
     return _PREPARE
 
 
@@ -62,7 +62,7 @@ def register(sub) -> None:
 
 
 def cmd_tasks(args) -> int:
-    from .tasks import get_task, list_tasks
+    from deepretrieval.tasks import get_task, list_tasks
     for name in list_tasks():
         task = get_task(name)
         print(f"{name:24s} {task.family.name:14s} {task.description}")
@@ -70,9 +70,9 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_index(args) -> int:
-    from .data.beir import load_corpus
-    from .search import index_root
-    from .search.bm25 import BM25Index
+    from deepretrieval.core.beir_files import load_corpus
+    from deepretrieval.search import index_root
+    from deepretrieval.search.bm25 import BM25Index
     out = Path(args.out) if args.out else index_root() / args.name
     index = BM25Index.build(load_corpus(args.corpus), name=args.name, k1=args.k1, b=args.b)
     index.save(out)
@@ -81,7 +81,7 @@ def cmd_index(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from .search import open_index
+    from deepretrieval.search import open_index
     results = open_index(args.index).search(args.queries, args.k, return_text=args.text)
     if args.json:
         print(json.dumps([r.to_hits() for r in results], indent=1))
@@ -98,13 +98,13 @@ def cmd_search(args) -> int:
 
 def bundled_rows(task_name: str, split: str) -> list[dict]:
     """Rows of a task's data bundled with the package (its family knows where they are)."""
-    from .tasks import get_task
+    from deepretrieval.tasks import get_task
     task = get_task(task_name)
     return task.family.bundled_rows(task, split)
 
 
 def cmd_prepare_scifact(args) -> int:
-    from .data.prepare import write_parquet
+    from deepretrieval.data.prepare import write_parquet
     for split in ("train", "test"):
         rows = bundled_rows(args.task, split)
         path = write_parquet(rows, Path(args.out) / f"{split}.parquet")
@@ -122,8 +122,8 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def cmd_baseline(args) -> int:
-    from .data.prepare import read_rows
-    from .evaluate import baseline_queries, score_queries, summarize
+    from deepretrieval.data.prepare import read_rows
+    from deepretrieval.evaluation.harness import baseline_queries, score_queries, summarize
     rows = read_rows(args.rows) if args.rows else bundled_rows(args.task, args.split)
     if not rows:
         raise ValueError("no rows to evaluate")

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from .search import SearchError, SearchResult, get_searcher
+from deepretrieval.search import SearchError, SearchResult, get_searcher
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _mode(extra_info: Mapping[str, Any], kw: Mapping[str, Any]) -> str:
 
 def _prepare(data_source: str, solution_str: Any, ground_truth: Any, extra_info: Any,
              kw: Mapping[str, Any], value: str | None = None) -> dict | _Pending:
-    from .tasks import get_task
+    from deepretrieval.tasks import get_task
 
     task = get_task(data_source)  # unknown data_source is a configuration error: raises
     extra = dict(extra_info) if isinstance(extra_info, Mapping) else {}

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io import read_json_lines_gz, write_json_lines_gz
+from deepretrieval.core.io import read_json_lines_gz, write_json_lines_gz
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def ingest(source: str, src: str | Path, work: str | Path, index_dir: str | Path
            progress: Callable[[str], None] | None = print, name: str | None = None) -> MirrorStats:
     """Parse the source files under ``src`` not yet in ``work/parts``, then (re)build the Boolean
     index at ``index_dir`` from all parts. Safe to interrupt and rerun."""
-    from ..search.boolean import BooleanIndex
+    from deepretrieval.search.boolean import BooleanIndex
 
     start = time.monotonic()
     work, index_dir = Path(work), Path(index_dir)
@@ -211,7 +211,7 @@ def ingest(source: str, src: str | Path, work: str | Path, index_dir: str | Path
 
 def default_paths(source: str) -> tuple[Path, Path]:
     """(work dir, index dir) of ``<source>_local`` under the index root."""
-    from ..search import index_root
+    from deepretrieval.search import index_root
     name = f"{source}_local"
     return index_root() / f"{name}.mirror", index_root() / name
 

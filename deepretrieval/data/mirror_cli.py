@@ -20,8 +20,8 @@ def register(sub) -> None:
 
 
 def cmd_mirror(args) -> int:
-    from ..search import index_root
-    from .mirror import ingest
+    from deepretrieval.search import index_root
+    from deepretrieval.data.mirror import ingest
     src = Path(args.src)
     if not src.is_dir():
         raise ValueError(f"--from {src}: not a folder")

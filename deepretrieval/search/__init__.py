@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .base import Backend, SearchError, SearchResult
+from deepretrieval.core.results import Backend, SearchError, SearchResult
 
 __all__ = ["Backend", "SearchError", "SearchResult", "Searcher", "LocalSearcher", "open_index",
            "register_index", "index_root", "get_searcher", "set_searcher", "INDEX_TYPES",
@@ -25,22 +25,22 @@ __all__ = ["Backend", "SearchError", "SearchResult", "Searcher", "LocalSearcher"
 
 
 def _load_bm25(path: Path) -> Backend:
-    from .bm25 import BM25Index
+    from deepretrieval.search.bm25 import BM25Index
     return BM25Index.load(path)
 
 
 def _load_dense(path: Path) -> Backend:
-    from .dense import DenseIndex  # torch/faiss are imported only when a dense index is opened
+    from deepretrieval.search.dense import DenseIndex  # torch/faiss are imported only when a dense index is opened
     return DenseIndex.load(path)
 
 
 def _load_boolean(path: Path) -> Backend:
-    from .boolean import BooleanIndex
+    from deepretrieval.search.boolean import BooleanIndex
     return BooleanIndex.load(path)
 
 
 def _load_sqlite(path: Path) -> Backend:
-    from .sql import load_sqlite_index
+    from deepretrieval.search.sql import load_sqlite_index
     return load_sqlite_index(path)
 
 
@@ -152,7 +152,7 @@ def get_searcher() -> Searcher:
     url = os.environ.get("DEEPRETRIEVAL_SEARCH_URL") or None
     if _SEARCHER is None or url != _SEARCHER_URL:
         if url:
-            from ..service.client import ServiceSearcher  # noqa: PLC0415
+            from deepretrieval.service.client import ServiceSearcher  # noqa: PLC0415
             _SEARCHER = ServiceSearcher(url, token=os.environ.get("DEEPRETRIEVAL_SEARCH_TOKEN"))
         else:
             _SEARCHER = LocalSearcher()
@@ -161,32 +161,32 @@ def get_searcher() -> Searcher:
 
 
 def _register_builtins() -> None:
-    from ..data import bundled
+    from deepretrieval.data import bundled
     for name in bundled.COLLECTIONS:
         BUILTIN_INDEXES.setdefault(name, lambda name=name: bundled.bm25_index(name))
 
     def scifact_dense():  # SciFact encoded with the shipped all-MiniLM-L6-v2, built on first use
-        from .dense import scifact_dense_index
+        from deepretrieval.search.dense import scifact_dense_index
         return scifact_dense_index()
     BUILTIN_INDEXES.setdefault("scifact_dense", scifact_dense)
 
     def scifact_boolean():  # SciFact with PubMed query syntax (search/boolean.py), built on first use
-        from .boolean import scifact_boolean_index
+        from deepretrieval.search.boolean import scifact_boolean_index
         return scifact_boolean_index()
     BUILTIN_INDEXES.setdefault("scifact_boolean", scifact_boolean)
 
     def pubmed():  # live NCBI E-utilities (env: DEEPRETRIEVAL_PUBMED_URL, NCBI_API_KEY, ...)
-        from .live import pubmed_from_env
+        from deepretrieval.search.live import pubmed_from_env
         return pubmed_from_env()
 
     def ctgov():  # live ClinicalTrials.gov API v2 (env: DEEPRETRIEVAL_CTGOV_URL, ...)
-        from .live import ctgov_from_env
+        from deepretrieval.search.live import ctgov_from_env
         return ctgov_from_env()
     BUILTIN_INDEXES.setdefault("pubmed", pubmed)
     BUILTIN_INDEXES.setdefault("ctgov", ctgov)
 
     # bundled Spider databases as SQL indexes `spider/<db_id>` (opened on first use)
-    from .sql import register_builtins as register_sql_builtins
+    from deepretrieval.search.sql import register_builtins as register_sql_builtins
     register_sql_builtins(BUILTIN_INDEXES)
 
 

@@ -48,9 +48,9 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_dir, read_json_lines_gz, write_json_lines_gz
-from .base import SearchResult
-from .bm25 import BM25Index
+from deepretrieval.core.io import atomic_dir, read_json_lines_gz, write_json_lines_gz
+from deepretrieval.core.results import SearchResult
+from deepretrieval.search.bm25 import BM25Index
 
 INDEX_TYPE = "boolean"
 FORMAT_VERSION = 2
@@ -656,9 +656,9 @@ class BooleanIndex:
 def scifact_boolean_index(rebuild: bool = False) -> BooleanIndex:
     """The bundled SciFact collection as a Boolean index (title, abstract; no MeSH, no dates),
     built under the index root on first use."""
-    from ..data.beir import load_corpus
-    from ..data.bundled import _lock, collection_dir
-    from . import index_root
+    from deepretrieval.core.beir_files import load_corpus
+    from deepretrieval.data.bundled import _lock, collection_dir
+    from deepretrieval.search import index_root
 
     path = index_root() / "scifact_boolean"
     with _lock:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..answer import ParsedAnswer, parse_answer
+from deepretrieval.core.answer import ParsedAnswer, parse_answer
 
 FORMAT_REASONING = (
     "Think about the request first, inside <think> </think>. Then give your final answer inside "
@@ -99,7 +99,7 @@ class Task:
         return self.train_depth if mode == "train" else self.val_depth
 
     def table(self):
-        from ..rewards import get_table
+        from deepretrieval.rewards import get_table
         return get_table(self.reward, self.reward_overrides)
 
     def messages(self, **fields: Any) -> list[dict[str, str]]:
@@ -157,9 +157,9 @@ def list_tasks() -> list[str]:
 
 
 # Families register their tasks on import.
-from . import beir  # noqa: E402,F401
-from . import sql  # noqa: E402,F401
-from . import search_engine  # noqa: E402,F401
-from . import evidence  # noqa: E402,F401
-from . import boolean  # noqa: E402,F401
-from ..data import original as _original  # noqa: E402,F401  (original data_source names)
+from deepretrieval.tasks import beir  # noqa: E402,F401
+from deepretrieval.tasks import sql  # noqa: E402,F401
+from deepretrieval.tasks import search_engine  # noqa: E402,F401
+from deepretrieval.tasks import evidence  # noqa: E402,F401
+from deepretrieval.tasks import boolean  # noqa: E402,F401
+from deepretrieval.data import original as _original  # noqa: E402,F401  (original data_source names)

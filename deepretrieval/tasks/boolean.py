@@ -23,9 +23,9 @@ tier, -2.5 with the paper's table, not a search error).
 """
 from __future__ import annotations
 
-from . import SearchPlan, Task, register_task
-from .beir import qrels_from_ground_truth
-from .search_engine import SearchEngineFamily, recalls_at
+from deepretrieval.tasks import SearchPlan, Task, register_task
+from deepretrieval.tasks.beir import qrels_from_ground_truth
+from deepretrieval.tasks.search_engine import SearchEngineFamily, recalls_at
 
 
 class BooleanFamily(SearchEngineFamily):
@@ -56,9 +56,9 @@ class BooleanFamily(SearchEngineFamily):
         return out
 
     def bundled_rows(self, task, split):
-        from ..data.beir import load_qrels, load_queries
-        from ..data.bundled import collection_dir
-        from ..data.prepare import beir_rows
+        from deepretrieval.core.beir_files import load_qrels, load_queries
+        from deepretrieval.data.bundled import collection_dir
+        from deepretrieval.data.prepare import beir_rows
         folder = collection_dir(task.options["collection"])
         try:
             qrels = load_qrels(folder, split)

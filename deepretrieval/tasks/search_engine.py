@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import Family, SearchPlan, Task, register_task
-from .beir import qrels_from_ground_truth
+from deepretrieval.tasks import Family, SearchPlan, Task, register_task
+from deepretrieval.tasks.beir import qrels_from_ground_truth
 
 BUNDLED = Path(__file__).resolve().parent.parent / "bundled"
 PICO_FIELDS = (("P", "Population"), ("I", "Intervention"), ("C", "Comparison"), ("O", "Outcome"))
@@ -77,7 +77,7 @@ class SearchEngineFamily(Family):
 
 
 def recalls_at(ranked: list[str], qrels: Mapping[str, float], depths: Mapping[str, int]) -> dict[str, float]:
-    """:func:`~deepretrieval.metrics.recall_at_k` at several depths in one pass over a
+    """:func:`~deepretrieval.core.metrics.recall_at_k` at several depths in one pass over a
     de-duplicated ranking (3,000 ids per reward: this is the hot path)."""
     positives = {d for d, g in qrels.items() if g > 0}
     if not positives:
@@ -126,7 +126,7 @@ def load_clef() -> list[dict[str, Any]]:
 def trialmind_rows(task: Task, split: str = "test", engine: str = "pubmed") -> list[dict[str, Any]]:
     """One row per TrialMind-SLR review with at least one included study id for ``engine``
     (``pubmed``: PMIDs, ``ctgov``: NCT ids)."""
-    from ..data.prepare import make_row
+    from deepretrieval.data.prepare import make_row
     key = "pmid" if engine == "pubmed" else "nctid"
     rows = []
     for review in load_trialmind():
@@ -141,7 +141,7 @@ def trialmind_rows(task: Task, split: str = "test", engine: str = "pubmed") -> l
 
 def clef_rows(task: Task, split: str = "train") -> list[dict[str, Any]]:
     """One row per CLEF TAR 2018 Task 2 test topic with relevant PMIDs."""
-    from ..data.prepare import make_row
+    from deepretrieval.data.prepare import make_row
     rows = []
     for topic in load_clef():
         if not topic["relevant"]:
@@ -156,7 +156,7 @@ def clef_rows(task: Task, split: str = "train") -> list[dict[str, Any]]:
 def bundled_rows(task_name: str, split: str) -> list[dict[str, Any]]:
     """Rows of a search-engine task from the bundled data (``pubmed``: train = CLEF TAR,
     test = TrialMind-SLR; ``ctgov``: test = TrialMind-SLR reviews with NCT ids)."""
-    from . import get_task
+    from deepretrieval.tasks import get_task
     task = get_task(task_name)
     if task.family is not SEARCH_ENGINE:
         raise ValueError(f"{task_name} is not a search-engine task")

@@ -78,7 +78,7 @@ class Collection:
     title field, the year the publication date)."""
 
     def __init__(self, docs: list[tuple[str, str, int]]) -> None:
-        from ..search.boolean import BooleanIndex
+        from deepretrieval.search.boolean import BooleanIndex
         self.ids = [d[0] for d in docs]
         self.years = [d[2] for d in docs]
         self.n = len(docs)

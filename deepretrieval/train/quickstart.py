@@ -31,7 +31,7 @@ _RATES = ("format_error_rate", "copy_rate", "or_rate", "fewer_rate")
 
 
 def columns_for(task_name: str) -> list[tuple[str, str]]:
-    from ..tasks import get_task
+    from deepretrieval.tasks import get_task
     return BOOLEAN_COLUMNS if get_task(task_name).family.name == "boolean" else COLUMNS
 
 
@@ -113,7 +113,7 @@ def _say(step: int, total: int, text: str) -> None:
 
 
 def _evaluate(model: str, rows, out_dir: Path, args) -> dict[str, Any]:
-    from ..evaluate import evaluate_model
+    from deepretrieval.evaluation.harness import evaluate_model
     progress = os.environ.get("DEEPRETRIEVAL_PROGRESS", "1") != "0"
     result = evaluate_model(model, rows, out_dir=out_dir, max_new_tokens=args.eval_max_new_tokens,
                             batch_size=args.eval_batch_size, greedy=True, seed=args.seed,
@@ -131,7 +131,7 @@ def _records(result: dict[str, Any]) -> list[dict]:
 
 def copy_rate(records: list[dict], rows: list[dict]) -> float:
     """Share of rows whose well-formed answer repeats the original query."""
-    from .trl_engine import is_copy
+    from deepretrieval.train.trl_engine import is_copy
     if not records:
         return math.nan
     hits = 0
@@ -216,9 +216,9 @@ def _write_json(path: Path, data: Any) -> None:
 def _train_verl(model: str, train_rows, test_rows, out: Path, args) -> tuple[str, list[dict]]:
     """GPU path: verl GRPO preset on the same rows, then export the last actor checkpoint."""
     import torch
-    from ..data.prepare import write_parquet
-    from . import verl as verl_launcher
-    from .export import export_checkpoint
+    from deepretrieval.data.prepare import write_parquet
+    from deepretrieval.train import verl as verl_launcher
+    from deepretrieval.train.export import export_checkpoint
     if not torch.cuda.is_available():
         raise ValueError("--engine verl needs a GPU machine (verl cannot train on CPU); use --engine trl")
     train = write_parquet(train_rows, out / "data" / "train.parquet")
@@ -243,11 +243,11 @@ def _train_verl(model: str, train_rows, test_rows, out: Path, args) -> tuple[str
 
 
 def cmd_quickstart(args) -> int:
-    from ..commands import bundled_rows
-    from ..evaluate import original_query_baseline, summarize
-    from ..search import open_index
-    from .models import resolve_model
-    from .trl_engine import TRLSettings, train_trl
+    from deepretrieval.cli.core import bundled_rows
+    from deepretrieval.evaluation.harness import original_query_baseline, summarize
+    from deepretrieval.search import open_index
+    from deepretrieval.train.models import resolve_model
+    from deepretrieval.train.trl_engine import TRLSettings, train_trl
 
     t_start = time.time()
     out = Path(args.out)
@@ -256,7 +256,7 @@ def cmd_quickstart(args) -> int:
     threads = set_threads(args.threads)
     print(f"DeepRetrieval quickstart → {out.resolve()}  (torch threads: {threads})", flush=True)
 
-    from ..tasks import get_task
+    from deepretrieval.tasks import get_task
     task = get_task(args.task)
     columns = columns_for(args.task)
     boolean = columns is BOOLEAN_COLUMNS

@@ -27,7 +27,7 @@ def register(sub) -> None:
     q.add_argument("--overwrite", action="store_true", help="replace entries that exist")
     q.set_defaults(func=cmd_cache_import)
 
-    from ...commands import prepare_targets
+    from deepretrieval.cli.core import prepare_targets
     targets = prepare_targets()
     for name, what, splits in (("pubmed", "PubMed rows: train = CLEF TAR 2018 topics, test = "
                                           "TrialMind-SLR reviews", ("train", "test")),
@@ -42,13 +42,13 @@ def register(sub) -> None:
 
 
 def _cache(path: str | None):
-    from .cache import SearchCache, default_cache_path
+    from deepretrieval.search.live.cache import SearchCache, default_cache_path
     path = Path(path) if path else default_cache_path()
     return SearchCache(path)
 
 
 def cmd_cache_stats(args) -> int:
-    from .cache import default_cache_path
+    from deepretrieval.search.live.cache import default_cache_path
     path = Path(args.cache) if args.cache else default_cache_path()
     if not path.exists():
         raise FileNotFoundError(f"no cache at {path}")
@@ -81,8 +81,8 @@ def cmd_cache_import(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from ...data.prepare import write_parquet
-    from ...tasks.search_engine import bundled_rows
+    from deepretrieval.data.prepare import write_parquet
+    from deepretrieval.tasks.search_engine import bundled_rows
     for split in args.splits:
         rows = bundled_rows(args.task, split)
         if args.index:
