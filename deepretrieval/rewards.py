@@ -88,6 +88,15 @@ def _finish(p: _Pending) -> dict:
     """The score of a pending completion once all its searches are in (or one failed)."""
     out = dict(p.base)
     error = p.error
+    first = p.results[0] if p.single and p.results else None
+    if error is None and first is not None and first.error and first.info.get("query_error"):
+        # a malformed query: the writer's fault, when the family says so
+        metrics = p.task.family.query_error_metrics(p.task, p.plans[0], first, p.ground_truth,
+                                                    p.extra_info, p.mode)
+        if metrics is not None:
+            out.update(metrics)
+            out["score"] = p.table.total(True, p.table.answer_score(out.get(p.table.metric)))
+            return out
     if error is None:
         error = next((r.error for r in p.results if r is not None and r.error), None)
     if error is None:

@@ -22,7 +22,7 @@ from deepretrieval.testing.fake_engines import FAULTS, FakeCTGov, FakePubMed
 FIXTURES = Path(os.environ.get("DEEPRETRIEVAL_SHARED_DATA",
                                Path(__file__).resolve().parents[2] / "shared" / "data")) / "pubmed_eutils_fixtures"
 needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"no recorded responses at {FIXTURES}")
-BROAD = "the OR of OR and"          # matches most of the fake collection (> 3,000 documents)
+BROAD = "cell OR patients OR study OR effect OR increased OR results"  # most of the fake collection (> 3,000 docs)
 FAST = Backoff(retries=3, base=0.01, cap=0.05)
 
 

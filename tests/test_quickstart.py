@@ -48,3 +48,28 @@ def test_quickstart_rejects_bad_options(tmp_path, capsys):
     assert main(["quickstart", "--model", str(tmp_path / "missing"), "--limit", "2",
                  "--threads", "x", "--out", str(tmp_path / "q")]) == 2
     assert "--threads" in capsys.readouterr().err
+
+
+def test_quickstart_tiny_on_the_boolean_task(tmp_path, capsys):
+    from deepretrieval.cli import main
+    from deepretrieval.testing.tiny_model import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "qsb"
+    code = main(["quickstart", "--task", "scifact_boolean_no_reason", "--model", str(model),
+                 "--steps", "1", "--limit", "6", "--max-new-tokens", "8", "--eval-max-new-tokens", "8",
+                 "--eval-batch-size", "6", "--threads", "1", "--out", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    for label in ("original query", "trained model", "recall@100", "uses OR", "fewer terms"):
+        assert label in text
+    results = json.loads((out / "results.json").read_text())
+    from deepretrieval.catalog import bundled_rows
+    from deepretrieval.evaluation.harness import original_query_baseline, summarize
+    rows = bundled_rows("scifact_boolean_no_reason", "test")[:6]
+    base = summarize(original_query_baseline(rows))
+    assert results["table"][0]["recall"] == pytest.approx(base["recall"])
+    assert results["table"][0]["or_rate"] == 0.0 and results["table"][0]["fewer_rate"] == 0.0
+    assert results["original_query_train"]["score"] == pytest.approx(
+        summarize(original_query_baseline(bundled_rows("scifact_boolean_no_reason", "train")[:6]))["score"])
+    assert (out / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

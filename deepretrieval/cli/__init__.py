@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "deepretrieval.cli.eval",      # eval, eval-compare, rewrite
     "deepretrieval.cli.agent",     # ask
     "deepretrieval.cli.paper",     # paper-check
+    "deepretrieval.cli.mirror",    # mirror pubmed|ctgov
 )
 
 

@@ -38,6 +38,8 @@ def register(sub) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--rows", help="parquet rows to use instead of the bundled task data")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--index", help="search this index instead of the task's (e.g. pubmed_local, "
+                                   "a `deepretrieval mirror` of the live engine)")
     p.set_defaults(func=cmd_baseline)
 
 
@@ -75,6 +77,9 @@ def cmd_baseline(args) -> int:
     rows = read_rows(args.rows) if args.rows else bundled_rows(args.task, args.split)
     if not rows:
         raise ValueError("no rows to evaluate")
+    if args.index:
+        rows = [{**r, "extra_info": {**(r.get("extra_info") or {}), "search_index": args.index}}
+                for r in rows]
     name, queries = baseline_queries(rows)
     scores = score_queries(rows, queries)
     summary = {"task": args.task, "split": args.split, "query": name, **summarize(scores)}

@@ -89,6 +89,8 @@ def register(sub) -> None:
         q = targets.add_parser(name, help=what, description=what)
         q.add_argument("--out", default=f"data/{name}", help=f"output folder (default: data/{name})")
         q.add_argument("--task", default=name, help=f"task name (e.g. {name}_no_reason)")
+        q.add_argument("--index", help=f"search this index instead of the live engine, e.g. "
+                                       f"{name}_local (`deepretrieval mirror {name}`)")
         q.set_defaults(func=cmd_prepare, splits=splits)
 
 
@@ -217,6 +219,9 @@ def _cmd_prepare_pico(args) -> int:
 def cmd_prepare(args) -> int:
     for split in args.splits:
         rows = bundled_rows(args.task, split)
+        if args.index:
+            for row in rows:
+                row["extra_info"]["search_index"] = args.index
         path = write_parquet(rows, Path(args.out) / f"{split}.parquet")
         print(f"{split}: {len(rows)} rows → {path}")
     return 0

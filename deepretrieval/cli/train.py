@@ -250,7 +250,9 @@ def register_quickstart(sub) -> None:
     p.add_argument("--engine", choices=("trl", "verl"), default="trl",
                    help="trl (CPU or one GPU) or verl (GPU machine; GRPO preset)")
     p.add_argument("--out", default="quickstart_out", help="output folder (default quickstart_out)")
-    p.add_argument("--task", default=quickstart_mod.TASK, help=f"BEIR task on the bundled SciFact (default {quickstart_mod.TASK})")
+    p.add_argument("--task", default=quickstart_mod.TASK,
+                   help=f"task on the bundled SciFact: BEIR (default {quickstart_mod.TASK}) "
+                        "or Boolean (scifact_boolean_no_reason)")
     p.add_argument("--limit", type=int, help="use only the first N train and N test rows (smoke runs)")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--temperature", type=float, default=0.7)

@@ -1,7 +1,9 @@
 """Built-in indexes over the data shipped in the package, built under the index root on first use:
-BM25 over each bundled BEIR collection (``scifact``) and the dense SciFact (``scifact_dense``)."""
+BM25 over each bundled BEIR collection (``scifact``), the dense SciFact (``scifact_dense``) and the
+Boolean SciFact (``scifact_boolean``)."""
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -9,6 +11,8 @@ from deepretrieval.core import settings
 from deepretrieval.core.beir_files import load_corpus
 from deepretrieval.core.bundled import collection_dir
 from deepretrieval.search.bm25 import BM25Index
+from deepretrieval.search.boolean import FORMAT_VERSION as BOOLEAN_FORMAT_VERSION
+from deepretrieval.search.boolean import BooleanIndex
 from deepretrieval.search.dense import SCIFACT_DENSE, DenseIndex
 
 _lock = threading.Lock()
@@ -37,3 +41,15 @@ def scifact_dense_index(rebuild: bool = False, name: str = "scifact_dense", **ov
                                      show_progress=settings.progress_enabled(), **build)
             index.save(path)
         return DenseIndex.load(path)
+
+
+def scifact_boolean_index(rebuild: bool = False) -> BooleanIndex:
+    """The bundled SciFact collection as a Boolean index (title, abstract; no MeSH, no dates),
+    built under the index root on first use."""
+    path = settings.index_dir() / "scifact_boolean"
+    with _lock:
+        meta = path / "meta.json"
+        stale = meta.exists() and json.loads(meta.read_text()).get("format") != BOOLEAN_FORMAT_VERSION
+        if rebuild or stale or not meta.exists():
+            BooleanIndex.build(load_corpus(collection_dir("scifact")), name="scifact_boolean").save(path)
+    return BooleanIndex.load(path)

@@ -26,6 +26,7 @@ from deepretrieval.core.results import (
     search_sendable,
 )
 from deepretrieval.search.bm25 import BM25Index
+from deepretrieval.search.boolean import BooleanIndex
 from deepretrieval.search.dense import DenseIndex
 from deepretrieval.search.sql import load_sqlite_index
 
@@ -34,7 +35,8 @@ __all__ = ["Backend", "DamagedIndex", "SearchError", "SearchResult", "LocalSearc
 
 #: Index types by ``meta.json`` ``type``. Dense indexes import torch/faiss only when opened.
 INDEX_TYPES: dict[str, Callable[[Path], Backend]] = {"bm25": BM25Index.load, "dense": DenseIndex.load,
-                                                     "sqlite": load_sqlite_index}
+                                                     "sqlite": load_sqlite_index,
+                                                     "boolean": BooleanIndex.load}
 
 
 def load_index_dir(path: str | os.PathLike) -> Backend:

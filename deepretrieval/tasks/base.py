@@ -61,6 +61,13 @@ class Family:
         the matching result (tuples when ``plan`` returned a tuple)."""
         raise NotImplementedError
 
+    def query_error_metrics(self, task: "Task", plan: SearchPlan, result, ground_truth: Any,
+                            extra_info: dict, mode: str) -> dict[str, float] | None:
+        """Metrics for a result the backend rejected as a malformed query (``result.error`` with
+        ``result.info["query_error"]``): the query writer's fault, scored through the reward
+        table like any result. None (the default): treat it as a search error."""
+        return None
+
     def user_message(self, task: "Task", fields: Mapping[str, Any]) -> str:
         return task.instruction.format(**fields)
 

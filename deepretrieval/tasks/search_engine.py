@@ -73,6 +73,10 @@ class SearchEngineFamily(Family):
         out["num_results"] = float(len(ranked))
         return out
 
+    def query_error_metrics(self, task, plan, result, ground_truth, extra_info, mode):
+        # a Boolean backend (``pubmed_local``) rejected the query as malformed: nothing found
+        return self.empty_metrics(task)
+
 
 def recalls_at(ranked: list[str], qrels: Mapping[str, float], depths: Mapping[str, int]) -> dict[str, float]:
     """:func:`~deepretrieval.core.metrics.recall_at_k` at several depths in one pass over a

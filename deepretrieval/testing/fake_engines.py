@@ -15,10 +15,10 @@ Collections (see :func:`pubmed_collection`, :func:`ctgov_collection`):
 * ClinicalTrials.gov: the TrialMind-SLR trials that have an NCT id, plus the SciFact abstracts
   under ids ``NCT`` + 8 digits derived from their SciFact id (not real trials).
 
-Queries are evaluated as Boolean expressions: ``AND``/``OR``/``NOT`` (upper case, left to right,
-as PubMed does), parentheses, ``"quoted phrases"``, ``term*`` prefixes, field tags such as
-``[tiab]`` (ignored), implicit AND between adjacent terms. Results are ranked by the summed idf of
-the matched terms, then by id (descending), so paging is stable.
+Queries are evaluated by the real Boolean backend (``deepretrieval/search/boolean.py``: PubMed
+syntax, left-to-right ``AND``/``OR``/``NOT``, phrases, ``term*``, field tags, stop words ignored);
+results are ranked by BM25 within the matching set, ties in collection order, so paging is
+stable. A malformed query matches nothing.
 
 Faults (:meth:`FakeEngine.fail`): ``"500"``, ``"502"``, ``"503"``, ``"429"`` (status codes),
 ``"slow"`` (answers after ``slow_s`` seconds), ``"truncated"`` (a JSON body cut in half, with a
@@ -41,7 +41,6 @@ import collections
 import gzip
 import hashlib
 import json
-import math
 import re
 import threading
 import time
@@ -52,6 +51,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from deepretrieval.search.boolean import BooleanIndex
+
 __all__ = ["FakePubMed", "FakeCTGov", "FakeEngine", "Received", "Collection",
            "pubmed_collection", "ctgov_collection", "FAULTS", "FINAL_FAULTS"]
 
@@ -59,7 +60,6 @@ FAULTS = ("500", "502", "503", "429", "slow", "truncated", "cut", "empty", "erro
 #: Faults a client must not retry: "echo" answers 400 with the request echoed in the body.
 FINAL_FAULTS = ("echo",)
 _BUNDLED = Path(__file__).resolve().parent.parent / "bundled"
-_TOKEN = re.compile(r"[a-z0-9]+")
 
 # approximate (PMID, year) anchors; only used to give fake documents a publication year
 _PMID_YEAR = [(0, 1950), (1_000_000, 1976), (5_000_000, 1990), (10_000_000, 1999),
@@ -76,122 +76,27 @@ def _year_of(doc_id: str) -> int:
     return _PMID_YEAR[-1][1]
 
 
-def _tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text.lower())
-
-
 class Collection:
-    """Documents ``(id, text, year)`` with an inverted index for Boolean matching."""
+    """Documents ``(id, text, year)`` searched with the real Boolean backend
+    (:class:`deepretrieval.search.boolean.BooleanIndex`, PubMed query syntax; the text is the
+    title field, the year the publication date)."""
 
     def __init__(self, docs: list[tuple[str, str, int]]) -> None:
         self.ids = [d[0] for d in docs]
         self.years = [d[2] for d in docs]
-        self.texts = [" " + " ".join(_tokens(d[1])) + " " for d in docs]
-        self.postings: dict[str, set[int]] = collections.defaultdict(set)
-        for i, text in enumerate(self.texts):
-            for tok in set(text.split()):
-                self.postings[tok].add(i)
-        self.vocab = sorted(self.postings)
         self.n = len(docs)
-        self.all = frozenset(range(self.n))
+        self.index = BooleanIndex.build(
+            [{"_id": d[0], "title": d[1], "text": "", "date": str(d[2]) if d[2] else None}
+             for d in docs], name="fake")
 
     def __len__(self) -> int:
         return self.n
 
-    # -- query evaluation ----------------------------------------------------------------------
-    _LEX = re.compile(r'\s*(?:(\()|(\))|"([^"]*)"\s*(?:\[[^\]]*\])?|([^\s()"]+)\s*(?:\[[^\]]*\])?)')
-
-    def _lex(self, query: str) -> list[tuple[str, str]]:
-        out, pos = [], 0
-        while pos < len(query):
-            m = self._LEX.match(query, pos)
-            if not m or m.end() == pos:
-                pos += 1
-                continue
-            pos = m.end()
-            lp, rp, phrase, word = m.groups()
-            if lp:
-                out.append(("(", ""))
-            elif rp:
-                out.append((")", ""))
-            elif phrase is not None:
-                out.append(("term", '"' + phrase))
-            elif word in ("AND", "OR", "NOT"):
-                out.append(("op", word))
-            else:
-                out.append(("term", re.sub(r"\[[^\]]*\]$", "", word)))
-        return out
-
-    def _term(self, term: str, weights: dict[int, float]) -> set[int]:
-        if term.startswith('"'):
-            toks = _tokens(term[1:])
-            wildcard = False
-        else:
-            wildcard = term.endswith("*")
-            toks = _tokens(term)
-        if not toks:
-            return set()
-        if wildcard and len(toks) == 1:
-            prefix = toks[0]
-            lo = _bisect(self.vocab, prefix)
-            docs: set[int] = set()
-            for word in self.vocab[lo:]:
-                if not word.startswith(prefix):
-                    break
-                docs |= self.postings[word]
-        else:
-            docs = set(self.postings.get(toks[0], ()))
-            for tok in toks[1:]:
-                docs &= self.postings.get(tok, set())
-            if len(toks) > 1:
-                phrase = " " + " ".join(toks) + " "
-                docs = {i for i in docs if phrase in self.texts[i]}
-        idf = math.log(1 + self.n / (1 + len(docs)))
-        for i in docs:
-            weights[i] = weights.get(i, 0.0) + idf
-        return docs
-
     def match(self, query: str) -> list[str]:
-        """Ranked ids of the documents matching ``query`` (never raises)."""
-        weights: dict[int, float] = {}
-        tokens = self._lex(query)
-        pos = 0
-
-        def expr() -> set[int]:
-            nonlocal pos
-            result: set[int] | None = None
-            op = "AND"
-            while pos < len(tokens):
-                kind, value = tokens[pos]
-                if kind == ")":
-                    pos += 1
-                    break
-                pos += 1
-                if kind == "op":
-                    op = value
-                    continue
-                operand = expr() if kind == "(" else self._term(value, weights)
-                if result is None:
-                    result = set(self.all - operand) if op == "NOT" else operand
-                elif op == "AND":
-                    result = result & operand
-                elif op == "OR":
-                    result = result | operand
-                else:
-                    result = result - operand
-                op = "AND"  # adjacent terms without an operator: AND
-            return result or set()
-
-        matched: set[int] = set()
-        while pos < len(tokens):  # stray ")" closes nothing: keep going
-            matched |= expr()
-        return [self.ids[i] for i in sorted(matched, key=lambda i: (-weights.get(i, 0.0),
-                                                                   -_num(self.ids[i])))]
-
-
-def _bisect(words: list[str], prefix: str) -> int:
-    import bisect
-    return bisect.bisect_left(words, prefix)
+        """Ids of the documents matching ``query``, best BM25 first; a malformed query matches
+        nothing (never raises)."""
+        result = self.index.search([query], self.n)[0]
+        return result.ids
 
 
 def _num(doc_id: str) -> int:

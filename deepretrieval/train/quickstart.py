@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deepretrieval.catalog import bundled_rows, open_index
+from deepretrieval.catalog import bundled_rows, get_task, open_index
 from deepretrieval.core import settings
 from deepretrieval.core.io import save_figure, write_atomic
 from deepretrieval.data.rows import write_parquet
@@ -37,6 +37,34 @@ from deepretrieval.train.trl_engine import TRLSettings, is_copy, train_trl
 TASK = "scifact_no_reason"
 COLUMNS = [("format_error_rate", "format errors"), ("score", "mean reward"), ("ndcg@10", "nDCG@10"),
            ("recall@100", "R@100"), ("copy_rate", "copies input")]
+#: Boolean tasks (``scifact_boolean*``): recall at the task depth, and what the queries look like
+BOOLEAN_COLUMNS = [("format_error_rate", "format errors"), ("score", "mean reward"),
+                   ("recall", "recall@100"), ("recall@10", "recall@10"), ("or_rate", "uses OR"),
+                   ("fewer_rate", "fewer terms"), ("copy_rate", "copies input")]
+_RATES = ("format_error_rate", "copy_rate", "or_rate", "fewer_rate")
+
+
+def columns_for(task_name: str) -> list[tuple[str, str]]:
+    return BOOLEAN_COLUMNS if get_task(task_name).family.name == "boolean" else COLUMNS
+
+
+def query_shape(records: list[dict], rows: list[dict]) -> dict[str, float]:
+    """Shares of the test rows whose well-formed query uses OR, and has fewer content words
+    than the original query."""
+    import re
+    if not records:
+        return {"or_rate": math.nan, "fewer_rate": math.nan}
+    words = re.compile(r"[A-Za-z0-9]{2,}")
+    ops = {"AND", "OR", "NOT"}
+    uses_or = fewer = 0
+    for rec, row in zip(records, rows):
+        query = rec.get("query") if rec.get("format_ok", True) else None
+        if not query:
+            continue
+        original = (row.get("extra_info") or {}).get("query") or ""
+        uses_or += " OR " in f" {query} "
+        fewer += len([w for w in words.findall(query) if w not in ops]) < len(words.findall(original))
+    return {"or_rate": uses_or / len(records), "fewer_rate": fewer / len(records)}
 
 
 def set_threads(spec: str) -> int:
@@ -81,23 +109,24 @@ def copy_rate(records: list[dict]) -> float:
                for rec in records) / len(records)
 
 
-def _row(name: str, summary: dict[str, Any], copies: float | None) -> dict[str, Any]:
+def _row(name: str, summary: dict[str, Any], copies: float | None, columns=COLUMNS,
+         extra: dict[str, float] | None = None) -> dict[str, Any]:
     out = {"": name}
-    for key, _ in COLUMNS:
-        out[key] = copies if key == "copy_rate" else summary.get(key)
+    for key, _ in columns:
+        out[key] = copies if key == "copy_rate" else (extra or {}).get(key, summary.get(key))
     return out
 
 
-def format_results(table: list[dict]) -> str:
-    head = ["".ljust(16)] + [label.rjust(14) for _, label in COLUMNS]
-    lines = ["".join(head), "-" * (16 + 14 * len(COLUMNS))]
+def format_results(table: list[dict], columns=COLUMNS) -> str:
+    head = ["".ljust(16)] + [label.rjust(14) for _, label in columns]
+    lines = ["".join(head), "-" * (16 + 14 * len(columns))]
     for row in table:
         cells = [str(row[""]).ljust(16)]
-        for key, _ in COLUMNS:
+        for key, _ in columns:
             v = row.get(key)
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 cells.append("—".rjust(14))
-            elif key in ("format_error_rate", "copy_rate"):
+            elif key in _RATES:
                 cells.append(f"{v:.1%}".rjust(14))
             else:
                 cells.append(f"{v:.4f}".rjust(14))
@@ -105,8 +134,10 @@ def format_results(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_curve(history: list[dict], path: Path) -> Path | None:
-    """Mean reward and format-error rate per step."""
+def plot_curve(history: list[dict], path: Path, original_reward: float | None = None,
+               metric: str = "ndcg", title: str = "GRPO on SciFact") -> Path | None:
+    """Mean reward, the reward metric and format-error rate per step; the original query's mean
+    reward (same reward, on the training rows) as a horizontal line."""
     steps = [h["step"] for h in history if "reward" in h]
     if not steps:
         return None
@@ -115,13 +146,16 @@ def plot_curve(history: list[dict], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
     reward = [h["reward"] for h in history if "reward" in h]
     fmt = [h.get("deepretrieval/format_error_rate") for h in history if "reward" in h]
-    ndcg = [h.get("deepretrieval/ndcg") for h in history if "reward" in h]
+    ndcg = [h.get(f"deepretrieval/{metric}") for h in history if "reward" in h]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, reward, label="mean reward", color="tab:blue")
+    if original_reward is not None and not math.isnan(original_reward):
+        ax.axhline(original_reward, color="tab:gray", linestyle=":",
+                   label=f"original query, mean reward ({original_reward:.3f})")
     if all(v is not None for v in ndcg):
-        ax.plot(steps, ndcg, label="nDCG at the training depth (reward metric)", color="tab:green")
+        ax.plot(steps, ndcg, label=f"{metric} at the training depth (reward metric)", color="tab:green")
     ax.set_xlabel("GRPO step")
-    ax.set_ylabel("reward / nDCG")
+    ax.set_ylabel(f"reward / {metric}")
     ax2 = ax.twinx()
     if all(v is not None for v in fmt):
         ax2.plot(steps, fmt, label="format-error rate", color="tab:red", linestyle="--")
@@ -130,7 +164,7 @@ def plot_curve(history: list[dict], path: Path) -> Path | None:
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right", fontsize=8)
-    ax.set_title("DeepRetrieval quickstart: GRPO on SciFact")
+    ax.set_title(f"DeepRetrieval quickstart: {title}")
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -175,9 +209,12 @@ def run_quickstart(args) -> int:
     threads = set_threads(args.threads)
     print(f"DeepRetrieval quickstart → {out.resolve()}  (torch threads: {threads})", flush=True)
 
-    _say(1, total, "Indexing SciFact (BM25, bundled corpus) …")
+    task = get_task(args.task)
+    columns = columns_for(args.task)
+    boolean = columns is BOOLEAN_COLUMNS
+    _say(1, total, f"Indexing SciFact ({'Boolean, PubMed syntax' if boolean else 'BM25'}, bundled corpus) …")
     t = time.time()
-    index = open_index("scifact")
+    index = open_index(task.index)
     print(f"    {len(getattr(index, 'doc_ids', []) or [])} documents ready in {time.time() - t:.1f}s")
     train_rows = bundled_rows(args.task, "train")
     test_rows = bundled_rows(args.task, "test")
@@ -185,18 +222,24 @@ def run_quickstart(args) -> int:
         train_rows, test_rows = train_rows[:args.limit], test_rows[:args.limit]
     print(f"    task {args.task}: {len(train_rows)} train claims, {len(test_rows)} test claims")
 
-    _say(2, total, "Baseline: the original claims as BM25 queries (test split) …")
+    _say(2, total, f"Baseline: the original claims as {'Boolean (AND)' if boolean else 'BM25'} "
+                   "queries (test split) …")
     base_metrics = original_query_baseline(test_rows)
     base = summarize(base_metrics)
-    print(f"    nDCG@10 {base.get('ndcg@10', math.nan):.4f}  R@100 {base.get('recall@100', math.nan):.4f}")
+    if boolean:
+        print(f"    recall@100 {base.get('recall', math.nan):.4f}  mean reward {base.get('score', math.nan):.4f}")
+    else:
+        print(f"    nDCG@10 {base.get('ndcg@10', math.nan):.4f}  R@100 {base.get('recall@100', math.nan):.4f}")
 
+    base_train = summarize(original_query_baseline(train_rows))  # the curve's level: train rows
     _say(3, total, f"Zero-shot model ({args.model}) on the test split …")
     model = resolve_model(args.model)
     t = time.time()
     zero = _evaluate(model, test_rows, out / "eval_zero_shot", args)
     zero_copy = copy_rate(zero["records"])
+    key = "recall" if boolean else "ndcg@10"
     print(f"    done in {time.time() - t:.0f}s: format errors {zero['summary'].get('format_error_rate', math.nan):.1%}, "
-          f"nDCG@10 {zero['summary'].get('ndcg@10', math.nan):.4f}")
+          f"{key} {zero['summary'].get(key, math.nan):.4f}")
 
     _say(4, total, f"GRPO training with {args.engine.upper()}: {args.steps} steps × "
                    f"{args.prompts_per_step} claims × {args.num_generations} samples …")
@@ -219,20 +262,33 @@ def run_quickstart(args) -> int:
     trained = _evaluate(trained_model, test_rows, out / "eval_trained", args)
     trained_copy = copy_rate(trained["records"])
 
-    _say(6, total, "Results (SciFact test, BM25)")
-    table = [_row("original query", base, None),
-             _row("zero-shot model", zero["summary"], zero_copy),
-             _row("trained model", trained["summary"], trained_copy)]
-    text = format_results(table)
+    _say(6, total, f"Results (SciFact test, {'Boolean' if boolean else 'BM25'})")
+    originals = [{"query": (r.get("extra_info") or {}).get("query"), "format_ok": True} for r in test_rows]
+    shapes = [query_shape(recs, test_rows) for recs in (originals, zero["records"], trained["records"])]
+    table = [_row("original query", base, None, columns, shapes[0]),
+             _row("zero-shot model", zero["summary"], zero_copy, columns, shapes[1]),
+             _row("trained model", trained["summary"], trained_copy, columns, shapes[2])]
+    text = format_results(table, columns)
     print(text)
     n = len(test_rows)
     print(f"\ncopies input: share of the {n} test claims whose generated query repeats the claim verbatim "
           "(ignoring case/punctuation)")
-    plot = None if args.no_plot else plot_curve(history, out / "training_curve.png")
+    if boolean:
+        print("uses OR / fewer terms: share of the test claims whose query contains OR / has fewer "
+              "words than the claim")
+        examples = [(r["extra_info"]["query"], rec.get("query")) for r, rec in
+                    zip(test_rows, trained["records"]) if rec.get("format_ok")][:5]
+        for claim, query in examples:
+            print(f"  claim: {claim}\n  query: {query}")
+    plot = None if args.no_plot else plot_curve(
+        history, out / "training_curve.png", original_reward=base_train.get("score"),
+        metric="recall" if boolean else "ndcg",
+        title=f"GRPO on SciFact ({'Boolean, ' if boolean else ''}{args.task})")
     results = {"task": args.task, "model": args.model, "model_path": model, "engine": args.engine,
                "steps": args.steps, "threads": threads, "train_rows": len(train_rows), "test_rows": n,
                "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - t_start, 1),
-               "table": table, "original_query": base, "zero_shot": zero["summary"],
+               "table": table, "original_query": base, "original_query_train": base_train,
+               "zero_shot": zero["summary"],
                "trained": trained["summary"], "trained_model": trained_model,
                "training_curve": str(plot) if plot else None, "history": history}
     _write_json(out / "results.json", results)
