@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from deepretrieval.catalog import get_task
-from deepretrieval.core import dpr_match
+from deepretrieval.core import dpr_match, settings
 from deepretrieval.core.results import SearchError
 from deepretrieval.profiles import PaperModule, paper_data_source, paper_module
 from deepretrieval.tasks import UnknownTask
@@ -477,14 +477,13 @@ SQL_DB_ROOT_ENV = "DEEPRETRIEVAL_SQL_DB_ROOT"
 def resolve_db_path(db_path: Any) -> Path:
     """An original row's ``extra_info.db_path``: absolute, or relative to the working directory,
     to ``$DEEPRETRIEVAL_SQL_DB_ROOT``, or to the bundled Spider databases."""
-    import os
 
     if not db_path:
         raise FileNotFoundError("the row has no extra_info.db_path")
     path = Path(str(db_path))
     candidates = [path] if path.is_absolute() else [Path.cwd() / path]
     if not path.is_absolute():
-        roots = [os.environ.get(SQL_DB_ROOT_ENV)] if os.environ.get(SQL_DB_ROOT_ENV) else []
+        roots = [settings.get_str(SQL_DB_ROOT_ENV)] if settings.get_str(SQL_DB_ROOT_ENV) else []
         roots.append(str(Path(__file__).resolve().parent / "bundled" / "spider" / "database"))
         for root in roots:
             candidates += [Path(root) / path, Path(root) / path.parent.name / path.name]

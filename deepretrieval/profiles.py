@@ -17,12 +17,12 @@ Which profile scores a sample (first match wins):
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from deepretrieval.catalog import TASKS as _TASKS
+from deepretrieval.core import settings
 
 PROFILES = ("default", "paper")
 ENV_VAR = "DEEPRETRIEVAL_PROFILE"
@@ -41,7 +41,7 @@ def resolve_profile(data_source: str, extra_info: Mapping[str, Any] | None = Non
         return check_profile(profile)
     if isinstance(extra_info, Mapping) and extra_info.get("profile") not in (None, ""):
         return check_profile(extra_info["profile"])
-    env = os.environ.get(ENV_VAR, "").strip()
+    env = settings.get_str(ENV_VAR)
     if env:
         return check_profile(env)
     return "paper" if is_original_data_source(data_source) else "default"

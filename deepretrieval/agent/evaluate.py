@@ -30,6 +30,7 @@ from deepretrieval.agent.runner import (
 )
 from deepretrieval.catalog import get_searcher
 from deepretrieval.core import agent_protocol as P
+from deepretrieval.core import settings as env_settings
 from deepretrieval.core.io import write_atomic
 from deepretrieval.evaluation.harness import (
     GENERATIONS,
@@ -190,7 +191,7 @@ def evaluate_agent(model: Any, rows: Sequence[Mapping[str, Any]], *,
         generator = make_generator(model, **generator_kw)
     runner = EpisodeRunner(generator, searcher, decoding=decoding, batch_size=batch_size)
     bar = None
-    if progress and pending and os.environ.get("DEEPRETRIEVAL_PROGRESS", "1") != "0":
+    if pending and env_settings.progress_enabled(progress):
         from tqdm.auto import tqdm
         bar = tqdm(total=len(rows), initial=len(rows) - len(pending), desc=f"agent {system}", unit="q")
     try:

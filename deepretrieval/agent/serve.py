@@ -7,13 +7,13 @@ agentic task it was trained on.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 from deepretrieval.agent.runner import Episode, EpisodeRunner
 from deepretrieval.catalog import get_task
 from deepretrieval.core import agent_protocol as P
+from deepretrieval.core import settings as env_settings
 from deepretrieval.generation.api import OpenAIChatGenerator, served_models
 from deepretrieval.generation.decoding import Decoding
 from deepretrieval.generation.factory import make_generator
@@ -61,7 +61,7 @@ class SearchAgent:
             raise ValueError("give a model (local path or hub name), api_url of a served model, "
                              "or a generator")
         if searcher is None and search_url:
-            searcher = ServiceSearcher(search_url, token=os.environ.get("DEEPRETRIEVAL_SEARCH_TOKEN"))
+            searcher = ServiceSearcher(search_url, token=env_settings.get_str("DEEPRETRIEVAL_SEARCH_TOKEN"))
         self.runner = EpisodeRunner(self.generator, searcher, decoding=Decoding(
             max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, seed=seed))
 

@@ -58,7 +58,8 @@ def _passage_tokens(text: str) -> tuple[str, ...]:
     return tuple(tokens(text))
 
 
-def _contains(hay: Sequence[str], needle: Sequence[str]) -> bool:
+def contains(hay: Sequence[str], needle: Sequence[str]) -> bool:
+    """Whether ``needle`` occurs as a contiguous run of ``hay`` (an empty needle always does)."""
     m = len(needle)
     if m == 0:
         return True
@@ -80,7 +81,7 @@ def has_answer(passage: str, answers: Iterable[str]) -> bool:
     for answer in answers:
         if not isinstance(answer, str):
             raise TypeError(f"answer must be a string, not {type(answer).__name__}")
-        if _contains(hay, tokens(answer)):
+        if contains(hay, tokens(answer)):
             return True
     return False
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import threading
@@ -30,6 +29,7 @@ from functools import lru_cache
 from typing import Any
 
 from deepretrieval.core import agent_protocol as P
+from deepretrieval.core import settings
 from deepretrieval.core.settings import index_dir
 from deepretrieval.search.bm25 import BM25Index
 from deepretrieval.tasks.agentic import agent_rows
@@ -178,7 +178,7 @@ def bm25_index(rebuild: bool = False):
         if rebuild or not (path / "meta.json").exists() or not marker.exists() \
                 or marker.read_text().strip() != world.digest():
             index = BM25Index.build(world.passages(), name=name,
-                                    show_progress=os.environ.get("DEEPRETRIEVAL_PROGRESS", "1") != "0")
+                                    show_progress=settings.progress_enabled())
             index.save(path)
             marker.write_text(world.digest() + "\n")
         return BM25Index.load(path)

@@ -27,12 +27,12 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from deepretrieval.core import dpr_match, settings
 from deepretrieval.core.settings import index_dir
 from deepretrieval.data.qa_sets import bundled_questions
 from deepretrieval.search.bm25 import BM25Index
@@ -99,7 +99,6 @@ def load_docs() -> list[dict[str, Any]]:
 def bm25_index(rebuild: bool = False):
     """The BM25 index ``wiki_offline`` (title + text), built under the index root on first use
     (about 10 s) and rebuilt when the installed data file is not the one it was built from."""
-    import os
 
 
     path = index_dir() / INDEX_NAME
@@ -110,56 +109,17 @@ def bm25_index(rebuild: bool = False):
             if meta.get("params", {}).get("source") == source:
                 return BM25Index.load(path)
         index = BM25Index.build(load_docs(), name=INDEX_NAME,
-                                show_progress=os.environ.get("DEEPRETRIEVAL_PROGRESS", "1") != "0")
+                                show_progress=settings.progress_enabled())
         index.params = {**index.params, "source": source}
         index.save(path)
         return BM25Index.load(path)
 
 
-# ---- DPR-style answer match ------------------------------------------------------------------
-
-def dpr_tokens(text: str) -> list[str]:
-    """DPR ``SimpleTokenizer`` tokens, lower-cased, of NFD-normalised ``text``: maximal runs of
-    letters, digits and combining marks; each other character that is not a separator or a
-    control/format character is a token of its own."""
-    text = unicodedata.normalize("NFD", text)
-    tokens: list[str] = []
-    run: list[str] = []
-    for ch in text:
-        cat = unicodedata.category(ch)
-        if cat[0] in "LNM":
-            run.append(ch)
-            continue
-        if run:
-            tokens.append("".join(run))
-            run = []
-        if cat[0] not in "ZC":
-            tokens.append(ch)
-    if run:
-        tokens.append("".join(run))
-    return [t.lower() for t in tokens]
-
+# ---- DPR-style answer match (deepretrieval.core.dpr_match: DPR / pyserini has_answers) ---------
 
 @lru_cache(maxsize=16384)
 def _answer_key(answer: str) -> tuple[str, ...]:
-    return tuple(dpr_tokens(answer))
-
-
-def _contains(tokens: Sequence[str], needle: Sequence[str]) -> bool:
-    n = len(needle)
-    if n == 0 or n > len(tokens):
-        return False
-    first = needle[0]
-    for i in range(len(tokens) - n + 1):
-        if tokens[i] == first and tuple(tokens[i:i + n]) == tuple(needle):
-            return True
-    return False
-
-
-def has_answer(text: str, answers: Iterable[str]) -> bool:
-    """Does ``text`` contain one of ``answers`` (DPR's token match, see :func:`dpr_tokens`)?"""
-    tokens = dpr_tokens(text)
-    return any(_contains(tokens, _answer_key(a)) for a in answers)
+    return tuple(dpr_match.tokens(answer))
 
 
 def passage_text(doc: Mapping[str, Any]) -> str:
@@ -173,7 +133,7 @@ class AnswerFinder:
 
     def __init__(self, docs: Sequence[Mapping[str, Any]]):
         self.ids = [str(d["_id"]) for d in docs]
-        self.tokens = [dpr_tokens(passage_text(d)) for d in docs]
+        self.tokens = [dpr_match.tokens(passage_text(d)) for d in docs]
         postings: dict[str, list[int]] = {}
         for i, toks in enumerate(self.tokens):
             for tok in set(toks):
@@ -189,7 +149,7 @@ class AnswerFinder:
                 continue
             lists = [self.postings.get(tok, []) for tok in set(key)]
             rarest = min(lists, key=len)
-            found.update(i for i in rarest if _contains(self.tokens[i], key))
+            found.update(i for i in rarest if dpr_match.contains(self.tokens[i], key))
         return [self.ids[i] for i in sorted(found)]
 
 

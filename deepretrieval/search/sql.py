@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deepretrieval.core import settings
 from deepretrieval.core.bundled import bundled_path
 from deepretrieval.core.io import write_atomic
 from deepretrieval.core.results import SearchError, SearchResult
@@ -166,7 +167,7 @@ def _set_heap_limit(conn: sqlite3.Connection) -> None:
     global _HEAP_LIMIT_SET
     if _HEAP_LIMIT_SET:
         return
-    limit = int(os.environ.get("DEEPRETRIEVAL_SQL_HEAP_LIMIT", HEAP_LIMIT_BYTES))
+    limit = settings.get_int("DEEPRETRIEVAL_SQL_HEAP_LIMIT", HEAP_LIMIT_BYTES)
     current = conn.execute("PRAGMA hard_heap_limit").fetchone()[0]
     if not current or current > limit:  # never raise a ceiling an operator set lower
         conn.execute(f"PRAGMA hard_heap_limit={limit}")

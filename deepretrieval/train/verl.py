@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from deepretrieval.catalog import get_task, read_rows, row_prefill
+from deepretrieval.core import settings
 from deepretrieval.data.rows import write_parquet
 from deepretrieval.train.paper_presets import paper_run_overrides
 
@@ -93,7 +94,7 @@ def build_overrides(task_name: str, *, model: str, train_files: str, val_files: 
         # reach the workers as literal text: the value itself is written. It is therefore on the
         # trainer's command line and in Hydra's saved overrides (docs/profiles.md, multi-node).
         items.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.DEEPRETRIEVAL_SEARCH_URL={search_url}")
-        token = search_token if search_token is not None else os.environ.get(TOKEN_ENV)
+        token = search_token if search_token is not None else settings.get_str(TOKEN_ENV)
         if token:
             if any(c in token for c in "'\"\\$,[]{}()= \n"):
                 raise ValueError(f"{TOKEN_ENV} holds characters a Hydra override cannot carry "
