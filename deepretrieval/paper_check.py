@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from deepretrieval.core.bundled import bundled_path
 from deepretrieval.paper_rewards import (
     PaperResult,
     SQLiteCopy,
@@ -27,7 +28,7 @@ from deepretrieval.paper_rewards import (
 from deepretrieval.profiles import PAPER_MODULES, paper_module_name
 
 #: Spider databases bundled with the package (``<db_id>/<db_id>.sqlite``).
-BUNDLED_DB_ROOT = Path(__file__).resolve().parent / "bundled" / "spider" / "database"
+BUNDLED_DB_ROOT = bundled_path("spider", "database")
 TOLERANCE = 1e-9
 
 

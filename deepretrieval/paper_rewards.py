@@ -33,6 +33,7 @@ import numpy as np
 
 from deepretrieval.catalog import get_task
 from deepretrieval.core import dpr_match, settings
+from deepretrieval.core.bundled import bundled_path
 from deepretrieval.core.results import SearchError
 from deepretrieval.profiles import PaperModule, paper_data_source, paper_module
 from deepretrieval.tasks import UnknownTask
@@ -484,7 +485,7 @@ def resolve_db_path(db_path: Any) -> Path:
     candidates = [path] if path.is_absolute() else [Path.cwd() / path]
     if not path.is_absolute():
         roots = [settings.get_str(SQL_DB_ROOT_ENV)] if settings.get_str(SQL_DB_ROOT_ENV) else []
-        roots.append(str(Path(__file__).resolve().parent / "bundled" / "spider" / "database"))
+        roots.append(str(bundled_path("spider", "database")))
         for root in roots:
             candidates += [Path(root) / path, Path(root) / path.parent.name / path.name]
     for candidate in candidates:

@@ -47,10 +47,10 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from deepretrieval.core.bundled import BUNDLED_DIR
 from deepretrieval.search.boolean import BooleanIndex
 
 __all__ = ["FakePubMed", "FakeCTGov", "FakeEngine", "Received", "Collection",
@@ -59,7 +59,7 @@ __all__ = ["FakePubMed", "FakeCTGov", "FakeEngine", "Received", "Collection",
 FAULTS = ("500", "502", "503", "429", "slow", "truncated", "cut", "empty", "error")
 #: Faults a client must not retry: "echo" answers 400 with the request echoed in the body.
 FINAL_FAULTS = ("echo",)
-_BUNDLED = Path(__file__).resolve().parent.parent / "bundled"
+_BUNDLED = BUNDLED_DIR
 
 # approximate (PMID, year) anchors; only used to give fake documents a publication year
 _PMID_YEAR = [(0, 1950), (1_000_000, 1976), (5_000_000, 1990), (10_000_000, 1999),
