@@ -14,6 +14,7 @@ import unicodedata
 import pytest
 
 from deepretrieval.cli import main as cli_main
+from deepretrieval.train.trl_engine import bf16_supported
 from deepretrieval.rewards import TABLES, compute_score, score_batch
 from deepretrieval.catalog import open_index
 from deepretrieval.catalog import get_task
@@ -326,7 +327,8 @@ def test_evidence_over_a_dense_index(corpus, examples, tmp_path):
     passages = [p for p in corpus["passages"] if has_answer(p["title"] + " " + p["text"],
                                                             ex["answers"])]
     passages += corpus["passages"][:150]
-    index = DenseIndex.build(passages, "minilm", name="sf_dense_small", precision="bfloat16",
+    index = DenseIndex.build(passages, "minilm", name="sf_dense_small",
+                             precision="bfloat16" if bf16_supported() else "float32",
                              max_seq_length=64, show_progress=False)
     index.save(tmp_path / "sf_dense_small")
     register_index("sf_dense_small", tmp_path / "sf_dense_small")
