@@ -71,7 +71,9 @@ def test_payloads_bounded_in_memory_time_and_disk(tmp_path):
         assert r["elapsed"] <= LIMIT_S + TIME_MARGIN_S, (name, r)
         assert (r["rows"] is not None and r["truncated"]) or r["kind"] in ("timeout", "too_large"), (name, r)
         assert r["bytes"] <= 2 * MAX_RESULT_BYTES, (name, r)
-    assert out["_maxrss_kb"] < 1_500_000, out["_maxrss_kb"]   # well under the 3 GiB address space
+    # peak memory stays under the address-space limit with a margin; measured 0.4 GB on a loaded
+    # machine and 1.8 GB on an idle one (a faster CPU gets further before the time limit)
+    assert out["_maxrss_kb"] < 0.85 * AS_LIMIT / 1024, out["_maxrss_kb"]
     assert os.listdir(tmpdir) == []                            # no temp file was written
 
 
