@@ -31,7 +31,7 @@ from deepretrieval.agent.runner import (
 from deepretrieval.catalog import get_searcher
 from deepretrieval.core import agent_protocol as P
 from deepretrieval.core import settings as env_settings
-from deepretrieval.core.io import write_atomic
+from deepretrieval.core.io import append_json_lines, write_atomic
 from deepretrieval.evaluation.harness import (
     GENERATIONS,
     _json_default,
@@ -203,10 +203,7 @@ def evaluate_agent(model: Any, rows: Sequence[Mapping[str, Any]], *,
             for rec in new:
                 done[rec["key"]] = rec
             if out is not None:
-                with open(out / GENERATIONS, "a") as fh:
-                    fh.write("".join(json.dumps(r, default=_json_default) + "\n" for r in new))
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                append_json_lines(out / GENERATIONS, new, default=_json_default)
             if bar:
                 bar.update(len(idx))
     finally:

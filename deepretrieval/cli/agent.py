@@ -7,6 +7,7 @@ import sys
 from deepretrieval.agent.evaluate import evaluate_agent
 from deepretrieval.agent.serve import SearchAgent
 from deepretrieval.catalog import get_task
+from deepretrieval.cli.inputs import texts_or_stdin
 from deepretrieval.evaluation.harness import summary_markdown
 from deepretrieval.generation.api import LLMAPIError
 from deepretrieval.tasks.agentic import settings_for
@@ -49,11 +50,7 @@ def agent_settings(task_name: str, args):
 
 def cmd_ask(args) -> int:
 
-    questions: list[str] = []
-    for q in args.questions:
-        questions += [line.strip() for line in sys.stdin if line.strip()] if q == "-" else [q]
-    if not questions or not all(q.strip() for q in questions):
-        raise ValueError("give non-empty questions")
+    questions = texts_or_stdin(args.questions, "questions")
     if not args.model and not args.api_url:
         raise ValueError("give --api-url of the served agent (or --model for a local one)")
     try:

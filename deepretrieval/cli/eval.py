@@ -9,6 +9,7 @@ from typing import Any
 
 from deepretrieval.catalog import bundled_rows, get_task, read_rows
 from deepretrieval.cli.agent import cmd_eval_agent
+from deepretrieval.cli.inputs import texts_or_stdin
 from deepretrieval.core import settings
 from deepretrieval.evaluation.harness import (
     compare_runs,
@@ -189,11 +190,7 @@ def _fields(items: list[str]) -> dict[str, str]:
 
 def cmd_rewrite(args) -> int:
 
-    queries: list[str] = []
-    for q in args.queries:
-        queries += [line.strip() for line in sys.stdin if line.strip()] if q == "-" else [q]
-    if not queries or not all(q.strip() for q in queries):
-        raise ValueError("give non-empty queries to rewrite")
+    queries = texts_or_stdin(args.queries, "queries to rewrite")
     if not args.model and not args.api_url:
         raise ValueError("give --model (local path / hub name) or --api-url of a served model")
     try:

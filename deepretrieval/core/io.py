@@ -117,6 +117,15 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     return Path(path)
 
 
+def append_json_lines(path: str | os.PathLike, values: Iterable, default=None) -> None:
+    """Append values as JSON lines and fsync, so what a resumable run has written survives a
+    crash."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps(v, default=default) + "\n" for v in values))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def write_json_lines_gz(path: str | os.PathLike, values: Iterable) -> None:
     with gzip.open(path, "wt", encoding="utf-8") as fh:
         for value in values:

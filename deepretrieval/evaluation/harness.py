@@ -28,7 +28,7 @@ from deepretrieval.core.answer import (
     extract_reasoning_lenient,
     parse_answer,
 )
-from deepretrieval.core.io import save_figure, write_atomic
+from deepretrieval.core.io import append_json_lines, save_figure, write_atomic
 from deepretrieval.generation.decoding import Decoding, Prompt, stop_rules
 from deepretrieval.generation.factory import make_generator
 from deepretrieval.rewards import score_batch
@@ -326,10 +326,7 @@ def evaluate_model(model: Any, rows: Sequence[Mapping[str, Any]], *, out_dir: st
                 new_records.append(record)
                 done[keys[i]] = record
             if out is not None:
-                with open(out / GENERATIONS, "a") as fh:
-                    fh.write("".join(json.dumps(r, default=_json_default) + "\n" for r in new_records))
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                append_json_lines(out / GENERATIONS, new_records, default=_json_default)
             if bar:
                 bar.update(len(batch))
     finally:
