@@ -378,7 +378,9 @@ def _answer(module, data_source, answer, gt, extra, backend, metrics) -> float:
         depth = module.val_depth if _split_of(data_source) else module.train_depth
         try:
             if module.target == "str":
-                label, scores = str(gt["target"]), None
+                # a converted original row keeps its one-id target (ours is a list) for this
+                label = str(extra["original_target"] if "original_target" in extra else gt["target"])
+                scores = None
             else:
                 label, scores = [str(x) for x in gt["target"]], gt["score"]
             return _answer_beir(module, answer, gt, extra, backend, metrics, label, scores, depth)

@@ -44,6 +44,11 @@ def register(sub) -> None:
     p.add_argument("--n", type=int, default=1, help="completions per row (needs --sampling)")
     p.add_argument("--lenient", action="store_true",
                    help="extract the query leniently (models not trained on the answer format)")
+    p.add_argument("--prompt-format", choices=("auto", "original", "ours"), default="auto",
+                   help="original: generate from the original DeepRetrieval prompt string of each row "
+                        "(rows of an original parquet file), as the released checkpoints were trained; "
+                        "ours: the task's chat messages; auto (default): original for an original "
+                        "checkpoint (DeepRetrieval/... or .../actor/global_step_N) on original rows")
     p.add_argument("--base-url", help="OpenAI-compatible endpoint for openai:NAME (key: OPENAI_API_KEY)")
     p.add_argument("--api-prefill", choices=("none", "continue"), default="none",
                    help="send the answer prefill for the server to continue (vLLM) or not (default)")
@@ -159,7 +164,8 @@ def cmd_eval(args) -> int:
             n=args.n, extract="lenient" if args.lenient else "strict", resume=not args.no_resume,
             base_url=args.base_url, api_prefill=args.api_prefill, cache_dir=args.cache_dir,
             backend=args.backend, device=args.device, dtype=args.dtype, name=args.name,
-            baseline=not args.no_baseline, plot=not args.no_plot, **kwargs)
+            baseline=not args.no_baseline, plot=not args.no_plot, prompt_format=args.prompt_format,
+            **kwargs)
     except LLMAPIError as exc:
         print(f"error: {exc}\n(rows finished so far are kept in {out}; rerun to resume)", file=sys.stderr)
         return 1

@@ -3,7 +3,12 @@ model's special tokens become chat messages, original ``data_source`` names and 
 become ours (:mod:`deepretrieval.tasks.original` holds the name grammar and the resolver).
 
 Conversion needs the task of each row's ``data_source``: functions take ``get_task`` (the
-catalog's :func:`deepretrieval.catalog.get_task`)."""
+catalog's :func:`deepretrieval.catalog.get_task`).
+
+The original's own prompt is kept too: ``extra_info.original_prompt`` holds the row's raw prompt
+string verbatim (the text the original trainer tokenized, ``prompt[0]["content"]``, with no chat
+template around it), so a released DeepRetrieval checkpoint can be evaluated on the prompt it was
+trained on (:func:`original_prompt`; ``deepretrieval eval --prompt-format``, docs/profiles.md)."""
 from __future__ import annotations
 
 import re
@@ -18,6 +23,7 @@ from deepretrieval.core.answer import ANSWER_OPEN, THINK_OPEN
 from deepretrieval.data.rows import write_parquet
 from deepretrieval.tasks.base import Task
 from deepretrieval.tasks.original import (
+    OriginalTask,
     _as_list,
     normalize_extra_info,
     normalize_ground_truth,
@@ -100,12 +106,35 @@ def _prompt_messages(prompt: Any) -> tuple[list[dict[str, str]], str]:
     msgs = [dict(m) for m in items if isinstance(m, Mapping)]
     if not msgs:
         raise ValueError("prompt has no messages")
-    joined = "".join(str(m.get("content", "")) for m in msgs)
-    special = ("<|im_start|>" in joined or "<|start_header_id|>" in joined
-               or "<|begin_of_text|>" in joined or re.search(r"\nAssistant:", joined))
-    if len(msgs) == 1 and special:
+    if len(msgs) == 1 and _is_templated(str(msgs[0].get("content", ""))):
         return split_raw_prompt(str(msgs[0].get("content", "")))
     return [{"role": str(m.get("role", "user")), "content": str(m.get("content", ""))} for m in msgs], ""
+
+
+ORIGINAL_PROMPT = "original_prompt"  # extra_info key: the original's raw prompt string, verbatim
+ORIGINAL_TARGET = "original_target"  # extra_info key: the original's one-id target string (SciFact rows)
+
+
+def raw_prompt(prompt: Any) -> str | None:
+    """The original's raw prompt string of a row's ``prompt`` (a string, or one user message
+    holding a pre-templated string), verbatim; None when the prompt is chat messages of ours."""
+    if isinstance(prompt, str):
+        return prompt
+    msgs = [m for m in _as_list(prompt) if isinstance(m, Mapping)]
+    if len(msgs) == 1 and _is_templated(str(msgs[0].get("content", ""))):
+        return str(msgs[0]["content"])
+    return None
+
+
+def _is_templated(content: str) -> bool:
+    return bool("<|im_start|>" in content or "<|start_header_id|>" in content
+                or "<|begin_of_text|>" in content or re.search(r"\nAssistant:", content))
+
+
+def original_prompt(row: Mapping[str, Any]) -> str | None:
+    """The original raw prompt a (converted) row carries in ``extra_info.original_prompt``, or None."""
+    value = (row.get("extra_info") or {}).get(ORIGINAL_PROMPT)
+    return value if isinstance(value, str) and value else None
 
 
 _QUERY_COLUMNS = ("query", "input", "question", "claim")
@@ -114,7 +143,8 @@ _QUERY_COLUMNS = ("query", "input", "question", "claim")
 def convert_row(row: Mapping[str, Any], get_task: GetTask, index: int | None = None, *,
                 keep_data_source: bool = False) -> dict[str, Any]:
     """One original row → our row (chat-message prompt, our ground truth, extra_info with
-    ``split``, ``prefill``, ``query``, ``pub_date``, ``db_id`` where known)."""
+    ``split``, ``prefill``, ``query``, ``pub_date``, ``db_id`` where known, and the raw prompt
+    verbatim in ``original_prompt``)."""
     data_source = str(row.get("data_source", ""))
     name = parse_name(data_source)
     if name is None:
@@ -128,7 +158,8 @@ def convert_row(row: Mapping[str, Any], get_task: GetTask, index: int | None = N
     else:
         task = get_task(data_source)
         family_key = name.family
-        canonical = task.canonical
+        # names spelled the same in both projects (pubmed, ctgov, triviaqa, squad) are our tasks
+        canonical = task.canonical if isinstance(task, OriginalTask) else task.name
     messages, prefix = _prompt_messages(row.get("prompt"))
     reward_model = row.get("reward_model") or {}
     gt = normalize_ground_truth(reward_model.get("ground_truth") if isinstance(reward_model, Mapping)
@@ -144,6 +175,13 @@ def convert_row(row: Mapping[str, Any], get_task: GetTask, index: int | None = N
         extra["prefill"] = prefill
     if prefix and prefix != prefill:
         extra["assistant_prefix"] = prefix
+    raw = raw_prompt(row.get("prompt"))
+    if raw is not None:
+        extra[ORIGINAL_PROMPT] = raw
+    raw_gt = reward_model.get("ground_truth") if isinstance(reward_model, Mapping) else None
+    if isinstance(raw_gt, Mapping) and isinstance(raw_gt.get("target"), str):
+        # one id per judgment line (SciFact layout): the paper profile compares against it as is
+        extra[ORIGINAL_TARGET] = raw_gt["target"]
     if row.get("pub_date") is not None and "pub_date" not in extra:
         extra["pub_date"] = str(row["pub_date"])
     for col in _QUERY_COLUMNS:

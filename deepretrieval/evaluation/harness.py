@@ -29,6 +29,7 @@ from deepretrieval.core.answer import (
     parse_answer,
 )
 from deepretrieval.core.io import append_json_lines, save_figure, write_atomic
+from deepretrieval.data.original import original_prompt
 from deepretrieval.generation.decoding import Decoding, Prompt, stop_rules
 from deepretrieval.generation.factory import make_generator
 from deepretrieval.rewards import score_batch
@@ -213,8 +214,55 @@ def _record_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 
 def _same_run(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    return [k for k in ("version", "model", "base_url", "decoding", "extract", "prefill_used", "mode")
-            if old.get(k) != new.get(k)]
+    old = {"prompt_format": "ours", **old}  # run folders written before the setting existed
+    return [k for k in ("version", "model", "base_url", "decoding", "extract", "prefill_used", "mode",
+                        "prompt_format") if old.get(k) != new.get(k)]
+
+
+PROMPT_FORMATS = ("auto", "original", "ours")
+_ORIGINAL_HUB_ORG = "deepretrieval/"  # the released checkpoints: huggingface.co/DeepRetrieval
+
+
+def is_original_checkpoint(model: Any) -> bool:
+    """A checkpoint of the original DeepRetrieval project: a released one (hub id
+    ``DeepRetrieval/...``) or a folder in the original trainer's layout ``.../actor/global_step_N``
+    (verl 0.9.1, ours, writes ``global_step_N/actor``)."""
+    if not isinstance(model, (str, os.PathLike)):
+        return False
+    name = str(model)
+    if name.startswith("openai:"):
+        return False
+    if name.lower().startswith(_ORIGINAL_HUB_ORG) and name.count("/") == 1:
+        return True
+    parts = Path(name).parts
+    return any(a == "actor" and b.startswith("global_step_") for a, b in zip(parts, parts[1:]))
+
+
+def resolve_prompt_format(model: Any, rows: Sequence[Mapping[str, Any]], prompt_format: str = "auto") -> str:
+    """``"original"`` (generate from each row's original raw prompt, ``extra_info.original_prompt``)
+    or ``"ours"`` (the row's chat messages through the model's chat template). ``"auto"``: original
+    when the model is an original checkpoint (:func:`is_original_checkpoint`) and every row carries
+    its original prompt (rows read from an original DeepRetrieval file), else ours."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"unknown prompt format {prompt_format!r} (known: {', '.join(PROMPT_FORMATS)})")
+    missing = sum(original_prompt(r) is None for r in rows)
+    if prompt_format == "original":
+        if isinstance(model, str) and model.startswith("openai:"):
+            raise ValueError("original prompts are raw strings for a local model; a chat API takes "
+                             "messages (use the default prompt format)")
+        if missing:
+            raise ValueError(f"{missing} of {len(rows)} rows carry no original prompt: only rows read "
+                             f"from an original DeepRetrieval parquet file (--rows FILE, or a file "
+                             f"written by `deepretrieval convert`) have one")
+        return "original"
+    if prompt_format == "ours" or not is_original_checkpoint(model):
+        return "ours"
+    if missing:
+        log.warning("%s is an original DeepRetrieval checkpoint, trained on the original prompts, but "
+                    "these rows carry none; it is evaluated on our chat prompt. Pass the original "
+                    "parquet file (--rows FILE) to use the prompts it was trained on", model)
+        return "ours"
+    return "original"
 
 
 def evaluate_model(model: Any, rows: Sequence[Mapping[str, Any]], *, out_dir: str | os.PathLike | None = None,
@@ -225,7 +273,8 @@ def evaluate_model(model: Any, rows: Sequence[Mapping[str, Any]], *, out_dir: st
                    cache_dir: str | os.PathLike | None = None, backend: str = "auto",
                    device: str | None = None, dtype: str | None = None, tokenizer: Any = None,
                    name: str | None = None, mode: str = "val", baseline: bool = True,
-                   plot: bool = True, searcher=None, **generator_kw: Any) -> dict[str, Any]:
+                   plot: bool = True, searcher=None, prompt_format: str = "auto",
+                   **generator_kw: Any) -> dict[str, Any]:
     """Evaluate ``model`` on task ``rows`` and return the report.
 
     ``model``: a local folder, a hub name, a ``.gguf`` file, ``openai:NAME`` (with ``base_url``;
@@ -238,6 +287,11 @@ def evaluate_model(model: Any, rows: Sequence[Mapping[str, Any]], *, out_dir: st
     and a rerun skips rows already done (``resume=False`` starts over). Returns ``{"model", "task",
     "summary", "baseline", "systems", "records", "baseline_records", "files", ...}``; ``summary``
     holds the mean of every metric (``score`` is the task's reward) and the error rates.
+
+    ``prompt_format``: ``"original"`` generates from each row's original DeepRetrieval prompt
+    string as it is (no chat template), ``"ours"`` from the row's chat messages, ``"auto"`` picks
+    original for original checkpoints on original rows (:func:`resolve_prompt_format`). Scoring
+    is the same either way: the completion continues the row's prefill.
     """
 
     rows = list(rows)
@@ -264,7 +318,11 @@ def evaluate_model(model: Any, rows: Sequence[Mapping[str, Any]], *, out_dir: st
         system = name or str(generator.name)
         prefill_used = True
     model_id = str(model) if isinstance(model, (str, os.PathLike)) else system
+    prompt_format = resolve_prompt_format(model, rows, prompt_format)
+    if prompt_format == "original":
+        prefill_used = True  # the raw prompt ends with the assistant prefix the model continues
     config = {"version": RUN_VERSION, "model": model_id, "name": system, "base_url": base_url,
+              "prompt_format": prompt_format,
               "decoding": decoding.to_dict(), "extract": extract, "prefill_used": prefill_used,
               "mode": mode, "task": sources[0], "split": (rows[0].get("extra_info") or {}).get("split")}
 
@@ -306,7 +364,8 @@ def evaluate_model(model: Any, rows: Sequence[Mapping[str, Any]], *, out_dir: st
             batch = [rows[i] for i in idx]
             prefills = [row_prefill(r) for r in batch]
             stops = stop_rules(prefills[0] if prefill_used and len(set(prefills)) == 1 else "")
-            prompts = [Prompt.of(r["prompt"], p) for r, p in zip(batch, prefills)]
+            prompts = [Prompt.of(r["prompt"], p, original_prompt(r) if prompt_format == "original" else None)
+                       for r, p in zip(batch, prefills)]
             outputs = generator.generate(prompts, Decoding(**{**decoding.__dict__, "stops": stops}),
                                          batch_size=len(batch), seed_offset=idx[0])
             flat_rows = [r for r, outs in zip(batch, outputs) for _ in outs]
@@ -380,7 +439,8 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
     how = "greedy" if dec.get("greedy", True) else (
         f"sampling T={dec.get('temperature')} top_p={dec.get('top_p')} seed={dec.get('seed')} n={dec.get('n')}")
     run_settings = (f"- rows: {report.get('rows')}; decoding: {how}, max_new_tokens={dec.get('max_new_tokens')}; "
-                f"extraction: {report.get('extract')}; prefill sent: {report.get('prefill_used')}"
+                f"extraction: {report.get('extract')}; prefill sent: {report.get('prefill_used')}; "
+                f"prompt: {report.get('prompt_format', 'ours')}"
                 if dec else "- systems from several run folders (settings: each run's summary.md)")
     lines = [f"# {report.get('task')} / {report.get('split')}: {report.get('name')}", "", run_settings,
              "- `score` is the task's reward (same function as training); `*_paper` columns (where the "

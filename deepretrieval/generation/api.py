@@ -220,6 +220,9 @@ class OpenAIChatGenerator:
                                            use_cache=use_cache, **client_kw)
 
     def body(self, prompt: Prompt, decoding: Decoding, seed: int, n: int) -> dict[str, Any]:
+        if prompt.raw is not None:
+            raise ValueError("a chat endpoint cannot take a raw (original DeepRetrieval) prompt "
+                             "string; evaluate with our chat prompt (--prompt-format ours)")
         messages = [dict(m) for m in prompt.messages]
         body: dict[str, Any] = {"model": self.model, "messages": messages,
                                 "max_tokens": decoding.max_new_tokens, "n": n}

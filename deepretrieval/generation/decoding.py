@@ -11,15 +11,23 @@ ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 
 @dataclass(frozen=True)
 class Prompt:
-    """Chat messages plus the text the assistant turn starts with."""
+    """Chat messages plus the text the assistant turn starts with.
+
+    ``raw``: the exact model input instead (an original DeepRetrieval prompt string, already
+    templated and ending with its own assistant prefix): local generators tokenize it as it is —
+    no chat template, no prefill appended, no special tokens added — as the original trainer did.
+    ``messages``/``prefill`` still describe the same prompt for records and for chat APIs, which
+    cannot take a raw string and refuse such a prompt."""
 
     messages: tuple[Mapping[str, str], ...]
     prefill: str = ""
+    raw: str | None = None
 
     @classmethod
-    def of(cls, messages: Sequence[Mapping[str, Any]], prefill: str | None = "") -> "Prompt":
+    def of(cls, messages: Sequence[Mapping[str, Any]], prefill: str | None = "",
+           raw: str | None = None) -> "Prompt":
         msgs = tuple({"role": str(m["role"]), "content": str(m["content"])} for m in messages)
-        return cls(msgs, prefill or "")
+        return cls(msgs, prefill or "", raw)
 
 
 @dataclass(frozen=True)

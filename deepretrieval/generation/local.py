@@ -65,11 +65,14 @@ def _load_local(model: str, device: str | None, dtype: str | None):
 
 
 class _ChatTemplate:
-    """Renders a prompt with the model's own chat template, then the assistant prefill."""
+    """Renders a prompt with the model's own chat template, then the assistant prefill; a raw
+    prompt (:attr:`Prompt.raw`, the original DeepRetrieval rows) is the model input as it is."""
 
     tokenizer: Any
 
     def render(self, prompt: Prompt) -> str:
+        if prompt.raw is not None:
+            return prompt.raw
         text = self.tokenizer.apply_chat_template(list(prompt.messages), tokenize=False,
                                                   add_generation_prompt=True)
         return text + prompt.prefill
