@@ -155,6 +155,14 @@ def open_index(name_or_path: str) -> Backend:
                       f"or build one under {settings.index_dir()} with `deepretrieval index`")
 
 
+def index_available(name_or_path: str) -> bool:
+    """Would :func:`open_index` find this index (without loading it)? Built-in names always can
+    (they are built on first use or are live engines)."""
+    return (name_or_path in named_indexes()
+            or (settings.index_dir() / name_or_path / "meta.json").exists()
+            or name_or_path in BUILTIN_INDEXES or Path(name_or_path).is_dir())
+
+
 def local_searcher() -> LocalSearcher:
     """A searcher over this process's indexes (opened with :func:`open_index`)."""
     return LocalSearcher(open_index)

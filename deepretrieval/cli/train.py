@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from deepretrieval.catalog import BUILTIN_INDEXES, bundled_rows, get_task, read_rows
+from deepretrieval.catalog import BUILTIN_INDEXES, bundled_rows, get_task, index_available, read_rows
 from deepretrieval.core import settings
 from deepretrieval.data.rows import write_parquet
 from deepretrieval.train import quickstart as quickstart_mod
@@ -111,6 +111,35 @@ def default_indexes(task) -> list[str]:
     return prefixed or [task.index]
 
 
+def setup_hint(task) -> str:
+    """How to get a task's index and rows when they are not here (no bundled data)."""
+    family, index = task.family.name, task.index
+    if family == "beir":
+        base = index.removesuffix("_dense")
+        dense = " --dense MODEL" if index.endswith("_dense") else ""
+        return (f"build it and the rows from the dataset's BEIR files: `deepretrieval prepare beir "
+                f"--corpus corpus.jsonl --queries queries.jsonl --qrels train=qrels/train.tsv "
+                f"test=qrels/test.tsv --name {base}{dense}`, then --data data/{base}. The original's "
+                f"preprocessed rows (`python download_datasets.py --categories local_index_search "
+                f"--datasets {base}`) work as --data too, but still need the index")
+    if family == "evidence":
+        return (f"build a passage index: `deepretrieval index --corpus passages.jsonl --name {index}` "
+                f"(e.g. the DPR Wikipedia passages), then rows: `deepretrieval prepare {task.name} "
+                f"--index {index} --input questions.jsonl`")
+    if family == "sql":
+        return f"download the databases and write rows: `deepretrieval prepare {index} --{index}-dir DIR`"
+    return "build it with `deepretrieval index` / `deepretrieval prepare ...`, or pass --index NAME=PATH"
+
+
+def check_indexes(task, indexes: list[str]) -> None:
+    """Fail before anything starts when an index the run needs is not here (NAME=PATH specs are
+    the service's to check)."""
+    missing = [name for name in indexes if "=" not in name and not index_available(name)]
+    if missing:
+        raise FileNotFoundError(f"task {task.name!r} needs index {', '.join(map(repr, missing))}, "
+                                f"which is not built here: {setup_hint(task)}")
+
+
 def _kv(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -138,6 +167,8 @@ def cmd_train(args) -> int:
     indexes = args.index or default_indexes(task)
     use_service = not args.search_url and not args.no_service
 
+    if use_service:
+        check_indexes(task, indexes)
     service = ManagedService(indexes, host=args.service_host, log_path=out / "service.log") \
         if use_service else None
     with signals_raise():

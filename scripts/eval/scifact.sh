@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Evaluate a model on BEIR SciFact (test split) against the original-query baseline.
-# usage: scripts/eval/scifact.sh MODEL [extra `deepretrieval eval` options]
+# usage: scripts/eval/scifact.sh [MODEL] [extra `deepretrieval eval` options]
 #   MODEL: checkpoint folder, hub name, or openai:NAME --base-url URL
-# env: TASK (default scifact; scifact_no_reason for answer-only models), SPLIT (default test)
+# env: TASK (default scifact; scifact_no_reason for answer-only models), SPLIT (default test),
+#      ROWS (task rows parquet instead of TASK's bundled rows)
 set -euo pipefail
-[ $# -ge 1 ] || { sed -n '3,5p' "$0" | sed 's/^# //' >&2; exit 2; }
-MODEL=$1; shift
-exec deepretrieval eval --model "$MODEL" --task "${TASK:-scifact}" --split "${SPLIT:-test}" "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/eval.sh"
+eval_task scifact test "" "" "$@"

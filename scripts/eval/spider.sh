@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Evaluate a model on the bundled Spider subset (execution match) against the gold-SQL (upper bound) baseline.
-# usage: scripts/eval/spider.sh MODEL [extra `deepretrieval eval` options]
-#   MODEL: checkpoint folder, hub name, or openai:NAME --base-url URL
-# env: TASK (default spider; spider_no_reason for answer-only models), SPLIT (default test)
+# usage: scripts/eval/spider.sh [MODEL] [extra `deepretrieval eval` options]
+#   MODEL: checkpoint folder, hub name, or openai:NAME --base-url URL (default: DeepRetrieval/DeepRetrieval-SQL-7B)
+# env: TASK (default spider; spider_no_reason for answer-only models), SPLIT (default test),
+#      ROWS (task rows parquet; default data/sql/spider/val.parquet when it exists, else TASK's bundled rows)
 set -euo pipefail
-[ $# -ge 1 ] || { sed -n '3,5p' "$0" | sed 's/^# //' >&2; exit 2; }
-MODEL=$1; shift
-exec deepretrieval eval --model "$MODEL" --task "${TASK:-spider}" --split "${SPLIT:-test}" "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/eval.sh"
+eval_task spider test "data/sql/spider/val.parquet" "DeepRetrieval/DeepRetrieval-SQL-7B" "$@"

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The original's BM25 API baseline (BM25/gpt.sh): an API model writes queries for a
+# BEIR dataset; scored like the trained models (answer extracted leniently).
+# usage: scripts/eval/BM25/gpt.sh DATASET [MODEL_NAME] [extra `deepretrieval eval` options]
+#   DATASET: scifact (bundled), nfcorpus, fever, hotpotqa, fiqa, msmarco_beir, ... (others need
+#            `deepretrieval prepare beir --name DATASET`)
+#   MODEL_NAME: default gpt-4o (gpt-4o-mini, gpt-35, ...)
+# env: OPENAI_API_KEY, OPENAI_BASE_URL; ROWS (default data/local_index_search/$DATASET/sparse/test.parquet if present)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../../lib/eval.sh"
+[[ $# -ge 1 && "$1" != -* ]] || _usage
+DATASET=$1; shift
+NAME="gpt-4o"
+if [[ $# -ge 1 && "$1" != -* ]]; then NAME=$1; shift; fi
+api_eval openai "${DATASET}" "data/local_index_search/$DATASET/sparse/test.parquet" "$NAME" "$@"

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The original's Dense API baseline (Dense/claude_no_reason.sh): an API model writes answer-only queries for a
+# BEIR dataset (dense index); scored like the trained models (answer extracted leniently).
+# usage: scripts/eval/Dense/claude_no_reason.sh DATASET [MODEL_NAME] [extra `deepretrieval eval` options]
+#   DATASET: scifact (bundled), nfcorpus, fever, hotpotqa, fiqa, msmarco_beir, ... (others need
+#            `deepretrieval prepare beir --name DATASET --dense MODEL`)
+#   MODEL_NAME: default claude-3.5 (claude-3.5, claude-haiku, or an Anthropic model id)
+# env: ANTHROPIC_API_KEY; ROWS (default data/local_index_search/no_reason/Dense/$DATASET/test.parquet if present)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../../lib/eval.sh"
+[[ $# -ge 1 && "$1" != -* ]] || _usage
+DATASET=$1; shift
+NAME="claude-3.5"
+if [[ $# -ge 1 && "$1" != -* ]]; then NAME=$1; shift; fi
+api_eval claude "${DATASET}_dense_no_reason" "data/local_index_search/no_reason/Dense/$DATASET/test.parquet" "$NAME" "$@"

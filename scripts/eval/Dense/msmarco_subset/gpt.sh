@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The original's MS MARCO subset API baseline (Dense/msmarco_subset/gpt.sh): gpt-4o writes
+# queries for a domain subset, dense retrieval.
+# usage: scripts/eval/Dense/msmarco_subset/gpt.sh DATASET [extra `deepretrieval eval` options]
+#   DATASET: msmarco_health, msmarco_science, msmarco_tech or msmarco_all (the original's folders)
+# env: OPENAI_API_KEY, OPENAI_BASE_URL; MODEL_NAME (default gpt-4o);
+#      ROWS (default data/local_index_search/$DATASET/dense/test.parquet; no rows are bundled)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../../../lib/eval.sh"
+[[ $# -ge 1 && "$1" != -* ]] || _usage
+DATASET=$1; shift
+api_eval openai msmarco_dense_test "data/local_index_search/$DATASET/dense/test.parquet" "${MODEL_NAME:-gpt-4o}" "$@"

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# SQuAD evidence seeking, answer only (the original's squad_no_reason.sh) — on `deepretrieval train --task squad_no_reason`.
+#
+# Usage: scripts/train/squad_no_reason.sh [deepretrieval train options] [KEY=VALUE overrides]
+#   ENGINE, CONFIG, MODEL, DATA, OUT, INDEX, INIT_FROM: see scripts/lib/train.sh
+# Examples:
+#   scripts/train/squad_no_reason.sh --dry-run
+#   scripts/train/squad_no_reason.sh --gpus 8 trainer.total_epochs=5
+# Data: a passage index named 'wikipedia' (INDEX=wikipedia=/path, or deepretrieval index --corpus
+#   passages.jsonl --name wikipedia) and rows: deepretrieval prepare squad --task squad_no_reason --index wikipedia --input ...
+#   (or the original's, picked up from data/local_index_search/no_reason/squad_no_reason).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/train.sh"
+train_task squad_no_reason "data/local_index_search/no_reason/squad_no_reason" "$@"
