@@ -180,3 +180,24 @@ def test_cli_original_prompt_on_rows_without_one_is_a_clear_error(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2 and "carry no original prompt" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_cli_eval_with_original_prompts(original_files, tmp_path, tmp_path_factory, capsys, scifact_index):
+    """`deepretrieval eval --rows ORIGINAL.parquet --prompt-format original` with a local model (what
+    scripts/eval/*.sh run with ROWS, or with the original's file in place)."""
+    from deepretrieval.testing.tiny_model import tiny_model_path
+
+    model = str(tiny_model_path(tmp_path_factory.getbasetemp() / "tiny-models"))
+    out = tmp_path / "run"
+    code = main(["eval", "--model", model, "--rows", str(original_files["scifact"]), "--prompt-format", "original",
+                 "--max-new-tokens", "4", "--no-baseline", "--no-plot", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    run = json.loads((out / "run.json").read_text())
+    assert run["prompt_format"] == "original" and run["task"] == "scifact"
+    assert "prompt: original" in (out / "summary.md").read_text()
+    records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(r["prefill"] == "<think>\n" for r in records)
+    # the same folder with the other prompt format is another run: refused, not mixed
+    assert main(["eval", "--model", model, "--rows", str(original_files["scifact"]), "--prompt-format", "ours",
+                 "--max-new-tokens", "4", "--no-baseline", "--no-plot", "--out", str(out)]) == 2
+    assert "prompt_format" in capsys.readouterr().err

@@ -10,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from deepretrieval.train.paper_presets import PAPER_RUNS
@@ -172,26 +170,6 @@ def test_api_baseline_script_end_to_end(tmp_path, scifact_index):
     assert report["task"] == "scifact" and system["rows"] == 3 and system["format_error_rate"] == 0
     assert system["score"] > 0  # the claims find their documents
     assert json.loads((tmp_path / "run" / "run.json").read_text())["extract"] == "lenient"
-
-
-def test_eval_script_generates_from_the_original_prompts(tmp_path, scifact_index):
-    """ROWS = an original DeepRetrieval file: the model is given each row's raw prompt string."""
-    from deepretrieval.testing.tiny_model import tiny_model_path
-
-    rows = [json.loads(line) for line in
-            (ROOT / "tests/data/original_rows/rows.jsonl").read_text().splitlines()][:2]
-    path = tmp_path / "scifact_test.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    model = tiny_model_path(tmp_path / "tiny")
-    env = _real(tmp_path)
-    env.update(ROWS=str(path))
-    proc = subprocess.run(["bash", str(SCRIPTS / "eval/scifact.sh"), str(model), "--prompt-format", "original",
-                           "--max-new-tokens", "4", "--no-baseline", "--no-plot", "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    run = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert run["prompt_format"] == "original" and run["task"] == "scifact"
-    assert "prompt: original" in (tmp_path / "run" / "summary.md").read_text()
 
 
 def test_download_datasets_keeps_the_original_flags():
