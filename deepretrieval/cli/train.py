@@ -12,7 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-from deepretrieval.catalog import BUILTIN_INDEXES, bundled_rows, get_task, index_available, read_rows
+from deepretrieval.catalog import (
+    BUILTIN_INDEXES,
+    bundled_rows,
+    get_task,
+    index_available,
+    read_rows,
+)
 from deepretrieval.core import settings
 from deepretrieval.data.rows import write_parquet
 from deepretrieval.train import quickstart as quickstart_mod

@@ -13,6 +13,7 @@ search error rates) and ``comparison.png``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -235,7 +236,7 @@ def is_original_checkpoint(model: Any) -> bool:
     if name.lower().startswith(_ORIGINAL_HUB_ORG) and name.count("/") == 1:
         return True
     parts = Path(name).parts
-    return any(a == "actor" and b.startswith("global_step_") for a, b in zip(parts, parts[1:]))
+    return any(a == "actor" and b.startswith("global_step_") for a, b in itertools.pairwise(parts))
 
 
 def resolve_prompt_format(model: Any, rows: Sequence[Mapping[str, Any]], prompt_format: str = "auto") -> str:
