@@ -158,9 +158,14 @@ def test_vllm_generator_maps_decoding(monkeypatch, tiny):
                  stops=stop_rules(TASK.prefill))
     outs = gen.generate(prompts(), d, seed_offset=10)
     assert outs == [['bone loss"}</answer>', 'x"}</answer>']] * 3
-    assert seen["texts"][0].endswith('<|im_start|>assistant\n<answer>{"query": "')
+    tok = gen.tokenizer  # token ids with no special tokens added (the rendered text has its own)
+    assert tok.decode(seen["texts"][0]["prompt_token_ids"]).endswith('<|im_start|>assistant\n<answer>{"query": "')
+    assert seen["texts"][0]["prompt_token_ids"] == tok(gen.render(prompts()[0]), add_special_tokens=False)["input_ids"]
     assert seen["params"] == {"n": 2, "max_tokens": 20, "temperature": 0.7, "top_p": 1.0, "seed": 15,
                               "stop": ['"}', "</answer>"], "include_stop_str_in_output": True}
     gen.generate(prompts(), Decoding(max_new_tokens=5))
     assert seen["params"]["temperature"] == 0.0 and seen["params"]["seed"] is None
     assert seen["engine"]["max_model_len"] == 1024
+    raw = "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nclaim\nAssistant: Let me think. \n<think>\n"
+    gen.generate([Prompt.of([{"role": "user", "content": "claim"}], "<think>\n", raw)], Decoding(max_new_tokens=5))
+    assert seen["texts"] == [{"prompt_token_ids": tok(raw, add_special_tokens=False)["input_ids"]}]

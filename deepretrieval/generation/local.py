@@ -246,8 +246,11 @@ class VLLMGenerator(_ChatTemplate):
             top_p=1.0 if decoding.greedy else decoding.top_p,
             seed=None if decoding.greedy else decoding.seed + seed_offset,
             stop=[s.text for s in decoding.stops] or None, include_stop_str_in_output=True)
-        outputs = self.llm.generate([self.render(p) for p in prompts], params,
-                                    use_tqdm=_progress_enabled(progress))
+        # token ids, no special tokens added: the rendered text already has its own (a chat
+        # template's BOS, an original raw prompt's), as transformers is given them above
+        ids = [{"prompt_token_ids": self.tokenizer(self.render(p), add_special_tokens=False)["input_ids"]}
+               for p in prompts]
+        outputs = self.llm.generate(ids, params, use_tqdm=_progress_enabled(progress))
         return [[apply_stops(o.text, decoding.stops)[0] for o in out.outputs] for out in outputs]
 
 
