@@ -379,7 +379,8 @@ def _answer(module, data_source, answer, gt, extra, backend, metrics) -> float:
         try:
             if module.target == "str":
                 # a converted original row keeps its one-id target (ours is a list) for this
-                label = str(extra["original_target"] if "original_target" in extra else gt["target"])
+                original = extra.get("original_target")  # None: not a converted row (or a padded key)
+                label = str(gt["target"] if original is None else original)
                 scores = None
             else:
                 label, scores = [str(x) for x in gt["target"]], gt["score"]
