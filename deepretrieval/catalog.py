@@ -271,8 +271,9 @@ def collection_name_clashes(name: str, *, dense: bool = False) -> list[str]:
     """What the task names of a new user collection ``name`` (``name``, ``name_no_reason``, and
     ``name_dense[_no_reason]`` with ``dense``) already mean other than a user collection: a defined
     task, a built-in index, an original DeepRetrieval name over another index (``nfcorpus_test``
-    searches ``nfcorpus``), ... — one line per meaning; empty when the name is free. ``prepare beir`` refuses a name with clashes (it would be shadowed, or be
-    ambiguous: :class:`AmbiguousTask`)."""
+    searches ``nfcorpus``), ... — one line per meaning; empty when the name is free.
+    ``prepare beir`` refuses a name with clashes (it would be shadowed, or be ambiguous:
+    :class:`AmbiguousTask`)."""
     bases = [name] + ([f"{name}_dense"] if dense else [])
     out = []
     for base in bases:
