@@ -549,6 +549,16 @@ def test_prepare_sql_dev_split_gold_variants_and_split_by(tmp_path, _index_dir, 
         sol = f"<think>x</think><answer>{json.dumps({'sql': gold})}</answer>"
         assert compute_score("spider", sol, gt, row["extra_info"], searcher=local_searcher())["score"] \
             == pytest.approx(1.1)
+    # answer-only rows carry the SQL answer prefill (as the bundled spider_no_reason)
+    assert main(["prepare", "sql", "--db", str(db), "--questions", str(qfile), "--name", "flights_dev",
+                 "--out", str(tmp_path / "nr"), "--no_reason"]) == 0
+    nr = read_rows(tmp_path / "nr" / "train.parquet")[0]
+    assert nr["data_source"] == "spider_no_reason" and nr["extra_info"]["prefill"] == '<answer>{"sql": "'
+    got = compute_score("spider_no_reason", json.dumps({"sql": nr["reward_model"]["ground_truth"]["target"][0]})[9:]
+                        + "</answer>", nr["reward_model"]["ground_truth"], nr["extra_info"],
+                        searcher=local_searcher())
+    assert got["format_ok"] and got["score"] == pytest.approx(1.1)
+    capsys.readouterr()
     # train reads dev.parquet as the validation split when there is no test.parquet
     (out / "test.parquet").unlink()
     assert main(["train", "--engine", "trl", "--task", "spider", "--data", str(out), "--out",

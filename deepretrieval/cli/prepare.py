@@ -84,7 +84,10 @@ def register(sub) -> None:
     q.add_argument("--questions", required=True, help="JSON list (or JSONL) of questions + gold SQL")
     q.add_argument("--name", help="database id (default: the file's stem)")
     q.add_argument("--out", help="folder for the rows (default: data/<name>)")
-    q.add_argument("--task", default="spider", help="task (reward table): spider or bird")
+    q.add_argument("--task", default="spider", help="task (reward table): spider or bird (or "
+                                                    "spider_no_reason / bird_no_reason)")
+    q.add_argument("--no_reason", "--no-reason", dest="no_reason", action="store_true",
+                   help="answer-only rows (TASK_no_reason), answer prefilled with <answer>{\"sql\": \"")
     q.add_argument("--test_fraction", "--test-fraction", dest="test_fraction", type=float, default=0.2,
                    help="share of questions without a split that go to test (default 0.2)")
     q.add_argument("--split_by", "--split-by", dest="split_by", default="question", metavar="FIELD",
@@ -233,7 +236,9 @@ def _cmd_prepare_beir(args) -> int:
 
 def _cmd_prepare_sql(args) -> int:
     out = prepare_sql(db=args.db, questions=args.questions, name=args.name, out=args.out,
-                      task=args.task, test_fraction=args.test_fraction, split_by=args.split_by,
+                      task=f"{args.task}_no_reason" if args.no_reason and not
+                      args.task.endswith("_no_reason") else args.task,
+                      test_fraction=args.test_fraction, split_by=args.split_by,
                       skip_failing=args.skip_failing)
     for line in out["report"]:
         print(line)
