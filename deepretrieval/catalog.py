@@ -10,7 +10,9 @@ Task names (``data_source``) resolve as follows:
    name (``nfcorpus_test``, ``pubmed_32``, ...) and a collection the user built an index for
    (``NAME`` / ``NAME_no_reason`` where ``NAME`` is a BM25 or dense index). When more than one
    answers, the name is ambiguous: :class:`AmbiguousTask` names every meaning (a user index
-   shadows nothing and is shadowed by nothing);
+   shadows nothing and is shadowed by nothing) — except when every meaning searches the user's
+   index itself (``prepare beir --name nfcorpus`` builds the index the original name
+   ``nfcorpus`` expects): then the user collection's task it is;
 3. otherwise :class:`~deepretrieval.tasks.UnknownTask` lists the known names.
 
 Index names resolve: registered in this process (:func:`register_index`) or in
@@ -200,7 +202,8 @@ def get_searcher() -> Searcher:
 
 def resolve_local_collection(data_source: str) -> Task | None:
     """``NAME`` / ``NAME_no_reason`` where ``NAME`` is a BM25 or dense index (named, or under the
-    index root) → a BEIR task searching it; None otherwise."""
+    index root) → a BEIR task searching it (``NAME_no_reason``: answer-only, with the answer
+    prefilled like ``scifact_no_reason``); None otherwise."""
     if not isinstance(data_source, str) or not data_source:
         return None
     base, no_reason = data_source, False
@@ -217,7 +220,7 @@ def resolve_local_collection(data_source: str) -> Task | None:
     task = original_names.beir_task(base[: -len("_dense")] if dense else base, dense)
     task = task.variant(name=base, index=base)
     if no_reason:
-        task = task.variant(name=data_source, reasoning=False, prefill="")
+        task = task.variant(name=data_source, reasoning=False, prefill=beir.ANSWER_PREFILL)
     return task
 
 
@@ -231,11 +234,13 @@ def resolve_agentic(data_source: str) -> Task | None:
     return agentic.resolve(data_source, TASKS)
 
 
+_LOCAL_LABEL = "user collection (index)"
+
 #: Resolvers for names that are not defined tasks, each named for error messages.
 RESOLVERS: tuple[tuple[str, Callable[[str], Task | None]], ...] = (
     ("original DeepRetrieval data_source name", resolve_original),
     ("agentic task name", resolve_agentic),
-    ("user collection (index)", resolve_local_collection),
+    (_LOCAL_LABEL, resolve_local_collection),
 )
 
 
@@ -254,6 +259,10 @@ def get_task(data_source: str) -> Task:
         task = resolver(data_source)
         if task is not None:
             found.append((label, task))
+    if len(found) > 1:  # the user built the very index another meaning searches: theirs
+        local = [(label, t) for label, t in found if label == _LOCAL_LABEL]
+        if local and all(t.index == local[0][1].index for _, t in found):
+            found = local
     if len(found) == 1:
         _RESOLVED[data_source] = found[0][1]
         return found[0][1]
@@ -264,6 +273,33 @@ def get_task(data_source: str) -> Task:
                             f"collection (e.g. `prepare beir --name other_name`)")
     raise UnknownTask(f"unknown task / data_source {data_source!r}; defined tasks: {sorted(TASKS)}; "
                       f"user collections: {sorted(local_collections())}")
+
+
+def collection_name_clashes(name: str, *, dense: bool = False) -> list[str]:
+    """What the task names of a new user collection ``name`` (``name``, ``name_no_reason``, and
+    ``name_dense[_no_reason]`` with ``dense``) already mean other than a user collection: a defined
+    task, a built-in index, an original DeepRetrieval name over another index (``nfcorpus_test``
+    searches ``nfcorpus``), ... — one line per meaning; empty when the name is free.
+    ``prepare beir`` refuses a name with clashes (it would be shadowed, or be ambiguous:
+    :class:`AmbiguousTask`)."""
+    bases = [name] + ([f"{name}_dense"] if dense else [])
+    out = []
+    for base in bases:
+        if base in BUILTIN_INDEXES:
+            out.append(f"{base!r} is a built-in index")
+        for task_name in (base, f"{base}_no_reason"):
+            if task_name in TASKS:
+                out.append(f"{task_name!r} is a defined task ({TASKS[task_name].family.name}: "
+                           f"{TASKS[task_name].description})")
+                continue
+            for label, resolver in RESOLVERS:
+                if label == _LOCAL_LABEL:
+                    continue
+                task = resolver(task_name)
+                if task is not None and task.index != base:  # the same index is no clash
+                    out.append(f"{task_name!r} is an {label} → task over index {task.index!r} "
+                               f"({task.family.name})")
+    return out
 
 
 def register_task(task: Task, *, replace_existing: bool = False) -> Task:

@@ -17,7 +17,7 @@ from deepretrieval.data import byo
 from deepretrieval.core.beir_files import FormatError
 from deepretrieval.catalog import read_rows
 from deepretrieval.rewards import compute_score
-from deepretrieval.catalog import local_searcher, open_index
+from deepretrieval.catalog import get_task, local_searcher, open_index
 
 BUNDLED = Path(__file__).resolve().parent.parent / "deepretrieval" / "bundled"
 REVIEWS = [json.loads(line) for line in (BUNDLED / "trialmind_slr" / "reviews.jsonl").read_text().splitlines()
@@ -101,10 +101,14 @@ def test_byo_rows_score_through_compute_score(trialmind):
     assert ranked[0] in relevant                              # the trial's own title finds it
     assert got["ndcg"] == pytest.approx(dcg / idcg) and got["score"] == pytest.approx(0.1 + dcg / idcg)
     assert compute_score(row["data_source"], "bad", gt, row["extra_info"])["score"] == -2.0
-    # the answer-only variant name resolves too
-    no_reason = compute_score("trialmind_byo_no_reason", f"<answer>{json.dumps({'query': title})}</answer>",
-                              gt, row["extra_info"], searcher=local_searcher())
-    assert no_reason["score"] == pytest.approx(got["score"])
+    # the answer-only variant name resolves too, with the answer prefilled (as scifact_no_reason):
+    # the completion continues `<answer>{"query": "`
+    assert get_task("trialmind_byo_no_reason").prefill == get_task("scifact_no_reason").prefill \
+        == '<answer>{"query": "'
+    extra = {k: v for k, v in row["extra_info"].items() if k != "prefill"}
+    no_reason = compute_score("trialmind_byo_no_reason", json.dumps({"query": title})[11:] + "</answer>",
+                              gt, extra, searcher=local_searcher())
+    assert no_reason["format_ok"] and no_reason["score"] == pytest.approx(got["score"])
     # the original-query baseline over real reviews retrieves something relevant
     assert main(["baseline", "--task", "trialmind_byo", "--rows", str(out / "test.parquet"), "--json"]) == 0
 
@@ -124,6 +128,248 @@ def test_prepare_beir_dense(tmp_path, _index_dir):
     assert got["format_ok"] and not got["search_error"] and got["ndcg"] > 0
 
 
+def _warm_tiny_model(rows, folder):
+    """The tiny random model taught, for a few supervised steps, the answer-only recipe of
+    ``scifact_no_reason``: after the prompt (with the row's prefill) it writes a few query words
+    and closes the prefilled answer (``…"}</answer>``). Its samples then parse sometimes — but
+    only when the prompt really carries the answer prefill."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deepretrieval.testing.tiny_model import build_tiny_model
+    from deepretrieval.train.trl_engine import render_prompt
+
+    path = build_tiny_model(folder / "tiny", seed=0)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    torch.manual_seed(0)
+    seqs = []
+    for row in rows:
+        target = " ".join(row["extra_info"]["query"].split()[:4]) + '"}</answer>' + tok.eos_token
+        seqs.append((tok(render_prompt(tok, row), add_special_tokens=False)["input_ids"],
+                     tok(target, add_special_tokens=False)["input_ids"]))
+    width = max(len(p) + len(t) for p, t in seqs)
+    ids = torch.full((len(seqs), width), tok.pad_token_id)
+    labels = torch.full((len(seqs), width), -100)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (p, t) in enumerate(seqs):
+        ids[i, :len(p) + len(t)] = torch.tensor(p + t)
+        labels[i, len(p):len(p) + len(t)] = torch.tensor(t)
+        mask[i, :len(p) + len(t)] = 1
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(60):
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(folder / "warm")
+    tok.save_pretrained(folder / "warm")
+    return folder / "warm"
+
+
+def test_no_reason_collection_trains_two_trl_steps_with_reward_spread(tmp_path, _index_dir):
+    """`prepare beir --no_reason` rows carry the answer prefill, so a 2-step TRL run of the
+    small-model recipe sees well-formed answers among its samples: reward std > 0 (without the
+    prefill every sample is a format error, the rewards are all -2 and GRPO learns nothing)."""
+    pytest.importorskip("trl")
+    torch = pytest.importorskip("torch")
+    from deepretrieval.train.trl_engine import TRLSettings, read_metrics, train_trl
+
+    files = write_collection(tmp_path / "src")
+    out = tmp_path / "rows"
+    assert main(beir_args(files, "trialmind_nr", out, "--no_reason")) == 0
+    rows = read_rows(out / "train.parquet")[:8]
+    assert rows[0]["data_source"] == "trialmind_nr_no_reason"
+    assert rows[0]["extra_info"]["prefill"] == '<answer>{"query": "'
+    model = _warm_tiny_model(rows, tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = train_trl(rows, TRLSettings(
+            model=str(model), output_dir=str(tmp_path / "run"), steps=2, prompts_per_step=2,
+            num_generations=4, max_completion_length=24, temperature=1.0, learning_rate=1e-3,
+            progress=False, bf16=False, seed=0), searcher=local_searcher())
+    finally:
+        torch.set_num_threads(threads)
+    steps = [h for h in read_metrics(result.metrics_path) if "loss" in h]
+    assert [h["step"] for h in steps] == [1, 2]
+    assert any(h["deepretrieval/format_ok"] > 0 for h in steps), "no sample parsed"
+    assert any(h["reward_std"] > 0 for h in steps), "rewards never differed within a batch"
+
+
+# --- names: a collection never shadows, and is never shadowed by, another meaning ------------
+
+def test_prepare_beir_refuses_names_with_another_meaning(tmp_path, _index_dir, capsys):
+    files = write_collection(tmp_path / "src")
+    for name, meaning in (("nfcorpus_test", "'nfcorpus_test' is an original DeepRetrieval data_source "
+                                            "name → task over index 'nfcorpus'"),
+                          ("scifact", "'scifact' is a defined task"),
+                          ("wiki_offline", "'wiki_offline' is a built-in index")):
+        assert main(beir_args(files, name, tmp_path / name)) == 2
+        err = capsys.readouterr().err
+        assert meaning in err and "Pick another --name" in err and "Traceback" not in err, err
+        assert not (tmp_path / name).exists()
+    assert not (_index_dir / "nfcorpus_test").exists()
+
+
+def test_clashing_collection_is_an_error_naming_both_meanings(tmp_path, monkeypatch, capsys):
+    """A collection built outside `prepare beir`'s check (library call, `deepretrieval index`)
+    under an original name + split suffix: every command says it is ambiguous — baseline does not
+    print zeros and exit 0, train --dry-run has no traceback."""
+    from deepretrieval import catalog
+    monkeypatch.setenv("DEEPRETRIEVAL_INDEX_DIR", str(tmp_path / "indexes"))
+    monkeypatch.setattr(catalog, "_RESOLVED", {})  # names resolved earlier in this process
+    files = write_collection(tmp_path / "src")
+    byo.prepare_beir(corpus=files["corpus"], queries=files["queries"],
+                     qrels={"train": files["train"], "test": files["test"]}, name="nfcorpus_test",
+                     out=tmp_path / "rows", show_progress=False)
+    both = ("original DeepRetrieval data_source name → task over index 'nfcorpus'",
+            "user collection (index) → task over index 'nfcorpus_test'")
+    for argv in (["baseline", "--rows", str(tmp_path / "rows" / "test.parquet")],
+                 ["baseline", "--task", "nfcorpus_test"],
+                 ["train", "--engine", "trl", "--task", "nfcorpus_test", "--data",
+                  str(tmp_path / "rows"), "--out", str(tmp_path / "run"), "--dry-run"]):
+        assert main(argv) == 2, argv
+        captured = capsys.readouterr()
+        assert "ambiguous" in captured.err and all(m in captured.err for m in both), captured.err
+        assert "Traceback" not in captured.err and "search_error_rate" not in captured.out
+    assert main(["tasks"]) == 0
+    listed = capsys.readouterr().out
+    assert "nfcorpus_test" in listed and "ambiguous" in listed
+    # the index an original name expects (`prepare beir --name nfcorpus`) is no clash: the
+    # collection's own names resolve to its task
+    (tmp_path / "indexes" / "nfcorpus").mkdir()
+    (tmp_path / "indexes" / "nfcorpus" / "meta.json").write_text(json.dumps({"type": "bm25"}))
+    assert catalog.collection_name_clashes("nfcorpus") == []
+    assert catalog.collection_name_clashes("nfcorpus_test")
+    assert catalog.get_task("nfcorpus") == catalog.resolve_local_collection("nfcorpus")
+    assert catalog.get_task("nfcorpus_no_reason").prefill == '<answer>{"query": "'
+
+
+def test_tasks_lists_your_collections(trialmind, capsys):
+    assert main(["tasks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    mine = {"trialmind_byo", "trialmind_byo_no_reason"}
+    byo_lines = {line.split()[0]: line for line in lines if line.split()[:1] and line.split()[0] in mine}
+    assert set(byo_lines) == mine
+    assert lines.index(byo_lines["trialmind_byo"]) > lines.index(next(x for x in lines if "your collections" in x))
+    assert "index 'trialmind_byo'" in byo_lines["trialmind_byo"]
+    assert "answer prefilled" in byo_lines["trialmind_byo_no_reason"]
+
+
+# --- one qrels file → train/test; train's data checks ------------------------------------------
+
+def _single_qrels(files, folder: Path) -> Path:
+    path = folder / "all.tsv"
+    body = files["train"].read_text().splitlines() + files["test"].read_text().splitlines()[1:]
+    path.write_text("\n".join(body) + "\n")
+    return path
+
+
+def _args_one_qrels(files, qrels, name, out, *extra):
+    return ["prepare", "beir", "--corpus", str(files["corpus"]), "--queries", str(files["queries"]),
+            "--qrels", str(qrels), "--name", name, "--out", str(out), *extra]
+
+
+def test_prepare_beir_splits_one_qrels_file(tmp_path, _index_dir, capsys):
+    files = write_collection(tmp_path / "src")
+    qrels = _single_qrels(files, tmp_path / "src")
+    out = tmp_path / "rows"
+    assert main(_args_one_qrels(files, qrels, "trialmind_split", out, "--test-fraction", "0.3")) == 0
+    printed = capsys.readouterr().out
+    train, test = read_rows(out / "train.parquet"), read_rows(out / "test.parquet")
+    n = len(train) + len(test)
+    assert n == sum(any(t["pmid"] in DOCS for t in r["trials"]) for r in REVIEWS) > 20
+    assert len(test) == round(0.3 * n)
+    assert f"{len(train)} train / {len(test)} test queries" in printed and "by query id" in printed
+    train_ids = {r["extra_info"]["query_id"] for r in train}
+    assert train_ids.isdisjoint(r["extra_info"]["query_id"] for r in test)
+    assert {r["extra_info"]["split"] for r in test} == {"test"}
+    # stable: the same split again
+    out2 = tmp_path / "rows2"
+    assert main(_args_one_qrels(files, qrels, "trialmind_split", out2, "--test-fraction", "0.3")) == 0
+    assert {r["extra_info"]["query_id"] for r in read_rows(out2 / "train.parquet")} == train_ids
+    # --split-by a query field: queries sharing the value stay together
+    lines = [json.loads(x) for x in files["queries"].read_text().splitlines()]
+    for i, q in enumerate(lines):
+        q["metadata"] = {"topic": f"t{i % 5}"}
+    files["queries"].write_text("".join(json.dumps(q) + "\n" for q in lines))
+    out3 = tmp_path / "rows3"
+    assert main(_args_one_qrels(files, qrels, "trialmind_split", out3, "--split-by", "metadata.topic")) == 0
+    topic = {q["_id"]: q["metadata"]["topic"] for q in lines}
+    by_split = {s: {topic[r["extra_info"]["query_id"]] for r in read_rows(out3 / f"{s}.parquet")}
+                for s in ("train", "test")}
+    assert by_split["train"].isdisjoint(by_split["test"]) and len(by_split["test"]) == 1  # 0.2 of 5
+    assert "the queries' 'metadata.topic' field" in capsys.readouterr().out
+    # errors: several qrels files, a bad fraction, a missing field
+    assert main(beir_args(files, "trialmind_split", tmp_path / "x", "--test-fraction", "0.2")) == 2
+    assert "split one qrels file" in capsys.readouterr().err
+    assert main(_args_one_qrels(files, qrels, "trialmind_split", tmp_path / "x", "--test-fraction", "1.5")) == 2
+    assert "between 0 and 1" in capsys.readouterr().err
+    assert main(_args_one_qrels(files, qrels, "trialmind_split", tmp_path / "x", "--split-by", "nope")) == 2
+    assert "queries.jsonl:1: no field 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_test_only_folder_and_missing_folder_say_so(tmp_path, _index_dir, capsys):
+    files = write_collection(tmp_path / "src")
+    qrels = _single_qrels(files, tmp_path / "src")
+    out = tmp_path / "rows"
+    assert main(_args_one_qrels(files, qrels, "trialmind_testonly", out)) == 0
+    printed = capsys.readouterr().out
+    assert "note: no train split was written" in printed and "--test-fraction" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["test.parquet"]
+    run = ["train", "--engine", "trl", "--task", "trialmind_testonly", "--out", str(tmp_path / "run"),
+           "--dry-run"]
+    assert main(run + ["--data", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "has test.parquet but no train.parquet" in captured.err and "--test-fraction" in captured.err
+    assert "starting the retrieval service" not in captured.out and "Traceback" not in captured.err
+    assert main(run + ["--data", str(tmp_path / "no_such_rows")]) == 2
+    captured = capsys.readouterr()
+    assert "no such folder" in captured.err and "dry run" not in captured.out
+    assert "starting the retrieval service" not in captured.out
+
+
+def test_empty_documents_are_kept_with_a_warning(tmp_path, _index_dir, capsys):
+    """Cranfield judges two documents with empty text: they are indexed (and count as relevant in
+    the ideal DCG), with a warning naming them."""
+    files = write_collection(tmp_path / "src")
+    lines = files["corpus"].read_text().splitlines()
+    first, second = json.loads(lines[0]), json.loads(lines[1])
+    lines[0] = json.dumps({"_id": first["_id"], "title": "", "text": ""})
+    lines[1] = json.dumps({"_id": second["_id"], "text": "  "})
+    files["corpus"].write_text("\n".join(lines) + "\n")
+    out = tmp_path / "rows"
+    assert main(beir_args(files, "trialmind_empty", out)) == 0
+    err = capsys.readouterr().err
+    assert f"2 document(s) with empty title and text ('{first['_id']}', '{second['_id']}')" in err
+    assert err.startswith("warning: ") and "judged relevant" in err
+    index = open_index("trialmind_empty")
+    assert len(index) == len(DOCS) and first["_id"] in index.doc_ids
+    assert index.search([first["title"] or "a"], 5)[0].error is None
+
+
+# --- baseline: task and split from the rows ----------------------------------------------------
+
+def test_baseline_takes_task_and_split_from_rows(trialmind, capsys):
+    files, out = trialmind
+    assert main(["baseline", "--rows", str(out / "train.parquet"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["task"] == "trialmind_byo" and summary["split"] == "train"
+    assert summary["n"] == len(read_rows(out / "train.parquet"))
+    assert main(["baseline", "--rows", str(out / "train.parquet"), "--task", "trialmind_byo",
+                 "--split", "train", "--json"]) == 0
+    capsys.readouterr()
+    for extra, message in ((["--task", "scifact"], "--task 'scifact' contradicts the rows: their "
+                                                   "data_source is 'trialmind_byo'"),
+                           (["--split", "test"], "--split 'test' contradicts the rows: their "
+                                                 "extra_info.split is 'train'")):
+        assert main(["baseline", "--rows", str(out / "train.parquet"), *extra]) == 2
+        captured = capsys.readouterr()
+        assert message in captured.err and captured.out == ""
+
+
 # --- malformed input: file:line, what was expected; nothing written ---------------------------
 
 def _corrupt(path: Path, lineno: int, text: str) -> None:
@@ -135,7 +381,7 @@ def _corrupt(path: Path, lineno: int, text: str) -> None:
 @pytest.mark.parametrize("target,lineno,text,message", [
     ("corpus", 3, '{"_id": "x", "text": "unterminated', r"corpus.jsonl:3: invalid JSON"),
     ("corpus", 5, '{"title": "no id", "text": "t"}', r"corpus.jsonl:5: missing field\(s\) \['_id'\]"),
-    ("corpus", 2, '{"_id": "30197259b", "text": ""}', r"corpus.jsonl:2: expected a string 'text'"),
+    ("corpus", 2, '{"_id": "30197259b", "text": 5}', r"corpus.jsonl:2: expected a string 'text'"),
     ("queries", 4, '{"_id": "q4"}', r"queries.jsonl:4: missing field\(s\) \['text'\]"),
     ("test", 3, "32306958\t30539281", r"test.tsv:3: expected 3 tab-separated columns"),
     ("test", 2, "32306958\t30539281\tyes", r"test.tsv:2: score 'yes' is not a number"),
@@ -249,6 +495,77 @@ def test_sql_not_a_database_and_bad_jsonl(tmp_path):
     assert not (tmp_path / "rows").exists()
 
 
+def test_prepare_sql_reports_every_failing_gold_query_and_skips_on_request(tmp_path, _index_dir, capsys):
+    db = BUNDLED / "spider" / "database" / "flight_2" / "flight_2.sqlite"
+    questions = _flight_questions()[:12]
+    questions[2]["sql"] = "SELECT * FROM no_such_table"
+    questions[7]["sql"] = "SELEC nonsense"
+    qfile = tmp_path / "questions.json"
+    qfile.write_text(json.dumps(questions))
+    out = tmp_path / "rows"
+    args = ["prepare", "sql", "--db", str(db), "--questions", str(qfile), "--name", "flights_fail",
+            "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "2 gold SQL queries fail" in err and "--skip-failing" in err
+    assert "questions.json item 2: the gold SQL fails" in err and "no such table" in err
+    assert "questions.json item 7: the gold SQL fails" in err
+    assert not out.exists() and not (_index_dir / "spider" / "flights_fail").exists()
+    assert main(args + ["--skip-failing"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 2 question(s) whose gold SQL fails" in printed and "item 7" in printed
+    rows = read_rows(out / "train.parquet") + read_rows(out / "test.parquet")
+    assert len(rows) == 10
+    assert not {q["question"] for q in (questions[2], questions[7])} & {r["extra_info"]["query"] for r in rows}
+
+
+def test_prepare_sql_dev_split_gold_variants_and_split_by(tmp_path, _index_dir, capsys):
+    db = BUNDLED / "spider" / "database" / "flight_2" / "flight_2.sqlite"
+    questions = _flight_questions()[:20]
+    for i, q in enumerate(questions):
+        q["group"] = f"g{i % 4}"
+    questions[0]["split"] = "dev"
+    questions[1]["split"] = "dev"
+    # two gold variants: the question's own and an equivalent one with other rows' order
+    questions[3]["sql"] = [questions[3]["sql"], questions[3]["sql"] + " LIMIT 1000000"]
+    qfile = tmp_path / "questions.jsonl"
+    qfile.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    out = tmp_path / "rows"
+    assert main(["prepare", "sql", "--db", str(db), "--questions", str(qfile), "--name", "flights_dev",
+                 "--out", str(out), "--split-by", "group", "--test-fraction", "0.25"]) == 0
+    printed = capsys.readouterr().out
+    assert "split 18 questions without a 'split' by 'group'" in printed
+    dev = read_rows(out / "dev.parquet")
+    assert [r["extra_info"]["query"] for r in dev] == [questions[0]["question"], questions[1]["question"]]
+    assert {r["extra_info"]["split"] for r in dev} == {"dev"}
+    groups = {q["question"]: q["group"] for q in questions}
+    train, test = read_rows(out / "train.parquet"), read_rows(out / "test.parquet")
+    test_groups = {groups[r["extra_info"]["query"]] for r in test}
+    assert len(test_groups) == 1 and test_groups.isdisjoint(groups[r["extra_info"]["query"]] for r in train)
+    row = next(r for r in train + test if r["extra_info"]["query"] == questions[3]["question"])
+    gt = row["reward_model"]["ground_truth"]
+    assert list(gt["target"]) == questions[3]["sql"]
+    for gold in questions[3]["sql"]:
+        sol = f"<think>x</think><answer>{json.dumps({'sql': gold})}</answer>"
+        assert compute_score("spider", sol, gt, row["extra_info"], searcher=local_searcher())["score"] \
+            == pytest.approx(1.1)
+    # answer-only rows carry the SQL answer prefill (as the bundled spider_no_reason)
+    assert main(["prepare", "sql", "--db", str(db), "--questions", str(qfile), "--name", "flights_dev",
+                 "--out", str(tmp_path / "nr"), "--no_reason"]) == 0
+    nr = read_rows(tmp_path / "nr" / "train.parquet")[0]
+    assert nr["data_source"] == "spider_no_reason" and nr["extra_info"]["prefill"] == '<answer>{"sql": "'
+    got = compute_score("spider_no_reason", json.dumps({"sql": nr["reward_model"]["ground_truth"]["target"][0]})[9:]
+                        + "</answer>", nr["reward_model"]["ground_truth"], nr["extra_info"],
+                        searcher=local_searcher())
+    assert got["format_ok"] and got["score"] == pytest.approx(1.1)
+    capsys.readouterr()
+    # train reads dev.parquet as the validation split when there is no test.parquet
+    (out / "test.parquet").unlink()
+    assert main(["train", "--engine", "trl", "--task", "spider", "--data", str(out), "--out",
+                 str(tmp_path / "run"), "--no-service", "--dry-run"]) == 0
+    assert f"train rows = {(out / 'train.parquet').resolve()}" in capsys.readouterr().out
+
+
 # --- PICO --------------------------------------------------------------------------------------
 
 def _pico_items():
@@ -286,7 +603,7 @@ def test_prepare_pico(tmp_path, monkeypatch):
     ({"included": ["12345", "PMC999"]}, r"item 2: included id 'PMC999' is not a PMID"),
     ({"P": None}, r"item 2: P must be a string"),
     ({"P": "", "I": ""}, r"item 2: missing P \(population\) or I \(intervention\)"),
-    ({"split": "holdout"}, r"item 2: split 'holdout' must be train, test or val"),
+    ({"split": "holdout"}, r"item 2: split 'holdout' must be train, test, val or dev"),
 ])
 def test_malformed_pico_input(tmp_path, change, message):
     items = _pico_items()

@@ -112,18 +112,49 @@ def test_order_by_variant(rows):
     reversed_order = compute_score("spider", answer("SELECT Name FROM singer ORDER BY Net_Worth_Millions ASC"), gt, extra)
     assert same_order["exec_match_ordered"] == 1.0 and same_order["exec_match"] == 1.0
     assert reversed_order["exec_match"] == 1.0 and reversed_order["exec_match_ordered"] == 0.0
-    assert reversed_order["score"] == pytest.approx(1.1)  # default reward: order-insensitive
-    ordered = register_task(get_task("spider").variant(name="spider_test_ordered",
-                                                       reward_overrides={"metric": "exec_match_ordered"}),
-                            replace_existing=True)
-    assert compute_score(ordered.name, answer("SELECT Name FROM singer ORDER BY Net_Worth_Millions ASC"),
-                         gt, extra)["score"] == 0.0
+    # default Spider reward: order-aware because the gold has ORDER BY (Spider's evaluator)
+    assert reversed_order["score"] == 0.0 and same_order["score"] == pytest.approx(1.1)
+    # (answer-only: the completion continues the prefill `<answer>{"sql": "`)
+    no_reason = compute_score("spider_no_reason", 'SELECT Name FROM singer ORDER BY '
+                              'Net_Worth_Millions ASC"}</answer>', gt, extra)
+    assert no_reason["format_ok"] and no_reason["exec_match"] == 1.0 and no_reason["score"] == 0.0
+    # BIRD's evaluator ignores order; so does the BIRD reward
+    assert compute_score("bird", answer("SELECT Name FROM singer ORDER BY Net_Worth_Millions ASC"),
+                         gt, {**extra, "search_index": "spider/singer"})["score"] == pytest.approx(1.1)
+    unordered = register_task(get_task("spider").variant(name="spider_test_unordered",
+                                                         reward_overrides={"metric": "exec_match"}),
+                              replace_existing=True)
+    assert compute_score(unordered.name, answer("SELECT Name FROM singer ORDER BY Net_Worth_Millions ASC"),
+                         gt, extra)["score"] == pytest.approx(1.1)
     # a gold query without a top-level ORDER BY: ordered == multiset comparison
     gt2 = {"target": ["SELECT Name FROM singer WHERE Singer_ID IN (SELECT Singer_ID FROM singer ORDER BY Birth_Year)"]}
     out = compute_score("spider", answer("SELECT Name FROM singer ORDER BY Name DESC"), gt2, extra)
-    assert out["exec_match"] == out["exec_match_ordered"] == 1.0
+    assert out["exec_match"] == out["exec_match_ordered"] == 1.0 and out["score"] == pytest.approx(1.1)
     assert has_top_level_order_by(gold) and not has_top_level_order_by(gt2["target"][0])
     assert not has_top_level_order_by("SELECT 'order by' FROM t -- ORDER BY x")
+
+
+def test_several_gold_variants_match_any(rows):
+    """A ground truth with several gold SQL variants: a prediction matching any one is a match
+    (each variant runs through the searcher once, then comes from the cache)."""
+    from deepretrieval.tasks.sql import clear_gold_cache
+    extra = {"db_id": "singer", "split": "test"}
+    gt = {"target": ["SELECT Name FROM singer WHERE Birth_Year < 1950",
+                     "SELECT Name FROM singer ORDER BY Birth_Year LIMIT 2"]}
+    first = "SELECT Name FROM singer WHERE Birth_Year < 1950"
+    second = "SELECT Name FROM singer ORDER BY Birth_Year LIMIT 2"
+    neither = "SELECT Name FROM singer"
+    clear_gold_cache()
+    for _ in range(2):  # second round: the gold results come from the cache
+        a, b, c = (compute_score("spider", answer(q), gt, extra) for q in (first, second, neither))
+        assert not (a["search_error"] or b["search_error"] or c["search_error"])
+        assert a["score"] == b["score"] == pytest.approx(1.1) and c["score"] == 0.0
+    # the variants really differ: with only the first, the second prediction is a mismatch
+    only_first = compute_score("spider", answer(second), {"target": gt["target"][:1]}, extra)
+    assert only_first["score"] == 0.0
+    with pytest.raises(ValueError, match="non-empty strings"):
+        from deepretrieval.tasks.sql import gold_sqls_of
+        gold_sqls_of({"target": ["SELECT 1", ""]})
 
 
 def test_value_normalisation_and_multisets():

@@ -97,12 +97,17 @@ def test_ctgov_transfer_from_another_checkpoint(tmp_path):
 
 
 def test_service_stopped_when_training_fails(tmp_path, capsys):
-    """A failing run still stops the service (here: --data points at a folder without rows)."""
+    """A failing run still stops the service (here: --data holds files that are not parquet; a
+    folder without rows fails before the service starts)."""
     from deepretrieval.cli import main
+    data = tmp_path / "rows"
+    data.mkdir()
+    for split in ("train", "test"):
+        (data / f"{split}.parquet").write_text("not parquet")
     code = main(["train", "--task", "scifact", "--engine", "trl", "--out", str(tmp_path / "run"),
-                 "--data", str(tmp_path / "missing")])
+                 "--data", str(data)])
     out = capsys.readouterr()
-    assert code == 2 and "train.parquet" in out.err
+    assert code == 2 and "train.parquet" in out.err, out.err
     port = int(READY.search(out.out).group(1))
     assert "retrieval service stopped" in out.out and _port_closed(port)
 

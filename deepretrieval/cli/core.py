@@ -5,12 +5,15 @@ import json
 import sys
 
 from deepretrieval.catalog import (
+    AmbiguousTask,
     bundled_rows,
     get_task,
     list_tasks,
+    local_collections,
     open_index,
     read_rows,
 )
+from deepretrieval.core import settings
 from deepretrieval.evaluation.harness import (
     baseline_queries,
     format_table,
@@ -20,7 +23,10 @@ from deepretrieval.evaluation.harness import (
 
 
 def register(sub) -> None:
-    p = sub.add_parser("tasks", help="list registered tasks")
+    p = sub.add_parser("tasks", help="list the tasks: defined ones and your collections",
+                       description="List the defined tasks, then the tasks of your own "
+                                   "collections (`prepare beir` / `index` under the index root or "
+                                   "named in DEEPRETRIEVAL_INDEXES: NAME and NAME_no_reason).")
     p.set_defaults(func=cmd_tasks)
 
     p = sub.add_parser("search", help="search an index from the command line")
@@ -34,8 +40,10 @@ def register(sub) -> None:
     p = sub.add_parser("baseline", help="evaluate the original queries of a task split",
                        description="Score each row's original query (SQL tasks: the gold SQL, an "
                                    "upper bound) with the task's backend and metrics.")
-    p.add_argument("--task", default="scifact")
-    p.add_argument("--split", default="test")
+    p.add_argument("--task", help="task of the bundled rows (default scifact); with --rows the "
+                                  "rows' data_source is the task, and a different --task is an error")
+    p.add_argument("--split", help="split of the bundled rows (default test); with --rows the "
+                                   "rows' extra_info.split, and a different --split is an error")
     p.add_argument("--rows", help="parquet rows to use instead of the bundled task data")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--index", help="search this index instead of the task's (e.g. pubmed_local, "
@@ -47,6 +55,18 @@ def cmd_tasks(args) -> int:
     for name in list_tasks():
         task = get_task(name)
         print(f"{name:24s} {task.family.name:14s} {task.description}")
+    collections = local_collections()
+    if collections:
+        print(f"\nyour collections (index root {settings.index_dir()}, DEEPRETRIEVAL_INDEXES):")
+    for base in collections:
+        for name in (base, f"{base}_no_reason"):
+            try:
+                task = get_task(name)
+            except AmbiguousTask as exc:
+                print(f"{name:24s} {'ambiguous':14s} {exc}")
+                continue
+            what = "answer-only, answer prefilled" if not task.reasoning else "reasoning"
+            print(f"{name:24s} {task.family.name:14s} your collection: index {task.index!r}, {what}")
     return 0
 
 
@@ -73,8 +93,28 @@ def cmd_search(args) -> int:
     return 1 if failed else 0
 
 
+def _one_value(rows, what: str, get, given: str | None, option: str) -> str:
+    """The single value of ``get(row)`` over the rows; a different ``given`` is an error."""
+    values = sorted({str(get(r)) for r in rows if get(r) not in (None, "")})
+    if given is not None and values and values != [given]:
+        raise ValueError(f"{option} {given!r} contradicts the rows: their {what} is "
+                         f"{', '.join(map(repr, values))} (drop {option}, or pass other --rows)")
+    if given is not None:
+        return given
+    return ", ".join(values) if values else "?"
+
+
 def cmd_baseline(args) -> int:
-    rows = read_rows(args.rows) if args.rows else bundled_rows(args.task, args.split)
+    if args.rows:
+        rows = read_rows(args.rows)
+        if not rows:
+            raise ValueError(f"--rows {args.rows}: no rows to evaluate")
+        task = _one_value(rows, "data_source", lambda r: r.get("data_source"), args.task, "--task")
+        split = _one_value(rows, "extra_info.split", lambda r: (r.get("extra_info") or {}).get("split"),
+                           args.split, "--split")
+    else:
+        task, split = args.task or "scifact", args.split or "test"
+        rows = bundled_rows(task, split)
     if not rows:
         raise ValueError("no rows to evaluate")
     if args.index:
@@ -82,7 +122,7 @@ def cmd_baseline(args) -> int:
                 for r in rows]
     name, queries = baseline_queries(rows)
     scores = score_queries(rows, queries)
-    summary = {"task": args.task, "split": args.split, "query": name, **summarize(scores)}
+    summary = {"task": task, "split": split, "query": name, **summarize(scores)}
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         print()

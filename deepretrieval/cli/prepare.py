@@ -7,7 +7,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from deepretrieval.catalog import bundled_rows, get_task
+from deepretrieval.catalog import AmbiguousTask, bundled_rows, collection_name_clashes, get_task
 from deepretrieval.cli.agent import agent_settings
 from deepretrieval.core import settings
 from deepretrieval.data import qa_sets
@@ -43,7 +43,13 @@ def register(sub) -> None:
     q = targets.add_parser("beir", help="your own BEIR-format collection → index(es) + rows",
                            description="Build a BM25 index (and optionally a dense one) from your "
                                        "corpus and write train/test task rows from your queries "
-                                       "and qrels.")
+                                       "and qrels. One qrels file can be split into train and "
+                                       "test with --test-fraction / --split-by. Documents with "
+                                       "an empty title and text are kept (with a warning). The "
+                                       "task is named after --name (answer-only: "
+                                       "NAME_no_reason, answer prefilled); a name that already "
+                                       "means a task, a built-in index or an original "
+                                       "DeepRetrieval dataset name (e.g. nfcorpus_test) is refused.")
     q.add_argument("--corpus", required=True, help="corpus.jsonl(.gz): {_id, title?, text}")
     q.add_argument("--queries", required=True, help="queries.jsonl: {_id, text}")
     q.add_argument("--qrels", required=True, nargs="+", metavar="[SPLIT=]PATH",
@@ -55,20 +61,40 @@ def register(sub) -> None:
     q.add_argument("--index_dir", "--index-dir", dest="index_dir",
                    help="folder for the index(es) (default: <index root>/<name>[_dense])")
     q.add_argument("--no_reason", "--no-reason", dest="no_reason", action="store_true",
-                   help="answer-only task variant")
+                   help="answer-only task variant NAME_no_reason, with the answer prefilled "
+                        "(<answer>{\"query\": \", as scifact_no_reason): the small-model recipe")
+    q.add_argument("--test_fraction", "--test-fraction", dest="test_fraction", type=float,
+                   help="split the one --qrels file: this share of the queries to test.parquet, "
+                        "the rest to train.parquet (stable hash; default 0.2 with --split-by)")
+    q.add_argument("--split_by", "--split-by", dest="split_by", metavar="FIELD",
+                   help="with one --qrels file: split by this field of queries.jsonl (queries "
+                        "with the same value stay together; dotted for nested fields, e.g. "
+                        "metadata.topic; default _id)")
     q.set_defaults(func=_cmd_prepare_beir)
 
     q = targets.add_parser("sql", help="your own SQLite database + questions → rows",
                            description="Write text-to-SQL task rows for your SQLite database from a "
-                                       "JSON list of {question, sql[, split]} (or Spider-style "
-                                       "{question, query}).")
+                                       "JSON list (or JSONL) of {question, sql[, split]} (or "
+                                       "Spider-style {question, query}); sql may be a list of "
+                                       "equivalent gold queries (a match with any counts). split: "
+                                       "train, test, val or dev; questions without one are split "
+                                       "with --test-fraction / --split-by. Every gold query is "
+                                       "run first and every failing one is reported.")
     q.add_argument("--db", required=True, help="SQLite file")
     q.add_argument("--questions", required=True, help="JSON list (or JSONL) of questions + gold SQL")
     q.add_argument("--name", help="database id (default: the file's stem)")
     q.add_argument("--out", help="folder for the rows (default: data/<name>)")
-    q.add_argument("--task", default="spider", help="task (reward table): spider or bird")
+    q.add_argument("--task", default="spider", help="task (reward table): spider or bird (or "
+                                                    "spider_no_reason / bird_no_reason)")
+    q.add_argument("--no_reason", "--no-reason", dest="no_reason", action="store_true",
+                   help="answer-only rows (TASK_no_reason), answer prefilled with <answer>{\"sql\": \"")
     q.add_argument("--test_fraction", "--test-fraction", dest="test_fraction", type=float, default=0.2,
                    help="share of questions without a split that go to test (default 0.2)")
+    q.add_argument("--split_by", "--split-by", dest="split_by", default="question", metavar="FIELD",
+                   help="field of the question items that decides the split of the questions "
+                        "without one; the same value stays in one split (default: question)")
+    q.add_argument("--skip_failing", "--skip-failing", dest="skip_failing", action="store_true",
+                   help="leave out questions whose gold SQL fails (listed) instead of stopping")
     q.set_defaults(func=_cmd_prepare_sql)
 
     q = targets.add_parser("pico", help="your own systematic reviews (PICO + included ids) → rows",
@@ -192,9 +218,17 @@ def cmd_prepare_scifact(args) -> int:
 
 
 def _cmd_prepare_beir(args) -> int:
-    out = prepare_beir(corpus=args.corpus, queries=args.queries, qrels=parse_qrels_args(args.qrels),
+    qrels = parse_qrels_args(args.qrels)
+    clashes = collection_name_clashes(args.name, dense=bool(args.dense))
+    if clashes:
+        raise AmbiguousTask(f"--name {args.name!r} would be shadowed or ambiguous: "
+                            + "; ".join(clashes) + ". Pick another --name")
+    out = prepare_beir(corpus=args.corpus, queries=args.queries, qrels=qrels,
                        name=args.name, out=args.out, index_dir=args.index_dir, dense=args.dense,
-                       no_reason=args.no_reason)
+                       no_reason=args.no_reason, test_fraction=args.test_fraction,
+                       split_by=args.split_by)
+    for line in out["warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
     for line in out["report"]:
         print(line)
     return 0
@@ -202,7 +236,10 @@ def _cmd_prepare_beir(args) -> int:
 
 def _cmd_prepare_sql(args) -> int:
     out = prepare_sql(db=args.db, questions=args.questions, name=args.name, out=args.out,
-                      task=args.task, test_fraction=args.test_fraction)
+                      task=f"{args.task}_no_reason" if args.no_reason and not
+                      args.task.endswith("_no_reason") else args.task,
+                      test_fraction=args.test_fraction, split_by=args.split_by,
+                      skip_failing=args.skip_failing)
     for line in out["report"]:
         print(line)
     return 0

@@ -45,7 +45,8 @@ def register(sub) -> None:
     p.add_argument("--init-from", metavar="CHECKPOINT",
                    help="transfer training: start from another run's checkpoint (verl, TRL or HF "
                         "folder; exported to <out>/init_model first)")
-    p.add_argument("--data", help="folder with train.parquet and test.parquet (default: data/<task> "
+    p.add_argument("--data", help="folder with train.parquet and test.parquet (or dev/val.parquet; "
+                                  "default: data/<task> "
                                   "if present, else the bundled rows for BEIR tasks)")
     p.add_argument("--out", help="run folder (default runs/<task>-<engine>)")
     p.add_argument("--index", action="append", metavar="NAME[=PATH]",
@@ -82,12 +83,37 @@ def register(sub) -> None:
     register_quickstart(sub)
 
 
+def data_folder_files(folder: Path) -> tuple[Path, Path] | None:
+    """(train, validation) parquet of a rows folder: train.parquet and test.parquet (else
+    dev.parquet or val.parquet); None when the folder has no rows at all. A folder that does not
+    exist, or holds only some of the splits, is an error that says what is there and how to
+    make the rest."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--data {folder}: no such folder (write rows with "
+                                f"`deepretrieval prepare ...`)")
+    train = folder / "train.parquet"
+    evals = [folder / f"{s}.parquet" for s in ("test", "dev", "val") if (folder / f"{s}.parquet").is_file()]
+    if train.is_file() and evals:
+        return train, evals[0]
+    present = sorted(p.name for p in folder.glob("*.parquet"))
+    if not present:
+        return None
+    if not train.is_file():
+        raise FileNotFoundError(
+            f"{folder} has {', '.join(present)} but no train.parquet. Make a train split: "
+            f"`deepretrieval prepare beir ... --test-fraction 0.2` (or --split-by FIELD) splits "
+            f"one qrels file into train and test; `prepare sql` splits the questions without a "
+            f"'split' (--test-fraction); or give --qrels train=PATH test=PATH")
+    raise FileNotFoundError(f"{folder} has train.parquet but no test.parquet (nor dev/val) to "
+                            f"validate on; `deepretrieval prepare ... --test-fraction 0.2` writes both")
+
+
 def _rows_files(task_name: str, data: str | None, out: Path, dry_run: bool) -> tuple[Path, Path]:
     """train/test parquet of the task: --data, data/<task>, or the bundled BEIR rows."""
     folder = Path(data) if data else Path("data") / task_name
-    train, test = folder / "train.parquet", folder / "test.parquet"
-    if train.is_file() and test.is_file():
-        return train.resolve(), test.resolve()
+    found = data_folder_files(folder) if data or folder.is_dir() else None
+    if found:
+        return found[0].resolve(), found[1].resolve()
     if data:
         raise FileNotFoundError(f"{folder} has no train.parquet/test.parquet; write them with "
                                 f"`deepretrieval prepare ...`")
@@ -97,7 +123,7 @@ def _rows_files(task_name: str, data: str | None, out: Path, dry_run: bool) -> t
         if dry_run:
             print(f"warning: no rows for {task_name} yet ({exc}); prepare them with "
                   f"`deepretrieval prepare ...` into {folder}", file=sys.stderr)
-            return train.resolve(), test.resolve()
+            return (folder / "train.parquet").resolve(), (folder / "test.parquet").resolve()
         raise FileNotFoundError(f"no rows for task {task_name!r}: pass --data DIR (train.parquet, "
                                 f"test.parquet), written by `deepretrieval prepare ...`") from exc
     target = out / "data"
@@ -165,6 +191,8 @@ def cmd_train(args) -> int:
     if not getattr(args, "verbose", False):  # one line per search request is noise here
         logging.getLogger("httpx").setLevel(logging.WARNING)
     task = get_task(args.task)
+    if args.data:  # a wrong rows folder fails before anything starts (dry run too)
+        _rows_files(task.name, args.data, Path("."), args.dry_run)
     out = Path(args.out or f"runs/{task.name}-{args.engine}")
     out.mkdir(parents=True, exist_ok=True)
     model = args.model or ("Qwen/Qwen2.5-3B-Instruct" if args.engine == "verl" else "smollm2")

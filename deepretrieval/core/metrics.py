@@ -4,6 +4,10 @@ Standard definitions follow trec_eval (``recall_k``, ``ndcg_cut_k``: linear gain
 ideal ranking = all judged documents sorted by grade). The DeepRetrieval paper's nDCG variant is
 offered separately as :func:`ndcg_paper_at_k`. ``relevant`` arguments are mappings doc id → grade
 (grades <= 0 count as non-relevant) or any iterable of relevant ids (grade 1).
+
+trec_eval does not take a run's order as given: it sorts each query's documents by score
+descending and breaks ties by document id **descending** (string comparison). :func:`trec_order`
+puts a ranked list with scores into that order, so metrics on tied scores equal trec_eval's.
 """
 from __future__ import annotations
 
@@ -15,6 +19,17 @@ def as_qrels(relevant: Mapping[str, float] | Iterable[str]) -> dict[str, float]:
     if isinstance(relevant, Mapping):
         return {str(doc): float(grade) for doc, grade in relevant.items()}
     return {str(doc): 1.0 for doc in relevant}
+
+
+def trec_order(ranked: Sequence[str], scores: Sequence[float] | None) -> list[str]:
+    """``ranked`` in trec_eval's order: score descending, ties by document id descending. Without
+    scores (or when their number differs from the ids') the given order is kept."""
+    ids = [str(doc) for doc in ranked]
+    if scores is None or len(scores) != len(ids):
+        return ids
+    order = sorted(range(len(ids)), key=lambda i: ids[i], reverse=True)   # id descending ...
+    order.sort(key=lambda i: float(scores[i]), reverse=True)              # ... then score (stable)
+    return [ids[i] for i in order]
 
 
 def _dedup(ranked: Sequence[str], k: int) -> list[str]:

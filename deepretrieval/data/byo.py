@@ -33,7 +33,7 @@ from deepretrieval.search.dense import DenseIndex
 from deepretrieval.search.sql import SqliteBackend, execute_readonly, write_sqlite_index
 from deepretrieval.tasks import search_engine, sql
 from deepretrieval.tasks.base import tasks_by_name
-from deepretrieval.tasks.beir import beir_rows
+from deepretrieval.tasks.beir import ANSWER_PREFILL, beir_rows
 from deepretrieval.tasks.original import beir_task
 
 SQL_TASKS = tasks_by_name(sql.TASKS)
@@ -126,15 +126,18 @@ def read_qrels(path: str | os.PathLike, corpus_ids: set[str], query_ids: set[str
 
 
 def read_corpus(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The corpus documents. A document whose title and text are both empty is kept (collections
+    such as Cranfield judge some): :func:`empty_documents` lists them for a warning."""
     path = _need_file(path, "corpus")
     docs, seen = [], set()
     for lineno, doc in enumerate(_jsonl_with_lines(path, ("_id",)), start=1):
         obj, line = doc
         text = obj.get("text")
         title = obj.get("title", "")
-        if not isinstance(text, str) or not isinstance(title, str) or not (text.strip() or title.strip()):
-            raise FormatError(f"{path}:{line}: expected a string 'text' (and optional 'title'), "
-                              f"not both empty")
+        if title is None:
+            title = ""
+        if not isinstance(text, str) or not isinstance(title, str):
+            raise FormatError(f"{path}:{line}: expected a string 'text' (and optional 'title')")
         if obj["_id"] in seen:
             raise FormatError(f"{path}:{line}: duplicate _id {obj['_id']!r}")
         seen.add(obj["_id"])
@@ -142,6 +145,22 @@ def read_corpus(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not docs:
         raise FormatError(f"{path}: no documents")
     return docs
+
+
+def empty_documents(docs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Ids of the documents whose title and text are both empty (or whitespace)."""
+    return [d["_id"] for d in docs if not (d["text"].strip() or d["title"].strip())]
+
+
+def _empty_docs_warning(path: str | os.PathLike, empty: Sequence[str],
+                        splits: Mapping[str, Mapping[str, Mapping[str, int]]]) -> str:
+    judged = sorted({doc for qrels in splits.values() for judged in qrels.values()
+                     for doc, grade in judged.items() if grade > 0} & set(empty))
+    shown = ", ".join(repr(d) for d in list(empty)[:5]) + (" …" if len(empty) > 5 else "")
+    return (f"{path}: {len(empty)} document(s) with empty title and text ({shown}); they are "
+            f"indexed but no query can retrieve them"
+            + (f"; {len(judged)} of them judged relevant (they count in the ideal nDCG)"
+               if judged else ""))
 
 
 def read_queries(path: str | os.PathLike) -> dict[str, str]:
@@ -168,21 +187,100 @@ def _jsonl_with_lines(path: Path, required: tuple[str, ...]):
         yield obj, line
 
 
+def _hash01(key: str) -> float:
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def check_test_fraction(test_fraction: float) -> float:
+    if not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+        raise ValueError(f"--test-fraction {test_fraction!r}: expected a number between 0 and 1")
+    return float(test_fraction)
+
+
+def split_groups(groups: Sequence[str], test_fraction: float) -> dict[str, str]:
+    """A stable train/test split of the distinct ``groups``: ordered by a hash of the value, the
+    first ``round(test_fraction * n)`` (at least 1, at most n - 1) go to ``test``, the rest to
+    ``train``. Every item of a group lands in the same split; the same input gives the same
+    split on every machine."""
+    test_fraction = check_test_fraction(test_fraction)
+    distinct = sorted(set(groups), key=lambda g: (_hash01(g), g))
+    if len(distinct) < 2:
+        raise ValueError(f"cannot split {len(distinct)} group(s) into train and test; "
+                         f"--split-by must give at least two different values")
+    n_test = min(max(1, round(test_fraction * len(distinct))), len(distinct) - 1)
+    return {g: ("test" if i < n_test else "train") for i, g in enumerate(distinct)}
+
+
+def _field_value(obj: Mapping[str, Any], field: str, where: str) -> str:
+    """``field`` of an item (dotted for nested objects: ``metadata.topic``) as a string."""
+    value: Any = obj
+    for part in field.split("."):
+        if not isinstance(value, Mapping) or part not in value or value[part] is None:
+            raise FormatError(f"{where}: no field {field!r} (--split-by)")
+        value = value[part]
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _split_beir_qrels(qrels_path: str, judged: dict[str, dict[str, int]], queries_path: str,
+                      test_fraction: float, split_by: str) -> tuple[dict, str]:
+    """One qrels file → {"train": qrels, "test": qrels} grouped by the queries' ``split_by``
+    field; only queries with a relevant document are split (the others make no row)."""
+    path = Path(queries_path)
+    group_of = {}
+    for obj, line in _jsonl_with_lines(path, ("_id",)):
+        group_of[obj["_id"]] = (obj["_id"] if split_by == "_id"
+                                else _field_value(obj, split_by, f"{path}:{line}"))
+    qids = [q for q, docs in judged.items() if any(g > 0 for g in docs.values())]
+    assignment = split_groups([group_of[q] for q in qids], test_fraction)
+    out: dict[str, dict[str, dict[str, int]]] = {"train": {}, "test": {}}
+    for qid, docs in judged.items():
+        if qid in group_of and group_of[qid] in assignment:
+            out[assignment[group_of[qid]]][qid] = docs
+    n_train, n_test = (sum(1 for q in out[s] if q in qids) for s in ("train", "test"))
+    how = "query id" if split_by == "_id" else f"the queries' {split_by!r} field"
+    return out, (f"split {qrels_path} by {how} (stable hash, test fraction {test_fraction}): "
+                 f"{n_train} train / {n_test} test queries")
+
+
 def prepare_beir(*, corpus: str, queries: str, qrels: Mapping[str, str], name: str,
                  out: str | None = None, index_dir: str | None = None, dense: str | None = None,
-                 no_reason: bool = False, show_progress: bool | None = None) -> dict[str, Any]:
+                 no_reason: bool = False, test_fraction: float | None = None,
+                 split_by: str | None = None, show_progress: bool | None = None) -> dict[str, Any]:
     """Check the collection, build the index(es), write ``<out>/<split>.parquet`` (and
-    ``<out>/dense/<split>.parquet`` with ``dense``). Returns paths, counts and a report."""
+    ``<out>/dense/<split>.parquet`` with ``dense``). Returns paths, counts, a report and warnings.
+
+    ``test_fraction`` / ``split_by`` (one qrels file only): make the train and test splits from
+    that file — queries grouped by their ``split_by`` field (default ``_id``; dotted for nested
+    fields, e.g. ``metadata.topic``), a stable ``test_fraction`` of the groups (default 0.2) to
+    test. ``no_reason``: the answer-only task ``<name>_no_reason`` with the answer prefilled."""
 
     _check_name(name)
     if show_progress is None:
         show_progress = settings.progress_enabled()
     if not qrels:
         raise ValueError("give at least one --qrels file")
+    splitting = test_fraction is not None or split_by is not None
+    if splitting:
+        if len(qrels) != 1:
+            raise ValueError(f"--test-fraction/--split-by split one qrels file into train and test; "
+                             f"{len(qrels)} were given ({', '.join(sorted(qrels))})")
+        test_fraction = check_test_fraction(0.2 if test_fraction is None else test_fraction)
     docs = read_corpus(corpus)
     query_text = read_queries(queries)
     ids = {d["_id"] for d in docs}
     splits = {split: read_qrels(path, ids, set(query_text)) for split, path in qrels.items()}
+    report: list[str] = []
+    warnings = []
+    if splitting:
+        (only_path,), (only,) = qrels.values(), splits.values()
+        splits, line = _split_beir_qrels(only_path, only, queries, test_fraction, split_by or "_id")
+        qrels = {"train": only_path, "test": only_path}
+        report.append(line)
+    empty = empty_documents(docs)
+    if empty:
+        warnings.append(_empty_docs_warning(corpus, empty, splits))
 
     bm25 = BM25Index.build(docs, name=name, show_progress=show_progress)
     dense_index = None
@@ -192,7 +290,7 @@ def prepare_beir(*, corpus: str, queries: str, qrels: Mapping[str, str], name: s
     root = Path(index_dir) if index_dir else settings.index_dir() / name
     dense_root = root.parent / f"{root.name}_dense"
     out_dir = Path(out) if out else Path("data") / name
-    report, paths = [], {}
+    paths = {}
     with _Staged() as staged:
         bm25.save(staged.path(root))
         paths["index"] = root
@@ -205,7 +303,8 @@ def prepare_beir(*, corpus: str, queries: str, qrels: Mapping[str, str], name: s
         for task_name, sub in variants:
             task = beir_task(name, bool(sub))
             if no_reason:
-                task = task.variant(name=f"{task_name}_no_reason", reasoning=False, prefill="")
+                task = task.variant(name=f"{task_name}_no_reason", reasoning=False,
+                                    prefill=ANSWER_PREFILL)
             for split, judged in splits.items():
                 rows = beir_rows(task, query_text, judged, split)
                 if not rows:
@@ -218,7 +317,13 @@ def prepare_beir(*, corpus: str, queries: str, qrels: Mapping[str, str], name: s
         report.append(f"note: the index is outside the index root; set DEEPRETRIEVAL_INDEXES="
                       f"{name}={root}" + (f",{name}_dense={dense_root}" if dense else "")
                       + " so the task finds it")
-    return {"paths": paths, "report": report, "docs": len(docs), "queries": len(query_text)}
+    if "train" not in splits:
+        report.append(f"note: no train split was written ({', '.join(sorted(splits))} only); "
+                      f"`deepretrieval train` needs train.parquet: split one qrels file with "
+                      f"--test-fraction 0.2 (or --split-by FIELD), or give --qrels train=PATH "
+                      f"test=PATH")
+    return {"paths": paths, "report": report, "warnings": warnings, "docs": len(docs),
+            "queries": len(query_text)}
 
 
 def _check_name(name: str) -> None:
@@ -253,24 +358,62 @@ def _load_items(path: Path) -> list[tuple[Any, str]]:
     return items
 
 
-def _split_of(item: Mapping[str, Any], key: str, test_fraction: float, where: str) -> str:
+SPLIT_NAMES = ("train", "test", "val", "dev")
+
+
+def _explicit_split(item: Mapping[str, Any], where: str) -> str | None:
+    """The item's own ``split`` (train, test, val or dev), None when it has none."""
     split = item.get("split")
-    if split is not None:
-        if split not in ("train", "test", "val"):
-            raise FormatError(f"{where}: split {split!r} must be train, test or val")
-        return split
-    h = int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "test" if h < test_fraction else "train"
+    if split is None:
+        return None
+    if split not in SPLIT_NAMES:
+        raise FormatError(f"{where}: split {split!r} must be {', '.join(SPLIT_NAMES[:-1])} or "
+                          f"{SPLIT_NAMES[-1]}")
+    return split
+
+
+def _assign_splits(pending: Sequence[tuple[str, str]], test_fraction: float,
+                   split_by: str) -> dict[str, str]:
+    """{where: split} for the items without their own split; ``pending`` is [(where, group)]."""
+    if not pending:
+        return {}
+    try:
+        assignment = split_groups([g for _, g in pending], test_fraction)
+    except ValueError as exc:
+        raise FormatError(f"{len(pending)} item(s) without a 'split': {exc} (--split-by "
+                          f"{split_by!r})") from None
+    return {where: assignment[group] for where, group in pending}
+
+
+def _gold_variants(item: Mapping[str, Any], where: str) -> list[str]:
+    """The item's gold SQL: one string, or a list of equivalent variants (``sql``, or Spider's
+    ``query``, or BIRD's ``SQL``)."""
+    sql = item.get("sql", item.get("query", item.get("SQL")))
+    variants = [sql] if isinstance(sql, str) else sql
+    if (not isinstance(variants, list) or not variants
+            or not all(isinstance(v, str) and v.strip() for v in variants)):
+        raise FormatError(f"{where}: missing 'sql' (the gold SQL, or a list of equivalent gold "
+                          f"SQL variants; 'query' or 'SQL' also accepted)")
+    return list(dict.fromkeys(v.strip() for v in variants))
 
 
 def prepare_sql(*, db: str, questions: str, name: str | None = None, out: str | None = None,
-                task: str = "spider", test_fraction: float = 0.2) -> dict[str, Any]:
-    """Check every question's gold SQL on the database, register the database as index
-    ``<task index>/<name>``, write ``<out>/<split>.parquet``."""
+                task: str = "spider", test_fraction: float = 0.2, split_by: str = "question",
+                skip_failing: bool = False) -> dict[str, Any]:
+    """Check every question's gold SQL (every variant) on the database, register the database
+    as index ``<task index>/<name>``, write ``<out>/<split>.parquet``.
+
+    Items: ``{question, sql | query | SQL, split?, evidence?, id?}``; ``sql`` may be a list of
+    equivalent gold queries (a prediction matching any is a match). An item's ``split`` (train,
+    test, val, dev) is kept; the others are split by ``split_by`` (an item field, default the
+    question; dotted for nested fields), a stable ``test_fraction`` of its values to test.
+    Every gold query that fails is reported (all of them, then nothing is written), or with
+    ``skip_failing`` its question is left out and listed in the report."""
     db_path = _need_file(db, "database")
     qpath = _need_file(questions, "questions")
     name = name or db_path.stem
     _check_name(name)
+    test_fraction = check_test_fraction(test_fraction)
     if task not in SQL_TASKS:
         raise ValueError(f"--task {task!r} is not a SQL task; SQL tasks: {sorted(SQL_TASKS)}")
     the_task = SQL_TASKS[task]
@@ -280,34 +423,59 @@ def prepare_sql(*, db: str, questions: str, name: str | None = None, out: str | 
         raise FormatError(f"{db_path}: not a readable SQLite database ({exc})") from None
     if not schema.strip():
         raise FormatError(f"{db_path}: the database has no tables")
-    rows_by_split: dict[str, list[dict[str, Any]]] = {}
+    checked, failing, pending = [], [], []
     for item, where in _load_items(qpath):
         if not isinstance(item, dict):
             raise FormatError(f"{where}: expected an object with 'question' and 'sql'")
         question = item.get("question")
-        sql = item.get("sql", item.get("query", item.get("SQL")))
         if not isinstance(question, str) or not question.strip():
             raise FormatError(f"{where}: missing 'question' (a non-empty string)")
-        if not isinstance(sql, str) or not sql.strip():
-            raise FormatError(f"{where}: missing 'sql' (the gold SQL; 'query' or 'SQL' also accepted)")
-        ex = execute_readonly(db_path, sql)
-        if not ex.ok:
-            raise FormatError(f"{where}: the gold SQL fails on {db_path}: {ex.sql_error or ex.infra_error}")
-        split = _split_of(item, question, test_fraction, where)
+        variants = _gold_variants(item, where)
+        split = _explicit_split(item, where)
+        group = question.strip() if split_by == "question" else _field_value(item, split_by, where)
+        errors = []
+        for i, gold in enumerate(variants):
+            ex = execute_readonly(db_path, gold)
+            if not ex.ok:
+                label = f" (variant {i + 1} of {len(variants)})" if len(variants) > 1 else ""
+                errors.append(f"{where}: the gold SQL{label} fails on {db_path}: "
+                              f"{ex.sql_error or ex.infra_error}")
+        if errors:
+            failing.extend(errors)
+            continue
+        checked.append((item, where, question.strip(), variants, split))
+        if split is None:
+            pending.append((where, group))
+    if failing and not skip_failing:
+        raise FormatError(f"{len(failing)} gold SQL quer{'y fails' if len(failing) == 1 else 'ies fail'} "
+                          f"(pass --skip-failing to leave those questions out):\n  "
+                          + "\n  ".join(failing))
+    if not checked:
+        raise FormatError(f"{qpath}: no questions" + (" whose gold SQL runs" if failing else ""))
+    assigned = _assign_splits(pending, test_fraction, split_by)
+    rows_by_split: dict[str, list[dict[str, Any]]] = {}
+    for item, where, question, variants, split in checked:
+        split = split or assigned[where]
         rows = rows_by_split.setdefault(split, [])
         evidence = str(item.get("evidence") or "").strip()
         extra = {"query_id": str(item.get("id", item.get("question_id", f"{split}-{len(rows)}"))),
-                 "query": question.strip(), "db_id": name}
+                 "query": question, "db_id": name}
         if evidence:
             extra["evidence"] = evidence
         rows.append(the_task.row(split, len(rows),
-                             {"schema": schema, "question": question.strip(), "evidence": evidence},
-                             {"target": [sql.strip()]}, **extra))
-    if not rows_by_split:
-        raise FormatError(f"{qpath}: no questions")
+                                 {"schema": schema, "question": question, "evidence": evidence},
+                                 {"target": variants}, **extra))
     out_dir = Path(out) if out else Path("data") / name
     index_path = settings.index_dir() / the_task.index / name
     report = []
+    if failing:
+        report.append(f"skipped {len(failing)} question(s) whose gold SQL fails (--skip-failing):")
+        report.extend(f"  {line}" for line in failing)
+    if pending:
+        n_test = sum(1 for w, _ in pending if assigned[w] == "test")
+        report.append(f"split {len(pending)} questions without a 'split' by {split_by!r} (stable "
+                      f"hash, test fraction {test_fraction}): {len(pending) - n_test} train / "
+                      f"{n_test} test")
     with _Staged() as staged:
         write_sqlite_index(staged.path(index_path), db_path, f"{the_task.index}/{name}")
         report.append(f"database {db_path} → index {the_task.index}/{name} ({index_path})")
@@ -315,7 +483,10 @@ def prepare_sql(*, db: str, questions: str, name: str | None = None, out: str | 
             final = out_dir / f"{split}.parquet"
             write_parquet(rows, staged.path(final))
             report.append(f"{the_task.name} {split}: {len(rows)} rows → {final}")
-    return {"report": report, "index": index_path,
+    if "train" not in rows_by_split:
+        report.append("note: no train split was written; `deepretrieval train` needs "
+                      "train.parquet (give questions without a 'split', or split: train)")
+    return {"report": report, "index": index_path, "skipped": len(failing),
             "rows": {s: len(r) for s, r in rows_by_split.items()}}
 
 
@@ -331,7 +502,8 @@ def prepare_pico(*, reviews: str, engine: str = "pubmed", out: str | None = None
         raise ValueError(f"--engine {engine!r} is not a search-engine task; known: "
                          f"{sorted(SEARCH_ENGINE_TASKS)}")
     task = SEARCH_ENGINE_TASKS[engine]
-    rows_by_split: dict[str, list[dict[str, Any]]] = {}
+    test_fraction = check_test_fraction(test_fraction)
+    checked, pending = [], []
     for item, where in _load_items(path):
         if not isinstance(item, dict):
             raise FormatError(f"{where}: expected an object with P, I, C, O and 'included'")
@@ -361,8 +533,14 @@ def prepare_pico(*, reviews: str, engine: str = "pubmed", out: str | None = None
                                   f"{'PMID (digits)' if engine == 'pubmed' else 'NCT id (NCT + digits)'}")
             ids.append(value.upper())
         ids = list(dict.fromkeys(ids))
-        key = str(item.get("id") or fields.get("title") or fields["P"])
-        split = _split_of(item, key, test_fraction, where)
+        split = _explicit_split(item, where)
+        checked.append((item, where, fields, ids, split))
+        if split is None:
+            pending.append((where, str(item.get("id") or fields.get("title") or fields["P"])))
+    assigned = _assign_splits(pending, test_fraction, "id")
+    rows_by_split: dict[str, list[dict[str, Any]]] = {}
+    for item, where, fields, ids, split in checked:
+        split = split or assigned[where]
         rows = rows_by_split.setdefault(split, [])
         extra: dict[str, Any] = {"query_id": str(item.get("id", f"{split}-{len(rows)}")),
                                  "query": fields.get("title") or fields["P"]}

@@ -6,7 +6,7 @@ from typing import Any
 
 from deepretrieval.core.beir_files import load_qrels, load_queries
 from deepretrieval.core.bundled import COLLECTIONS, collection_dir
-from deepretrieval.core.metrics import ndcg_at_k, ndcg_paper_at_k, recall_at_k
+from deepretrieval.core.metrics import ndcg_at_k, ndcg_paper_at_k, recall_at_k, trec_order
 from deepretrieval.core.tables import RewardTable
 from deepretrieval.tasks.base import Family, SearchPlan, Task
 
@@ -47,14 +47,17 @@ class BeirFamily(Family):
         return SearchPlan(index=extra_info.get("search_index") or task.index, query=value, k=k)
 
     def score(self, task, plan, result, ground_truth, extra_info, mode) -> dict[str, float]:
+        """trec_eval metrics on the result in trec_eval's order (score descending, ties by doc id
+        descending: :func:`~deepretrieval.core.metrics.trec_order`); the paper's nDCG on the
+        engine's order, as the original computed it."""
         qrels = qrels_from_ground_truth(ground_truth)
-        ranked = result.ids
+        ranked = trec_order(result.ids, result.scores)
         depth = task.depth(mode)
         variant = task.options.get("ndcg", "trec")
-        primary = ndcg_paper_at_k if variant == "paper" else ndcg_at_k
-        return {"ndcg": primary(ranked, qrels, depth),
+        return {"ndcg": (ndcg_paper_at_k(result.ids, qrels, depth) if variant == "paper"
+                         else ndcg_at_k(ranked, qrels, depth)),
                 "ndcg@10": ndcg_at_k(ranked, qrels, 10),
-                "ndcg_paper": ndcg_paper_at_k(ranked, qrels, depth),
+                "ndcg_paper": ndcg_paper_at_k(result.ids, qrels, depth),
                 "recall@100": recall_at_k(ranked, qrels, 100),
                 "recall@1000": recall_at_k(ranked, qrels, 1000)}
 

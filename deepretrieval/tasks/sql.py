@@ -4,15 +4,17 @@ Tasks: ``spider`` / ``spider_no_reason`` (Spider reward table: match 1.1, else 0
 and ``bird`` / ``bird_no_reason`` (BIRD table: match 1.1, mismatch 0.4, bad format -2).
 The answer key is ``sql``: ``<answer>{"sql": "SELECT ..."}</answer>``.
 
-Rows: ``ground_truth = {"target": [gold_sql]}``, ``extra_info.db_id`` (the database), and
+Rows: ``ground_truth = {"target": [gold_sql, ...]}`` (several equivalent gold queries: a match with
+any of them counts), ``extra_info.db_id`` (the database), and
 ``extra_info.query`` = the question. The search runs on index ``<task.index>/<db_id>``
 (``spider/flight_2``…) unless ``extra_info.search_index`` names another.
 
 Execution match (see :func:`normalize_rows`): both results are compared as **multisets of rows**
 (``exec_match``, order-insensitive, duplicates count), as **sets** (``exec_match_set``) and, when the
 gold query has a top-level ``ORDER BY``, as **ordered lists** (``exec_match_ordered``; a multiset
-comparison otherwise). The reward reads ``exec_match``; use ``reward_overrides={"metric":
-"exec_match_ordered"}`` (or ``exec_match_set``) to reward another. A SQL error, timeout or a result
+comparison otherwise). The Spider reward reads ``exec_match_ordered`` (Spider's evaluator compares
+ordered results only when the gold query has ORDER BY), the BIRD reward ``exec_match`` (BIRD's
+evaluator ignores order); use ``reward_overrides={"metric": ...}`` to reward another. A SQL error, timeout or a result
 over the row cap is a mismatch (the model's fault), not a search error; a gold query that fails
 or a missing database is a search error.
 """
@@ -141,14 +143,21 @@ def gold_from_result(index: str, gold_sql: str, k: int, result: SearchResult) ->
     return value
 
 
-def gold_sql_of(ground_truth: Any) -> str:
+def gold_sqls_of(ground_truth: Any) -> list[str]:
+    """Every gold SQL variant of a ground truth ``{"target": [gold_sql, ...]}`` (a bare string is
+    one variant); a prediction matching any of them is a match."""
     target = ground_truth.get("target") if hasattr(ground_truth, "get") else ground_truth
     if isinstance(target, str):
-        return target
+        target = [target]
     target = list(target) if target is not None else []
-    if not target or not isinstance(target[0], str) or not target[0].strip():
-        raise ValueError("SQL ground truth needs target = [gold_sql]")
-    return target[0]
+    if not target or not all(isinstance(t, str) and t.strip() for t in target):
+        raise ValueError("SQL ground truth needs target = [gold_sql, ...] (non-empty strings)")
+    return list(dict.fromkeys(target))
+
+
+def gold_sql_of(ground_truth: Any) -> str:
+    """The first gold SQL variant (the reference query of reports)."""
+    return gold_sqls_of(ground_truth)[0]
 
 
 # The family ---------------------------------------------------------------------------------
@@ -170,31 +179,36 @@ class SqlFamily(Family):
         return f"{task.index}/{db_id}"
 
     def plan(self, task, value, ground_truth, extra_info, mode) -> tuple[SearchPlan, ...]:
-        """The model's SQL and, unless this process already ran it, the gold SQL: both go through
-        the same searcher and are batched with the other completions' queries."""
+        """The model's SQL and every gold SQL variant this process has not run yet: all go
+        through the same searcher and are batched with the other completions' queries."""
         index = self.index_of(task, extra_info)
         k = int(task.options.get("max_rows", DEFAULT_MAX_ROWS))
         model = SearchPlan(index=index, query=value, k=k,
                            options={"timeout_s": float(task.options.get("timeout_s", DEFAULT_TIMEOUT_S))})
-        gold_sql = gold_sql_of(ground_truth)
-        if cached_gold(index, gold_sql, k) is not None:
-            return (model,)
-        gold = SearchPlan(index=index, query=gold_sql, k=k,
-                          options={"timeout_s": float(task.options.get("gold_timeout_s", GOLD_TIMEOUT_S))})
-        return (model, gold)
+        gold_timeout = float(task.options.get("gold_timeout_s", GOLD_TIMEOUT_S))
+        golds = tuple(SearchPlan(index=index, query=gold_sql, k=k, options={"timeout_s": gold_timeout})
+                      for gold_sql in gold_sqls_of(ground_truth)
+                      if cached_gold(index, gold_sql, k) is None)
+        return (model, *golds)
 
     def score(self, task, plan, result, ground_truth, extra_info, mode) -> dict[str, float]:
-        gold_sql = gold_sql_of(ground_truth)
+        """Each match metric is 1 when the model's rows match any gold variant's rows."""
         rows, info = result_rows(result[0])  # infrastructure problems raise → search error
         model_plan = plan[0]
-        if len(plan) > 1:
-            gold_rows, gold_truncated = gold_from_result(model_plan.index, gold_sql, model_plan.k,
-                                                         result[1])
-        else:
-            gold_rows, gold_truncated = cached_gold(model_plan.index, gold_sql, model_plan.k)
-        if gold_truncated:
-            raise SearchError(f"the gold result on {model_plan.index} has more than {model_plan.k} rows; "
-                              "raise the task's max_rows option")
+        ran = {p.query: r for p, r in zip(plan[1:], result[1:])}
+        golds = []
+        for gold_sql in gold_sqls_of(ground_truth):
+            if gold_sql in ran:
+                gold = gold_from_result(model_plan.index, gold_sql, model_plan.k, ran[gold_sql])
+            else:
+                gold = cached_gold(model_plan.index, gold_sql, model_plan.k)
+                if gold is None:
+                    raise SearchError(f"the gold SQL result on {model_plan.index} is not known "
+                                      f"(neither run nor cached): {gold_sql[:200]}")
+            if gold[1]:
+                raise SearchError(f"the gold result on {model_plan.index} has more than "
+                                  f"{model_plan.k} rows; raise the task's max_rows option")
+            golds.append((gold_sql, gold[0]))
         out = {key: 0.0 for key in self.METRICS}
         out["timeout"] = float(info.get("error_kind") == "timeout")
         out["truncated"] = float(bool(info.get("truncated")))
@@ -202,9 +216,9 @@ class SqlFamily(Family):
             out["exec_ok"] = float(rows is not None)
             return out
         out["exec_ok"] = 1.0
-        out["exec_match"] = float(exec_match(rows, gold_rows))
-        out["exec_match_set"] = float(exec_match_set(rows, gold_rows))
-        out["exec_match_ordered"] = float(exec_match_ordered(rows, gold_rows, gold_sql))
+        out["exec_match"] = float(any(exec_match(rows, g) for _, g in golds))
+        out["exec_match_set"] = float(any(exec_match_set(rows, g) for _, g in golds))
+        out["exec_match_ordered"] = float(any(exec_match_ordered(rows, g, sql) for sql, g in golds))
         return out
 
     def user_message(self, task: Task, fields: Mapping[str, Any]) -> str:
@@ -233,9 +247,11 @@ _PREFILL = "<answer>{\"sql\": \""
 _OPTIONS = {"timeout_s": DEFAULT_TIMEOUT_S, "gold_timeout_s": GOLD_TIMEOUT_S,
             "max_rows": DEFAULT_MAX_ROWS}
 
-#: Spider (the paper's table): execution match 1.1, else 0; bad format -2.
-SPIDER_TABLE = RewardTable(metric="exec_match", tiers=((1.0, 1.1),), otherwise=0.0, format_bad=-2)
-#: BIRD (the paper's table): execution match 1.1, mismatch 0.4; bad format -2.
+#: Spider (the paper's table): execution match 1.1, else 0; bad format -2. The match is
+#: order-aware when the gold SQL has a top-level ORDER BY (the Spider evaluator's convention).
+SPIDER_TABLE = RewardTable(metric="exec_match_ordered", tiers=((1.0, 1.1),), otherwise=0.0, format_bad=-2)
+#: BIRD (the paper's table): execution match 1.1, mismatch 0.4; bad format -2. Order-insensitive,
+#: as the BIRD evaluator (it compares result sets).
 BIRD_TABLE = RewardTable(metric="exec_match", tiers=((1.0, 1.1),), otherwise=0.4, format_bad=-2)
 TABLES = {"spider": SPIDER_TABLE, "bird": BIRD_TABLE}
 
