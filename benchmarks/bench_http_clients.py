@@ -108,7 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args(argv)
     if args.tiny:
-        args.requests, args.rounds, args.concurrency = 64, 1, 8
+        args.rounds, args.concurrency = 1, 8
+        args.requests = 64 if args.requests == ap.get_default("requests") else args.requests
 
     from deepretrieval.catalog import bundled_rows
     from deepretrieval.service.client import AsyncServiceClient

@@ -375,10 +375,12 @@ def main(argv=None) -> int:
     ap.add_argument("--min-free-gb", type=float, default=None,
                     help="skip a generated size when less memory is available (default: ~12 GB "
                          "per million docs)")
+    ap.add_argument("--json", default=None, help="write the figures here (after each corpus)")
     ap.add_argument("--tiny", action="store_true", help="smoke size: 2,000 docs, 50 queries, 1 round")
     args = ap.parse_args(argv)
     if args.tiny:
-        args.docs, args.queries, args.rounds, args.vocab = "2000", 50, 1, 5000
+        args.queries, args.rounds, args.vocab = 50, 1, 5000
+        args.docs = "2000" if args.docs == ap.get_default("docs") else args.docs
     args.ks = [int(k) for k in args.ks.split(",")]
     sizes = [int(x) for x in args.docs.split(",") if x]
     lucene = None if args.no_lucene else lucene_env(args.pyserini_python)
@@ -410,6 +412,7 @@ def main(argv=None) -> int:
                 results.append(bench_corpus("scifact", list(load_corpus(folder)),
                                             [qmap[q] for q in qids], args, lucene, work,
                                             qrels=qrels, qids=qids))
+                _progress(results, args)
             elif name == "generated":
                 for n in sizes:
                     need = args.min_free_gb if args.min_free_gb is not None else 2 + 12 * n / 1e6
@@ -421,8 +424,9 @@ def main(argv=None) -> int:
                     t0 = time.perf_counter()
                     docs, queries = generate_corpus(n, args.vocab, args.zipf, args.queries)
                     print(f"generated {n:,} docs in {time.perf_counter() - t0:.1f}s", flush=True)
-                    results.append(bench_corpus(f"generated-{n // 1000}k", docs, queries, args,
+                    results.append(bench_corpus(f"generated-{n // 1000}k" if n >= 1000 else f"generated-{n}", docs, queries, args,
                                                 lucene, work))
+                    _progress(results, args)
                     del docs
                     gc.collect()
             else:
@@ -434,6 +438,16 @@ def main(argv=None) -> int:
     if args.plot:
         plot(results, args.plot)
     return 0
+
+
+def _progress(results, args) -> None:
+    """Tables so far (a long growth run keeps what it measured if stopped) and the JSON file."""
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    if len(results) < len(args.corpora.split(",")) + len(args.docs.split(",")) - 1:
+        print("\n(tables so far)")
+        report(results, args)
+        print(flush=True)
 
 
 def _available_gb() -> float:
