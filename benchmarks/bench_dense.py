@@ -71,14 +71,15 @@ def main(argv=None) -> int:
         return [raw_batch_one(i, k) for i in range(len(claims))]
 
     def raw_batch_one(i, k):
-        scores, pos = raw.search(vectors[i:i + 1], k)
+        _, pos = raw.search(vectors[i:i + 1], k)
         return id_arr[pos[0][pos[0] >= 0]].tolist()
 
     rows = []
     for k in [int(x) for x in args.ks.split(",")]:
         same = [r.ids for r in ours.search(claims, k)] == raw_batch(k)[0]
-        plan = {"batch": (lambda: ours.search(claims, k), lambda: raw_batch(k)),
-                "single": (lambda: [ours.search([q], k) for q in claims], lambda: raw_single(k))}
+        plan = {"batch": (lambda k=k: ours.search(claims, k), lambda k=k: raw_batch(k)),
+                "single": (lambda k=k: [ours.search([q], k) for q in claims],
+                           lambda k=k: raw_single(k))}
         for mode, (a, b) in plan.items():
             best = {"ours": float("inf"), "faiss": float("inf")}
             for _ in range(args.rounds):

@@ -138,8 +138,8 @@ def main(argv=None) -> int:
                 print(f"  k={k} {name}: {r['rps']:,.0f} req/s, client {r['client_us']:,.0f} µs "
                       f"CPU/req, server {r['server_us']:,.0f} µs CPU/req", flush=True)
     print()
-    print(f"| k | client | requests/s | client CPU µs/request | server CPU µs/request | "
-          f"response bytes | client CPU vs ours | req/s vs ours |")
+    print("| k | client | requests/s | client CPU µs/request | server CPU µs/request | "
+          "response bytes | client CPU vs ours | req/s vs ours |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ours = next(x for x in rows if x["k"] == r["k"] and x["client"] == Ours.name)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -219,7 +220,7 @@ def bench_corpus(label, docs, queries, args, lucene, work: Path, qrels=None, qid
     qfile.write_text(json.dumps(queries))
 
     ours_dir = work / f"{label}-ours"
-    wall, peak, out, _ = run_child_rusage([sys.executable, __file__, "--worker", "ours-build",
+    wall, peak, _, _ = run_child_rusage([sys.executable, __file__, "--worker", "ours-build",
                                            str(coll), str(ours_dir)])
     build = {"ours": dict(build_s=wall, build_peak_mb=peak, index_mb=dir_mb(ours_dir),
                           score_mb=dir_mb(ours_dir / "bm25"))}
@@ -288,7 +289,7 @@ def bench_corpus(label, docs, queries, args, lucene, work: Path, qrels=None, qid
 
 
 def fmt(x, spec=",.0f"):
-    return "-" if x is None or x != x else format(x, spec)
+    return "-" if x is None or math.isnan(x) else format(x, spec)
 
 
 def report(results, args) -> None:
