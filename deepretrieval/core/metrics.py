@@ -19,7 +19,11 @@ def as_qrels(relevant: Mapping[str, float] | Iterable[str]) -> dict[str, float]:
 
 def _dedup(ranked: Sequence[str], k: int) -> list[str]:
     """The first ``k`` distinct ids (as strings), in rank order. ``dict.fromkeys`` keeps first
-    occurrences at C speed: the reward path scores 2,560 rankings of 1,000 ids per step."""
+    occurrences at C speed: the reward path scores 2,560 rankings of 1,000 ids per step. When the
+    first ``k`` are already distinct (search results are), only they are looked at."""
+    head = list(map(str, ranked[:k]))
+    if len(set(head)) == len(head):
+        return head
     return list(dict.fromkeys(map(str, ranked)))[:k]
 
 
