@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -99,9 +100,25 @@ def verl_data(items, tokenizer, resp_len: int):
                      "raw_prompt": np.array([r["prompt"] for r in rows], dtype=object)})
 
 
+def start_ray(workers: int, env: dict) -> None:
+    """Ray for verl's reward workers, started before anything else of the benchmark runs: its
+    raylet must register within a fixed 30 s, which a loaded machine can miss (3 attempts)."""
+    import ray
+
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": env})
+            return
+        except Exception as exc:  # noqa: BLE001 - ray raises a bare Exception here
+            ray.shutdown()
+            if attempt == 2:
+                raise
+            print(f"  ray did not start ({exc}); retrying", flush=True)
+
+
 def verl_step(items, service, workers: int, tmp: Path, repeats: int):
     """(best seconds of compute_rm_score over the step, scores) with verl's own manager."""
-    import ray
     from omegaconf import open_dict
     from transformers import AutoTokenizer
     from verl.experimental.reward_loop import RewardLoopManager
@@ -121,26 +138,13 @@ def verl_step(items, service, workers: int, tmp: Path, repeats: int):
         cfg = migrate_legacy_reward_impl(cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(tiny))
     data = verl_data(items, tokenizer, resp_len=160)
-    for attempt in range(3):  # Ray's raylet has a fixed 30 s start-up limit: a loaded machine misses it
-        try:
-            ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": service.env()})
-            break
-        except Exception as exc:  # noqa: BLE001 - ray raises a bare Exception here
-            ray.shutdown()
-            if attempt == 2:
-                raise
-            print(f"  ray did not start ({exc}); retrying", flush=True)
-    try:
-        manager = RewardLoopManager(cfg)
-        manager.compute_rm_score(data[:workers * 2])  # actors up, connections open
-        best, out = float("inf"), None
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            out = manager.compute_rm_score(data)
-            best = min(best, time.perf_counter() - t0)
-    finally:
-        ray.shutdown()
+    manager = RewardLoopManager(cfg)
+    manager.compute_rm_score(data[:workers * 2])  # actors up, connections open
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = manager.compute_rm_score(data)
+        best = min(best, time.perf_counter() - t0)
     if any(out.non_tensor_batch["search_error"]):
         raise RuntimeError("verl reward calls reported search errors")
     return best, out.batch["rm_scores"].sum(-1).tolist()
@@ -201,7 +205,7 @@ def main(argv=None) -> int:
 
     from deepretrieval.catalog import bundled_rows
     from deepretrieval.service.client import ServiceSearcher
-    from deepretrieval.train.service import ManagedService
+    from deepretrieval.train.service import ManagedService, free_port
 
     rows = bundled_rows("scifact", "train")
     rows = (rows * (args.prompts // len(rows) + 1))[:args.prompts]
@@ -211,8 +215,16 @@ def main(argv=None) -> int:
     print(f"# bench_reward_step: cpus={os.cpu_count()} step={args.prompts}x{args.samples}={n} "
           f"completions, ray workers={args.ray_workers}, GPU step {args.gpu_step_s:g}s", flush=True)
     results = []
-    with ManagedService(["scifact"], startup_timeout=300) as service, \
-            tempfile.TemporaryDirectory() as tmp:
+    service = ManagedService(["scifact"], port=free_port(), token=secrets.token_urlsafe(16),
+                             startup_timeout=300)
+    ray_up = False
+    if not args.no_verl:
+        try:
+            start_ray(args.ray_workers, service.env())
+            ray_up = True
+        except Exception as exc:  # noqa: BLE001 - reported; the other paths still run
+            print(f"  verl: NOT MEASURED — Ray did not start: {exc}", flush=True)
+    with service, tempfile.TemporaryDirectory() as tmp:
         searcher = ServiceSearcher(service.url, token=service.token, timeout=600)
         try:
             trl_step(items[:16], searcher)  # warm-up
@@ -223,11 +235,15 @@ def main(argv=None) -> int:
                 best, cpu = min(best, sec), min(cpu, c.seconds)
             results.append(("TRL reward callable (score_batch, service), BEIR k=1000", best, cpu))
             print(f"  TRL: {best:.2f}s per step ({cpu:.2f} CPU s)", flush=True)
-            if not args.no_verl:
-                sec, _ = verl_step(items, service, args.ray_workers, Path(tmp), args.repeats)
-                results.append((f"verl 0.9.1 RewardLoopManager, {args.ray_workers} Ray CPU "
-                                f"workers, BEIR k=1000", sec, None))
-                print(f"  verl: {sec:.2f}s per step", flush=True)
+            if ray_up:
+                try:
+                    sec, _ = verl_step(items, service, args.ray_workers, Path(tmp), args.repeats)
+                except Exception as exc:  # noqa: BLE001 - reported; the other paths still run
+                    print(f"  verl: NOT MEASURED — {type(exc).__name__}: {exc}", flush=True)
+                else:
+                    results.append((f"verl 0.9.1 RewardLoopManager, {args.ray_workers} Ray "
+                                    f"CPU workers, BEIR k=1000", sec, None))
+                    print(f"  verl: {sec:.2f}s per step", flush=True)
             m = args.evidence_queries
             searcher.search("scifact", queries[:2], 3000, return_text=True)  # texts loaded
             with CPU(service.proc.pid) as c:
@@ -253,6 +269,9 @@ def main(argv=None) -> int:
                   flush=True)
         finally:
             searcher.close()
+            if ray_up:
+                import ray
+                ray.shutdown()
 
     g = args.gpu_step_s
     print()
