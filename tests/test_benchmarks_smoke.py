@@ -64,3 +64,10 @@ def test_bench_reward_step_tiny(capsys):
     assert bench_reward_step.main(["--tiny"]) == 0  # raises on any search error
     out = capsys.readouterr().out
     assert "TRL reward callable" in out and "agentic turn" in out and "evidence-sized" in out
+
+
+def test_bench_metrics_tiny(capsys):
+    import bench_metrics
+
+    assert bench_metrics.main(["--rankings", "16", "--rounds", "1"]) == 0  # 0: identical values
+    assert "every-rank / ours:" in capsys.readouterr().out
