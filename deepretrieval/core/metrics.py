@@ -33,16 +33,13 @@ def trec_order(ranked: Sequence[str], scores: Sequence[float] | None) -> list[st
 
 
 def _dedup(ranked: Sequence[str], k: int) -> list[str]:
-    seen: set[str] = set()
-    out: list[str] = []
-    for doc in ranked:
-        doc = str(doc)
-        if doc not in seen:
-            seen.add(doc)
-            out.append(doc)
-            if len(out) == k:
-                break
-    return out
+    """The first ``k`` distinct ids (as strings), in rank order. ``dict.fromkeys`` keeps first
+    occurrences at C speed: the reward path scores 2,560 rankings of 1,000 ids per step. When the
+    first ``k`` are already distinct (search results are), only they are looked at."""
+    head = list(map(str, ranked[:k]))
+    if len(set(head)) == len(head):
+        return head
+    return list(dict.fromkeys(map(str, ranked)))[:k]
 
 
 def recall_at_k(ranked: Sequence[str], relevant, k: int) -> float:
@@ -58,13 +55,22 @@ def _dcg(gains: Iterable[float]) -> float:
     return sum(g / math.log2(i + 2) for i, g in enumerate(gains))
 
 
+def _ranked_dcg(docs: list[str], qrels: Mapping[str, float]) -> float:
+    """DCG of a deduplicated ranking: only the judged relevant documents found in it contribute,
+    so only they are visited (a few per query, against 1,000 ranks). The terms are added in rank
+    order, so the sum equals ``_dcg`` over every rank's gain bit for bit."""
+    present = set(docs)
+    hits = sorted((docs.index(d), g) for d, g in qrels.items() if g > 0 and d in present)
+    return sum(g / math.log2(rank + 2) for rank, g in hits)
+
+
 def ndcg_at_k(ranked: Sequence[str], relevant, k: int) -> float:
     """trec_eval ``ndcg_cut_k``: linear gains, ideal DCG from all judged grades sorted descending."""
     qrels = as_qrels(relevant)
     ideal = _dcg(sorted((g for g in qrels.values() if g > 0), reverse=True)[:k])
     if ideal <= 0:
         return 0.0
-    return _dcg(max(qrels.get(doc, 0.0), 0.0) for doc in _dedup(ranked, k)) / ideal
+    return _ranked_dcg(_dedup(ranked, k), qrels) / ideal
 
 
 def ndcg_paper_at_k(ranked: Sequence[str], relevant, k: int) -> float:
@@ -74,7 +80,7 @@ def ndcg_paper_at_k(ranked: Sequence[str], relevant, k: int) -> float:
     ideal = _dcg([g for g in qrels.values() if g > 0][:k])
     if ideal <= 0:
         return 0.0
-    return _dcg(max(qrels.get(doc, 0.0), 0.0) for doc in _dedup(ranked, k)) / ideal
+    return _ranked_dcg(_dedup(ranked, k), qrels) / ideal
 
 
 def first_relevant_rank(ranked: Sequence[str], relevant, k: int | None = None) -> int | None:

@@ -3,7 +3,10 @@
 The service's async client sends many small requests from one event loop (64+ concurrent reward
 calls); httpx's async pool costs a millisecond or more of CPU per request at that concurrency, this
 one about a tenth of that. It speaks just what the service needs: one request at a time per
-connection, ``Content-Length`` or chunked bodies, ``http`` and ``https``.
+connection, ``Content-Length`` or chunked bodies, ``http`` and ``https``. Response heads are
+capped at 1 MiB and bodies at ``max_response_bytes`` (default 1 GiB): a larger answer is a
+:class:`TransportError`, never an unbounded read. ``benchmarks/bench_http_clients.py`` measures it
+against aiohttp and httpx on the service's own requests.
 """
 from __future__ import annotations
 
@@ -12,8 +15,17 @@ import ssl as _ssl
 from urllib.parse import urlsplit
 
 
+#: Default cap on one response body (a batch of 64 queries x 3,000 passages with text is ~300 MB).
+MAX_RESPONSE_BYTES = 1 << 30
+_HEAD_LIMIT = 1 << 20
+
+
 class TransportError(OSError):
     """The request did not get an HTTP answer (refused, reset, timed out, malformed)."""
+
+
+class _TooLarge(ValueError):
+    """The response is over the client's size cap (reported as a TransportError)."""
 
 
 class Response:
@@ -46,7 +58,8 @@ class _Conn:
 class AsyncHTTP:
     """Keep-alive pool towards one origin (``scheme://host:port``)."""
 
-    def __init__(self, base_url: str, max_connections: int = 256):
+    def __init__(self, base_url: str, max_connections: int = 256,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES):
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https"):
             raise ValueError(f"unsupported URL scheme in {base_url!r}")
@@ -58,10 +71,13 @@ class AsyncHTTP:
         self._idle: list[_Conn] = []
         self._slots = asyncio.Semaphore(max(1, max_connections))
         self._closed = False
+        if int(max_response_bytes) < 1:
+            raise ValueError("max_response_bytes must be >= 1")
+        self.max_response_bytes = int(max_response_bytes)
 
     async def _connect(self) -> _Conn:
         reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self.ssl,
-                                                       limit=1 << 20)
+                                                       limit=_HEAD_LIMIT)
         return _Conn(reader, writer)
 
     async def request(self, method: str, path: str, body: bytes = b"",
@@ -91,7 +107,7 @@ class AsyncHTTP:
                                          f"{exc}") from None
                 try:
                     conn.writer.write(data)
-                    response, keep = await self._read(conn, method)
+                    response, keep = await self._read(conn, method, self.max_response_bytes)
                 except asyncio.CancelledError:
                     conn.close()
                     raise
@@ -108,7 +124,7 @@ class AsyncHTTP:
                 return response
 
     @staticmethod
-    async def _read(conn: _Conn, method: str) -> tuple[Response, bool]:
+    async def _read(conn: _Conn, method: str, cap: int) -> tuple[Response, bool]:
         reader = conn.reader
         raw = await reader.readuntil(b"\r\n\r\n")
         lines = raw.decode("latin-1").split("\r\n")
@@ -126,9 +142,13 @@ class AsyncHTTP:
             return Response(status, headers, b""), keep
         if "chunked" in headers.get("transfer-encoding", "").lower():
             parts = []
+            total = 0
             while True:
                 size_line = await reader.readuntil(b"\r\n")
                 size = int(size_line.split(b";", 1)[0].strip(), 16)
+                total += size
+                if size < 0 or total > cap:
+                    raise _TooLarge(f"chunked response body over {cap:,} bytes")
                 if size == 0:
                     while (await reader.readuntil(b"\r\n")) != b"\r\n":
                         pass  # trailers
@@ -137,9 +157,20 @@ class AsyncHTTP:
                 await reader.readexactly(2)
             return Response(status, headers, b"".join(parts)), keep
         if "content-length" in headers:
-            content = await reader.readexactly(int(headers["content-length"]))
+            length = int(headers["content-length"])
+            if length < 0:
+                raise ValueError(f"negative Content-Length {length}")
+            if length > cap:
+                raise _TooLarge(f"response body of {length:,} bytes is over the cap of {cap:,}")
+            content = await reader.readexactly(length)
             return Response(status, headers, content), keep
-        return Response(status, headers, await reader.read()), False
+        parts, total = [], 0  # body until the server closes the connection
+        while chunk := await reader.read(1 << 16):
+            total += len(chunk)
+            if total > cap:
+                raise _TooLarge(f"response body over {cap:,} bytes")
+            parts.append(chunk)
+        return Response(status, headers, b"".join(parts)), False
 
     async def aclose(self) -> None:
         self._closed = True
