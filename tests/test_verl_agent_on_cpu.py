@@ -9,6 +9,7 @@ episode visibly, and the ``search`` tool returns the rendered passages."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from types import SimpleNamespace
 
@@ -17,13 +18,13 @@ import pytest
 pytest.importorskip("verl")
 pytest.importorskip("hydra")
 
-from deepretrieval.agent.runner import EpisodeRunner, episodes_from_rows  # noqa: E402
-from deepretrieval.catalog import bundled_rows, local_searcher  # noqa: E402
-from deepretrieval.core import agent_protocol as P  # noqa: E402
-from deepretrieval.data.closed_world import OraclePolicy  # noqa: E402
-from deepretrieval.data.rows import write_parquet  # noqa: E402
-from deepretrieval.generation.decoding import Decoding, Prompt  # noqa: E402
-from deepretrieval.train import verl as launcher  # noqa: E402
+from deepretrieval.agent.runner import EpisodeRunner, episodes_from_rows
+from deepretrieval.catalog import bundled_rows, local_searcher
+from deepretrieval.core import agent_protocol as P
+from deepretrieval.data.closed_world import OraclePolicy
+from deepretrieval.data.rows import write_parquet
+from deepretrieval.generation.decoding import Decoding, Prompt
+from deepretrieval.train import verl as launcher
 
 N_ROWS = 4
 
@@ -97,15 +98,16 @@ class TinyModelServer:
         import torch
         from verl.workers.rollout.replica import TokenOutput
         out, lps = [], []
-        ids = torch.tensor([list(prompt_ids)])
+        ids, past = torch.tensor([list(prompt_ids)]), None
         with torch.no_grad():
             for _ in range(sampling_params["max_tokens"]):
-                logits = self.model(ids).logits[0, -1].float()
-                logp = torch.log_softmax(logits, -1)
+                step = self.model(ids, past_key_values=past, use_cache=True)
+                past = step.past_key_values
+                logp = torch.log_softmax(step.logits[0, -1].float(), -1)
                 nxt = int(torch.multinomial(logp.exp(), 1))
                 out.append(nxt)
                 lps.append(float(logp[nxt]))
-                ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+                ids = torch.tensor([[nxt]])
                 text = self.tok.decode(out, skip_special_tokens=False)
                 if nxt == self.tok.eos_token_id or any(s in text for s in sampling_params["stop"]):
                     break
@@ -117,7 +119,9 @@ class RewardHandle:
     reward manager with the function main_ppo loads from our config."""
 
     def __init__(self, cfg, tok):
-        from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager
+        from verl.experimental.reward_loop.reward_manager.naive import (
+            NaiveRewardManager,
+        )
         from verl.trainer.ppo.reward import get_custom_reward_fn
         self.manager = NaiveRewardManager(cfg, tok, get_custom_reward_fn(cfg))
         self.compute_score = SimpleNamespace(remote=self.manager.run_single)
@@ -314,8 +318,8 @@ def test_model_turn_tokens_keep_sampled_ids_and_cut_inside_a_token(tok):
     text = "<answer>Zeiski</answer>\n\nmore"
     sampled = tok(text, add_special_tokens=False)["input_ids"]
     spans = _token_spans(tok, sampled)
-    a, b = [(a, b) for a, b in spans if b - a >= 2 and a > 0][0]  # a token of several characters
-    kept = text[:a + 1]  # the episode kept one character of it
+    start = next(a for a, b in spans if b - a >= 2 and a > 0)  # a token of several characters
+    kept = text[:start + 1]  # the episode kept one character of it
     ids, lps, n_re = model_turn_tokens(tok, sampled, [-1.0] * len(sampled), kept)
     assert tok.decode(ids) == kept and n_re >= 1 and lps[-n_re:] == [0.0] * n_re
     assert ids[:len(ids) - n_re] == sampled[:len(ids) - n_re] and lps[0] == -1.0
@@ -349,6 +353,58 @@ def test_search_tool_returns_the_rendered_passages():
     assert iid not in tool._instances
     with pytest.raises(ValueError, match="unknown search tool setting"):
         SearchTool({"type": "native", "topk": 3})
+
+
+class ToolOracleServer:
+    """Stub server for verl's stock ``tool_agent``: the oracle speaking hermes tool calls, reading
+    the tool messages off the ChatML prompt."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
+        from verl.workers.rollout.replica import TokenOutput
+        text = self.tok.decode(prompt_ids, skip_special_tokens=False)
+        msgs = [{"role": r, "content": c}
+                for r, c in re.findall(r"<\|im_start\|>(\w+)\n(.*?)<\|im_end\|>", text, re.DOTALL)]
+        turn = OraclePolicy().turn(Prompt.of(msgs, ""))
+        ids = self.tok(turn, add_special_tokens=False)["input_ids"] + [self.tok.convert_tokens_to_ids("<|im_end|>")]
+        return TokenOutput(token_ids=ids, log_probs=[-0.5] * len(ids))
+
+
+def test_stock_tool_agent_runs_our_search_tool(tiny, tok, tmp_path):
+    """Tool-protocol rows (agent_name tool_agent) through verl's own ToolAgentLoop with the
+    search tool from the launcher's tool YAML: tool responses are the rendered passages, mask 0,
+    and the reward scores the final answer."""
+    from deepretrieval.catalog import get_task
+    from deepretrieval.data.closed_world import closed_world_rows
+
+    rows = closed_world_rows(get_task("agent_closedworld"), "test",
+                             settings=P.AgentSettings(protocol="tool"))[:2]
+    assert {r["agent_name"] for r in rows} == {"tool_agent"}
+    data = write_parquet(rows, tmp_path / "rows" / "test.parquet")
+    cfg = launcher.compose("search_r1", launcher.build_overrides(
+        "agent_closedworld", model=str(tiny), train_files=str(data), val_files=str(data),
+        out_dir=str(tmp_path), extra=["actor_rollout_ref.rollout.agent.num_workers=1"]))
+    out = _generate(cfg, tok, tmp_path, ToolOracleServer(tok))
+    assert out.batch["rm_scores"].sum(-1).tolist() == [1.0, 1.0]
+    searcher = local_searcher()
+    for i in range(len(rows)):
+        ids, mask = _valid(out, i)
+        runs: list[tuple[int, list[int]]] = []
+        for t, m in zip(ids, mask):
+            if runs and runs[-1][0] == m:
+                runs[-1][1].append(t)
+            else:
+                runs.append((m, [t]))
+        model = [tok.decode(r, skip_special_tokens=False) for m, r in runs if m == 1]
+        injected = [tok.decode(r, skip_special_tokens=False) for m, r in runs if m == 0]
+        queries = [json.loads(re.search(r"<tool_call>(.*?)</tool_call>", t, re.DOTALL).group(1))
+                   ["arguments"]["query"] for t in model[:-1]]
+        assert queries and len(injected) == len(queries) and "<answer>" in model[-1]
+        for query, block in zip(queries, injected):
+            (hits,) = searcher.search("closedworld", [query], 3, return_text=True)
+            assert P.render_passages(hits.texts, P.AgentSettings()) in block
 
 
 def test_cli_dry_run_uses_the_agentic_preset_and_writes_the_files(tmp_path, capsys):

@@ -42,7 +42,12 @@ from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
 from verl.utils.profiler import simple_timer
 
-from deepretrieval.agent.runner import SEARCH_FAILURES, Episode, episodes_from_rows, search_replies
+from deepretrieval.agent.runner import (
+    SEARCH_FAILURES,
+    Episode,
+    episodes_from_rows,
+    search_replies,
+)
 from deepretrieval.catalog import get_searcher
 from deepretrieval.core import agent_protocol as P
 
