@@ -308,6 +308,20 @@ def test_response_budget_ends_the_episode_visibly(cfg, tok, rows):
     assert scored["format_ok"] is False and scored["score"] == 0.0
 
 
+def test_stop_strings_per_rollout_engine(cfg, tok):
+    from omegaconf import OmegaConf
+
+    async def build(name):
+        c = OmegaConf.create(OmegaConf.to_container(cfg))
+        c.actor_rollout_ref.rollout.name = name
+        return _loop(c, tok, None)
+
+    assert asyncio.run(build("sglang")).stop_params == {"stop": list(P.stop_strings("tags")),
+                                                       "no_stop_trim": True}
+    with pytest.raises(ValueError, match="rollout.name='trtllm'"):
+        asyncio.run(build("trtllm"))
+
+
 def test_model_turn_tokens_keep_sampled_ids_and_cut_inside_a_token(tok):
     from deepretrieval.train.verl_agent import model_turn_tokens
     sampled = tok("<search>Goudemar</search> more", add_special_tokens=False)["input_ids"]

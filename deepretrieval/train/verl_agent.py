@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 #: Tokens one model turn may generate (Search-R1's ``max_response_length`` = 500 per turn).
 DEFAULT_MAX_TURN_TOKENS = 500
+#: How each rollout engine is told to keep the stop string (the turn's closing tag) in the output.
+KEEP_STOP = {"vllm": {"include_stop_str_in_output": True}, "sglang": {"no_stop_trim": True}}
 #: What ``extra_fields`` carries for every sample (verl merges them into the reward's ``extra_info``).
 EXTRA_FIELDS = ("agent_finish", "agent_turns", "agent_n_search", "agent_search_error",
                 "agent_retokenized", "turn_scores", "tool_rewards")
@@ -122,6 +124,11 @@ class SearchAgentLoop(AgentLoopBase):
         self.prompt_length = self.rollout_config.prompt_length
         self.response_length = self.rollout_config.response_length
         self.searcher = searcher
+        engine = self.rollout_config.name
+        if engine not in KEEP_STOP:
+            raise ValueError(f"the deepretrieval agent loop stops turns with stop strings, which it "
+                             f"knows how to ask of {sorted(KEEP_STOP)}, not rollout.name={engine!r}")
+        self.stop_params = {"stop": list(P.stop_strings("tags")), **KEEP_STOP[engine]}
 
     async def run(self, sampling_params: dict[str, Any], priority: int = 0, **kwargs) -> AgentLoopOutput:
         episode = episode_for_sample(kwargs)
@@ -130,7 +137,6 @@ class SearchAgentLoop(AgentLoopBase):
         if episode.prefill:  # part of the prompt: the model continues after it
             prompt_ids = list(prompt_ids) + _segment_tokens(tok, episode.prefill)
         searcher = self.searcher or get_searcher()
-        stops = list(P.stop_strings("tags"))
         request_id = uuid4().hex
         response_ids: list[int] = []
         response_mask: list[int] = []
@@ -155,7 +161,7 @@ class SearchAgentLoop(AgentLoopBase):
                 length_cut = True
                 break
             params = {**sampling_params, "max_tokens": min(self.max_turn_tokens, room),
-                      "stop": stops, "include_stop_str_in_output": True}
+                      **self.stop_params}
             timing: dict[str, float] = {}
             with simple_timer("generate", timing):
                 out = await self.server_manager.generate(request_id=request_id,
