@@ -308,6 +308,50 @@ def test_response_budget_ends_the_episode_visibly(cfg, tok, rows):
     assert scored["format_ok"] is False and scored["score"] == 0.0
 
 
+def test_search_through_the_service_client(cfg, tok, rows, run_dir):
+    """With DEEPRETRIEVAL_SEARCH_URL set (as the launcher sets it for every Ray worker) the loop
+    searches through the retrieval service: the same episodes, token for token."""
+    import os
+
+    from deepretrieval import catalog
+    from deepretrieval.train.service import ManagedService, service_env
+
+    # (not monkeypatch: reading the rows through RLHFDataset replaces the os.environ object, so
+    # monkeypatch's undo would clear a stale copy; service_env restores the current one)
+    with ManagedService(["closedworld"], startup_timeout=300) as service, service_env(service):
+        assert type(catalog.get_searcher()).__name__ == "ServiceSearcher"
+        out = _generate(cfg, tok, run_dir, OracleServer(tok))
+    assert os.environ.get("DEEPRETRIEVAL_SEARCH_URL") is None
+    for i, ep in enumerate(_replayed(rows, OraclePolicy())):
+        assert _valid(out, i) == ep.token_ids(tok)
+    assert out.batch["rm_scores"].sum(-1).tolist() == [1.0] * len(rows)
+
+
+def test_a_failed_search_ends_the_episode_visibly(cfg, tok, rows):
+    from deepretrieval import catalog
+    from deepretrieval.core.results import SearchError
+    from deepretrieval.rewards import compute_score
+
+    class Down:
+        async def asearch(self, index, queries, k, *, return_text=False, options=None):
+            raise SearchError("backend down")
+
+    catalog.set_searcher(Down())
+    try:
+        _, out = _run_loop(cfg, tok, OracleServer(tok), rows[0], {"temperature": 1.0})
+    finally:
+        catalog.set_searcher(None)
+    assert out.extra_fields["agent_finish"] == "search_error" and out.extra_fields["agent_search_error"]
+    text = tok.decode(out.response_ids, skip_special_tokens=True)
+    assert text.endswith(P.information(P.search_error_content("backend down")))
+    n_block = len(tok(P.information(P.search_error_content("backend down")),
+                      add_special_tokens=False)["input_ids"])
+    assert out.response_mask[-n_block:] == [0] * n_block and out.response_mask[0] == 1
+    scored = compute_score(rows[0]["data_source"], text, rows[0]["reward_model"]["ground_truth"],
+                           rows[0]["extra_info"])
+    assert scored["search_error"] is True
+
+
 def test_stop_strings_per_rollout_engine(cfg, tok):
     from omegaconf import OmegaConf
 
