@@ -58,7 +58,7 @@ def _overrides(tiny, train, test, task="scifact", extra=()):
 
 
 @pytest.mark.parametrize("preset", launcher.PRESETS)
-@pytest.mark.parametrize("family", [f for f in FAMILY_NAMES if f != "agentic"])  # agentic: agent loop (issue 13)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_presets_compose_and_pass_verl_validation(preset, family, tiny, scifact_parquet, vllm_lora_check):
     train, test = scifact_parquet
     overrides = _overrides(tiny, train, test, extra=[f"family={family}"])
@@ -81,8 +81,40 @@ def test_presets_compose_and_pass_verl_validation(preset, family, tiny, scifact_
         assert 5 <= cfg.actor_rollout_ref.rollout.n <= 8
     if preset == "lora_3b_1gpu":
         assert cfg.actor_rollout_ref.model.lora_rank > 0 and cfg.trainer.n_gpus_per_node == 1
-    expected = {"beir": 512, "search_engine": 512, "boolean": 512, "evidence": 256, "sql": 2048}[family]
+    expected = {"beir": 512, "search_engine": 512, "boolean": 512, "evidence": 256, "sql": 2048,
+                "agentic": 2048}[family]
     assert cfg.data.max_prompt_length == expected
+
+
+@pytest.mark.parametrize("n_gpus", [1, 8])
+def test_search_r1_preset_for_an_agentic_task(n_gpus, tiny, scifact_parquet, tmp_path):
+    """The agentic preset (Search-R1's GRPO values) composes for an agentic task with the agent
+    loop and tool files the launcher wrote, and passes verl's validation on 1 and 8 GPUs."""
+    train, test = scifact_parquet
+    from deepretrieval.catalog import get_task
+    assert launcher.default_preset(get_task("agent_nq")) == "search_r1"
+    assert launcher.default_preset(get_task("scifact")) == "ppo"
+    overrides = launcher.build_overrides("agent_nq", model=str(tiny), train_files=str(train),
+                                         val_files=str(test), out_dir=str(tmp_path / "run"),
+                                         n_gpus=n_gpus)
+    cfg = launcher.compose("search_r1", overrides)
+    launcher.validate(cfg)
+    r, a = cfg.actor_rollout_ref.rollout, cfg.actor_rollout_ref.actor
+    assert cfg.trainer.n_gpus_per_node == n_gpus
+    assert cfg.algorithm.adv_estimator == "grpo" and r.n == 5 and r.temperature == 1.0
+    assert a.optim.lr == pytest.approx(1e-6) and a.optim.lr_warmup_steps_ratio == pytest.approx(0.285)
+    assert a.use_kl_loss and a.kl_loss_coef == pytest.approx(0.001) and a.kl_loss_type == "low_var_kl"
+    assert cfg.data.train_batch_size == 512 and a.ppo_mini_batch_size == 256
+    assert (cfg.data.max_prompt_length, cfg.data.max_response_length) == (2048, 3500)
+    assert r.agent.default_agent_loop == "deepretrieval_agent"
+    assert r.multi_turn.max_assistant_turns == 4 and r.multi_turn.format == "hermes"
+    run = (tmp_path / "run" / "verl_agent").resolve()
+    assert r.agent.agent_loop_config_path == str(run / "agent_loops.yaml")
+    assert r.multi_turn.tool_config_path == str(run / "search_tool.yaml")
+    # the rows' own settings: <= 4 turns, top-3
+    from deepretrieval.catalog import bundled_rows
+    info = bundled_rows("agent_closedworld", "train")[0]["extra_info"]
+    assert (info["max_turns"], info["top_k"]) == (4, 3)
 
 
 def test_gpu_and_node_overrides(tiny, scifact_parquet):

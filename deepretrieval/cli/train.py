@@ -38,8 +38,9 @@ def register(sub) -> None:
                     "GRPOConfig fields for TRL (e.g. warmup_steps=5).")
     p.add_argument("--engine", choices=("verl", "trl"), default="trl")
     p.add_argument("--task", required=True, help="task name (deepretrieval tasks)")
-    p.add_argument("--config", default="ppo",
-                   help="verl preset: ppo (paper), grpo, lora_3b_1gpu, or a .yaml file (default ppo)")
+    p.add_argument("--config",
+                   help="verl preset: ppo (paper), grpo, lora_3b_1gpu, search_r1 (search agents), or "
+                        "a .yaml file (default: search_r1 for agentic tasks, else ppo)")
     p.add_argument("--model", help="policy model folder or hub id (default: Qwen/Qwen2.5-3B-Instruct "
                                    "for verl, smollm2 for trl)")
     p.add_argument("--init-from", metavar="CHECKPOINT",
@@ -244,6 +245,7 @@ def _init_model(args, model: str, out: Path) -> str:
 def _train_verl(args, task, model, out: Path, url: str | None, service) -> int:
     from omegaconf import OmegaConf
 
+    args.config = args.config or launcher.default_preset(task)
     model = _init_model(args, model, out)
     train, test = _rows_files(task.name, args.data, out, args.dry_run)
     if train.is_file() and test.is_file():

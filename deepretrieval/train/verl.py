@@ -1,12 +1,15 @@
 """verl 0.9.1 launcher: packaged hydra configs + ``python -m verl.trainer.main_ppo``.
 
-Presets (``deepretrieval/configs/verl``): ``ppo`` (the paper's PPO), ``grpo``, ``lora_3b_1gpu``.
+Presets (``deepretrieval/configs/verl``): ``ppo`` (the paper's PPO), ``grpo``, ``lora_3b_1gpu``,
+``search_r1`` (search agents: Search-R1's GRPO settings; the default for agentic tasks).
 Each composes verl's own ``ppo_trainer`` and adds a task-family group (``family=beir|search_engine|
-evidence|sql``: prompt/response lengths). The reward is wired through
-``reward.custom_reward_function`` to :func:`deepretrieval.rewards.compute_score_async`.
+evidence|sql|agentic``: prompt/response lengths). The reward is wired through
+``reward.custom_reward_function`` to :func:`deepretrieval.rewards.compute_score_async`. Agentic
+tasks also get the agent-loop and tool YAML files (:func:`agent_overrides`, docs/agentic_verl.md).
 """
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -17,11 +20,14 @@ from typing import Any
 
 from deepretrieval.catalog import get_task, read_rows, row_prefill
 from deepretrieval.core import settings
+from deepretrieval.core.agent_protocol import search_tool_schema
+from deepretrieval.core.io import write_atomic
 from deepretrieval.data.rows import write_parquet
+from deepretrieval.tasks.agentic import AGENTIC, TAG_AGENT_LOOP
 from deepretrieval.train.paper_presets import paper_run_overrides
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "verl"
-PRESETS = ("ppo", "grpo", "lora_3b_1gpu")
+PRESETS = ("ppo", "grpo", "lora_3b_1gpu", "search_r1")
 #: Keys main_ppo (0.9.1) reads the reward function from; the top-level ``custom_reward_function``
 #: block is accepted by validation but ignored.
 REWARD_PATH_KEY = "reward.custom_reward_function.path"
@@ -56,6 +62,55 @@ def family_for(task) -> str:
     return name
 
 
+def default_preset(task) -> str:
+    """The preset ``deepretrieval train --engine verl`` uses without ``--config``: ``search_r1``
+    for agentic tasks (the paper's PPO settings are for single-shot query writing), else ``ppo``."""
+    return "search_r1" if task.family is AGENTIC else "ppo"
+
+
+# ---------------------------------------------------------------------------------------------
+# agent loop + search tool (agentic tasks)
+
+#: Where verl 0.9.1 reads the agent-loop registry file and the tool file (rollout.yaml).
+AGENT_LOOP_CONFIG_KEY = "actor_rollout_ref.rollout.agent.agent_loop_config_path"
+TOOL_CONFIG_KEY = "actor_rollout_ref.rollout.multi_turn.tool_config_path"
+#: Classes verl instantiates by path (``hydra.utils.instantiate`` / ``get_tool_class``).
+AGENT_LOOP_CLASS = "deepretrieval.train.verl_agent.SearchAgentLoop"
+SEARCH_TOOL_CLASS = "deepretrieval.train.verl_agent.SearchTool"
+AGENT_DIR = "verl_agent"
+
+
+def write_agent_loop_config(folder: str | os.PathLike, *, max_turn_tokens: int = 500) -> Path:
+    """``<folder>/agent_loops.yaml``: the tag-protocol loop under the name the rows ask for
+    (``deepretrieval_agent``). Written as JSON, which is YAML. verl reads it with ``OmegaConf.load`` and passes every key but
+    ``name``/``_target_`` to the loop's constructor."""
+    path = (Path(folder) / "agent_loops.yaml").resolve()
+    body = [{"name": TAG_AGENT_LOOP, "_target_": AGENT_LOOP_CLASS, "max_turn_tokens": int(max_turn_tokens)}]
+    write_atomic(path, "# written by deepretrieval (train/verl.py); docs/agentic_verl.md\n"
+                 + json.dumps(body, indent=2) + "\n")
+    return path
+
+
+def write_tool_config(folder: str | os.PathLike) -> Path:
+    """``<folder>/search_tool.yaml``: the ``search`` tool for verl's ``tool_agent`` (index and
+    top-k come per row from ``extra_info.tools_kwargs.search.create_kwargs``)."""
+    path = (Path(folder) / "search_tool.yaml").resolve()
+    body = {"tools": [{"class_name": SEARCH_TOOL_CLASS, "config": {"type": "native"},
+                       "tool_schema": search_tool_schema()}]}
+    write_atomic(path, "# written by deepretrieval (train/verl.py); docs/agentic_verl.md\n"
+                 + json.dumps(body, indent=2) + "\n")
+    return path
+
+
+def agent_overrides(out_dir: str | os.PathLike) -> list[str]:
+    """Write both files under ``<out_dir>/verl_agent/`` with absolute paths (verl does not
+    resolve ``pkg://`` there, and a relative path would depend on each Ray worker's directory)
+    and return the overrides that point verl at them."""
+    folder = Path(out_dir).resolve() / AGENT_DIR
+    return [f"{AGENT_LOOP_CONFIG_KEY}={write_agent_loop_config(folder)}",
+            f"{TOOL_CONFIG_KEY}={write_tool_config(folder)}"]
+
+
 def check_overrides(overrides: Sequence[str]) -> None:
     """Refuse overrides main_ppo would silently ignore."""
     for item in overrides:
@@ -83,6 +138,8 @@ def build_overrides(task_name: str, *, model: str, train_files: str, val_files: 
              f"trainer.validation_data_dir={out / 'validation'}"]
     if preset == "ppo":
         items += paper_run_overrides(task.name)
+    if task.family is AGENTIC:
+        items += agent_overrides(out)
     if n_gpus is not None:
         items.append(f"trainer.n_gpus_per_node={n_gpus}")
     if nnodes is not None:
