@@ -51,6 +51,17 @@ class RewardTable:
             return 0.0
         return float(self.format_ok + answer_score)
 
+    def score_of(self, metrics: Mapping[str, Any]) -> float:
+        """The total for a scored completion's metrics (``format_ok``, ``search_error``, the
+        table's metric and bonus metric): the score any task with this table would give it."""
+        if metrics.get("search_error"):
+            return self.total(True, self.error)
+        ok = bool(metrics.get("format_ok"))
+        score = self.total(ok, self.answer_score(metrics.get(self.metric)))
+        if ok and self.bonus_metric:
+            score += float(self.bonus_value) * float(metrics.get(self.bonus_metric) or 0.0)
+        return score
+
 
 def with_overrides(table: RewardTable, overrides: Mapping[str, Any] | None = None) -> RewardTable:
     """``table`` with field overrides (e.g. from a config: ``{"format_bad": -1}``); an unknown
