@@ -22,8 +22,16 @@ from deepretrieval.paper_rewards import score_sample
 from deepretrieval.profiles import resolve_profile
 from deepretrieval.tasks.base import SearchPlan
 
-__all__ = ["TABLES", "RewardTable", "get_table", "compute_score", "compute_score_async",
-           "score_batch", "ascore_batch", "TRLReward"]
+__all__ = [
+    "TABLES",
+    "RewardTable",
+    "TRLReward",
+    "ascore_batch",
+    "compute_score",
+    "compute_score_async",
+    "get_table",
+    "score_batch",
+]
 
 log = logging.getLogger(__name__)
 

@@ -11,19 +11,24 @@ import pytest
 pytest.importorskip("trl")
 torch = pytest.importorskip("torch")
 
-from deepretrieval.agent.runner import EpisodeRunner, episodes_from_rows  # noqa: E402
-from deepretrieval.catalog import bundled_rows, get_task  # noqa: E402
-from deepretrieval.core import agent_protocol as P  # noqa: E402
-from deepretrieval.data.closed_world import OraclePolicy, closed_world_rows  # noqa: E402
-from deepretrieval.generation.decoding import Decoding  # noqa: E402
-from deepretrieval.rewards import score_batch  # noqa: E402
-from deepretrieval.train.trl_agent import (  # noqa: E402
+from deepretrieval.agent.runner import EpisodeRunner, episodes_from_rows
+from deepretrieval.catalog import bundled_rows, get_task
+from deepretrieval.core import agent_protocol as P
+from deepretrieval.data.closed_world import ClosedBookGuess, OraclePolicy, closed_world_rows
+from deepretrieval.generation.decoding import Decoding
+from deepretrieval.rewards import score_batch
+from deepretrieval.train.trl_agent import (
     AgentRollout,
     render_prompt,
     tag_completion,
     tool_completion,
 )
-from deepretrieval.train.trl_engine import METRIC_PREFIX, TRLSettings, build_trainer, train_trl  # noqa: E402
+from deepretrieval.train.trl_engine import (
+    METRIC_PREFIX,
+    TRLSettings,
+    build_trainer,
+    train_trl,
+)
 
 TASK = "agent_closedworld"
 
@@ -55,15 +60,17 @@ def rows():
 
 
 def _settings(tiny, tmp_path, **kw):
-    base = dict(model=tiny, output_dir=str(tmp_path), steps=1, prompts_per_step=2, num_generations=2,
-                max_completion_length=512, temperature=1.0, bf16=False, progress=False, use_vllm=False,
-                extra={"gradient_checkpointing": False})
+    base = {"model": tiny, "output_dir": str(tmp_path), "steps": 1, "prompts_per_step": 2,
+            "num_generations": 2, "max_completion_length": 512, "temperature": 1.0, "bf16": False,
+            "progress": False, "use_vllm": False, "extra": {"gradient_checkpointing": False}}
     base.update(kw)
     return TRLSettings(**base)
 
 
 def _batch(trainer, rows):
     """One step's inputs as TRL's sampler builds them (each prompt num_generations times)."""
+    trainer.model.train()  # as in a training step (the trainer logs under "train")
+    trainer.current_gradient_accumulation_steps = 1  # (set by Trainer.train)
     records = trainer.train_dataset
     g = trainer.args.num_generations
     return [dict(records[i]) for i in range(len(rows)) for _ in range(g)]
@@ -130,24 +137,31 @@ def test_rollout_masks_injected_tokens_and_they_carry_zero_gradient(tiny, tmp_pa
 
 
 def test_result_over_the_budget_ends_the_episode_visibly(tiny, tmp_path, rows, tok):
-    # a budget that fits the first turn and its results but not the second search's results
-    ep = episodes_from_rows(rows[:1])[0]
-    EpisodeRunner(OraclePolicy(), decoding=Decoding(max_new_tokens=32)).run([ep])
-    ids, mask = tag_completion(tok, ep)
-    first_block_end = ep.injected_spans()[0][1]
-    first = len(tok(ep.text[:first_block_end], add_special_tokens=False)["input_ids"])
-    limit = first + 30  # room for the second search turn, not for its results
-    assert limit < len(ids)
+    # a budget that fits the first search, its results and the second search, not its results
+    full = episodes_from_rows(rows[:1])[0]
+    EpisodeRunner(OraclePolicy(), decoding=Decoding(max_new_tokens=32)).run([full])
+    ids, _ = tag_completion(tok, full)
+
+    def n(text):
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    first = sum(n(s.text) for s in full.segments[:2])
+    reserve = n(P.information(full.settings.budget_message))
+    limit = first + n(full.segments[2].text) + reserve + 5
+    assert limit + n(full.segments[3].text) - reserve - 5 > limit and limit < len(ids)
 
     rollout = AgentRollout(turn_tokens=32, policy=OraclePolicy())
-    trainer, _ = build_trainer(rows[:2], _settings(tiny, tmp_path, max_completion_length=limit + 1),
-                               rollout=rollout)
-    batch = trainer._generate_and_score_completions(_batch(trainer, rows[:2]))
+    trainer, _ = build_trainer(rows[:1], _settings(tiny, tmp_path, max_completion_length=limit + 1,
+                                                   prompts_per_step=1), rollout=rollout)
+    batch = trainer._generate_and_score_completions(_batch(trainer, rows[:1]))
+    assert len(rollout.last_episodes) == 2
     for i, ep in enumerate(rollout.last_episodes):
         assert ep.finish == "budget" and ep.answer is None
         assert ep.searches[-1]["error"] == "results over the token budget"
         last = ep.segments[-1]
         assert last.injected and last.content == ep.settings.budget_message
+        assert [s.text for s in ep.segments[:3]] == [s.text for s in full.segments[:3]]
+        assert ep.text.endswith(P.information(ep.settings.budget_message))
         assert int(batch["completion_mask"][i].sum()) <= limit + 1
         m = rollout.reward.last_metrics[i]
         assert m["budget"] == 1.0 and m["format_ok"] is False and m["n_search"] == 1.0
@@ -164,10 +178,11 @@ def test_runner_cuts_a_model_turn_over_the_budget(tok, rows):
     ep = episodes_from_rows(rows[:1])[0]
     EpisodeRunner(Rambler(), decoding=Decoding(max_new_tokens=400), token_budget=40,
                   tokenizer=tok).run([ep])
-    assert ep.finish == "budget" and len(ep.segments) == 1
+    assert ep.finish == "budget" and len(ep.segments) == 2
     assert len(ep.token_ids(tok)[0]) <= 40 and ep.text.startswith("word word")
+    assert ep.segments[1].injected and ep.segments[1].content == ep.settings.budget_message
     metrics = score_batch([(TASK, ep.text, rows[0]["reward_model"]["ground_truth"], rows[0]["extra_info"])])[0]
-    assert metrics["format_ok"] is False  # (a cut turn is not marked by a block; finish says it)
+    assert metrics["format_ok"] is False and metrics["budget"] == 1.0
 
 
 def test_tool_protocol_mask_follows_the_chat_template(tok):
@@ -192,18 +207,45 @@ def test_tool_protocol_mask_follows_the_chat_template(tok):
         assert "<|im_start|>assistant" in hidden  # role headers are the template's, not the model's
 
 
+class HalfOracle:
+    """First turn: every other episode is the oracle (searches, answers right), the others guess
+    closed-book (answer at once, wrong) — rewards that differ within each group."""
+
+    def __init__(self):
+        self.oracle, self.guess = OraclePolicy(), ClosedBookGuess()
+
+    def generate(self, prompts, decoding, **kw):
+        out = []
+        for i, p in enumerate(prompts):
+            first = not P.injected_blocks(p.prefill)
+            out += (self.guess if first and i % 2 else self.oracle).generate([p], decoding)
+        return out
+
+
 def test_agentic_grpo_steps_train_the_policy(tiny, tmp_path):
     rows = bundled_rows(TASK, "train")[:4]
-    settings = _settings(tiny, tmp_path, steps=2, max_completion_length=96, learning_rate=1e-3)
-    rollout = AgentRollout(turn_tokens=16)
+    settings = _settings(tiny, tmp_path, steps=2, learning_rate=1e-3)
+    rollout = AgentRollout(turn_tokens=32, policy=HalfOracle())
     from transformers import AutoModelForCausalLM
     before = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(tiny).state_dict().items()}
     result = train_trl(rows, settings, rollout=rollout)
     steps = [h for h in result.history if "loss" in h]
     assert len(steps) == 2 and all(math.isfinite(h["loss"]) for h in steps)
-    for key in ("f1", "em", "n_search", "turns", "finish_budget", "finish_answer"):
-        assert METRIC_PREFIX + key in steps[-1]
-    # the tiny model's own episodes: every completion within the budget
-    assert all(len(tag_completion(rollout.tokenizer, ep)[0]) <= 96 for ep in rollout.last_episodes)
+    for h in steps:
+        assert h[METRIC_PREFIX + "em"] == 0.5 and h[METRIC_PREFIX + "finish_answer"] == 1.0
+        assert h["reward_std"] > 0
     after = AutoModelForCausalLM.from_pretrained(result.model_dir).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_policy_rollout_on_the_tiny_model_stays_in_budget(tiny, tmp_path):
+    """The trained model itself plays (random weights: gibberish turns, invalid-action blocks)."""
+    rows = bundled_rows(TASK, "train")[:2]
+    rollout = AgentRollout(turn_tokens=16)
+    trainer, _ = build_trainer(rows, _settings(tiny, tmp_path, max_completion_length=96), rollout=rollout)
+    batch = trainer._generate_and_score_completions(_batch(trainer, rows))
+    assert len(rollout.last_episodes) == 4
+    assert int(batch["completion_mask"].sum(1).max()) <= 96
+    for i, ep in enumerate(rollout.last_episodes):
+        ids, mask = tag_completion(rollout.tokenizer, ep)
+        assert len(ids) <= 96 and batch["tool_mask"][i, :len(ids)].tolist() == mask

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from deepretrieval.catalog import get_searcher, get_task
@@ -147,7 +147,12 @@ class Episode:
             raise ValueError("the episode has ended")
         s = self.settings
         turn = self.turns + 1
-        action = P.parse_turn(text, s.protocol)
+        # the first turn continues the prefill (e.g. "<search>"): parse the two together; the
+        # trajectory keeps only what the model wrote (the prefill is part of the prompt)
+        pre = self.prefill if turn == 1 and s.protocol == "tags" else ""
+        action = P.parse_turn(pre + text, s.protocol)
+        if pre and action.text.startswith(pre):
+            action = replace(action, text=action.text[len(pre):])
         self._add_model(action, turn)
         last = self.turns >= s.max_turns
         if action.kind == "answer":
@@ -259,7 +264,7 @@ class EpisodeRunner:
             turn += 1
             turn_decoding = decoding
             if self.token_budget is not None:  # no turn longer than the room any episode has left
-                room = max(self.token_budget - self._n_tokens(ep) for ep in live)
+                room = max(self.token_budget - self._reserve(ep) - self._n_tokens(ep) for ep in live)
                 turn_decoding = Decoding(**{**decoding.__dict__,
                                             "max_new_tokens": max(1, min(decoding.max_new_tokens, room))})
             outputs = self.generator.generate([ep.prompt() for ep in live], turn_decoding,
@@ -284,35 +289,41 @@ class EpisodeRunner:
     def _n_tokens(self, ep: Episode) -> int:
         return len(ep.token_ids(self.tokenizer)[0])
 
+    def _reserve(self, ep: Episode) -> int:
+        """Tokens of the budget block, kept free so that an episode can always end visibly."""
+        wrap = P.information if ep.settings.protocol == "tags" else P.tool_response
+        return len(self.tokenizer(wrap(ep.settings.budget_message), add_special_tokens=False)["input_ids"])
+
     def _fit(self, ep: Episode, mark: int) -> None:
         """End ``ep`` with finish ``budget`` when this turn (its segments from ``mark`` on) took
-        the trajectory past the token budget: injected replies that do not fit become one
-        ``budget_message`` block (cut to the room left); a model turn that does not fit is cut."""
-        budget = self.token_budget
-        if self._n_tokens(ep) <= budget:
+        the trajectory past the token budget (less the room the budget block needs while the
+        episode goes on): this turn's injected replies are replaced by the ``budget_message``
+        block, and a model turn that does not fit before it is cut."""
+        budget, reserve = self.token_budget, self._reserve(ep)
+        if self._n_tokens(ep) <= budget - (0 if ep.done else reserve):
             return
         model = next(i for i in range(mark, len(ep.segments)) if not ep.segments[i].injected)
         del ep.segments[model + 1:]
         ep.finish = "budget"
-        used = self._n_tokens(ep)
-        if used > budget:  # the model's own turn is too long: keep what fits
-            seg = ep.segments[model]
-            ids = self.tokenizer(seg.text, add_special_tokens=False)["input_ids"]
-            keep = max(0, len(ids) - (used - budget))
-            text = self.tokenizer.decode(ids[:keep], skip_special_tokens=False)
-            while keep > 0 and len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) > keep:
-                keep -= 1  # decoding and re-encoding can merge differently
-                text = self.tokenizer.decode(ids[:keep], skip_special_tokens=False)
-            ep.segments[model] = Segment(text, False, text, seg.turn)
-            return
-        room = budget - used
         for s in ep.searches:
             if s["turn"] == ep.turns and s["error"] is None:
                 s["error"] = "results over the token budget"
+        room = budget - reserve
+        used = self._n_tokens(ep)
+        if used > room:  # the model's own turn is too long: keep what fits
+            seg = ep.segments[model]
+            ids = self.tokenizer(seg.text, add_special_tokens=False)["input_ids"]
+            keep = max(0, len(ids) - (used - room))
+            text = self.tokenizer.decode(ids[:keep], skip_special_tokens=False)
+            while keep > 0 and self._n_tokens(ep) - len(ids) + len(
+                    self.tokenizer(text, add_special_tokens=False)["input_ids"]) > room:
+                keep -= 1  # decoding and re-encoding can merge differently
+                text = self.tokenizer.decode(ids[:keep], skip_special_tokens=False)
+            ep.segments[model] = Segment(text, False, text, seg.turn)
         note = ep.settings.budget_message
-        wrap = P.information if ep.settings.protocol == "tags" else P.tool_response
-        while note:
-            if len(self.tokenizer(wrap(note), add_special_tokens=False)["input_ids"]) <= room:
+        while note:  # (only a budget smaller than the block itself cuts it)
+            wrap = P.information if ep.settings.protocol == "tags" else P.tool_response
+            if self._n_tokens(ep) + len(self.tokenizer(wrap(note), add_special_tokens=False)["input_ids"]) <= budget:
                 ep._add_env(note, ep.turns)
                 return
             note = note[: len(note) // 2]

@@ -15,9 +15,8 @@ from pathlib import Path
 from deepretrieval.catalog import BUILTIN_INDEXES, bundled_rows, get_task, read_rows
 from deepretrieval.core import settings
 from deepretrieval.data.rows import write_parquet
-from deepretrieval.train import agentic_quickstart
+from deepretrieval.train import agentic_quickstart, trl_agent
 from deepretrieval.train import quickstart as quickstart_mod
-from deepretrieval.train import trl_agent
 from deepretrieval.train import verl as launcher
 from deepretrieval.train.export import checkpoint_kind, export_checkpoint
 from deepretrieval.train.models import resolve_model

@@ -37,7 +37,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from deepretrieval.agent.runner import FINISH_REASONS, Episode, EpisodeRunner, episodes_from_rows
+from deepretrieval.agent.runner import (
+    FINISH_REASONS,
+    Episode,
+    EpisodeRunner,
+    episodes_from_rows,
+)
 from deepretrieval.catalog import get_task
 from deepretrieval.core.tables import RewardTable
 from deepretrieval.generation.decoding import Decoding
