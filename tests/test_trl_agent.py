@@ -232,7 +232,9 @@ def test_agentic_grpo_steps_train_the_policy(tiny, tmp_path):
     steps = [h for h in result.history if "loss" in h]
     assert len(steps) == 2 and all(math.isfinite(h["loss"]) for h in steps)
     for h in steps:
-        assert h[METRIC_PREFIX + "em"] == 0.5 and h[METRIC_PREFIX + "finish_answer"] == 1.0
+        # the guessing half is always wrong; the oracle half right where retrieval finds the chain
+        # (and its episode fits the budget)
+        assert 0 < h[METRIC_PREFIX + "em"] <= 0.5 and h[METRIC_PREFIX + "finish_answer"] >= 0.5
         assert h["reward_std"] > 0
     after = AutoModelForCausalLM.from_pretrained(result.model_dir).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
