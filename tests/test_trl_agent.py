@@ -14,7 +14,11 @@ torch = pytest.importorskip("torch")
 from deepretrieval.agent.runner import EpisodeRunner, episodes_from_rows
 from deepretrieval.catalog import bundled_rows, get_task
 from deepretrieval.core import agent_protocol as P
-from deepretrieval.data.closed_world import ClosedBookGuess, OraclePolicy, closed_world_rows
+from deepretrieval.data.closed_world import (
+    ClosedBookGuess,
+    OraclePolicy,
+    closed_world_rows,
+)
 from deepretrieval.generation.decoding import Decoding
 from deepretrieval.rewards import score_batch
 from deepretrieval.train.trl_agent import (
@@ -251,3 +255,22 @@ def test_policy_rollout_on_the_tiny_model_stays_in_budget(tiny, tmp_path):
     for i, ep in enumerate(rollout.last_episodes):
         ids, mask = tag_completion(rollout.tokenizer, ep)
         assert len(ids) <= 96 and batch["tool_mask"][i, :len(ids)].tolist() == mask
+
+
+def test_first_turn_is_parsed_with_its_prefill(rows):
+    ep = episodes_from_rows(rows[:1])[0]
+    ep.prefill = P.SEARCH_OPEN
+    assert ep.advance(" Zorvia </search>") == ("Zorvia",)
+    assert ep.text == " Zorvia </search>"  # the prefill stays in the prompt, not the trajectory
+    assert ep.prompt().prefill == P.SEARCH_OPEN + " Zorvia </search>"
+
+
+def test_quickstart_reward_pays_a_hit_before_the_answer_format():
+    from deepretrieval.core.tables import RewardTable
+    from deepretrieval.train.agentic_quickstart import QUICKSTART_TABLE
+
+    unanswered = {"format_ok": False, "search_error": False, "f1": 0.0, "hit": 1.0}
+    assert QUICKSTART_TABLE.score_of(unanswered) == pytest.approx(0.3)
+    assert RewardTable(metric="f1", linear=True, bonus_metric="hit", bonus_value=0.3).score_of(unanswered) == 0.0
+    answered = {**unanswered, "format_ok": True, "f1": 0.5}
+    assert QUICKSTART_TABLE.score_of(answered) == pytest.approx(0.9)
