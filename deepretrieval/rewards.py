@@ -22,8 +22,16 @@ from deepretrieval.paper_rewards import score_sample
 from deepretrieval.profiles import resolve_profile
 from deepretrieval.tasks.base import SearchPlan
 
-__all__ = ["TABLES", "RewardTable", "get_table", "compute_score", "compute_score_async",
-           "score_batch", "ascore_batch", "TRLReward"]
+__all__ = [
+    "TABLES",
+    "RewardTable",
+    "TRLReward",
+    "ascore_batch",
+    "compute_score",
+    "compute_score_async",
+    "get_table",
+    "score_batch",
+]
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +118,10 @@ def _finish(p: _Pending) -> dict:
         except Exception as exc:  # defensive
             log.warning("%s: scoring failed: %s", p.task.name, exc)
             error = exc
-    if error is not None or out["search_error"]:  # a family may report a failed search itself
+    if error is not None:  # a family may also report a failed search itself (search_error)
         out["search_error"] = True
-        out["score"] = p.table.total(True, p.table.error)
-        return out
     # a family that judges the format while scoring (agentic: no final answer) reports format_ok
-    ok = bool(out["format_ok"])
-    out["score"] = p.table.total(ok, p.table.answer_score(out.get(p.table.metric)))
-    if ok and p.table.bonus_metric:
-        out["score"] += float(p.table.bonus_value) * float(out.get(p.table.bonus_metric) or 0.0)
+    out["score"] = p.table.score_of(out)
     return out
 
 

@@ -108,7 +108,7 @@ def test_compute_score_scores_the_final_answer_only():
                  "<answer>Qel</answer>")
     m = compute_score("agent_closedworld", traj, gt, {"split": "test"})
     assert m == {"score": 1.0, "format_ok": True, "search_error": False, "em": 1.0, "f1": 1.0,
-                 "n_search": 1.0, "turns": 2.0, "hit": 1.0}
+                 "n_search": 1.0, "turns": 2.0, "hit": 1.0, "budget": 0.0}
     # the gold answer only inside the injected passage: no credit
     m = compute_score("agent_closedworld", traj.replace("<answer>Qel</answer>", "<answer>Lor</answer>"), gt)
     assert m["em"] == 0.0 and m["score"] == 0.0 and m["hit"] == 1.0 and m["format_ok"]

@@ -10,6 +10,12 @@ or the service client — :func:`deepretrieval.search.get_searcher`). A failed s
 call, or one query) flags the episode ``search_error`` and ends it with a visible
 ``Search failed:`` block.
 
+Token budget (training: the completion length a trainer accepts): with ``token_budget`` and a
+tokenizer, an episode whose trajectory would pass the budget ends there, visibly — a search result
+that does not fit is replaced by the settings' ``budget_message`` block, a model turn that does not
+fit is cut — with finish reason ``budget``, so a trainer never truncates a completion (and drops
+its answer) silently.
+
 Tag protocol: the episode is one assistant message; each turn continues it (the generator gets
 the trajectory so far as the assistant prefill). Tool protocol: each turn is an assistant message
 and each search a ``tool`` message. Every episode records its segments (model-written or
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from deepretrieval.catalog import get_searcher, get_task
@@ -33,7 +39,7 @@ log = logging.getLogger(__name__)
 
 #: What a failed search raises (the whole call): reported per episode as ``search_error``.
 SEARCH_FAILURES = (SearchError, ValueError, OSError)
-FINISH_REASONS = ("answer", "no_answer", "max_turns", "search_error")
+FINISH_REASONS = ("answer", "no_answer", "max_turns", "search_error", "budget")
 
 
 @dataclass
@@ -141,7 +147,12 @@ class Episode:
             raise ValueError("the episode has ended")
         s = self.settings
         turn = self.turns + 1
-        action = P.parse_turn(text, s.protocol)
+        # the first turn continues the prefill (e.g. "<search>"): parse the two together; the
+        # trajectory keeps only what the model wrote (the prefill is part of the prompt)
+        pre = self.prefill if turn == 1 and s.protocol == "tags" else ""
+        action = P.parse_turn(pre + text, s.protocol)
+        if pre and action.text.startswith(pre):
+            action = replace(action, text=action.text[len(pre):])
         self._add_model(action, turn)
         last = self.turns >= s.max_turns
         if action.kind == "answer":
@@ -220,7 +231,12 @@ class EpisodeRunner:
     ``n`` must be 1: repeat episodes for several samples); the protocol's stop strings are added."""
 
     def __init__(self, generator, searcher=None, *, decoding: Decoding | None = None,
-                 batch_size: int = 16, progress: bool = False):
+                 batch_size: int = 16, progress: bool = False, token_budget: int | None = None,
+                 tokenizer=None):
+        if token_budget is not None and (tokenizer is None or token_budget < 1):
+            raise ValueError("a token budget needs a tokenizer and a positive number of tokens")
+        self.token_budget = token_budget
+        self.tokenizer = tokenizer
         self.generator = generator
         self.searcher = searcher
         self.decoding = decoding or Decoding(max_new_tokens=256)
@@ -246,20 +262,71 @@ class EpisodeRunner:
         turn = 0
         while live:
             turn += 1
-            outputs = self.generator.generate([ep.prompt() for ep in live], decoding,
+            turn_decoding = decoding
+            if self.token_budget is not None:  # no turn longer than the room any episode has left
+                room = max(self.token_budget - self._reserve(ep) - self._n_tokens(ep) for ep in live)
+                turn_decoding = Decoding(**{**decoding.__dict__,
+                                            "max_new_tokens": max(1, min(decoding.max_new_tokens, room))})
+            outputs = self.generator.generate([ep.prompt() for ep in live], turn_decoding,
                                               batch_size=self.batch_size,
                                               seed_offset=turn * 1_000_003)
             self.calls["generate"] += 1
             searching: list[tuple[Episode, tuple[str, ...]]] = []
+            marks = {id(ep): len(ep.segments) for ep in live}
             for ep, out in zip(live, outputs):
                 queries = ep.advance(out[0] if out else "")
                 if queries:
                     searching.append((ep, queries))
             n_queries = self._search(searcher, searching)
+            if self.token_budget is not None:
+                for ep in live:
+                    self._fit(ep, marks[id(ep)])
             live = [ep for ep in live if not ep.done]
             if self.progress:
                 log.info("turn %d: %d searches, %d episodes still running", turn, n_queries, len(live))
         return episodes
+
+    def _n_tokens(self, ep: Episode) -> int:
+        return len(ep.token_ids(self.tokenizer)[0])
+
+    def _reserve(self, ep: Episode) -> int:
+        """Tokens of the budget block, kept free so that an episode can always end visibly."""
+        wrap = P.information if ep.settings.protocol == "tags" else P.tool_response
+        return len(self.tokenizer(wrap(ep.settings.budget_message), add_special_tokens=False)["input_ids"])
+
+    def _fit(self, ep: Episode, mark: int) -> None:
+        """End ``ep`` with finish ``budget`` when this turn (its segments from ``mark`` on) took
+        the trajectory past the token budget (less the room the budget block needs while the
+        episode goes on): this turn's injected replies are replaced by the ``budget_message``
+        block, and a model turn that does not fit before it is cut."""
+        budget, reserve = self.token_budget, self._reserve(ep)
+        if self._n_tokens(ep) <= budget - (0 if ep.done else reserve):
+            return
+        model = next(i for i in range(mark, len(ep.segments)) if not ep.segments[i].injected)
+        del ep.segments[model + 1:]
+        ep.finish = "budget"
+        for s in ep.searches:
+            if s["turn"] == ep.turns and s["error"] is None:
+                s["error"] = "results over the token budget"
+        room = budget - reserve
+        used = self._n_tokens(ep)
+        if used > room:  # the model's own turn is too long: keep what fits
+            seg = ep.segments[model]
+            ids = self.tokenizer(seg.text, add_special_tokens=False)["input_ids"]
+            keep = max(0, len(ids) - (used - room))
+            text = self.tokenizer.decode(ids[:keep], skip_special_tokens=False)
+            while keep > 0 and self._n_tokens(ep) - len(ids) + len(
+                    self.tokenizer(text, add_special_tokens=False)["input_ids"]) > room:
+                keep -= 1  # decoding and re-encoding can merge differently
+                text = self.tokenizer.decode(ids[:keep], skip_special_tokens=False)
+            ep.segments[model] = Segment(text, False, text, seg.turn)
+        note = ep.settings.budget_message
+        while note:  # (only a budget smaller than the block itself cuts it)
+            wrap = P.information if ep.settings.protocol == "tags" else P.tool_response
+            if self._n_tokens(ep) + len(self.tokenizer(wrap(note), add_special_tokens=False)["input_ids"]) <= budget:
+                ep._add_env(note, ep.turns)
+                return
+            note = note[: len(note) // 2]
 
     def _search(self, searcher, searching: list[tuple[Episode, tuple[str, ...]]]) -> int:
         groups: dict[tuple[str, int], list[tuple[Episode, str]]] = {}

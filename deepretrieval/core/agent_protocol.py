@@ -74,6 +74,7 @@ class AgentSettings:
     refusal_message: str = "No searches are left. The episode ends without an answer."
     last_turn_note: str = "This is your last turn: give your final answer now."
     no_results_message: str = "No passages found."
+    budget_message: str = "The search results do not fit in the token budget. The episode ends."
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -338,10 +339,13 @@ def injected_blocks(trajectory: object) -> list[str]:
 
 
 def classify_block(content: str, settings: AgentSettings) -> str:
-    """``results``, ``search_error``, ``invalid`` or ``refused`` for an injected block."""
+    """``results``, ``search_error``, ``invalid``, ``refused`` or ``budget`` for an injected
+    block (a cut ``budget`` block included)."""
     content = content.strip()
     if content.startswith(SEARCH_ERROR_PREFIX):
         return "search_error"
+    if content and settings.budget_message.startswith(content):
+        return "budget"
     if content.startswith(settings.invalid_message.strip()):
         return "invalid"
     if content.startswith(settings.refusal_message.strip()):
@@ -358,6 +362,7 @@ class TrajectoryStats:
     search_error: bool
     refused: bool
     passages: tuple[str, ...] = field(default=())  # contents of the result blocks
+    budget: bool = False     # the episode ended on the token budget
 
 
 def trajectory_stats(trajectory: object, settings: AgentSettings | None = None) -> TrajectoryStats:
@@ -374,11 +379,11 @@ def trajectory_stats(trajectory: object, settings: AgentSettings | None = None) 
     if settings.protocol == "tool" and blocks:
         gaps = [text[a.end():b.start()] for a, b in itertools.pairwise(blocks)]
         groups = 1 + sum(1 for g in gaps if _visible(g))
-    ends = bool(kinds) and kinds[-1] in ("search_error", "refused")
+    ends = bool(kinds) and kinds[-1] in ("search_error", "refused", "budget")
     turns = groups + (0 if ends else 1) if isinstance(trajectory, str) else 0
     n_results = sum(k == "results" for k in kinds)
     return TrajectoryStats(
         answer=final_answer(text), n_search=n_results, turns=turns,
         n_invalid=sum(k == "invalid" for k in kinds), search_error="search_error" in kinds,
-        refused="refused" in kinds,
+        refused="refused" in kinds, budget="budget" in kinds,
         passages=tuple(m.group(2) for m, k in zip(blocks, kinds) if k == "results"))

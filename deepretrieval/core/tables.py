@@ -19,7 +19,9 @@ class RewardTable:
     total: ``format_bad`` when the format is wrong; else ``format_ok`` + answer score, where a
     failed search gives the answer score ``error``; with ``positive_only`` a total whose answer
     score is <= 0 becomes 0. ``bonus_value`` × the metric ``bonus_metric`` is added to a well-formed,
-    error-free total (e.g. agentic tasks: a bonus when an answer-bearing passage was retrieved).
+    error-free total (e.g. agentic tasks: a bonus when an answer-bearing passage was retrieved);
+    with ``bonus_needs_format`` False also to a malformed one (a good search pays before the
+    model has learnt to answer).
     """
 
     metric: str
@@ -33,6 +35,7 @@ class RewardTable:
     positive_only: bool = False
     bonus_metric: str | None = None
     bonus_value: float = 0.0
+    bonus_needs_format: bool = True
 
     def answer_score(self, value: float | None) -> float:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -50,6 +53,17 @@ class RewardTable:
         if self.positive_only and answer_score <= 0:
             return 0.0
         return float(self.format_ok + answer_score)
+
+    def score_of(self, metrics: Mapping[str, Any]) -> float:
+        """The total for a scored completion's metrics (``format_ok``, ``search_error``, the
+        table's metric and bonus metric): the score any task with this table would give it."""
+        if metrics.get("search_error"):
+            return self.total(True, self.error)
+        ok = bool(metrics.get("format_ok"))
+        score = self.total(ok, self.answer_score(metrics.get(self.metric)))
+        if self.bonus_metric and (ok or not self.bonus_needs_format):
+            score += float(self.bonus_value) * float(metrics.get(self.bonus_metric) or 0.0)
+        return score
 
 
 def with_overrides(table: RewardTable, overrides: Mapping[str, Any] | None = None) -> RewardTable:

@@ -17,7 +17,8 @@ search at scoring time (the searches ran during the episode):
 * ``em`` / ``f1``: SQuAD/KILT normalisation, max over the gold answers
   (:mod:`deepretrieval.core.qa_metrics`);
 * ``n_search`` (searches answered), ``turns`` (model turns), ``hit`` (1 when a retrieved passage
-  contains a gold answer, DPR token match), ``search_error`` (a search failed during the episode;
+  contains a gold answer, DPR token match), ``budget`` (1 when the episode ended on the token
+  budget, :class:`deepretrieval.agent.runner.EpisodeRunner`), ``search_error`` (a search failed during the episode;
   scored with the table's ``error`` value).
 
 Rows (verl's schema): ``agent_name`` (the verl agent loop: ``deepretrieval_agent`` for the tag
@@ -46,7 +47,7 @@ from deepretrieval.tasks.evidence import (
 #: verl agent-loop names the rows ask for (the tag-protocol loop is registered under this name).
 TAG_AGENT_LOOP = "deepretrieval_agent"
 TOOL_AGENT_LOOP = "tool_agent"
-METRICS = ("em", "f1", "n_search", "turns", "hit")
+METRICS = ("em", "f1", "n_search", "turns", "hit", "budget")
 CLOSED_BOOK, NAIVE_RAG = "closed-book", "naive RAG"
 
 _DOC_PREFIX = re.compile(r"(?m)^Doc \d+: ")
@@ -97,7 +98,7 @@ class AgenticFamily(Family):
         return {"format_ok": stats.answer is not None, "search_error": stats.search_error,
                 "em": exact_match(stats.answer, golds), "f1": f1_score(stats.answer, golds),
                 "n_search": float(stats.n_search), "turns": float(stats.turns),
-                "hit": 1.0 if hit else 0.0}
+                "hit": 1.0 if hit else 0.0, "budget": 1.0 if stats.budget else 0.0}
 
     def reference_queries(self, task, rows):
         """Naive RAG searches the question itself."""

@@ -155,6 +155,8 @@ def _trainer_class():
         """GRPO with the task metrics merged into every log record."""
 
         reward_logger: RewardLogger | None = None
+        metrics_path: Path | None = None
+        history_logger: Any = None
 
         def log(self, logs, start_time=None):
             if self.reward_logger is not None and self.model.training:
@@ -188,7 +190,8 @@ def _callbacks(metrics_path: Path, progress: bool, total: int):
                         + (f"  format errors {fmt:.0%}" if fmt is not None else "")
                         + "".join(f"  {k[len(METRIC_PREFIX):]} {v:.3f}" for k, v in logs.items()
                                   if k in (METRIC_PREFIX + "ndcg", METRIC_PREFIX + "copy_rate",
-                                           METRIC_PREFIX + "recall"))
+                                           METRIC_PREFIX + "recall", METRIC_PREFIX + "f1",
+                                           METRIC_PREFIX + "hit", METRIC_PREFIX + "n_search"))
                         + f"  ({record['time_s']:.0f}s)")
                 print(line, flush=True)
 
@@ -224,10 +227,33 @@ def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return best[1] if best else None
 
 
-def train_trl(rows: Sequence[Mapping[str, Any]], settings: TRLSettings, *, searcher=None) -> TrainResult:
+def train_trl(rows: Sequence[Mapping[str, Any]], settings: TRLSettings, *, searcher=None,
+              rollout=None) -> TrainResult:
     """Run GRPO on task rows. Checkpoints go to ``output_dir/checkpoint-N``, the final policy to
     ``output_dir/model`` (a Hugging Face folder; LoRA adapters are merged), per-step metrics to
-    ``output_dir/metrics.jsonl``."""
+    ``output_dir/metrics.jsonl``. ``rollout``: a multi-turn rollout
+    (:class:`deepretrieval.train.trl_agent.AgentRollout`) that builds the dataset records, generates
+    the completions as TRL's ``rollout_func`` and brings its own reward."""
+    trainer, resume = build_trainer(rows, settings, searcher=searcher, rollout=rollout)
+    out, tokenizer = Path(settings.output_dir), trainer.processing_class
+    (out / "train_settings.json").write_text(json.dumps(settings.to_json(), indent=2))
+    t0 = time.time()
+    trainer.train(resume_from_checkpoint=resume or None)
+    seconds = time.time() - t0
+
+    final = out / "model"
+    if settings.lora:
+        save_merged(trainer.model, tokenizer, final)
+    else:
+        save_hf(trainer.model, tokenizer, final)
+    return TrainResult(output_dir=out, model_dir=final, metrics_path=trainer.metrics_path,
+                       history=trainer.history_logger.history, seconds=seconds)
+
+
+def build_trainer(rows: Sequence[Mapping[str, Any]], settings: TRLSettings, *, searcher=None,
+                  rollout=None):
+    """The configured GRPO trainer of :func:`train_trl` (not yet trained) and the checkpoint to
+    resume from (None: a fresh run)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -246,18 +272,23 @@ def train_trl(rows: Sequence[Mapping[str, Any]], settings: TRLSettings, *, searc
     use_vllm = settings.use_vllm
     if use_vllm is None:
         import importlib.util
-        use_vllm = cuda and importlib.util.find_spec("vllm") is not None
+        use_vllm = cuda and importlib.util.find_spec("vllm") is not None and rollout is None
+    if use_vllm and rollout is not None:
+        raise ValueError("agentic rollouts generate with transformers; vLLM is not used for them")
 
     tokenizer = AutoTokenizer.from_pretrained(settings.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
 
-    records = []
-    for row in rows:
-        records.append({"prompt": render_prompt(tokenizer, row), "data_source": row["data_source"],
-                        "reward_model": dict(row.get("reward_model") or {}),
-                        "extra_info": dict(row.get("extra_info") or {})})
+    if rollout is None:
+        records = []
+        for row in rows:
+            records.append({"prompt": render_prompt(tokenizer, row), "data_source": row["data_source"],
+                            "reward_model": dict(row.get("reward_model") or {}),
+                            "extra_info": dict(row.get("extra_info") or {})})
+    else:
+        records = rollout.records(tokenizer, rows)
     dataset = Dataset.from_list(records)
 
     resume = settings.resume
@@ -305,28 +336,19 @@ def train_trl(rows: Sequence[Mapping[str, Any]], settings: TRLSettings, *, searc
                                  lora_dropout=settings.lora_dropout, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
     model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=torch.float32)
-    reward = RewardLogger(searcher=searcher)
+    reward = RewardLogger(searcher=searcher) if rollout is None else rollout.reward
     metrics_path = out / "metrics.jsonl"
     if not resume and metrics_path.exists():
         metrics_path.unlink()
     logger_cb = _callbacks(metrics_path, settings.progress, settings.steps)
     trainer_cls = _trainer_class()
     trainer = trainer_cls(model=model, reward_funcs=[reward], args=config, train_dataset=dataset,
-                          processing_class=tokenizer, peft_config=peft_config, callbacks=[logger_cb])
+                          processing_class=tokenizer, peft_config=peft_config, callbacks=[logger_cb],
+                          **({} if rollout is None else {"rollout_func": rollout}))
     trainer.reward_logger = reward
+    trainer.metrics_path, trainer.history_logger = metrics_path, logger_cb
     _quiet_console(trainer)
-    (out / "train_settings.json").write_text(json.dumps(settings.to_json(), indent=2))
-    t0 = time.time()
-    trainer.train(resume_from_checkpoint=resume or None)
-    seconds = time.time() - t0
-
-    final = out / "model"
-    if settings.lora:
-        save_merged(trainer.model, tokenizer, final)
-    else:
-        save_hf(trainer.model, tokenizer, final)
-    return TrainResult(output_dir=out, model_dir=final, metrics_path=metrics_path,
-                       history=logger_cb.history, seconds=seconds)
+    return trainer, resume
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

@@ -1,0 +1,235 @@
+"""``deepretrieval quickstart --agentic``: RL teaches a small model to search, on a CPU, offline.
+
+1. index the generated closed-world corpus (BM25; fictional countries, people, organisations —
+   nothing in it can be recalled from pre-training);
+2. evaluate on the held-out test questions, with the same model and greedy decoding:
+   closed-book (the question alone), naive RAG (one search with the question, passages in the
+   prompt) and the zero-shot agent (it decides what to search, up to ``max_turns - 1`` times);
+3. train the agent with agentic GRPO on TRL (:mod:`deepretrieval.train.trl_agent`: the episode
+   runner as TRL's ``rollout_func``, injected tokens masked) on the train questions;
+4. evaluate the trained agent on the test questions;
+5. print the four systems side by side, what the agent's searches and answers look like before
+   and after (example trajectories), write ``results.json`` and ``training_curve.png``.
+
+The recipe (measured: docs/agentic_quickstart.md): the assistant turn is prefilled with
+``<search>`` so the first turn is a search; the reward is the answer's token F1 plus a format bonus
+(an answer was given) and a bonus when a retrieved passage contains the gold answer
+(:data:`QUICKSTART_TABLE`), so a good search pays before the answer is exact; short turns, top-2
+passages, at most 2 searches. ``results.json`` records the command that reproduces the figures.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from deepretrieval.agent.evaluate import evaluate_agent
+from deepretrieval.catalog import get_task, open_index
+from deepretrieval.core import agent_protocol as P
+from deepretrieval.core import settings
+from deepretrieval.core.io import write_atomic
+from deepretrieval.core.tables import RewardTable
+from deepretrieval.data.closed_world import closed_world_rows
+from deepretrieval.tasks.agentic import CLOSED_BOOK, NAIVE_RAG
+from deepretrieval.train.models import resolve_model
+from deepretrieval.train.quickstart import plot_curve, set_threads
+from deepretrieval.train.trl_agent import AgentRollout
+from deepretrieval.train.trl_engine import TRLSettings, train_trl
+
+TASK = "agent_closedworld"
+ZERO_SHOT, TRAINED = "zero-shot agent", "trained agent"
+#: The training reward: answer F1, +0.1 for giving an answer, +0.3 when a retrieved passage holds
+#: the gold answer — answered or not, so that a good search pays before the answer format is learnt.
+QUICKSTART_TABLE = RewardTable(metric="f1", linear=True, format_ok=0.1, bonus_metric="hit",
+                               bonus_value=0.3, bonus_needs_format=False)
+#: Defaults of the options the single-shot quickstart shares (the CLI fills them in).
+DEFAULTS = {"steps": 24, "lr": 3e-5, "temperature": 1.0, "prompts_per_step": 2,
+            "num_generations": 4, "max_new_tokens": 256}
+COLUMNS = [("em", "EM"), ("f1", "F1"), ("hit", "hit"), ("n_search", "searches"),
+           ("format_error_rate", "no answer")]
+
+
+def quickstart_settings(max_turns: int = 3, top_k: int = 2) -> P.AgentSettings:
+    return P.AgentSettings(max_turns=max_turns, top_k=top_k, max_result_chars=400)
+
+
+def quickstart_rows(split: str, *, prefill: str = P.SEARCH_OPEN, max_turns: int = 3, top_k: int = 2,
+                    limit: int | None = None) -> list[dict[str, Any]]:
+    """Closed-world rows of a split with the quickstart's protocol settings and prefill."""
+    rows = closed_world_rows(get_task(TASK), split, settings=quickstart_settings(max_turns, top_k))
+    for row in rows:
+        row["extra_info"]["prefill"] = prefill
+    return rows[:limit] if limit else rows
+
+
+def first_queries(records: list[dict]) -> list[str | None]:
+    out = []
+    for rec in records:
+        searches = rec.get("searches") or []
+        out.append(searches[0]["query"] if searches else None)
+    return out
+
+
+_WORD = re.compile(r"[A-Za-z]{3,}")
+
+
+def behaviour(records: list[dict], rows: list[dict]) -> dict[str, float]:
+    """What the agent does: share of episodes that search, whose first query names an entity of
+    the question (a capitalised word of it), that is the question verbatim, that answer in one
+    or two words; the most common first query and its share."""
+    n = max(len(records), 1)
+    firsts = first_queries(records)
+    names, verbatim = 0, 0
+    for q, row in zip(firsts, rows):
+        if not q:
+            continue
+        question = str(row["extra_info"]["query"])
+        entities = {w.lower() for w in re.findall(r"[A-Z][a-z]{2,}", question)} - {"what", "who", "the"}
+        if entities & {w.lower() for w in _WORD.findall(q)}:
+            names += 1
+        if " ".join(q.lower().split()).rstrip("?") == " ".join(question.lower().split()).rstrip("?"):
+            verbatim += 1
+    answers = [rec.get("answer") for rec in records]
+    short = sum(bool(a) and len(a.split()) <= 2 for a in answers)
+    common = Counter(q for q in firsts if q).most_common(1)
+    return {"searches": sum(bool(q) for q in firsts) / n, "query_names_entity": names / n,
+            "query_is_question": verbatim / n, "short_answer": short / n,
+            "top_first_query": common[0][0] if common else None,
+            "top_first_query_share": common[0][1] / n if common else 0.0}
+
+
+def _format_table(table: list[dict]) -> str:
+    head = "".ljust(18) + "".join(label.rjust(11) for _, label in COLUMNS)
+    lines = [head, "-" * len(head)]
+    for row in table:
+        cells = [str(row[""]).ljust(18)]
+        for key, _ in COLUMNS:
+            v = row.get(key)
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                cells.append("—".rjust(11))
+            elif key == "format_error_rate":
+                cells.append(f"{v:.0%}".rjust(11))
+            else:
+                cells.append(f"{v:.3f}".rjust(11))
+        lines.append("".join(cells))
+    return "\n".join(lines)
+
+
+def _examples(rows, zero: list[dict], trained: list[dict], k: int = 3) -> list[dict]:
+    out = []
+    for row, z, t in list(zip(rows, zero, trained))[:k]:
+        out.append({"question": row["extra_info"]["query"], "gold": row["reward_model"]["ground_truth"]["target"],
+                    "zero_shot": row["extra_info"]["prefill"] + z["trajectory"],
+                    "trained": row["extra_info"]["prefill"] + t["trajectory"]})
+    return out
+
+
+def _say(step: int, total: int, text: str) -> None:
+    print(f"[{step}/{total}] {text}", flush=True)
+
+
+def command_line(args) -> str:
+    """The command that reproduces this run (every figure-bearing option spelled out)."""
+    parts = ["deepretrieval", "quickstart", "--agentic", "--model", args.model, "--out", args.out,
+             "--steps", args.steps, "--lr", args.lr, "--temperature", args.temperature,
+             "--prompts-per-step", args.prompts_per_step, "--num-generations", args.num_generations,
+             "--max-new-tokens", args.max_new_tokens, "--turn-tokens", args.turn_tokens,
+             "--max-turns", args.max_turns, "--seed", args.seed, "--threads", args.threads]
+    if args.limit:
+        parts += ["--limit", args.limit]
+    if args.train_limit:
+        parts += ["--train-limit", args.train_limit]
+    if args.lora:
+        parts.append("--lora")
+    if args.no_plot:
+        parts.append("--no-plot")
+    return " ".join(shlex.quote(str(p)) for p in parts)
+
+
+def run_agentic_quickstart(args) -> int:
+    """The agentic quickstart with the options of ``deepretrieval quickstart --agentic``."""
+    t_start = time.time()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    total = 5
+    threads = set_threads(args.threads)
+    command = command_line(args)
+    print(f"DeepRetrieval agentic quickstart → {out.resolve()}  (torch threads: {threads})\n"
+          f"    reproduce: {command}", flush=True)
+
+    _say(1, total, "Indexing the closed-world corpus (BM25, generated, seed 0) …")
+    t = time.time()
+    index = open_index(get_task(TASK).index)
+    train_rows = quickstart_rows("train", max_turns=args.max_turns, limit=args.train_limit)
+    test_rows = quickstart_rows("test", max_turns=args.max_turns, limit=args.limit)
+    print(f"    {len(index.doc_ids)} passages in {time.time() - t:.1f}s; {len(train_rows)} train "
+          f"questions, {len(test_rows)} held-out test questions (1–3 hops)")
+
+    model = resolve_model(args.model)
+    eval_kw = {"max_new_tokens": args.turn_tokens, "batch_size": args.eval_batch_size, "greedy": True,
+               "seed": args.seed, "resume": False, "plot": False, "progress": settings.progress_enabled()}
+    _say(2, total, f"Closed-book, naive RAG and the zero-shot agent ({args.model}) on the test "
+                   "questions …")
+    t = time.time()
+    zero = evaluate_agent(model, test_rows, out_dir=out / "eval_zero_shot", name=ZERO_SHOT, **eval_kw)
+    print(f"    done in {time.time() - t:.0f}s")
+
+    _say(3, total, f"Agentic GRPO (TRL rollout_func, injected tokens masked): {args.steps} steps × "
+                   f"{args.prompts_per_step} questions × {args.num_generations} episodes …")
+    t = time.time()
+    trl_settings = TRLSettings(
+        model=model, output_dir=str(out / "train"), steps=args.steps, learning_rate=args.lr,
+        prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
+        max_completion_length=args.max_new_tokens, temperature=args.temperature, lora=args.lora,
+        seed=args.seed, bf16=False, progress=settings.progress_enabled(),
+        extra={"gradient_checkpointing": False})
+    rollout = AgentRollout(turn_tokens=args.turn_tokens, table=QUICKSTART_TABLE,
+                           batch_size=args.eval_batch_size, seed=args.seed)
+    result = train_trl(train_rows, trl_settings, rollout=rollout)
+    train_seconds = time.time() - t
+    print(f"    trained in {train_seconds:.0f}s → {result.model_dir}")
+
+    _say(4, total, "The trained agent on the test questions …")
+    trained = evaluate_agent(str(result.model_dir), test_rows, out_dir=out / "eval_trained",
+                             name=TRAINED, references=False, **eval_kw)
+
+    _say(5, total, f"Results ({len(test_rows)} held-out closed-world questions, greedy)")
+    systems = {CLOSED_BOOK: zero["systems"][CLOSED_BOOK], NAIVE_RAG: zero["systems"][NAIVE_RAG],
+               ZERO_SHOT: zero["summary"], TRAINED: trained["summary"]}
+    table = [{"": name, **{k: s.get(k) for k, _ in COLUMNS}} for name, s in systems.items()]
+    print(_format_table(table))
+    before = behaviour(zero["records"], test_rows)
+    after = behaviour(trained["records"], test_rows)
+    print("\nwhat the agent does        zero-shot   trained")
+    for key, label in (("searches", "searches at all"), ("query_names_entity", "query names an entity"),
+                       ("query_is_question", "query = the question"), ("short_answer", "short answer (≤2 words)"),
+                       ("top_first_query_share", "most common first query")):
+        print(f"  {label:<25}{before[key]:>9.0%}{after[key]:>10.0%}")
+    print(f"  most common first query: zero-shot {before['top_first_query']!r}, "
+          f"trained {after['top_first_query']!r}")
+    examples = _examples(test_rows, zero["records"], trained["records"])
+    for ex in examples:
+        print(f"\n  Q: {ex['question']}  (gold: {ex['gold'][0]})")
+        print("  zero-shot: " + " ".join(ex["zero_shot"].split())[:300])
+        print("  trained:   " + " ".join(ex["trained"].split())[:300])
+    plot = None if args.no_plot else plot_curve(result.history, out / "training_curve.png",
+                                                metric="f1", title="agentic GRPO on the closed world")
+    results = {"task": TASK, "model": args.model, "model_path": model, "command": command,
+               "steps": args.steps, "threads": threads, "train_rows": len(train_rows),
+               "test_rows": len(test_rows), "reward_table": QUICKSTART_TABLE.__dict__,
+               "agent": quickstart_settings(args.max_turns).to_dict(), "prefill": P.SEARCH_OPEN,
+               "turn_tokens": args.turn_tokens, "completion_budget": args.max_new_tokens,
+               "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - t_start, 1),
+               "table": table, "systems": systems, "behaviour": {ZERO_SHOT: before, TRAINED: after},
+               "examples": examples, "trained_model": str(result.model_dir),
+               "training_curve": str(plot) if plot else None, "history": result.history}
+    write_atomic(out / "results.json", json.dumps(results, indent=2, default=str))
+    print(f"\nresults: {out / 'results.json'}" + (f"\ntraining curve: {plot}" if plot else "")
+          + f"\ntrained model: {result.model_dir}\ntotal time: {time.time() - t_start:.0f}s")
+    return 0
+

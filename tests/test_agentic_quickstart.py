@@ -1,0 +1,57 @@
+"""The agentic quickstart, shortened, on the tiny model: four systems on the held-out closed-world
+questions, the reference systems are the real evaluations, and the figures reproduce from the
+command the run prints (the real SmolLM2 run is documented in docs/agentic_quickstart.md)."""
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+pytest.importorskip("trl")
+
+SYSTEMS = ["closed-book", "naive RAG", "zero-shot agent", "trained agent"]
+
+
+def _run(main, argv, capsys):
+    assert main(argv) == 0
+    return capsys.readouterr().out
+
+
+def test_agentic_quickstart_reproduces_from_its_printed_command(tmp_path, capsys):
+    from deepretrieval.cli import main
+    from deepretrieval.testing.tiny_model import tiny_model_path
+
+    model = tiny_model_path(tmp_path / "tiny")
+    out = tmp_path / "a"
+    text = _run(main, ["quickstart", "--agentic", "--model", str(model), "--steps", "1",
+                       "--limit", "4", "--train-limit", "4", "--prompts-per-step", "2",
+                       "--num-generations", "2", "--turn-tokens", "8", "--max-new-tokens", "160",
+                       "--eval-batch-size", "8", "--threads", "1", "--no-plot", "--out", str(out)],
+                capsys)
+    results = json.loads((out / "results.json").read_text())
+    assert [r[""] for r in results["table"]] == SYSTEMS
+    for label in SYSTEMS + ["EM", "F1", "searches", "what the agent does", "reproduce:"]:
+        assert label in text
+    assert results["command"] in text
+    assert results["test_rows"] == 4 and results["train_rows"] == 4 and results["steps"] == 1
+    naive = results["systems"]["naive RAG"]
+    assert naive["n_search"] == 1.0 and results["systems"]["closed-book"]["n_search"] == 0.0
+    # the agent rows are the per-question evaluations written next to them
+    for system, folder in (("zero-shot agent", "eval_zero_shot"), ("trained agent", "eval_trained")):
+        recs = [json.loads(line) for line in open(out / folder / "generations.jsonl")]
+        assert len(recs) == 4
+        f1 = sum(r["metrics"]["f1"] for r in recs) / 4
+        assert results["systems"][system]["f1"] == pytest.approx(f1)
+    assert [h["step"] for h in results["history"] if "loss" in h] == [1]
+    assert (out / "train" / "model" / "config.json").is_file()
+    assert len(results["examples"]) == 3
+
+    # the printed command, run again into another folder, gives the same figures
+    argv = shlex.split(results["command"])[1:]
+    second = tmp_path / "b"
+    argv[argv.index("--out") + 1] = str(second)
+    _run(main, argv, capsys)
+    again = json.loads((second / "results.json").read_text())
+    assert again["table"] == results["table"]
+    assert again["behaviour"] == results["behaviour"]
