@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _close_progress_bars()
+        print("interrupted", file=sys.stderr, flush=True)
         return 130
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         import os
@@ -62,6 +63,17 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {_message(exc)}", file=sys.stderr)
         return 2
+
+
+def _close_progress_bars() -> None:
+    """Close the progress bars an interrupt left open (TRL's step bar...) before ``interrupted`` is
+    printed; left open, they are redrawn after it when they are garbage-collected at exit."""
+    sys.stdout.flush()
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is not None:
+        for bar in list(getattr(tqdm.tqdm, "_instances", ())):
+            bar.close()
+    sys.stderr.flush()
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -24,6 +24,7 @@ from typing import Any
 from deepretrieval.catalog import get_task, row_prefill
 from deepretrieval.rewards import TRLReward
 from deepretrieval.train.export import save_hf, save_merged
+from deepretrieval.train.service import interrupt_received
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,8 @@ class RewardLogger:
         self.pending: dict[str, list[float]] = {}
 
     def __call__(self, prompts=None, completions=None, **columns) -> list[float]:
+        if interrupt_received() is not None:
+            raise KeyboardInterrupt(f"signal {interrupt_received()}")
         scores = self.reward(prompts=prompts, completions=completions, **columns)
         metrics = self.reward.last_metrics
         means: dict[str, list[float]] = {}
@@ -193,6 +196,22 @@ def _callbacks(metrics_path: Path, progress: bool, total: int):
                 print(line, flush=True)
 
     return JsonlLogger()
+
+
+def _interrupt_check():
+    """Re-raises KeyboardInterrupt at the next step boundary once a signal was received
+    (:func:`~deepretrieval.train.service.signals_raise`), in case the first one was swallowed."""
+    from transformers import TrainerCallback
+
+    class InterruptCheck(TrainerCallback):
+        def _check(self, *args, **kwargs):
+            signum = interrupt_received()
+            if signum is not None:
+                raise KeyboardInterrupt(f"signal {signum}")
+
+        on_step_begin = on_step_end = on_substep_end = on_log = on_save = _check
+
+    return InterruptCheck()
 
 
 def _quiet_console(trainer) -> None:
@@ -312,7 +331,8 @@ def train_trl(rows: Sequence[Mapping[str, Any]], settings: TRLSettings, *, searc
     logger_cb = _callbacks(metrics_path, settings.progress, settings.steps)
     trainer_cls = _trainer_class()
     trainer = trainer_cls(model=model, reward_funcs=[reward], args=config, train_dataset=dataset,
-                          processing_class=tokenizer, peft_config=peft_config, callbacks=[logger_cb])
+                          processing_class=tokenizer, peft_config=peft_config,
+                          callbacks=[logger_cb, _interrupt_check()])
     trainer.reward_logger = reward
     _quiet_console(trainer)
     (out / "train_settings.json").write_text(json.dumps(settings.to_json(), indent=2))
