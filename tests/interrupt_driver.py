@@ -58,4 +58,5 @@ def install(phase: str) -> None:
 if __name__ == "__main__":
     install(sys.argv[1])
     from deepretrieval.cli import main
-    sys.exit(main(["train", *sys.argv[2:]]))
+    sys.argv = ["deepretrieval", "train", *sys.argv[2:]]
+    sys.exit(main())   # as the installed program runs it (argv from sys.argv)

@@ -165,9 +165,9 @@ _HEAP_LIMIT_SET = False
 
 def _set_heap_limit(conn: sqlite3.Connection) -> None:
     global _HEAP_LIMIT_SET
+    limit = settings.get_int("DEEPRETRIEVAL_SQL_HEAP_LIMIT", HEAP_LIMIT_BYTES)  # a bad value: an error
     if _HEAP_LIMIT_SET:
         return
-    limit = settings.get_int("DEEPRETRIEVAL_SQL_HEAP_LIMIT", HEAP_LIMIT_BYTES)
     current = conn.execute("PRAGMA hard_heap_limit").fetchone()[0]
     if not current or current > limit:  # never raise a ceiling an operator set lower
         conn.execute(f"PRAGMA hard_heap_limit={limit}")
