@@ -13,12 +13,14 @@ import pytest
 from deepretrieval.cli import main
 
 
-@pytest.fixture
-def files(tmp_path):
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Bad (and a few good) inputs, made once; no case writes to them."""
     from deepretrieval.catalog import bundled_rows
     from deepretrieval.data.rows import write_parquet
 
-    f = {"tmp": tmp_path}
+    tmp_path = tmp_path_factory.mktemp("inputs")
+    f = {}
     f["plain"] = tmp_path / "plain.txt"
     f["plain"].write_text("not a database, not gzip, not parquet\n" * 20)
     f["empty"] = tmp_path / "empty.jsonl"
@@ -229,6 +231,7 @@ def test_bad_input_is_one_error_line(case, files, tmp_path, capsys, monkeypatch)
     from deepretrieval.search.sql import bundled_databases
 
     values = {k: str(v) for k, v in files.items()}
+    values["tmp"] = str(tmp_path)
     values["spider_db"] = str(bundled_databases()["spider/singer"])
     values["cache"] = str(tmp_path / "cache.sqlite")
     SearchCache(tmp_path / "cache.sqlite").close()
