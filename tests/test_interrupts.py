@@ -79,3 +79,24 @@ def test_signal_ends_training_in_every_phase(phase, sig, service, tiny, tmp_path
     # nothing half-written: no model folder, no temp folders beside it
     assert not (out_dir / "model").exists()
     assert not [p.name for p in out_dir.iterdir() if p.name.startswith(".")], list(out_dir.iterdir())
+
+
+def test_an_interrupt_turned_into_another_error_is_still_an_interrupt(monkeypatch, capsys):
+    """CPython's import machinery, interrupted mid-import, raises ``TypeError: expected a message
+    argument`` instead of KeyboardInterrupt; after a signal that is still "interrupted", 130."""
+    import deepretrieval.cli.train as train_cli
+    from deepretrieval.cli import main
+    from deepretrieval.train import service
+
+    def interrupted_import(args):
+        service._received.append(signal.SIGINT)
+        raise TypeError("expected a message argument")
+
+    monkeypatch.setattr(train_cli, "cmd_train", interrupted_import)
+    monkeypatch.setattr(service, "_received", [])
+    assert main(["train", "--task", "scifact"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
+    service._received.clear()       # without a signal the same error is a bug: it propagates
+    monkeypatch.setattr(train_cli, "cmd_train", lambda args: (_ for _ in ()).throw(TypeError("bug")))
+    with pytest.raises(TypeError):
+        main(["train", "--task", "scifact"])

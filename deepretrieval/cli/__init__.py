@@ -48,7 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except Exception:
+            if _signal_received():  # a library turned the KeyboardInterrupt into another error
+                raise KeyboardInterrupt from None
+            raise
     except KeyboardInterrupt:
         _close_progress_bars()
         print("interrupted", file=sys.stderr, flush=True)
@@ -81,6 +86,14 @@ def _close_progress_bars() -> None:
         for bar in list(getattr(tqdm.tqdm, "_instances", ())):
             bar.close()
     sys.stderr.flush()
+
+
+def _signal_received() -> bool:
+    """A SIGINT/SIGTERM arrived during training (``train.service.signals_raise``). CPython's
+    import machinery, interrupted mid-import, raises ``TypeError: expected a message argument``
+    instead of the KeyboardInterrupt (seen once in 30 interrupted runs)."""
+    service = sys.modules.get("deepretrieval.train.service")
+    return service is not None and service.interrupt_received() is not None
 
 
 def _exit_interrupted() -> None:
