@@ -14,6 +14,7 @@ from pathlib import Path
 
 from deepretrieval.catalog import BUILTIN_INDEXES, bundled_rows, get_task, read_rows
 from deepretrieval.core import settings
+from deepretrieval.core.io import write_atomic
 from deepretrieval.data.rows import write_parquet
 from deepretrieval.train import quickstart as quickstart_mod
 from deepretrieval.train import verl as launcher
@@ -192,7 +193,7 @@ def _train_verl(args, task, model, out: Path, url: str | None, service) -> int:
                                          extra=args.overrides)
     config = launcher.compose(args.config, overrides)
     cmd = launcher.command(args.config, overrides)
-    (out / "verl_config.yaml").write_text(OmegaConf.to_yaml(config))
+    write_atomic(out / "verl_config.yaml", OmegaConf.to_yaml(config))
     print("verl command:\n  " + launcher.format_command(cmd))
     print("key settings:")
     for key, value in launcher.summary(config).items():

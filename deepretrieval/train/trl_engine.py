@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from deepretrieval.catalog import get_task, row_prefill
+from deepretrieval.core.io import write_atomic
 from deepretrieval.rewards import TRLReward
 from deepretrieval.train.export import save_hf, save_merged
 from deepretrieval.train.service import interrupt_received
@@ -335,7 +336,7 @@ def train_trl(rows: Sequence[Mapping[str, Any]], settings: TRLSettings, *, searc
                           callbacks=[logger_cb, _interrupt_check()])
     trainer.reward_logger = reward
     _quiet_console(trainer)
-    (out / "train_settings.json").write_text(json.dumps(settings.to_json(), indent=2))
+    write_atomic(out / "train_settings.json", json.dumps(settings.to_json(), indent=2))
     t0 = time.time()
     trainer.train(resume_from_checkpoint=resume or None)
     seconds = time.time() - t0
