@@ -136,7 +136,9 @@ def test_service_stopped_on_interrupt(sig, tmp_path):
            "--engine", "trl", "--model", str(model), "--steps", "100000", "--max-new-tokens", "8",
            "--limit", "8", "--out", str(tmp_path / "run")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=tmp_path, env=dict(os.environ, DEEPRETRIEVAL_PROGRESS="0"))
+                            cwd=tmp_path, env=dict(os.environ, DEEPRETRIEVAL_PROGRESS="0",
+                                                   PYTHONPATH=os.pathsep.join(
+                                                       filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))))
     lines = []
     port = None
     deadline = time.monotonic() + 300

@@ -169,8 +169,16 @@ def evaluate_agent(model: Any, rows: Sequence[Mapping[str, Any]], *,
               "agent": episodes[0].settings.to_dict()}
     out = Path(out_dir) if out_dir is not None else None
     done: dict[str, dict] = {}
+    run_written = False
+
+    def write_run_file() -> None:  # with the first finished rows: a failed start leaves nothing
+        nonlocal run_written
+        if out is not None and not run_written:
+            out.mkdir(parents=True, exist_ok=True)
+            write_atomic(run_file, json.dumps(config, indent=2))
+            run_written = True
+
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         run_file = out / "run.json"
         if not resume:
             (out / GENERATIONS).unlink(missing_ok=True)
@@ -180,7 +188,6 @@ def evaluate_agent(model: Any, rows: Sequence[Mapping[str, Any]], *,
             if diff:
                 raise ValueError(f"{out} holds a run with other settings ({', '.join(diff)}); use another "
                                  f"output folder or start over (--no-resume)")
-        write_atomic(run_file, json.dumps(config, indent=2))
         for rec in _read_jsonl(out / GENERATIONS):
             done.setdefault(rec.get("key"), rec)
 
@@ -203,6 +210,7 @@ def evaluate_agent(model: Any, rows: Sequence[Mapping[str, Any]], *,
             for rec in new:
                 done[rec["key"]] = rec
             if out is not None:
+                write_run_file()
                 append_json_lines(out / GENERATIONS, new, default=_json_default)
             if bar:
                 bar.update(len(idx))
@@ -233,6 +241,7 @@ def evaluate_agent(model: Any, rows: Sequence[Mapping[str, Any]], *,
     report["records"] = records
     report["reference_records"] = reference_records
     if out is not None:
+        write_run_file()
         files = write_report({k: v for k, v in report.items() if k != "reference_records"}, out, plot=plot)
         for ref, recs in reference_records.items():
             path = out / REFERENCE_FILES[ref]

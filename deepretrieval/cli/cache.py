@@ -51,7 +51,10 @@ def cmd_cache_stats(args) -> int:
 
 
 def cmd_cache_export(args) -> int:
-    n = _cache(args.cache).export(args.out, engine=args.engine)
+    path = Path(args.cache) if args.cache else default_cache_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"no cache at {path}")
+    n = _cache(str(path)).export(args.out, engine=args.engine)
     print(f"exported {n} entries → {args.out}")
     return 0
 

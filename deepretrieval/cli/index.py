@@ -10,7 +10,7 @@ from deepretrieval.core.results import SearchError
 from deepretrieval.core.sql_text import DEFAULT_TIMEOUT_S
 from deepretrieval.search.bm25 import BM25Index
 from deepretrieval.search.dense import PRECISIONS, DenseIndex, HNSWParams
-from deepretrieval.search.sql import SqliteBackend, write_sqlite_index
+from deepretrieval.search.sql import MAX_TIMEOUT_S, SqliteBackend, write_sqlite_index
 
 
 def register(sub) -> None:
@@ -65,7 +65,8 @@ def register(sub) -> None:
 
 def cmd_index(args) -> int:
     out = Path(args.out) if args.out else settings.index_dir() / args.name
-    index = BM25Index.build(load_corpus(args.corpus), name=args.name, k1=args.k1, b=args.b)
+    index = BM25Index.build(load_corpus(args.corpus), name=args.name, k1=args.k1, b=args.b,
+                            show_progress=settings.progress_enabled())
     index.save(out)
     print(f"indexed {len(index)} documents → {out}")
     return 0
@@ -86,6 +87,8 @@ def cmd_index_dense(args) -> int:
 
 
 def cmd_sql_index(args) -> int:
+    if not 0 < args.timeout <= MAX_TIMEOUT_S:
+        raise ValueError(f"--timeout must be in (0, {MAX_TIMEOUT_S:g}] seconds, got {args.timeout:g}")
     try:
         backend = SqliteBackend(args.db, name=args.name)  # checks that it is a readable database
     except SearchError as exc:

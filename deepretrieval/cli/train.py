@@ -20,6 +20,7 @@ from deepretrieval.catalog import (
     read_rows,
 )
 from deepretrieval.core import settings
+from deepretrieval.core.io import write_atomic
 from deepretrieval.data.rows import write_parquet
 from deepretrieval.train import agentic_quickstart, trl_agent
 from deepretrieval.train import quickstart as quickstart_mod
@@ -264,7 +265,7 @@ def _train_verl(args, task, model, out: Path, url: str | None, service) -> int:
                                          extra=args.overrides)
     config = launcher.compose(args.config, overrides)
     cmd = launcher.command(args.config, overrides)
-    (out / "verl_config.yaml").write_text(OmegaConf.to_yaml(config))
+    write_atomic(out / "verl_config.yaml", OmegaConf.to_yaml(config))
     print("verl command:\n  " + launcher.format_command(cmd))
     print("key settings:")
     for key, value in launcher.summary(config).items():

@@ -329,8 +329,16 @@ def evaluate_model(model: Any, rows: Sequence[Mapping[str, Any]], *, out_dir: st
 
     out = Path(out_dir) if out_dir is not None else None
     done: dict[str, dict] = {}
+    run_written = False
+
+    def write_run_file() -> None:  # with the first finished rows: a failed start leaves nothing
+        nonlocal run_written
+        if out is not None and not run_written:
+            out.mkdir(parents=True, exist_ok=True)
+            write_atomic(run_file, json.dumps(config, indent=2))
+            run_written = True
+
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         run_file, gen_file = out / "run.json", out / GENERATIONS
         if resume and run_file.exists():
             old = json.loads(run_file.read_text())
@@ -340,7 +348,6 @@ def evaluate_model(model: Any, rows: Sequence[Mapping[str, Any]], *, out_dir: st
                                  f"output folder or start over (--no-resume)")
         if not resume:
             gen_file.unlink(missing_ok=True)
-        write_atomic(run_file, json.dumps(config, indent=2))
         for record in _read_jsonl(gen_file):
             done.setdefault(record.get("key"), record)
 
@@ -386,6 +393,7 @@ def evaluate_model(model: Any, rows: Sequence[Mapping[str, Any]], *, out_dir: st
                 new_records.append(record)
                 done[keys[i]] = record
             if out is not None:
+                write_run_file()
                 append_json_lines(out / GENERATIONS, new_records, default=_json_default)
             if bar:
                 bar.update(len(batch))
@@ -409,6 +417,7 @@ def evaluate_model(model: Any, rows: Sequence[Mapping[str, Any]], *, out_dir: st
     systems[system] = report["summary"]
     report["systems"] = systems
     if out is not None:
+        write_run_file()
         report["files"] = write_report(report, out, plot=plot)
     return report
 

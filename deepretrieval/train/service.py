@@ -150,20 +150,50 @@ class ManagedService:
         self.stop()
 
 
+#: Seconds a run may take to unwind after SIGINT/SIGTERM (stop the service, close files) before
+#: it is ended with exit code 130 anyway — e.g. when a library swallowed the KeyboardInterrupt
+#: (one raised inside a ``__del__`` or a callback is only printed) or a thread blocks the exit.
+INTERRUPT_GRACE_S = 30.0
+
+_received: list[int] = []
+
+
+def interrupt_received() -> int | None:
+    """The first signal :func:`signals_raise` turned into KeyboardInterrupt, if any (training
+    loops re-raise on it at their next step, in case the first KeyboardInterrupt was swallowed)."""
+    return _received[0] if _received else None
+
+
+def _force_exit_after(grace: float) -> None:
+    import threading
+
+    def run():
+        time.sleep(grace)
+        sys.stdout.flush()
+        print(f"interrupted (forced: still running {grace:.0f} s after the signal)", file=sys.stderr,
+              flush=True)
+        os._exit(130)
+    threading.Thread(target=run, name="interrupt-deadline", daemon=True).start()
+
+
 @contextlib.contextmanager
-def signals_raise() -> Iterator[None]:
-    """Turn SIGTERM (and SIGHUP) into KeyboardInterrupt inside the block so ``finally`` clauses run
-    (SIGINT already raises KeyboardInterrupt). Only in the main thread."""
+def signals_raise(grace: float = INTERRUPT_GRACE_S) -> Iterator[None]:
+    """Turn SIGINT, SIGTERM and SIGHUP into KeyboardInterrupt inside the block so ``finally``
+    clauses run, and make sure the process ends: ``grace`` seconds after the first signal it
+    exits with code 130 whatever it is doing. Only in the main thread."""
     import threading
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
+        if not _received:
+            _received.append(signum)
+            _force_exit_after(grace)
         raise KeyboardInterrupt(f"signal {signum}")
 
     old = {}
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(ValueError, OSError):
             old[sig] = signal.signal(sig, handler)
     try:

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from deepretrieval.catalog import get_task, row_prefill
+from deepretrieval.core.io import write_atomic
 from deepretrieval.rewards import TRLReward
 from deepretrieval.train.export import save_hf, save_merged
+from deepretrieval.train.service import interrupt_received
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,8 @@ class RewardLogger:
         self.pending: dict[str, list[float]] = {}
 
     def __call__(self, prompts=None, completions=None, **columns) -> list[float]:
+        if interrupt_received() is not None:
+            raise KeyboardInterrupt(f"signal {interrupt_received()}")
         scores = self.reward(prompts=prompts, completions=completions, **columns)
         metrics = self.reward.last_metrics
         means: dict[str, list[float]] = {}
@@ -198,6 +202,22 @@ def _callbacks(metrics_path: Path, progress: bool, total: int):
     return JsonlLogger()
 
 
+def _interrupt_check():
+    """Re-raises KeyboardInterrupt at the next step boundary once a signal was received
+    (:func:`~deepretrieval.train.service.signals_raise`), in case the first one was swallowed."""
+    from transformers import TrainerCallback
+
+    class InterruptCheck(TrainerCallback):
+        def _check(self, *args, **kwargs):
+            signum = interrupt_received()
+            if signum is not None:
+                raise KeyboardInterrupt(f"signal {signum}")
+
+        on_step_begin = on_step_end = on_substep_end = on_log = on_save = _check
+
+    return InterruptCheck()
+
+
 def _quiet_console(trainer) -> None:
     """Keep the progress bar but drop transformers' printing of whole log dicts (our callback
     prints one short line per step; everything is in metrics.jsonl)."""
@@ -236,7 +256,7 @@ def train_trl(rows: Sequence[Mapping[str, Any]], settings: TRLSettings, *, searc
     the completions as TRL's ``rollout_func`` and brings its own reward."""
     trainer, resume = build_trainer(rows, settings, searcher=searcher, rollout=rollout)
     out, tokenizer = Path(settings.output_dir), trainer.processing_class
-    (out / "train_settings.json").write_text(json.dumps(settings.to_json(), indent=2))
+    write_atomic(out / "train_settings.json", json.dumps(settings.to_json(), indent=2))
     t0 = time.time()
     trainer.train(resume_from_checkpoint=resume or None)
     seconds = time.time() - t0
@@ -343,7 +363,8 @@ def build_trainer(rows: Sequence[Mapping[str, Any]], settings: TRLSettings, *, s
     logger_cb = _callbacks(metrics_path, settings.progress, settings.steps)
     trainer_cls = _trainer_class()
     trainer = trainer_cls(model=model, reward_funcs=[reward], args=config, train_dataset=dataset,
-                          processing_class=tokenizer, peft_config=peft_config, callbacks=[logger_cb],
+                          processing_class=tokenizer, peft_config=peft_config,
+                          callbacks=[logger_cb, _interrupt_check()],
                           **({} if rollout is None else {"rollout_func": rollout}))
     trainer.reward_logger = reward
     trainer.metrics_path, trainer.history_logger = metrics_path, logger_cb
