@@ -101,7 +101,7 @@ def test_masked_tokens_contribute_exactly_zero_loss(tiny, rows):
     assert ex.input_ids[:len(prompt_ids)] == prompt_ids
     assert all(lab == X.IGNORE for lab in ex.labels[:len(prompt_ids)])
     # labels are -100 exactly on prompt + injected tokens (the runner's own token mask)
-    traj_ids, traj_mask = eps[0].token_ids(tok)
+    _, traj_mask = eps[0].token_ids(tok)
     n_injected = sum(1 for m in traj_mask if m == 0)
     assert n_injected > 0
     n_ignored = sum(1 for lab in ex.labels if lab == X.IGNORE)
@@ -148,10 +148,10 @@ def test_masked_tokens_contribute_exactly_zero_loss(tiny, rows):
 # ---- one E+M iteration, resume ---------------------------------------------------------------
 
 def _settings(tiny, out, **kw):
-    base = dict(model=tiny, output_dir=str(out), iterations=1, samples=3, temperature=1.0,
-                max_new_tokens=12, max_turns=2, learning_rate=5e-3, seeds="none",
-                eval_zero_shot=False, eval_limit=2, questions_per_step=2, micro_batch=6,
-                gen_batch_size=16, progress=False, seed=3)
+    base = {"model": tiny, "output_dir": str(out), "iterations": 1, "samples": 3,
+            "temperature": 1.0, "max_new_tokens": 8, "max_turns": 2, "learning_rate": 5e-3,
+            "seeds": "none", "eval_zero_shot": False, "eval_limit": 1, "questions_per_step": 2,
+            "micro_batch": 6, "gen_batch_size": 16, "progress": False, "seed": 3}
     base.update(kw)
     return X.ExSearchSettings(**base)
 
@@ -163,9 +163,9 @@ def _model_state(path):
 
 def test_one_iteration_changes_weights_and_lowers_the_weighted_loss(tiny, rows, tmp_path):
     settings = _settings(tiny, tmp_path / "a")
-    result = X.train_exsearch(rows[:4], rows[4:6], settings)
+    result = X.train_exsearch(rows[:3], rows[4:5], settings)
     stage = json.loads((tmp_path / "a" / "stages" / "iter-1" / "stage.json").read_text())
-    assert stage["estep"]["questions"] == 4 and stage["estep"]["episodes"] == 12
+    assert stage["estep"]["questions"] == 3 and stage["estep"]["episodes"] == 9
     assert stage["loss_after"] < stage["loss_before"]
     w, after = stage["weights"], stage["weights_after"]
     groups = [json.loads(line)["group"] for line in
@@ -186,9 +186,9 @@ def test_one_iteration_changes_weights_and_lowers_the_weighted_loss(tiny, rows, 
             raise X.Interrupt("simulated crash")
 
     with pytest.raises(X.Interrupt):
-        X.train_exsearch(rows[:4], rows[4:6], _settings(tiny, tmp_path / "b"), hook=crash)
+        X.train_exsearch(rows[:3], rows[4:5], _settings(tiny, tmp_path / "b"), hook=crash)
     assert not (tmp_path / "b" / "stages" / "iter-1").exists()   # nothing half-written
-    resumed = X.train_exsearch(rows[:4], rows[4:6], _settings(tiny, tmp_path / "b"))
+    resumed = X.train_exsearch(rows[:3], rows[4:5], _settings(tiny, tmp_path / "b"))
     again = json.loads((tmp_path / "b" / "stages" / "iter-1" / "stage.json").read_text())
     assert again["weights"] == stage["weights"]
     assert again["loss_after"] == stage["loss_after"]
@@ -197,11 +197,11 @@ def test_one_iteration_changes_weights_and_lowers_the_weighted_loss(tiny, rows, 
     assert all(torch.equal(a[k], b[k]) for k in a)
     # a finished stage is not redone; other settings are refused
     calls = []
-    X.train_exsearch(rows[:4], rows[4:6], _settings(tiny, tmp_path / "b"),
+    X.train_exsearch(rows[:3], rows[4:5], _settings(tiny, tmp_path / "b"),
                      hook=lambda *a: calls.append(a))
     assert calls == []
     with pytest.raises(ValueError, match="other settings"):
-        X.train_exsearch(rows[:4], rows[4:6], _settings(tiny, tmp_path / "b", samples=2))
+        X.train_exsearch(rows[:3], rows[4:5], _settings(tiny, tmp_path / "b", samples=2))
 
 
 def _model_state_of(path):
@@ -209,15 +209,26 @@ def _model_state_of(path):
     return _model_state(Path(path))
 
 
-def test_warmup_on_oracle_seeds_masks_and_trains(tiny, rows, tmp_path):
-    settings = _settings(tiny, tmp_path, iterations=0, seeds="oracle", warmup_epochs=2,
-                         learning_rate=2e-3)
-    result = X.train_exsearch(rows[:4], rows[4:6], settings)
-    stage = result.curve[-1]
-    assert stage["stage"] == "warmup"
+def test_cli_warmup_on_oracle_seeds(tiny, tmp_path, capsys):
+    """``train --engine exsearch`` (in-process search): oracle seeds, a warm-up that lowers its
+    loss, evaluated; a non-agentic task is a clear error."""
+    from deepretrieval.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["train", "--engine", "exsearch", "--task", "agent_closedworld", "--model", tiny,
+               "--no-service", "--out", str(out), "--iterations", "0", "--no-zero-shot",
+               "--limit", "4", "--eval-limit", "1", "--max-turns", "2", "--max-new-tokens", "8",
+               "--warmup-epochs", "2", "--questions-per-step", "2", "--lr", "2e-3"])
+    assert rc == 0
+    stage = json.loads((out / "stages" / "warmup" / "stage.json").read_text())
     assert stage["seeds"]["kept"] == 4 and stage["seeds"]["source"] == "oracle"
     assert stage["loss_after"] < stage["loss_before"]
     assert len(stage["step_losses"]) == 4          # 2 epochs x 2 steps of 2 questions
+    assert (out / "stages" / "warmup" / "model" / "config.json").is_file()
+    assert "| warmup |" in capsys.readouterr().out
+    assert main(["train", "--engine", "exsearch", "--task", "scifact", "--model", tiny,
+                 "--no-service", "--out", str(tmp_path / "bad")]) == 2
+    assert "not an agentic task" in capsys.readouterr().err
 
 
 def test_settings_are_checked():

@@ -209,7 +209,7 @@ def jsonl_seeds(path: str | os.PathLike, task, *, keep: str = "correct"
             except ValueError as exc:
                 raise ValueError(f"{path}:{n}: not JSON ({exc})") from None
             if not isinstance(item, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object")
+                raise ValueError(f"{path}:{n}: expected a JSON object")  # noqa: TRY004 (bad file)
             missing = [k for k in ("question", "answers", "trajectory") if k not in item]
             if missing:
                 raise ValueError(f"{path}:{n}: missing {missing} (needs question, answers, trajectory)")

@@ -378,14 +378,18 @@ class Interrupt(Exception):
 
 
 def fit(model, examples: Sequence[Example], pad_id: int, *, accelerator, optimizer, epochs: int,
-        questions_per_step: int, micro_batch: int, seed: int,
+        questions_per_step: int, micro_batch: int, seed: int, groups: Sequence[str] | None = None,
         on_step: Callable[[int], None] | None = None) -> list[float]:
     """Weighted fine-tuning: per epoch, questions shuffled (seeded), one optimizer step per
-    ``questions_per_step`` questions with all their examples. Returns the step losses."""
+    ``questions_per_step`` questions with all their examples. Returns the step losses.
+
+    ``groups``: the questions this process was given (default: those of the examples). Every
+    process of a distributed run is given as many, so all take the same number of steps; a step
+    whose questions left no example runs a zero-loss forward (gradients are still averaged)."""
     by_group: dict[str, list[Example]] = {}
     for e in examples:
         by_group.setdefault(e.group, []).append(e)
-    groups = sorted(by_group)
+    groups = sorted(set(groups) if groups is not None else by_group)
     rng = random.Random(seed)
     losses: list[float] = []
     model.train()
@@ -395,7 +399,9 @@ def fit(model, examples: Sequence[Example], pad_id: int, *, accelerator, optimiz
         rng.shuffle(order)
         for start in range(0, len(order), questions_per_step):
             chosen = order[start:start + questions_per_step]
-            batch = [e for g in chosen for e in by_group[g]]
+            batch = [e for g in chosen for e in by_group.get(g, ())]
+            if not batch:
+                batch = [Example([pad_id, pad_id], [IGNORE, IGNORE], [0, 0], "", 0.0)]
             optimizer.zero_grad(set_to_none=True)
             loss = weighted_loss(model, batch, pad_id, n_questions=len(chosen),
                                  micro_batch=micro_batch, backward=accelerator.backward)
@@ -554,7 +560,8 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
                         hook(name, "estep", 0)
                     seeds, report = _seed_episodes(settings, train_rows, searcher)
                     info["seeds"] = report
-                    mine = seeds[accelerator.process_index::accelerator.num_processes]
+                    questions = {_group(r) for r in _shard(train_rows, accelerator)}
+                    mine = [ep for ep in seeds if _group(ep.row) in questions]
                     samples, skipped = make_examples(tokenizer, mine, replace_answer=False,
                                                      max_length=settings.max_length)
                     sizes: dict[str, int] = {}
@@ -566,7 +573,8 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
                 else:
                     iteration = int(name.split("-")[1])
                     rows = _iteration_rows(train_rows, settings, iteration, n_train)
-                    rows = rows[accelerator.process_index::accelerator.num_processes]
+                    rows = _shard(rows, accelerator)
+                    questions = {_group(r) for r in rows}
                     if hook:
                         hook(name, "estep", 0)
                     samples, skipped, estats = e_step(model, tokenizer, rows, settings, searcher,
@@ -583,7 +591,7 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
                     if samples else None
                 steps = fit(model, train_on, pad_id, accelerator=accelerator, optimizer=optimizer,
                             epochs=epochs, questions_per_step=settings.questions_per_step,
-                            micro_batch=settings.micro_batch, seed=stage_seed,
+                            micro_batch=settings.micro_batch, seed=stage_seed, groups=questions,
                             on_step=(lambda n, _name=name: hook(_name, "mstep", n)) if hook else None)
                 info["step_losses"] = steps
                 info["loss_after"] = mean_weighted_loss(model, samples, pad_id, settings.micro_batch) \
@@ -629,6 +637,13 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
     last = next((s["stage"] for s in reversed(curve) if s["stage"] != "zero-shot"), None)
     model_dir = out / STAGES_DIR / last / "model" if last else Path(settings.model)
     return ExSearchResult(out, model_dir, curve, time.time() - t0)
+
+
+def _shard(rows, accelerator):
+    """This process's rows: an equal share for every process (the remainder is left out)."""
+    n = accelerator.num_processes
+    rows = list(rows)[: len(rows) - len(rows) % n] if n > 1 else list(rows)
+    return rows[accelerator.process_index::n]
 
 
 def _iteration_rows(rows, settings: ExSearchSettings, iteration: int, n: int):
