@@ -310,6 +310,8 @@ def _train_exsearch(args, task, model, out: Path) -> int:
     if args.limit:
         rows = rows[:args.limit]
     result = train_exsearch(rows, test_rows, ex)
+    if not result.main_process:
+        return 0
     print(f"ExSearch: {len(result.curve)} stages in {result.seconds:.0f}s\nmodel: {result.model_dir}\n"
           f"curve: {out / 'curve.md'}\nstages: {out / 'stages'}")
     print((out / "curve.md").read_text())

@@ -39,6 +39,7 @@ import math
 import os
 import random
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -423,6 +424,7 @@ class ExSearchResult:
     model_dir: Path              # the last stage's model (Hugging Face folder)
     curve: list[dict[str, Any]]  # one row per stage: stage, em, f1, ...
     seconds: float
+    main_process: bool = True    # False on the other processes of a distributed run
 
 
 def _stage_names(settings: ExSearchSettings) -> list[str]:
@@ -430,6 +432,12 @@ def _stage_names(settings: ExSearchSettings) -> list[str]:
     if settings.seeds != "none":
         names.append("warmup")
     return names + [f"iter-{i}" for i in range(1, settings.iterations + 1)]
+
+
+def _stage_order(name: str) -> int:
+    """Fixed position of a stage (its seed derives from it, whichever stages a run has)."""
+    fixed = {"zero-shot": 0, "warmup": 1}
+    return fixed[name] if name in fixed else int(name.split("-", 1)[1]) + 1
 
 
 def read_curve(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -543,7 +551,8 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
     pad_id = tokenizer.pad_token_id
     t0 = time.time()
     n_train = len(train_rows)
-    for order, name in enumerate(names):
+    for name in names:
+        order = _stage_order(name)
         if name in done:
             log.info("stage %s already done; skipping", name)
             continue
@@ -552,16 +561,18 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
         started = time.time()
         info: dict[str, Any] = {"stage": name, "order": order, "seed": stage_seed}
         target = out / STAGES_DIR / name
-        with atomic_dir(target) as tmp:
+        # only the main process writes the stage folder; the others work in a scratch folder
+        with (atomic_dir(target) if main else tempfile.TemporaryDirectory()) as tmp_name:
+            tmp = Path(tmp_name)
             samples: list[Example] = []
             if name != "zero-shot":
                 if name == "warmup":
                     if hook:
                         hook(name, "estep", 0)
-                    seeds, report = _seed_episodes(settings, train_rows, searcher)
-                    info["seeds"] = report
-                    questions = {_group(r) for r in _shard(train_rows, accelerator)}
-                    mine = [ep for ep in seeds if _group(ep.row) in questions]
+                    share = _shard(train_rows, accelerator)
+                    mine, report = _seed_episodes(settings, share, searcher)
+                    info["seeds"] = report      # (distributed: the main process's share)
+                    questions = {_group(r) for r in share}
                     samples, skipped = make_examples(tokenizer, mine, replace_answer=False,
                                                      max_length=settings.max_length)
                     sizes: dict[str, int] = {}
@@ -636,7 +647,7 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
     curve = read_curve(out)
     last = next((s["stage"] for s in reversed(curve) if s["stage"] != "zero-shot"), None)
     model_dir = out / STAGES_DIR / last / "model" if last else Path(settings.model)
-    return ExSearchResult(out, model_dir, curve, time.time() - t0)
+    return ExSearchResult(out, model_dir, curve, time.time() - t0, main)
 
 
 def _shard(rows, accelerator):
