@@ -22,10 +22,12 @@ from deepretrieval.catalog import (
 from deepretrieval.core import settings
 from deepretrieval.core.io import write_atomic
 from deepretrieval.data.rows import write_parquet
+from deepretrieval.tasks.agentic import AGENTIC
 from deepretrieval.train import agentic_quickstart, trl_agent
 from deepretrieval.train import quickstart as quickstart_mod
 from deepretrieval.train import verl as launcher
 from deepretrieval.train.export import checkpoint_kind, export_checkpoint
+from deepretrieval.train.exsearch import ExSearchSettings, train_exsearch
 from deepretrieval.train.models import resolve_model
 from deepretrieval.train.service import ManagedService, service_env, signals_raise
 from deepretrieval.train.trl_engine import TRLSettings, train_trl
@@ -38,7 +40,9 @@ def register(sub) -> None:
                     "the service, and prints where checkpoints and logs are. Extra KEY=VALUE "
                     "arguments are hydra overrides for verl (e.g. trainer.n_gpus_per_node=8) or "
                     "GRPOConfig fields for TRL (e.g. warmup_steps=5).")
-    p.add_argument("--engine", choices=("verl", "trl"), default="trl")
+    p.add_argument("--engine", choices=("verl", "trl", "exsearch"), default="trl",
+                   help="verl (GPUs), trl (GRPO, one machine) or exsearch (agentic tasks: "
+                        "warm-up + EM iterations of weighted fine-tuning, docs/exsearch.md)")
     p.add_argument("--task", required=True, help="task name (deepretrieval tasks)")
     p.add_argument("--config",
                    help="verl preset: ppo (paper), grpo, lora_3b_1gpu, search_r1 (search agents), or "
@@ -83,6 +87,36 @@ def register(sub) -> None:
                    help="resume from the newest checkpoint in --out, or from the given one")
     g.add_argument("--limit", type=int, help="use only the first N train rows")
     g.add_argument("--seed", type=int, default=0)
+    x = p.add_argument_group("ExSearch engine (also uses --lr, --temperature, --turn-tokens, "
+                             "--lora, --lora-r, --limit, --seed; --resume is on by default)")
+    x.add_argument("--iterations", type=int, default=2, help="EM iterations (default 2)")
+    x.add_argument("--samples", type=int, default=4, help="K trajectories per question (default 4)")
+    x.add_argument("--top-p", type=float, default=1.0)
+    x.add_argument("--max-turns", type=int, help="model turns per episode (default: the rows')")
+    x.add_argument("--top-k", type=int, help="passages per search (default: the rows')")
+    x.add_argument("--weight-temperature", type=float, default=1.0,
+                   help="tau of the importance weights softmax(log p(y|x,z) / tau) (default 1)")
+    x.add_argument("--seeds", default="oracle",
+                   help="warm-up trajectories: oracle (closed world), teacher (--teacher-model, "
+                        "--teacher-url), jsonl:PATH, or none (default oracle)")
+    x.add_argument("--teacher-model", help="model name at the teacher endpoint")
+    x.add_argument("--teacher-url", help="OpenAI-compatible base URL of the teacher")
+    x.add_argument("--warmup-epochs", type=int, default=1)
+    x.add_argument("--epochs", type=int, default=1, help="M-step epochs per iteration (default 1)")
+    x.add_argument("--questions-per-step", type=int, default=4,
+                   help="questions (with all their samples) per optimizer step (default 4)")
+    x.add_argument("--micro-batch", type=int, default=4, help="sequences per forward pass")
+    x.add_argument("--questions-per-iteration", type=int,
+                   help="E-step questions per iteration (default all; rotates through the rows)")
+    x.add_argument("--eval-limit", type=int, help="evaluate on the first N test rows only")
+    x.add_argument("--max-hops", type=int,
+                   help="closed world: train and evaluate only on questions of at most N hops")
+    x.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot evaluation")
+    x.add_argument("--references", action="store_true",
+                   help="closed-book and naive RAG next to the zero-shot agent")
+    x.add_argument("--gen-batch-size", type=int, default=16)
+    x.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    x.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_train)
 
@@ -225,6 +259,8 @@ def cmd_train(args) -> int:
                              token=settings.get_str("DEEPRETRIEVAL_SEARCH_TOKEN")):
                 if args.engine == "verl":
                     code = _train_verl(args, task, model, out, url, service)
+                elif args.engine == "exsearch":
+                    code = _train_exsearch(args, task, model, out)
                 else:
                     code = _train_trl(args, task, model, out)
         finally:
@@ -313,6 +349,51 @@ def _train_trl(args, task, model, out: Path) -> int:
     result = train_trl(rows, trl_settings, rollout=rollout)
     print(f"trained {trl_settings.steps} steps in {result.seconds:.0f}s\nmodel: {result.model_dir}\n"
           f"checkpoints: {out}/checkpoint-*\nmetrics: {result.metrics_path}")
+    return 0
+
+
+def _train_exsearch(args, task, model, out: Path) -> int:
+    if task.family is not AGENTIC:
+        raise ValueError(f"--engine exsearch trains search agents: {task.name} is not an agentic "
+                         f"task (agent_closedworld, agent_nq, ...)")
+    if args.overrides:
+        raise ValueError(f"--engine exsearch takes no KEY=VALUE overrides (got {args.overrides})")
+    train, test = _rows_files(task.name, args.data, out, args.dry_run)
+    ex = ExSearchSettings(
+        model=model, output_dir=str(out), iterations=args.iterations, samples=args.samples,
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.turn_tokens,
+        max_turns=args.max_turns, top_k=args.top_k, weight_temperature=args.weight_temperature,
+        learning_rate=args.lr, warmup_epochs=args.warmup_epochs, epochs=args.epochs,
+        questions_per_step=args.questions_per_step, micro_batch=args.micro_batch,
+        questions_per_iteration=args.questions_per_iteration, lora=args.lora, lora_r=args.lora_r,
+        seeds=args.seeds, teacher_model=args.teacher_model, teacher_url=args.teacher_url,
+        eval_limit=args.eval_limit, eval_zero_shot=not args.no_zero_shot,
+        eval_references=args.references, gen_batch_size=args.gen_batch_size, seed=args.seed,
+        resume=not args.no_resume, progress=settings.progress_enabled())
+    print("ExSearch settings:")
+    for key, value in ex.to_json().items():
+        print(f"  {key} = {value}")
+    print(f"  train rows = {train}\n  test rows = {test}")
+    if args.dry_run:
+        print("dry run: not training")
+        return 0
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    ex.model = _init_model(args, resolve_model(model), out)
+    rows, test_rows = read_rows(train), read_rows(test)
+    if args.max_hops:
+        rows = [r for r in rows if (r.get("extra_info") or {}).get("hops", 0) <= args.max_hops]
+        test_rows = [r for r in test_rows
+                     if (r.get("extra_info") or {}).get("hops", 0) <= args.max_hops]
+    if args.limit:
+        rows = rows[:args.limit]
+    result = train_exsearch(rows, test_rows, ex)
+    if not result.main_process:
+        return 0
+    print(f"ExSearch: {len(result.curve)} stages in {result.seconds:.0f}s\nmodel: {result.model_dir}\n"
+          f"curve: {out / 'curve.md'}\nstages: {out / 'stages'}")
+    print((out / "curve.md").read_text())
     return 0
 
 

@@ -1,0 +1,724 @@
+"""ExSearch: a search agent trained by generalised EM instead of RL (arXiv 2505.20128).
+
+The agent's trajectory ``z`` (think, search, record, …) is a latent variable between the question
+``x`` and the answer ``y``. One iteration:
+
+* **E-step** — with the current policy, sample K trajectories per training question through the
+  episode runner (real searches through the searcher / service). For each, the log-likelihood of
+  the gold answer given the trajectory, ``log p(y | x, z_k)``: the trajectory with its final
+  answer replaced by the gold one, summed over the gold answer's tokens. The importance weights are
+  normalised per question:
+
+      w_k = exp(log p(y|x,z_k) / tau) / sum_j exp(log p(y|x,z_j) / tau)
+
+  With ``tau = 1`` this is self-normalised importance sampling of the posterior
+  ``p(z | x, y) ∝ p(z | x) p(y | x, z)`` with the policy as the proposal: the trajectories
+  sampled from ``p(z|x)`` are re-weighted by how well they support the gold answer, the
+  best-supported one getting the largest weight. ``tau`` > 1 flattens, < 1 sharpens.
+* **M-step** — weighted fine-tuning on the sampled trajectories (gold answer in place):
+  ``L = 1/Q sum_q sum_k w_qk * NLL_qk`` with ``NLL`` the mean token negative log-likelihood over
+  the model-written tokens (labels -100 on the prompt and on injected passages).
+
+A **warm-up** (the same loss, every seed trajectory of a question weighted equally) on seed
+trajectories — the closed-world oracle, an OpenAI-compatible teacher, or a user JSONL
+(:mod:`deepretrieval.agent.seeds`) — comes first. Every stage (zero-shot, warm-up, each
+iteration) is evaluated with the agentic evaluation (EM/F1 on held-out rows) and written to
+``<out>/stages/<stage>/`` atomically; a rerun resumes after the last finished stage. Each stage
+is a function of the previous stage's model, the settings and the stage's seed (a fresh
+optimizer per stage), so a stage interrupted and redone gives the same result.
+
+Runs on CPU (small models) or GPUs through 🤗 Accelerate: ``accelerate launch -m
+deepretrieval.cli train --engine exsearch ...``; each process samples its share of the questions,
+gradients are averaged by Accelerate, the main process evaluates and saves.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepretrieval.agent.evaluate import evaluate_agent
+from deepretrieval.agent.runner import (
+    Episode,
+    EpisodeRunner,
+    episodes_from_rows,
+)
+from deepretrieval.agent.seeds import (
+    SOURCES,
+    gold_answers,
+    jsonl_seeds,
+    oracle_seeds,
+    teacher_seeds,
+)
+from deepretrieval.catalog import get_task
+from deepretrieval.core import agent_protocol as P
+from deepretrieval.core.io import atomic_dir, write_atomic
+from deepretrieval.core.qa_metrics import exact_match
+from deepretrieval.generation.decoding import Decoding
+from deepretrieval.generation.local import TransformersGenerator
+from deepretrieval.train.export import save_hf
+from deepretrieval.train.trl_engine import bf16_supported
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+STAGES_DIR = "stages"
+#: Settings that must match when a run is resumed (the rest — iterations, evaluation size,
+#: progress — may change between runs).
+RESUME_KEYS = ("model", "samples", "temperature", "top_p", "max_new_tokens", "weight_temperature",
+               "learning_rate", "warmup_epochs", "epochs", "questions_per_step", "lora", "seeds",
+               "seed", "questions_per_iteration", "max_turns", "top_k", "min_weight", "max_length")
+
+
+@dataclass
+class ExSearchSettings:
+    """ExSearch settings (defaults: a CPU run of a ~100M model; see docs/exsearch.md)."""
+
+    model: str
+    output_dir: str
+    iterations: int = 2
+    samples: int = 4                    # K trajectories per question in the E-step
+    temperature: float = 1.0            # E-step sampling
+    top_p: float = 1.0
+    max_new_tokens: int = 64            # per model turn
+    max_turns: int | None = None        # None: the rows' setting
+    top_k: int | None = None
+    weight_temperature: float = 1.0     # tau of the importance weights
+    min_weight: float = 1e-4            # trajectories weighted below this are not trained on
+    learning_rate: float = 1e-5
+    warmup_epochs: int = 1
+    epochs: int = 1                     # M-step epochs over the iteration's samples
+    questions_per_step: int = 4         # optimizer step every N questions (all their samples)
+    micro_batch: int = 4                # sequences per forward pass
+    max_length: int = 2048              # longer training sequences are skipped (counted)
+    questions_per_iteration: int | None = None  # None: every training question
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    seeds: str = "oracle"               # oracle | teacher | jsonl:PATH | none
+    seed_keep: str = "correct"
+    teacher_model: str | None = None
+    teacher_url: str | None = None
+    eval_limit: int | None = None
+    eval_zero_shot: bool = True
+    eval_references: bool = False       # closed-book / naive RAG next to the zero-shot agent
+    gen_batch_size: int = 16
+    seed: int = 0
+    resume: bool = True
+    progress: bool = True
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.iterations < 0:
+            raise ValueError("iterations must be >= 0")
+        if self.samples < 1:
+            raise ValueError("samples (K) must be >= 1")
+        if self.weight_temperature <= 0:
+            raise ValueError("weight_temperature must be > 0")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0 (the E-step samples)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.learning_rate <= 0:
+            raise ValueError("learning_rate must be > 0")
+        if self.questions_per_step < 1 or self.micro_batch < 1:
+            raise ValueError("questions_per_step and micro_batch must be >= 1")
+        kind = self.seeds.split(":", 1)[0]
+        if kind not in (*SOURCES, "none"):
+            raise ValueError(f"unknown seed source {self.seeds!r}; known: oracle, teacher, "
+                             f"jsonl:PATH, none")
+        if kind == "teacher" and not (self.teacher_model and self.teacher_url):
+            raise ValueError("seeds=teacher needs teacher_model and teacher_url")
+        if kind == "jsonl" and not self.seeds.split(":", 1)[1:]:
+            raise ValueError("seeds=jsonl:PATH needs the file path")
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["extra"] = dict(self.extra)
+        return data
+
+
+# ---------------------------------------------------------------------------------------------
+# weights
+
+def importance_weights(logliks: Sequence[float], groups: Sequence[Any], temperature: float = 1.0
+                       ) -> list[float]:
+    """Per-group softmax of ``loglik / temperature`` (see the module docstring): the weights of a
+    group sum to 1, a larger log-likelihood gets a larger weight, a group of one gets 1. A
+    trajectory with log-likelihood ``-inf`` gets 0 unless every one of its group is ``-inf``
+    (then they share the weight equally)."""
+    if len(logliks) != len(groups):
+        raise ValueError("one group per log-likelihood")
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0")
+    members: dict[Any, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    out = [0.0] * len(logliks)
+    for idx in members.values():
+        scaled = [float(logliks[i]) / temperature for i in idx]
+        if any(math.isnan(s) for s in scaled):
+            raise ValueError("a log-likelihood is NaN")
+        top = max(scaled)
+        if top == -math.inf:
+            for i in idx:
+                out[i] = 1.0 / len(idx)
+            continue
+        exps = [math.exp(s - top) for s in scaled]
+        total = sum(exps)
+        for i, e in zip(idx, exps):
+            out[i] = e / total
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# training examples
+
+@dataclass
+class Example:
+    """One training sequence: ids, labels (-100 on prompt and injected tokens), the positions of
+    the gold answer's tokens, the question it belongs to and its weight."""
+
+    input_ids: list[int]
+    labels: list[int]
+    answer_mask: list[int]
+    group: str
+    weight: float = 1.0
+    loglik: float | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def _cut_final_action(text: str) -> str:
+    """A model turn up to (not including) its last action tag (``<answer>`` / ``<search>``)."""
+    cut = max(text.rfind(P.ANSWER_OPEN), text.rfind(P.SEARCH_OPEN))
+    return text if cut < 0 else text[:cut]
+
+
+def gold_pieces(episode: Episode, gold: str) -> list[tuple[str, str]]:
+    """The episode as ``(text, kind)`` pieces with its final answer replaced by ``gold``; kinds:
+    ``model``, ``injected``, ``answer`` (the gold answer's text, scored for ``log p(y|x,z)``).
+    Everything after the last model turn (a refusal, say) is dropped, the last turn's action is
+    cut, and ``<answer>gold</answer>`` follows."""
+    segments = list(episode.segments)
+    while segments and segments[-1].injected:
+        segments.pop()
+    pieces: list[tuple[str, str]] = [(s.text, "injected" if s.injected else "model")
+                                     for s in segments[:-1]]
+    last = _cut_final_action(segments[-1].text) if segments else ""
+    pieces.append((last + P.ANSWER_OPEN, "model"))
+    pieces.append((gold, "answer"))
+    pieces.append((P.ANSWER_CLOSE, "model"))
+    return [(t, k) for t, k in pieces if t]
+
+
+def trajectory_pieces(episode: Episode) -> list[tuple[str, str]]:
+    """A seed episode as it is (its own final answer kept): model / injected pieces."""
+    return [(s.text, "injected" if s.injected else "model") for s in episode.segments if s.text]
+
+
+def prompt_text(tokenizer, episode: Episode) -> str:
+    """The chat template's rendering of the episode's messages + generation prompt + prefill:
+    exactly what the generator showed the model."""
+    if episode.settings.protocol != "tags":
+        raise ValueError("ExSearch trains tag-protocol episodes (one assistant message); prepare "
+                         "the rows with --protocol tags")
+    return tokenizer.apply_chat_template([dict(m) for m in episode.messages], tokenize=False,
+                                         add_generation_prompt=True) + episode.prefill
+
+
+def encode(tokenizer, prompt: str, pieces: Sequence[tuple[str, str]], *, eos: bool = True
+           ) -> tuple[list[int], list[int], list[int]]:
+    """``(input_ids, labels, answer_mask)``: the prompt and every piece tokenised on their own
+    (as :meth:`Episode.token_ids` does), labels -100 on prompt and ``injected`` tokens, the
+    tokenizer's end-of-sequence token (the end of the assistant turn) appended as a label."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    labels = [IGNORE] * len(ids)
+    answer = [0] * len(ids)
+    for text, kind in pieces:
+        if kind not in ("model", "injected", "answer"):
+            raise ValueError(f"unknown piece kind {kind!r}")
+        seg = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += seg
+        labels += [IGNORE] * len(seg) if kind == "injected" else seg
+        answer += [1 if kind == "answer" else 0] * len(seg)
+    if eos and tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+        labels.append(tokenizer.eos_token_id)
+        answer.append(0)
+    return ids, labels, answer
+
+
+def _group(row: Mapping[str, Any] | None) -> str:
+    info = (row or {}).get("extra_info") or {}
+    return str(info.get("query_id") or info.get("index") or info.get("query"))
+
+
+def make_examples(tokenizer, episodes: Sequence[Episode], *, replace_answer: bool,
+                  max_length: int) -> tuple[list[Example], int]:
+    """Examples of episodes (gold answer in place when ``replace_answer``); returns the examples
+    and how many were skipped for being longer than ``max_length`` tokens."""
+    out, skipped = [], 0
+    for ep in episodes:
+        gold = gold_answers(ep.row)[0]
+        pieces = gold_pieces(ep, gold) if replace_answer else trajectory_pieces(ep)
+        ids, labels, answer = encode(tokenizer, prompt_text(tokenizer, ep), pieces)
+        if len(ids) > max_length:
+            skipped += 1
+            continue
+        out.append(Example(ids, labels, answer, _group(ep.row), record={
+            "question": ((ep.row or {}).get("extra_info") or {}).get("query"), "gold": gold,
+            "trajectory": ep.text, "answer": ep.answer, "finish": ep.finish,
+            "n_search": ep.n_search, "queries": [s["query"] for s in ep.searches]}))
+    return out, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# forward passes
+
+def _batch(examples: Sequence[Example], pad_id: int, device):
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    answer = torch.zeros((len(examples), width), dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        answer[i, :n] = torch.tensor(e.answer_mask)
+        attention[i, :n] = 1
+    return ids.to(device), labels.to(device), answer.to(device), attention.to(device)
+
+
+def token_logprobs(model, ids, attention, labels):
+    """Log-probability of each label token given the tokens before it: ``[B, T-1]`` (0 where the
+    label is -100), and the mask of scored positions."""
+    import torch
+
+    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+    target = labels[:, 1:]
+    mask = target != IGNORE
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return logp * mask, mask
+
+
+def answer_logliks(model, examples: Sequence[Example], pad_id: int, *, micro_batch: int = 4
+                   ) -> list[float]:
+    """``log p(y | x, z)`` of each example: the summed log-probability of its gold-answer tokens."""
+    import torch
+
+    device = next(model.parameters()).device
+    out: list[float] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(examples), micro_batch):
+                chunk = examples[start:start + micro_batch]
+                ids, labels, answer, attention = _batch(chunk, pad_id, device)
+                logp, _ = token_logprobs(model, ids, attention, labels)
+                picked = (logp * answer[:, 1:]).sum(-1)
+                out += [float(v) for v in picked]
+    finally:
+        model.train(was_training)
+    return out
+
+
+def weighted_loss(model, examples: Sequence[Example], pad_id: int, *, n_questions: int,
+                  micro_batch: int = 4, backward: Callable | None = None) -> float:
+    """``1/n_questions * sum_i w_i * mean-token NLL_i`` over ``examples`` (labels -100 excluded).
+    With ``backward``, each micro-batch's share is back-propagated (gradients accumulate)."""
+    import torch
+
+    device = next(model.parameters()).device
+    total = 0.0
+    for start in range(0, len(examples), micro_batch):
+        chunk = examples[start:start + micro_batch]
+        ids, labels, _, attention = _batch(chunk, pad_id, device)
+        weights = torch.tensor([e.weight for e in chunk], dtype=torch.float32, device=device)
+        if backward is None:
+            with torch.no_grad():
+                logp, mask = token_logprobs(model, ids, attention, labels)
+        else:
+            logp, mask = token_logprobs(model, ids, attention, labels)
+        nll = -(logp.sum(-1)) / mask.sum(-1).clamp(min=1)
+        loss = (weights * nll).sum() / n_questions
+        if backward is not None:
+            backward(loss)
+        total += float(loss.detach())
+    return total
+
+
+def mean_weighted_loss(model, examples: Sequence[Example], pad_id: int, micro_batch: int = 4) -> float:
+    """The M-step objective over a whole set of examples (no gradients): per question the
+    weighted NLL, averaged over questions."""
+    if not examples:
+        return float("nan")
+    n_questions = len({e.group for e in examples})
+    was = model.training
+    model.eval()
+    try:
+        return weighted_loss(model, examples, pad_id, n_questions=n_questions, micro_batch=micro_batch)
+    finally:
+        model.train(was)
+
+
+class Interrupt(Exception):
+    """Raised by a test hook to simulate a crash in the middle of a stage."""
+
+
+def fit(model, examples: Sequence[Example], pad_id: int, *, accelerator, optimizer, epochs: int,
+        questions_per_step: int, micro_batch: int, seed: int, groups: Sequence[str] | None = None,
+        on_step: Callable[[int], None] | None = None) -> list[float]:
+    """Weighted fine-tuning: per epoch, questions shuffled (seeded), one optimizer step per
+    ``questions_per_step`` questions with all their examples. Returns the step losses.
+
+    ``groups``: the questions this process was given (default: those of the examples). Every
+    process of a distributed run is given as many, so all take the same number of steps; a step
+    whose questions left no example runs a zero-loss forward (gradients are still averaged)."""
+    by_group: dict[str, list[Example]] = {}
+    for e in examples:
+        by_group.setdefault(e.group, []).append(e)
+    groups = sorted(set(groups) if groups is not None else by_group)
+    rng = random.Random(seed)
+    losses: list[float] = []
+    model.train()
+    step = 0
+    for _ in range(max(0, epochs)):
+        order = groups[:]
+        rng.shuffle(order)
+        for start in range(0, len(order), questions_per_step):
+            chosen = order[start:start + questions_per_step]
+            batch = [e for g in chosen for e in by_group.get(g, ())]
+            if not batch:
+                batch = [Example([pad_id, pad_id], [IGNORE, IGNORE], [0, 0], "", 0.0)]
+            optimizer.zero_grad(set_to_none=True)
+            loss = weighted_loss(model, batch, pad_id, n_questions=len(chosen),
+                                 micro_batch=micro_batch, backward=accelerator.backward)
+            optimizer.step()
+            step += 1
+            losses.append(loss)
+            if on_step is not None:
+                on_step(step)
+    optimizer.zero_grad(set_to_none=True)
+    return losses
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+@dataclass
+class ExSearchResult:
+    output_dir: Path
+    model_dir: Path              # the last stage's model (Hugging Face folder)
+    curve: list[dict[str, Any]]  # one row per stage: stage, em, f1, ...
+    seconds: float
+    main_process: bool = True    # False on the other processes of a distributed run
+
+
+def _stage_names(settings: ExSearchSettings) -> list[str]:
+    names = ["zero-shot"] if settings.eval_zero_shot else []
+    if settings.seeds != "none":
+        names.append("warmup")
+    return names + [f"iter-{i}" for i in range(1, settings.iterations + 1)]
+
+
+def _stage_order(name: str) -> int:
+    """Fixed position of a stage (its seed derives from it, whichever stages a run has)."""
+    fixed = {"zero-shot": 0, "warmup": 1}
+    return fixed[name] if name in fixed else int(name.split("-", 1)[1]) + 1
+
+
+def read_curve(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Finished stages of a run, in order (from ``stages/*/stage.json``)."""
+    root = Path(output_dir) / STAGES_DIR
+    stages = []
+    for path in root.glob("*/stage.json"):
+        stages.append(json.loads(path.read_text()))
+    return sorted(stages, key=lambda s: s["order"])
+
+
+def _curve_md(curve: Sequence[Mapping[str, Any]]) -> str:
+    lines = ["| stage | EM | F1 | searches | format errors | weighted loss before → after | seconds |",
+             "|---|---|---|---|---|---|---|"]
+    for s in curve:
+        ev = s.get("eval") or {}
+        loss = (f"{s['loss_before']:.3f} → {s['loss_after']:.3f}"
+                if s.get("loss_before") is not None else "-")
+        lines.append(f"| {s['stage']} | {ev.get('em', float('nan')):.3f} | {ev.get('f1', float('nan')):.3f} | "
+                     f"{ev.get('n_search', float('nan')):.2f} | {ev.get('format_error_rate', float('nan')):.2f} | "
+                     f"{loss} | {s['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_curve(out: Path) -> list[dict[str, Any]]:
+    curve = read_curve(out)
+    rows = [{"stage": s["stage"], **{k: (s.get("eval") or {}).get(k) for k in
+                                     ("em", "f1", "n_search", "format_error_rate")},
+             "loss_before": s.get("loss_before"), "loss_after": s.get("loss_after")} for s in curve]
+    write_atomic(out / "curve.json", json.dumps(rows, indent=2))
+    write_atomic(out / "curve.md", _curve_md(curve))
+    return curve
+
+
+def _row_settings(rows, settings: ExSearchSettings) -> P.AgentSettings | None:
+    if settings.max_turns is None and settings.top_k is None:
+        return None
+    base = episodes_from_rows(rows[:1])[0].settings
+    changes = {k: v for k, v in (("max_turns", settings.max_turns), ("top_k", settings.top_k))
+               if v is not None}
+    return P.AgentSettings(**{**base.to_dict(), **changes})
+
+
+def _seed_episodes(settings: ExSearchSettings, rows, searcher) -> tuple[list[Episode], dict]:
+    kind, _, arg = settings.seeds.partition(":")
+    if kind == "oracle":
+        return oracle_seeds(rows, searcher, keep=settings.seed_keep)
+    if kind == "teacher":
+        return teacher_seeds(rows, settings.teacher_model, base_url=settings.teacher_url,
+                             searcher=searcher, keep=settings.seed_keep,
+                             max_new_tokens=max(settings.max_new_tokens, 256))
+    if kind == "jsonl":
+        return jsonl_seeds(arg, get_task(rows[0]["data_source"]), keep=settings.seed_keep)
+    raise ValueError(f"unknown seed source {settings.seeds!r}")
+
+
+def _load(path: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return tokenizer, model
+
+
+def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[Mapping[str, Any]],
+                   settings: ExSearchSettings, *, searcher=None,
+                   hook: Callable[[str, str, int], None] | None = None) -> ExSearchResult:
+    """Run warm-up and ``settings.iterations`` EM iterations (see the module docstring).
+
+    ``hook(stage, phase, step)`` is called at ``("estep", 0)``, after each M-step optimizer step
+    ``("mstep", n)`` and at ``("done", 0)`` (tests use it to interrupt a stage)."""
+    import torch
+    from accelerate import Accelerator
+
+    train_rows, eval_rows = list(train_rows), list(eval_rows)
+    if not train_rows:
+        raise ValueError("no training rows")
+    if not eval_rows:
+        raise ValueError("no evaluation rows")
+    if settings.eval_limit:
+        eval_rows = eval_rows[:settings.eval_limit]
+    out = Path(settings.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STAGES_DIR).mkdir(exist_ok=True)
+    saved = out / "exsearch_settings.json"
+    if saved.exists() and settings.resume and read_curve(out):
+        old = json.loads(saved.read_text())
+        diff = [k for k in RESUME_KEYS if old.get(k) != settings.to_json().get(k)]
+        if diff:
+            raise ValueError(f"{out} holds a run with other settings ({', '.join(diff)}); use "
+                             f"another --out or start over (--no-resume)")
+    if not settings.resume:
+        shutil.rmtree(out / STAGES_DIR, ignore_errors=True)
+        (out / STAGES_DIR).mkdir()
+    write_atomic(saved, json.dumps(settings.to_json(), indent=2))
+
+    cuda = torch.cuda.is_available()
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and bf16_supported() else "no")
+    main = accelerator.is_main_process
+    agent_settings = _row_settings(train_rows, settings)
+    names = _stage_names(settings)
+    done = {s["stage"]: s for s in read_curve(out)}
+    start_model = settings.model
+    for name in names:
+        if name in done and name != "zero-shot":
+            start_model = str(out / STAGES_DIR / name / "model")
+    tokenizer, model = _load(start_model)
+    pad_id = tokenizer.pad_token_id
+    t0 = time.time()
+    n_train = len(train_rows)
+    for name in names:
+        order = _stage_order(name)
+        if name in done:
+            log.info("stage %s already done; skipping", name)
+            continue
+        stage_seed = settings.seed * 1_000 + order
+        torch.manual_seed(stage_seed)
+        started = time.time()
+        info: dict[str, Any] = {"stage": name, "order": order, "seed": stage_seed}
+        target = out / STAGES_DIR / name
+        # only the main process writes the stage folder; the others work in a scratch folder
+        with (atomic_dir(target) if main else tempfile.TemporaryDirectory()) as tmp_name:
+            tmp = Path(tmp_name)
+            samples: list[Example] = []
+            if name != "zero-shot":
+                if name == "warmup":
+                    if hook:
+                        hook(name, "estep", 0)
+                    share = _shard(train_rows, accelerator)
+                    mine, report = _seed_episodes(settings, share, searcher)
+                    info["seeds"] = report      # (distributed: the main process's share)
+                    questions = {_group(r) for r in share}
+                    samples, skipped = make_examples(tokenizer, mine, replace_answer=False,
+                                                     max_length=settings.max_length)
+                    sizes: dict[str, int] = {}
+                    for e in samples:
+                        sizes[e.group] = sizes.get(e.group, 0) + 1
+                    for e in samples:
+                        e.weight = 1.0 / sizes[e.group]
+                    epochs = settings.warmup_epochs
+                else:
+                    iteration = int(name.split("-")[1])
+                    rows = _iteration_rows(train_rows, settings, iteration, n_train)
+                    rows = _shard(rows, accelerator)
+                    questions = {_group(r) for r in rows}
+                    if hook:
+                        hook(name, "estep", 0)
+                    samples, skipped, estats = e_step(model, tokenizer, rows, settings, searcher,
+                                                      agent_settings, accelerator,
+                                                      seed=stage_seed)
+                    info["estep"] = estats
+                    epochs = settings.epochs
+                info["skipped_too_long"] = skipped
+                train_on = [e for e in samples if e.weight >= settings.min_weight]
+                info["examples"] = len(samples)
+                info["examples_trained"] = len(train_on)
+                model, optimizer = _prepare(model, settings, accelerator)
+                info["loss_before"] = mean_weighted_loss(model, samples, pad_id, settings.micro_batch) \
+                    if samples else None
+                steps = fit(model, train_on, pad_id, accelerator=accelerator, optimizer=optimizer,
+                            epochs=epochs, questions_per_step=settings.questions_per_step,
+                            micro_batch=settings.micro_batch, seed=stage_seed, groups=questions,
+                            on_step=(lambda n, _name=name: hook(_name, "mstep", n)) if hook else None)
+                info["step_losses"] = steps
+                info["loss_after"] = mean_weighted_loss(model, samples, pad_id, settings.micro_batch) \
+                    if samples else None
+                if name != "warmup" and samples:
+                    after = answer_logliks(accelerator.unwrap_model(model), samples, pad_id,
+                                           micro_batch=settings.micro_batch)
+                    info["weights_after"] = importance_weights(
+                        after, [e.group for e in samples], settings.weight_temperature)
+                    info["weights"] = [e.weight for e in samples]
+                model = _finish(model, accelerator, settings)
+                if main:
+                    save_hf(model, tokenizer, tmp / "model")
+                    with open(tmp / "samples.jsonl", "w", encoding="utf-8") as fh:
+                        for e in samples:
+                            fh.write(json.dumps({**e.record, "group": e.group, "weight": e.weight,
+                                                 "loglik": e.loglik}) + "\n")
+            accelerator.wait_for_everyone()
+            if main:
+                report = evaluate_agent(
+                    TransformersGenerator(model, tokenizer), eval_rows, out_dir=tmp / "eval",
+                    max_new_tokens=settings.max_new_tokens, batch_size=settings.gen_batch_size,
+                    references=settings.eval_references and name == "zero-shot", plot=False,
+                    searcher=searcher, settings=_row_settings(eval_rows, settings),
+                    progress=settings.progress, name=name)
+                info["eval"] = report["summary"]
+                if report.get("systems"):
+                    info["systems"] = report["systems"]
+                info["seconds"] = time.time() - started
+                if hook:
+                    hook(name, "done", 0)
+                write_atomic(tmp / "stage.json", json.dumps(info, indent=2))
+        accelerator.wait_for_everyone()
+        if main:
+            curve = _write_curve(out)
+            ev = info.get("eval") or {}
+            print(f"[exsearch] {name}: EM {ev.get('em', float('nan')):.3f}  F1 "
+                  f"{ev.get('f1', float('nan')):.3f}  searches {ev.get('n_search', float('nan')):.2f}"
+                  + (f"  weighted loss {info['loss_before']:.3f} → {info['loss_after']:.3f}"
+                     if info.get("loss_before") is not None else "")
+                  + f"  ({info['seconds']:.0f}s)", flush=True)
+    curve = read_curve(out)
+    last = next((s["stage"] for s in reversed(curve) if s["stage"] != "zero-shot"), None)
+    model_dir = out / STAGES_DIR / last / "model" if last else Path(settings.model)
+    return ExSearchResult(out, model_dir, curve, time.time() - t0, main)
+
+
+def _shard(rows, accelerator):
+    """This process's rows: an equal share for every process (the remainder is left out)."""
+    n = accelerator.num_processes
+    rows = list(rows)[: len(rows) - len(rows) % n] if n > 1 else list(rows)
+    return rows[accelerator.process_index::n]
+
+
+def _iteration_rows(rows, settings: ExSearchSettings, iteration: int, n: int):
+    per = settings.questions_per_iteration
+    if not per or per >= n:
+        return list(rows)
+    start = ((iteration - 1) * per) % n
+    return [rows[(start + i) % n] for i in range(per)]
+
+
+def _prepare(model, settings: ExSearchSettings, accelerator):
+    import torch
+
+    if settings.lora:
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=settings.learning_rate, weight_decay=0.0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer
+
+
+def _finish(model, accelerator, settings: ExSearchSettings):
+    """The plain model after a stage (unwrapped; LoRA merged)."""
+    model = accelerator.unwrap_model(model)
+    if settings.lora:
+        model = model.merge_and_unload()
+    accelerator.free_memory()
+    return model
+
+
+def e_step(model, tokenizer, rows, settings: ExSearchSettings, searcher,
+           agent_settings: P.AgentSettings | None, accelerator, *, seed: int
+           ) -> tuple[list[Example], int, dict[str, Any]]:
+    """Sample K trajectories per row with the current policy, score ``log p(y|x,z)`` with the
+    gold answer in place, and weight them per question. Episodes whose search failed are left
+    out (the environment's failure, not the policy's)."""
+    generator = TransformersGenerator(accelerator.unwrap_model(model), tokenizer)
+    decoding = Decoding(max_new_tokens=settings.max_new_tokens, greedy=False,
+                        temperature=settings.temperature, top_p=settings.top_p, seed=seed)
+    episodes = episodes_from_rows(rows, repeat=settings.samples, settings=agent_settings)
+    EpisodeRunner(generator, searcher, decoding=decoding, batch_size=settings.gen_batch_size,
+                  progress=settings.progress).run(episodes)
+    usable = [ep for ep in episodes if not ep.search_error]
+    examples, skipped = make_examples(tokenizer, usable, replace_answer=True,
+                                      max_length=settings.max_length)
+    logliks = answer_logliks(accelerator.unwrap_model(model), examples, tokenizer.pad_token_id,
+                             micro_batch=settings.micro_batch)
+    weights = importance_weights(logliks, [e.group for e in examples], settings.weight_temperature)
+    for e, ll, w in zip(examples, logliks, weights):
+        e.loglik, e.weight = ll, w
+    em = [exact_match(ep.answer, gold_answers(ep.row)) for ep in episodes]
+    stats = {"questions": len(rows), "episodes": len(episodes),
+             "search_errors": len(episodes) - len(usable),
+             "sample_em": sum(em) / max(len(em), 1),
+             "mean_searches": sum(ep.n_search for ep in episodes) / max(len(episodes), 1),
+             "mean_loglik": sum(logliks) / max(len(logliks), 1) if logliks else None,
+             "max_weight_mean": _mean_max_weight(examples)}
+    return examples, skipped, stats
+
+
+def _mean_max_weight(examples: Sequence[Example]) -> float | None:
+    top: dict[str, float] = {}
+    for e in examples:
+        top[e.group] = max(top.get(e.group, 0.0), e.weight)
+    return sum(top.values()) / len(top) if top else None

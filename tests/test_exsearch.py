@@ -1,0 +1,240 @@
+"""ExSearch: importance weights, loss masks, one E+M iteration, resume, seed sources."""
+import json
+import math
+
+import pytest
+
+from deepretrieval.agent.runner import run_rows
+from deepretrieval.catalog import bundled_rows
+from deepretrieval.core import agent_protocol as P
+from deepretrieval.data.closed_world import OraclePolicy
+from deepretrieval.train import exsearch as X
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from deepretrieval.testing.tiny_model import tiny_model_path
+    return str(tiny_model_path(tmp_path_factory.getbasetemp() / "tiny-models"))
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return bundled_rows("agent_closedworld", "train")
+
+
+# ---- weights -------------------------------------------------------------------------------
+
+def test_weights_sum_to_one_per_question_and_favour_the_best_supported():
+    logliks = [-5.0, -1.0, -3.0, -2.0, -0.5, -7.0]
+    groups = ["a", "a", "a", "b", "b", "c"]
+    w = X.importance_weights(logliks, groups)
+    for g in "abc":
+        assert math.isclose(sum(x for x, gg in zip(w, groups) if gg == g), 1.0, rel_tol=1e-12)
+    assert max(w[:3]) == w[1] and w[1] > w[2] > w[0]
+    assert w[4] > w[3]
+    assert w[5] == 1.0                      # a question with one trajectory
+    # the formula: softmax of loglik / tau
+    z = math.exp(-5) + math.exp(-1) + math.exp(-3)
+    assert math.isclose(w[1], math.exp(-1) / z, rel_tol=1e-12)
+    # temperature: larger flattens, smaller sharpens, the order stays
+    flat = X.importance_weights(logliks, groups, temperature=10.0)
+    sharp = X.importance_weights(logliks, groups, temperature=0.1)
+    assert sharp[1] > w[1] > flat[1] > 1 / 3
+    assert flat[1] > flat[2] > flat[0]
+
+
+def test_weights_edge_cases():
+    w = X.importance_weights([-math.inf, -2.0, -math.inf, -math.inf], ["a", "a", "b", "b"])
+    assert w == [0.0, 1.0, 0.5, 0.5]
+    w = X.importance_weights([-1e6, -1e6 - 1], ["a", "a"])   # no underflow
+    assert math.isclose(w[0], 1 / (1 + math.exp(-1)))
+    with pytest.raises(ValueError):
+        X.importance_weights([1.0], ["a"], temperature=0)
+    with pytest.raises(ValueError):
+        X.importance_weights([float("nan")], ["a"])
+    with pytest.raises(ValueError):
+        X.importance_weights([1.0, 2.0], ["a"])
+
+
+# ---- masks ---------------------------------------------------------------------------------
+
+def _oracle_episodes(rows, n=3):
+    return run_rows(OraclePolicy(), rows[:n])
+
+
+def test_gold_answer_replaces_the_final_answer(rows):
+    ep = _oracle_episodes(rows, 1)[0]
+    pieces = X.gold_pieces(ep, "Gold Name")
+    text = "".join(t for t, _ in pieces)
+    assert text.endswith("<answer>Gold Name</answer>")
+    assert P.final_answer(text) == "Gold Name"
+    assert text.count("<answer>") == 1
+    assert [t for t, k in pieces if k == "answer"] == ["Gold Name"]
+    injected = "".join(t for t, k in pieces if k == "injected")
+    assert injected and all(t in ep.text for t, k in pieces if k == "injected")
+    # an episode ended by the turn budget (search refused): refusal dropped, answer appended
+    from deepretrieval.agent.runner import Episode, Segment
+    cut = Episode(ep.messages, ep.index, ep.settings, "", ep.row, segments=[
+        Segment("<think>x</think><search>q</search>", False),
+        Segment(P.information("Doc 1: passage"), True),
+        Segment("<think>y</think><search>again</search>", False),
+        Segment(P.information(ep.settings.refusal_message), True)])
+    text = "".join(t for t, _ in X.gold_pieces(cut, "G"))
+    assert text.endswith("<think>y</think><answer>G</answer>")
+    assert ep.settings.refusal_message not in text and "again" not in text
+
+
+def test_masked_tokens_contribute_exactly_zero_loss(tiny, rows):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    eps = _oracle_episodes(rows, 2)
+    examples, skipped = X.make_examples(tok, eps, replace_answer=True, max_length=4096)
+    assert skipped == 0 and len(examples) == 2
+    ex = examples[0]
+    prompt_ids = tok(X.prompt_text(tok, eps[0]), add_special_tokens=False)["input_ids"]
+    assert ex.input_ids[:len(prompt_ids)] == prompt_ids
+    assert all(lab == X.IGNORE for lab in ex.labels[:len(prompt_ids)])
+    # labels are -100 exactly on prompt + injected tokens (the runner's own token mask)
+    _, traj_mask = eps[0].token_ids(tok)
+    n_injected = sum(1 for m in traj_mask if m == 0)
+    assert n_injected > 0
+    n_ignored = sum(1 for lab in ex.labels if lab == X.IGNORE)
+    injected_ids = sum(len(tok(t, add_special_tokens=False)["input_ids"])
+                       for t, k in X.gold_pieces(eps[0], eps[0].row["reward_model"]["ground_truth"]["target"][0])
+                       if k == "injected")
+    assert injected_ids == n_injected and n_ignored == len(prompt_ids) + n_injected
+
+    # gradient of the loss w.r.t. the logits: zero on every position whose target is masked
+    ids, labels, _, attention = X._batch(examples, tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        base = model(input_ids=ids, attention_mask=attention).logits
+    leaf = base.clone().requires_grad_(True)
+
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids=None, attention_mask=None):
+            return type("Out", (), {"logits": leaf})()
+
+    for e in examples:
+        e.weight = 0.5
+    loss = [None]
+
+    def backward(value):
+        loss[0] = value
+        value.backward()
+
+    X.weighted_loss(Fixed(), examples, tok.pad_token_id, n_questions=1, micro_batch=8,
+                    backward=backward)
+    grad = leaf.grad[:, :-1].abs().sum(-1)          # position t predicts token t+1
+    target_masked = labels[:, 1:] == X.IGNORE
+    assert torch.all(grad[target_masked] == 0)
+    assert torch.all(grad[~target_masked] > 0)
+    # and the value is the mean token NLL over model-written tokens only
+    logp = torch.log_softmax(base[:, :-1], -1).gather(-1, labels[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    keep = ~target_masked
+    manual = sum(0.5 * float(-(logp[i][keep[i]]).mean()) for i in range(len(examples)))
+    assert math.isclose(float(loss[0].detach()), manual, rel_tol=1e-5)
+
+
+# ---- one E+M iteration, resume ---------------------------------------------------------------
+
+def _settings(tiny, out, **kw):
+    base = {"model": tiny, "output_dir": str(out), "iterations": 1, "samples": 3,
+            "temperature": 1.0, "max_new_tokens": 8, "max_turns": 2, "learning_rate": 5e-3,
+            "seeds": "none", "eval_zero_shot": False, "eval_limit": 1, "questions_per_step": 2,
+            "micro_batch": 6, "gen_batch_size": 16, "progress": False, "seed": 3}
+    base.update(kw)
+    return X.ExSearchSettings(**base)
+
+
+def _model_state(path):
+    from safetensors.torch import load_file
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_one_iteration_changes_weights_and_lowers_the_weighted_loss(tiny, rows, tmp_path):
+    settings = _settings(tiny, tmp_path / "a")
+    result = X.train_exsearch(rows[:3], rows[4:5], settings)
+    stage = json.loads((tmp_path / "a" / "stages" / "iter-1" / "stage.json").read_text())
+    assert stage["estep"]["questions"] == 3 and stage["estep"]["episodes"] == 9
+    assert stage["loss_after"] < stage["loss_before"]
+    w, after = stage["weights"], stage["weights_after"]
+    groups = [json.loads(line)["group"] for line in
+              (tmp_path / "a" / "stages" / "iter-1" / "samples.jsonl").read_text().splitlines()]
+    for g in set(groups):
+        assert math.isclose(sum(x for x, gg in zip(w, groups) if gg == g), 1.0, rel_tol=1e-9)
+        assert math.isclose(sum(x for x, gg in zip(after, groups) if gg == g), 1.0, rel_tol=1e-9)
+    assert max(abs(a - b) for a, b in zip(w, after)) > 1e-4
+    before, trained = _model_state_of(tiny), _model_state(result.model_dir)
+    assert any(not torch.equal(before[k], trained[k]) for k in trained)
+    assert [s["stage"] for s in result.curve] == ["iter-1"]
+    assert "em" in result.curve[0]["eval"]
+    assert (tmp_path / "a" / "curve.md").read_text().count("iter-1") == 1
+
+    # interrupted in the middle of the M-step, then resumed: the same result
+    def crash(stage, phase, step):
+        if phase == "mstep" and step == 1:
+            raise X.Interrupt("simulated crash")
+
+    with pytest.raises(X.Interrupt):
+        X.train_exsearch(rows[:3], rows[4:5], _settings(tiny, tmp_path / "b"), hook=crash)
+    assert not (tmp_path / "b" / "stages" / "iter-1").exists()   # nothing half-written
+    resumed = X.train_exsearch(rows[:3], rows[4:5], _settings(tiny, tmp_path / "b"))
+    again = json.loads((tmp_path / "b" / "stages" / "iter-1" / "stage.json").read_text())
+    assert again["weights"] == stage["weights"]
+    assert again["loss_after"] == stage["loss_after"]
+    assert again["eval"] == stage["eval"]
+    a, b = _model_state(result.model_dir), _model_state(resumed.model_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a finished stage is not redone; other settings are refused
+    calls = []
+    X.train_exsearch(rows[:3], rows[4:5], _settings(tiny, tmp_path / "b"),
+                     hook=lambda *a: calls.append(a))
+    assert calls == []
+    with pytest.raises(ValueError, match="other settings"):
+        X.train_exsearch(rows[:3], rows[4:5], _settings(tiny, tmp_path / "b", samples=2))
+
+
+def _model_state_of(path):
+    from pathlib import Path
+    return _model_state(Path(path))
+
+
+def test_cli_warmup_on_oracle_seeds(tiny, tmp_path, capsys):
+    """``train --engine exsearch`` (in-process search): oracle seeds, a warm-up that lowers its
+    loss, evaluated; a non-agentic task is a clear error."""
+    from deepretrieval.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["train", "--engine", "exsearch", "--task", "agent_closedworld", "--model", tiny,
+               "--no-service", "--out", str(out), "--iterations", "0", "--no-zero-shot",
+               "--limit", "4", "--eval-limit", "1", "--max-turns", "2", "--turn-tokens", "8",
+               "--warmup-epochs", "2", "--questions-per-step", "2", "--lr", "2e-3"])
+    assert rc == 0
+    stage = json.loads((out / "stages" / "warmup" / "stage.json").read_text())
+    assert stage["seeds"]["kept"] == 4 and stage["seeds"]["source"] == "oracle"
+    assert stage["loss_after"] < stage["loss_before"]
+    assert len(stage["step_losses"]) == 4          # 2 epochs x 2 steps of 2 questions
+    assert (out / "stages" / "warmup" / "model" / "config.json").is_file()
+    assert "| warmup |" in capsys.readouterr().out
+    assert main(["train", "--engine", "exsearch", "--task", "scifact", "--model", tiny,
+                 "--no-service", "--out", str(tmp_path / "bad")]) == 2
+    assert "not an agentic task" in capsys.readouterr().err
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="seed source"):
+        X.ExSearchSettings(model="m", output_dir="o", seeds="magic")
+    with pytest.raises(ValueError, match="teacher_model"):
+        X.ExSearchSettings(model="m", output_dir="o", seeds="teacher")
+    with pytest.raises(ValueError, match="weight_temperature"):
+        X.ExSearchSettings(model="m", output_dir="o", weight_temperature=0)
