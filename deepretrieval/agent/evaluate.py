@@ -31,7 +31,7 @@ from deepretrieval.agent.runner import (
 from deepretrieval.catalog import get_searcher
 from deepretrieval.core import agent_protocol as P
 from deepretrieval.core import settings as env_settings
-from deepretrieval.core.io import append_json_lines, write_atomic
+from deepretrieval.core.io import DeferredJson, append_json_lines, write_atomic
 from deepretrieval.evaluation.harness import (
     GENERATIONS,
     _json_default,
@@ -169,14 +169,8 @@ def evaluate_agent(model: Any, rows: Sequence[Mapping[str, Any]], *,
               "agent": episodes[0].settings.to_dict()}
     out = Path(out_dir) if out_dir is not None else None
     done: dict[str, dict] = {}
-    run_written = False
-
-    def write_run_file() -> None:  # with the first finished rows: a failed start leaves nothing
-        nonlocal run_written
-        if out is not None and not run_written:
-            out.mkdir(parents=True, exist_ok=True)
-            write_atomic(run_file, json.dumps(config, indent=2))
-            run_written = True
+    # run.json is written with the first finished rows: a failed start leaves nothing
+    run_record = DeferredJson(out / "run.json" if out is not None else None, config)
 
     if out is not None:
         run_file = out / "run.json"
@@ -210,7 +204,7 @@ def evaluate_agent(model: Any, rows: Sequence[Mapping[str, Any]], *,
             for rec in new:
                 done[rec["key"]] = rec
             if out is not None:
-                write_run_file()
+                run_record.write()
                 append_json_lines(out / GENERATIONS, new, default=_json_default)
             if bar:
                 bar.update(len(idx))
@@ -241,7 +235,7 @@ def evaluate_agent(model: Any, rows: Sequence[Mapping[str, Any]], *,
     report["records"] = records
     report["reference_records"] = reference_records
     if out is not None:
-        write_run_file()
+        run_record.write()
         files = write_report({k: v for k, v in report.items() if k != "reference_records"}, out, plot=plot)
         for ref, recs in reference_records.items():
             path = out / REFERENCE_FILES[ref]

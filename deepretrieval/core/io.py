@@ -117,6 +117,23 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     return Path(path)
 
 
+class DeferredJson:
+    """A JSON file written atomically (folders made) on the first :meth:`write` only — e.g. a
+    run's ``run.json`` written with its first finished rows, so a run that fails before any
+    result leaves nothing behind. ``path`` None: writing does nothing."""
+
+    def __init__(self, path: str | os.PathLike | None, value) -> None:
+        self.path = Path(path) if path is not None else None
+        self.value = value
+        self.written = False
+
+    def write(self) -> None:
+        if self.path is not None and not self.written:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, json.dumps(self.value, indent=2))
+            self.written = True
+
+
 def append_json_lines(path: str | os.PathLike, values: Iterable, default=None) -> None:
     """Append values as JSON lines and fsync, so what a resumable run has written survives a
     crash."""

@@ -29,7 +29,7 @@ from deepretrieval.core.answer import (
     extract_reasoning_lenient,
     parse_answer,
 )
-from deepretrieval.core.io import append_json_lines, save_figure, write_atomic
+from deepretrieval.core.io import DeferredJson, append_json_lines, save_figure, write_atomic
 from deepretrieval.data.original import original_prompt
 from deepretrieval.generation.decoding import Decoding, Prompt, stop_rules
 from deepretrieval.generation.factory import make_generator
@@ -329,14 +329,8 @@ def evaluate_model(model: Any, rows: Sequence[Mapping[str, Any]], *, out_dir: st
 
     out = Path(out_dir) if out_dir is not None else None
     done: dict[str, dict] = {}
-    run_written = False
-
-    def write_run_file() -> None:  # with the first finished rows: a failed start leaves nothing
-        nonlocal run_written
-        if out is not None and not run_written:
-            out.mkdir(parents=True, exist_ok=True)
-            write_atomic(run_file, json.dumps(config, indent=2))
-            run_written = True
+    # run.json is written with the first finished rows: a failed start leaves nothing
+    run_record = DeferredJson(out / "run.json" if out is not None else None, config)
 
     if out is not None:
         run_file, gen_file = out / "run.json", out / GENERATIONS
@@ -393,7 +387,7 @@ def evaluate_model(model: Any, rows: Sequence[Mapping[str, Any]], *, out_dir: st
                 new_records.append(record)
                 done[keys[i]] = record
             if out is not None:
-                write_run_file()
+                run_record.write()
                 append_json_lines(out / GENERATIONS, new_records, default=_json_default)
             if bar:
                 bar.update(len(batch))
@@ -417,7 +411,7 @@ def evaluate_model(model: Any, rows: Sequence[Mapping[str, Any]], *, out_dir: st
     systems[system] = report["summary"]
     report["systems"] = systems
     if out is not None:
-        write_run_file()
+        run_record.write()
         report["files"] = write_report(report, out, plot=plot)
     return report
 

@@ -73,3 +73,17 @@ api_eval() {
   fi
   exec "${DEEPRETRIEVAL:-deepretrieval}" eval "${args[@]}" "$@"
 }
+
+# api_eval_dataset PROVIDER DEFAULT_MODEL_NAME TASK_SUFFIX ROWS_PATTERN DATASET [MODEL_NAME] [options]
+# The BM25/ and Dense/ API baselines' command line: the task is DATASET + TASK_SUFFIX, the
+# original's rows file ROWS_PATTERN with %s = DATASET.
+api_eval_dataset() {
+  local provider=$1 name=$2 task_suffix=$3 rows_pattern=$4
+  shift 4
+  [[ $# -ge 1 && "$1" != -* ]] || _usage
+  local dataset=$1
+  shift
+  if [[ $# -ge 1 && "$1" != -* ]]; then name=$1; shift; fi
+  # shellcheck disable=SC2059
+  api_eval "$provider" "${dataset}${task_suffix}" "$(printf "$rows_pattern" "$dataset")" "$name" "$@"
+}

@@ -8,8 +8,4 @@
 # env: ANTHROPIC_API_KEY; ROWS (default data/local_index_search/no_reason/BM25/$DATASET/test.parquet if present)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../../lib/eval.sh"
-[[ $# -ge 1 && "$1" != -* ]] || _usage
-DATASET=$1; shift
-NAME="claude-3.5"
-if [[ $# -ge 1 && "$1" != -* ]]; then NAME=$1; shift; fi
-api_eval claude "${DATASET}_no_reason" "data/local_index_search/no_reason/BM25/$DATASET/test.parquet" "$NAME" "$@"
+api_eval_dataset claude "claude-3.5" "_no_reason" "data/local_index_search/no_reason/BM25/%s/test.parquet" "$@"

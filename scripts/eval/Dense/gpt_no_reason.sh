@@ -8,8 +8,4 @@
 # env: OPENAI_API_KEY, OPENAI_BASE_URL; ROWS (default data/local_index_search/no_reason/Dense/$DATASET/test.parquet if present)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../../lib/eval.sh"
-[[ $# -ge 1 && "$1" != -* ]] || _usage
-DATASET=$1; shift
-NAME="gpt-4o"
-if [[ $# -ge 1 && "$1" != -* ]]; then NAME=$1; shift; fi
-api_eval openai "${DATASET}_dense_no_reason" "data/local_index_search/no_reason/Dense/$DATASET/test.parquet" "$NAME" "$@"
+api_eval_dataset openai "gpt-4o" "_dense_no_reason" "data/local_index_search/no_reason/Dense/%s/test.parquet" "$@"
