@@ -66,10 +66,11 @@ def test_prepare_errors(spider_dir, tmp_path, capsys):
     assert main(["prepare", "spider", "--spider-dir", str(spider_dir), "--out", str(tmp_path / "o")]) == 2
     assert "example 0 has no 'query' string" in capsys.readouterr().err
     (spider_dir / "dev.json").write_text(json.dumps([{"db_id": "nope", "question": "q", "query": "SELECT 1"}]))
-    with pytest.raises(SystemExit, match="none of the 1 questions"):
-        main(["prepare", "spider", "--spider-dir", str(spider_dir), "--out", str(tmp_path / "o")])
-    with pytest.raises(SystemExit, match="no database folder"):
-        main(["prepare", "spider", "--spider-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert main(["prepare", "spider", "--spider-dir", str(spider_dir), "--out", str(tmp_path / "o")]) == 2
+    assert "error: test: none of the 1 questions" in capsys.readouterr().err
+    assert main(["prepare", "spider", "--spider-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "no database folder" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_prepare_bird_layout(tmp_path, monkeypatch):
