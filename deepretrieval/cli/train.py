@@ -423,8 +423,8 @@ def register_quickstart(sub) -> None:
     p.add_argument("--num-generations", type=int, help="default 4 [4]")
     p.add_argument("--max-new-tokens", type=int,
                    help="longest completion while training (default 40) [the episode budget, 256]")
-    p.add_argument("--turn-tokens", type=int, default=32,
-                   help="[agentic] new tokens per model turn (default 32)")
+    p.add_argument("--turn-tokens", type=int, default=48,
+                   help="[agentic] new tokens per model turn (default 48)")
     p.add_argument("--max-turns", type=int, default=3,
                    help="[agentic] model turns per episode, so at most max-turns - 1 searches (default 3)")
     p.add_argument("--train-limit", type=int, help="[agentic] use only the first N train questions")

@@ -48,7 +48,7 @@ ZERO_SHOT, TRAINED = "zero-shot agent", "trained agent"
 QUICKSTART_TABLE = RewardTable(metric="f1", linear=True, format_ok=0.1, bonus_metric="hit",
                                bonus_value=0.3, bonus_needs_format=False)
 #: Defaults of the options the single-shot quickstart shares (the CLI fills them in).
-DEFAULTS = {"steps": 24, "lr": 3e-5, "temperature": 1.0, "prompts_per_step": 2,
+DEFAULTS = {"steps": 24, "lr": 3e-5, "temperature": 0.7, "prompts_per_step": 2,
             "num_generations": 4, "max_new_tokens": 256}
 COLUMNS = [("em", "EM"), ("f1", "F1"), ("hit", "hit"), ("n_search", "searches"),
            ("format_error_rate", "no answer")]
