@@ -7,8 +7,7 @@ import sys
 from deepretrieval.agent.evaluate import evaluate_agent
 from deepretrieval.agent.serve import SearchAgent
 from deepretrieval.catalog import get_task
-from deepretrieval.cli.inputs import texts_or_stdin
-from deepretrieval.evaluation.harness import summary_markdown
+from deepretrieval.cli.inputs import print_report, texts_or_stdin
 from deepretrieval.generation.api import LLMAPIError
 from deepretrieval.tasks.agentic import settings_for
 
@@ -103,10 +102,5 @@ def cmd_eval_agent(args, rows, out) -> int:
         print(f"error: {exc}\n(questions finished so far are kept in {out}; rerun to resume)",
               file=sys.stderr)
         return 1
-    if args.json:
-        json.dump({k: report[k] for k in ("task", "split", "name", "rows", "systems")}, sys.stdout, indent=2)
-        print()
-    else:
-        print(summary_markdown(report))
-        print(f"run folder: {out}")
+    print_report(report, out, args.json)
     return 0

@@ -9,7 +9,7 @@ from typing import Any
 
 from deepretrieval.catalog import bundled_rows, get_task, read_rows
 from deepretrieval.cli.agent import cmd_eval_agent
-from deepretrieval.cli.inputs import texts_or_stdin
+from deepretrieval.cli.inputs import print_report, texts_or_stdin
 from deepretrieval.core import settings
 from deepretrieval.evaluation.harness import (
     compare_runs,
@@ -169,12 +169,7 @@ def cmd_eval(args) -> int:
     except LLMAPIError as exc:
         print(f"error: {exc}\n(rows finished so far are kept in {out}; rerun to resume)", file=sys.stderr)
         return 1
-    if args.json:
-        json.dump({k: report[k] for k in ("task", "split", "name", "rows", "systems")}, sys.stdout, indent=2)
-        print()
-    else:
-        print(summary_markdown(report))
-        print(f"run folder: {out}")
+    print_report(report, out, args.json)
     return 0
 
 
