@@ -143,6 +143,28 @@ def test_topk_kernel_equals_bm25s_scoring(scifact_index, monkeypatch):
                        {d for d, s in zip(b.ids, b.scores) if s > cut}
 
 
+def test_reused_kernel_buffers_across_calls_and_threads(scifact_index):
+    """The kernel's per-thread buffers are reused: many single-query calls from several threads
+    at once give exactly what one batched call gives, and leave each buffer all zeros."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    queries = list(load_queries(collection_dir("scifact")).values())[:200]
+    expected = [(r.ids, r.scores) for r in scifact_index.search(queries, 50)]
+
+    def one_by_one(part):
+        got = [scifact_index.search([q], 50)[0] for q in part]
+        acc, _ = scifact_index._buffers()
+        return [(r.ids, r.scores) for r in got], bool(np.all(acc == 0))
+
+    with ThreadPoolExecutor(4) as pool:
+        parts = list(pool.map(one_by_one, [queries[i::4] for i in range(4)]))
+    for i, (got, clean) in enumerate(parts):
+        assert clean
+        assert got == expected[i::4]
+
+
 def test_fast_kernel_is_used(scifact_index, monkeypatch):
     """numba is a core dependency: searches go through our kernel (a bm25s upgrade that changes
     the score layout fails loudly in Bm25sScores instead of silently falling back)."""

@@ -88,6 +88,34 @@ def test_gold_answer_replaces_the_final_answer(rows):
     assert ep.settings.refusal_message not in text and "again" not in text
 
 
+def test_evidence_filter_keeps_only_trajectories_that_retrieved_the_answer(rows):
+    """Oracle episodes search the real closed-world index and find the answer; a trajectory that
+    answers without searching, or whose search returned passages without the answer, did not."""
+    from deepretrieval.agent.runner import Episode, Segment
+    from deepretrieval.agent.seeds import gold_answers
+    found = _oracle_episodes(rows, 2)
+    assert all(X.retrieved_answer(ep) for ep in found)
+    a, b = found
+    guess = Episode(a.messages, a.index, a.settings, "", a.row, segments=[
+        Segment("<think>I know it</think><answer>Somebody</answer>", False)])
+    other = next(ep for ep in _oracle_episodes(rows, 12)
+                 if not set(gold_answers(ep.row)) & set(gold_answers(b.row)))
+    block = next(blk for blk in P.injected_blocks(other.text) if "Doc 1:" in blk)
+    wrong = Episode(b.messages, b.index, b.settings, "", b.row, segments=[
+        Segment("<think>x</think><search>something</search>", False),
+        Segment(P.information(block), True),
+        Segment("<think>y</think><answer>Nobody</answer>", False)])
+    assert not X.retrieved_answer(guess) and not X.retrieved_answer(wrong)
+    eps = [a, guess, wrong]
+    assert X.evidence_kept(eps, "trajectory") == [a]
+    assert X.evidence_kept(eps, "question") == [a, guess]     # b's question had no evidence
+    assert X.evidence_kept(eps, "none") == eps
+    with pytest.raises(ValueError, match="known: trajectory, question, none"):
+        X.evidence_kept(eps, "best")
+    with pytest.raises(ValueError, match="evidence_filter"):
+        X.ExSearchSettings(model="m", output_dir="o", evidence_filter="best")
+
+
 def test_masked_tokens_contribute_exactly_zero_loss(tiny, rows):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -151,7 +179,8 @@ def _settings(tiny, out, **kw):
     base = {"model": tiny, "output_dir": str(out), "iterations": 1, "samples": 3,
             "temperature": 1.0, "max_new_tokens": 8, "max_turns": 2, "learning_rate": 5e-3,
             "seeds": "none", "eval_zero_shot": False, "eval_limit": 1, "questions_per_step": 2,
-            "micro_batch": 6, "gen_batch_size": 16, "progress": False, "seed": 3}
+            "micro_batch": 6, "gen_batch_size": 16, "progress": False, "seed": 3,
+            "evidence_filter": "none"}   # the random tiny model never retrieves an answer
     base.update(kw)
     return X.ExSearchSettings(**base)
 
@@ -238,3 +267,16 @@ def test_settings_are_checked():
         X.ExSearchSettings(model="m", output_dir="o", seeds="teacher")
     with pytest.raises(ValueError, match="weight_temperature"):
         X.ExSearchSettings(model="m", output_dir="o", weight_temperature=0)
+
+
+def test_an_iteration_whose_samples_found_no_evidence_trains_on_nothing(tiny, rows, tmp_path):
+    """The default filter on the random tiny model (it never searches its way to an answer):
+    the iteration keeps no trajectory, takes no optimizer step and leaves the model as it was."""
+    settings = _settings(tiny, tmp_path / "f", evidence_filter="trajectory")
+    result = X.train_exsearch(rows[:2], rows[4:5], settings)
+    stage = json.loads((tmp_path / "f" / "stages" / "iter-1" / "stage.json").read_text())
+    assert stage["estep"]["episodes"] == 6 and stage["estep"]["sample_hit"] == 0.0
+    assert stage["estep"]["episodes_kept"] == 0 and stage["estep"]["questions_kept"] == 0
+    assert stage["examples"] == 0 and stage["step_losses"] == [] and stage["loss_before"] is None
+    before, after = _model_state_of(tiny), _model_state(result.model_dir)
+    assert all(torch.equal(before[k], after[k]) for k in after)

@@ -43,8 +43,8 @@ from deepretrieval.evaluation.harness import (
 from deepretrieval.generation.decoding import Decoding
 from deepretrieval.generation.factory import make_generator
 from deepretrieval.rewards import score_batch
-from deepretrieval.tasks.agentic import CLOSED_BOOK, NAIVE_RAG, passages_of
-from deepretrieval.tasks.evidence import answers_from_ground_truth, has_answer
+from deepretrieval.tasks.agentic import CLOSED_BOOK, NAIVE_RAG, blocks_hold_answer
+from deepretrieval.tasks.evidence import answers_from_ground_truth
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,7 @@ def _score(rows: Sequence[Mapping[str, Any]], episodes: Sequence[Episode], mode:
             # the search happened before the model's turn: in its prompt, not its trajectory
             m["n_search"] = float(e.n_search)
             golds = answers_from_ground_truth(gt)
-            m["hit"] = float(any(has_answer(p, golds) for block in P.injected_blocks(e.messages[-1]["content"])
-                                 for p in passages_of(block)))
+            m["hit"] = float(blocks_hold_answer(P.injected_blocks(e.messages[-1]["content"]), golds))
             if e.search_error:
                 m["search_error"] = True
     return metrics

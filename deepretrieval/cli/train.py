@@ -27,7 +27,7 @@ from deepretrieval.train import agentic_quickstart, trl_agent
 from deepretrieval.train import quickstart as quickstart_mod
 from deepretrieval.train import verl as launcher
 from deepretrieval.train.export import checkpoint_kind, export_checkpoint
-from deepretrieval.train.exsearch import ExSearchSettings, train_exsearch
+from deepretrieval.train.exsearch import EVIDENCE_FILTERS, ExSearchSettings, train_exsearch
 from deepretrieval.train.models import resolve_model
 from deepretrieval.train.service import ManagedService, service_env, signals_raise
 from deepretrieval.train.trl_engine import TRLSettings, train_trl
@@ -96,6 +96,10 @@ def register(sub) -> None:
     x.add_argument("--top-k", type=int, help="passages per search (default: the rows')")
     x.add_argument("--weight-temperature", type=float, default=1.0,
                    help="tau of the importance weights softmax(log p(y|x,z) / tau) (default 1)")
+    x.add_argument("--evidence-filter", choices=EVIDENCE_FILTERS, default="trajectory",
+                   help="M-step data: trajectory (only sampled trajectories that retrieved a "
+                        "passage holding the gold answer; default), question (every sample of a "
+                        "question with such a trajectory) or none (every sample)")
     x.add_argument("--seeds", default="oracle",
                    help="warm-up trajectories: oracle (closed world), teacher (--teacher-model, "
                         "--teacher-url), jsonl:PATH, or none (default oracle)")
@@ -363,6 +367,7 @@ def _train_exsearch(args, task, model, out: Path) -> int:
         model=model, output_dir=str(out), iterations=args.iterations, samples=args.samples,
         temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.turn_tokens,
         max_turns=args.max_turns, top_k=args.top_k, weight_temperature=args.weight_temperature,
+        evidence_filter=args.evidence_filter,
         learning_rate=args.lr, warmup_epochs=args.warmup_epochs, epochs=args.epochs,
         questions_per_step=args.questions_per_step, micro_batch=args.micro_batch,
         questions_per_iteration=args.questions_per_iteration, lora=args.lora, lora_r=args.lora_r,

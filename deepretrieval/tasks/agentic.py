@@ -30,7 +30,7 @@ question), ``search_index``, ``top_k``, ``max_turns``, ``agent`` (the other prot
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,13 @@ def passages_of(block: str) -> list[str]:
     return [p.strip() for p in _DOC_PREFIX.split(block) if p.strip()]
 
 
+def blocks_hold_answer(blocks: Iterable[str], golds: Iterable[str]) -> bool:
+    """Does a passage of these rendered results blocks contain a gold answer (the ``hit``
+    metric)?"""
+    golds = list(golds)
+    return any(has_answer(p, golds) for block in blocks for p in passages_of(block))
+
+
 class AgenticFamily(Family):
     name = "agentic"
 
@@ -94,7 +101,7 @@ class AgenticFamily(Family):
     def score(self, task, plan, result, ground_truth, extra_info, mode):
         stats = P.trajectory_stats(plan.trajectory, plan.settings)
         golds = answers_from_ground_truth(ground_truth)
-        hit = any(has_answer(p, golds) for block in stats.passages for p in passages_of(block))
+        hit = blocks_hold_answer(stats.passages, golds)
         return {"format_ok": stats.answer is not None, "search_error": stats.search_error,
                 "em": exact_match(stats.answer, golds), "f1": f1_score(stats.answer, golds),
                 "n_search": float(stats.n_search), "turns": float(stats.turns),

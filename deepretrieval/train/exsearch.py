@@ -17,7 +17,10 @@ The agent's trajectory ``z`` (think, search, record, …) is a latent variable b
   best-supported one getting the largest weight. ``tau`` > 1 flattens, < 1 sharpens.
 * **M-step** — weighted fine-tuning on the sampled trajectories (gold answer in place):
   ``L = 1/Q sum_q sum_k w_qk * NLL_qk`` with ``NLL`` the mean token negative log-likelihood over
-  the model-written tokens (labels -100 on the prompt and on injected passages).
+  the model-written tokens (labels -100 on the prompt and on injected passages). By default
+  (``evidence_filter="trajectory"``) only trajectories whose searches retrieved a passage holding
+  the gold answer are weighted and trained on: with a weak policy, "the gold answer after passages
+  that do not contain it" teaches guessing (see docs/exsearch.md).
 
 A **warm-up** (the same loss, every seed trajectory of a question weighted equally) on seed
 trajectories — the closed-world oracle, an OpenAI-compatible teacher, or a user JSONL
@@ -65,6 +68,7 @@ from deepretrieval.core.io import atomic_dir, write_atomic
 from deepretrieval.core.qa_metrics import exact_match
 from deepretrieval.generation.decoding import Decoding
 from deepretrieval.generation.local import TransformersGenerator
+from deepretrieval.tasks.agentic import blocks_hold_answer
 from deepretrieval.train.export import save_hf
 from deepretrieval.train.trl_engine import bf16_supported
 
@@ -76,7 +80,10 @@ STAGES_DIR = "stages"
 #: progress — may change between runs).
 RESUME_KEYS = ("model", "samples", "temperature", "top_p", "max_new_tokens", "weight_temperature",
                "learning_rate", "warmup_epochs", "epochs", "questions_per_step", "lora", "seeds",
-               "seed", "questions_per_iteration", "max_turns", "top_k", "min_weight", "max_length")
+               "seed", "questions_per_iteration", "max_turns", "top_k", "min_weight", "max_length",
+               "evidence_filter")
+#: ``evidence_filter`` values: which sampled trajectories the M-step may train on.
+EVIDENCE_FILTERS = ("trajectory", "question", "none")
 
 
 @dataclass
@@ -94,6 +101,7 @@ class ExSearchSettings:
     top_k: int | None = None
     weight_temperature: float = 1.0     # tau of the importance weights
     min_weight: float = 1e-4            # trajectories weighted below this are not trained on
+    evidence_filter: str = "trajectory"  # trajectory | question | none (see e_step)
     learning_rate: float = 1e-5
     warmup_epochs: int = 1
     epochs: int = 1                     # M-step epochs over the iteration's samples
@@ -132,6 +140,9 @@ class ExSearchSettings:
             raise ValueError("learning_rate must be > 0")
         if self.questions_per_step < 1 or self.micro_batch < 1:
             raise ValueError("questions_per_step and micro_batch must be >= 1")
+        if self.evidence_filter not in EVIDENCE_FILTERS:
+            raise ValueError(f"unknown evidence_filter {self.evidence_filter!r}; known: "
+                             f"{', '.join(EVIDENCE_FILTERS)}")
         kind = self.seeds.split(":", 1)[0]
         if kind not in (*SOURCES, "none"):
             raise ValueError(f"unknown seed source {self.seeds!r}; known: oracle, teacher, "
@@ -380,13 +391,14 @@ class Interrupt(Exception):
 
 def fit(model, examples: Sequence[Example], pad_id: int, *, accelerator, optimizer, epochs: int,
         questions_per_step: int, micro_batch: int, seed: int, groups: Sequence[str] | None = None,
-        on_step: Callable[[int], None] | None = None) -> list[float]:
+        on_step: Callable[[int], None] | None = None, label: str | None = None) -> list[float]:
     """Weighted fine-tuning: per epoch, questions shuffled (seeded), one optimizer step per
     ``questions_per_step`` questions with all their examples. Returns the step losses.
 
     ``groups``: the questions this process was given (default: those of the examples). Every
     process of a distributed run is given as many, so all take the same number of steps; a step
-    whose questions left no example runs a zero-loss forward (gradients are still averaged)."""
+    whose questions left no example runs a zero-loss forward (gradients are still averaged).
+    ``label``: print a progress line per optimizer step under this name."""
     by_group: dict[str, list[Example]] = {}
     for e in examples:
         by_group.setdefault(e.group, []).append(e)
@@ -395,6 +407,8 @@ def fit(model, examples: Sequence[Example], pad_id: int, *, accelerator, optimiz
     losses: list[float] = []
     model.train()
     step = 0
+    total = max(0, epochs) * math.ceil(len(groups) / questions_per_step)
+    started = time.time()
     for _ in range(max(0, epochs)):
         order = groups[:]
         rng.shuffle(order)
@@ -409,6 +423,9 @@ def fit(model, examples: Sequence[Example], pad_id: int, *, accelerator, optimiz
             optimizer.step()
             step += 1
             losses.append(loss)
+            if label:
+                print(f"[exsearch] {label}: step {step}/{total}  weighted loss {loss:.3f}  "
+                      f"({time.time() - started:.0f}s)", flush=True)
             if on_step is not None:
                 on_step(step)
     optimizer.zero_grad(set_to_none=True)
@@ -592,6 +609,10 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
                                                       agent_settings, accelerator,
                                                       seed=stage_seed)
                     info["estep"] = estats
+                    if accelerator.num_processes == 1:
+                        # steps only over the questions the evidence filter kept (a distributed
+                        # run keeps every process's share so that all take the same steps)
+                        questions = {e.group for e in samples}
                     epochs = settings.epochs
                 info["skipped_too_long"] = skipped
                 train_on = [e for e in samples if e.weight >= settings.min_weight]
@@ -603,7 +624,8 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
                 steps = fit(model, train_on, pad_id, accelerator=accelerator, optimizer=optimizer,
                             epochs=epochs, questions_per_step=settings.questions_per_step,
                             micro_batch=settings.micro_batch, seed=stage_seed, groups=questions,
-                            on_step=(lambda n, _name=name: hook(_name, "mstep", n)) if hook else None)
+                            on_step=(lambda n, _name=name: hook(_name, "mstep", n)) if hook else None,
+                            label=name if settings.progress and main else None)
                 info["step_losses"] = steps
                 info["loss_after"] = mean_weighted_loss(model, samples, pad_id, settings.micro_batch) \
                     if samples else None
@@ -687,12 +709,37 @@ def _finish(model, accelerator, settings: ExSearchSettings):
     return model
 
 
+def retrieved_answer(episode: Episode) -> bool:
+    """Did a search of the episode return a passage holding a gold answer?"""
+    stats = P.trajectory_stats(episode.text, episode.settings)
+    return blocks_hold_answer(stats.passages, gold_answers(episode.row))
+
+
+def evidence_kept(episodes: Sequence[Episode], how: str) -> list[Episode]:
+    """The episodes the M-step may learn from under ``evidence_filter`` = ``how``:
+
+    * ``trajectory`` — only trajectories whose searches retrieved a passage holding a gold
+      answer (the gold answer then follows evidence for it, never passages without it);
+    * ``question`` — every trajectory of a question for which at least one sample retrieved
+      such a passage;
+    * ``none`` — every trajectory (plain importance-weighted EM)."""
+    if how not in EVIDENCE_FILTERS:
+        raise ValueError(f"unknown evidence filter {how!r}; known: {', '.join(EVIDENCE_FILTERS)}")
+    if how == "none":
+        return list(episodes)
+    found = [retrieved_answer(ep) for ep in episodes]
+    if how == "trajectory":
+        return [ep for ep, f in zip(episodes, found) if f]
+    with_evidence = {_group(ep.row) for ep, f in zip(episodes, found) if f}
+    return [ep for ep in episodes if _group(ep.row) in with_evidence]
+
+
 def e_step(model, tokenizer, rows, settings: ExSearchSettings, searcher,
            agent_settings: P.AgentSettings | None, accelerator, *, seed: int
            ) -> tuple[list[Example], int, dict[str, Any]]:
-    """Sample K trajectories per row with the current policy, score ``log p(y|x,z)`` with the
-    gold answer in place, and weight them per question. Episodes whose search failed are left
-    out (the environment's failure, not the policy's)."""
+    """Sample K trajectories per row with the current policy, keep those the evidence filter
+    allows, score ``log p(y|x,z)`` with the gold answer in place, and weight them per question.
+    Episodes whose search failed are left out (the environment's failure, not the policy's)."""
     generator = TransformersGenerator(accelerator.unwrap_model(model), tokenizer)
     decoding = Decoding(max_new_tokens=settings.max_new_tokens, greedy=False,
                         temperature=settings.temperature, top_p=settings.top_p, seed=seed)
@@ -700,7 +747,8 @@ def e_step(model, tokenizer, rows, settings: ExSearchSettings, searcher,
     EpisodeRunner(generator, searcher, decoding=decoding, batch_size=settings.gen_batch_size,
                   progress=settings.progress).run(episodes)
     usable = [ep for ep in episodes if not ep.search_error]
-    examples, skipped = make_examples(tokenizer, usable, replace_answer=True,
+    kept = evidence_kept(usable, settings.evidence_filter)
+    examples, skipped = make_examples(tokenizer, kept, replace_answer=True,
                                       max_length=settings.max_length)
     logliks = answer_logliks(accelerator.unwrap_model(model), examples, tokenizer.pad_token_id,
                              micro_batch=settings.micro_batch)
@@ -708,10 +756,15 @@ def e_step(model, tokenizer, rows, settings: ExSearchSettings, searcher,
     for e, ll, w in zip(examples, logliks, weights):
         e.loglik, e.weight = ll, w
     em = [exact_match(ep.answer, gold_answers(ep.row)) for ep in episodes]
+    hits = [retrieved_answer(ep) for ep in usable]
     stats = {"questions": len(rows), "episodes": len(episodes),
              "search_errors": len(episodes) - len(usable),
              "sample_em": sum(em) / max(len(em), 1),
+             "sample_hit": sum(hits) / max(len(hits), 1),
              "mean_searches": sum(ep.n_search for ep in episodes) / max(len(episodes), 1),
+             "evidence_filter": settings.evidence_filter,
+             "episodes_kept": len(kept),
+             "questions_kept": len({_group(ep.row) for ep in kept}),
              "mean_loglik": sum(logliks) / max(len(logliks), 1) if logliks else None,
              "max_weight_mean": _mean_max_weight(examples)}
     return examples, skipped, stats
