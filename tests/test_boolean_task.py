@@ -54,6 +54,28 @@ def test_answer_only_variant_and_bad_format(top):
     assert set(bad) == set(out)
 
 
+def test_shaped_variant_adds_the_match_set_bonus_to_the_paper_tiers(top):
+    """scifact_boolean_shaped: the paper's tiers + 0.01 per matching document up to 100."""
+    cancer = 'cancer"}</answer>'
+    for hits, answer_score in BOUNDARIES:
+        out = compute_score("scifact_boolean_shaped", cancer, gt_with_recall(top, hits),
+                            {"split": "train"})
+        assert out["num_results"] == 100
+        assert out["score"] == pytest.approx(1 + answer_score + 1.0)
+    rows = bundled_rows("scifact_boolean_shaped", "train")
+    claim, gt = rows[0]["extra_info"]["query"], rows[0]["reward_model"]["ground_truth"]
+    nothing = compute_score("scifact_boolean_shaped", claim + '"}</answer>', gt, {"split": "train"})
+    assert nothing["num_results"] == 0 and nothing["score"] == 1 - 3.5   # no match: no bonus
+    few = json.dumps({"query": 'bone[ti] AND "mineral density"'})[len('{"query": "'):] + "</answer>"
+    out = compute_score("scifact_boolean_shaped", few, {"target": ["not-a-document"]},
+                        {"split": "train"})
+    assert 0 < out["num_results"] < 100 and out["recall"] == 0 and not out["query_error"]
+    assert out["score"] == pytest.approx(1 - 3.5 + 0.01 * out["num_results"])
+    assert compute_score("scifact_boolean_shaped", "cancer", gt, {"split": "train"})["score"] == -4
+    malformed = compute_score("scifact_boolean_shaped", '(cancer"}</answer>', gt, {"split": "train"})
+    assert malformed["query_error"] == 1.0 and malformed["score"] == 1 - 3.5
+
+
 def test_malformed_query_is_a_defined_outcome_not_a_search_error(top):
     gt = gt_with_recall(top, 70)
     items = [("scifact_boolean", completion(q), gt, {"split": "train"})

@@ -110,7 +110,14 @@ def test_evidence_filter_keeps_only_trajectories_that_retrieved_the_answer(rows)
     assert X.evidence_kept(eps, "trajectory") == [a]
     assert X.evidence_kept(eps, "question") == [a, guess]     # b's question had no evidence
     assert X.evidence_kept(eps, "none") == eps
-    with pytest.raises(ValueError, match="known: trajectory, question, none"):
+    # clean: evidence, and the episode answered by itself with valid turns only
+    from dataclasses import replace
+    broken = replace(a, actions=[P.Action("invalid", "<search>x</search"), *a.actions])
+    out_of_turns = replace(a, finish="max_turns")
+    assert X.retrieved_answer(broken) and X.retrieved_answer(out_of_turns)
+    assert X.evidence_kept([a, broken, out_of_turns, guess], "clean") == [a]
+    assert X.evidence_kept([a, broken, out_of_turns, guess], "trajectory") == [a, broken, out_of_turns]
+    with pytest.raises(ValueError, match="known: clean, trajectory, question, none"):
         X.evidence_kept(eps, "best")
     with pytest.raises(ValueError, match="evidence_filter"):
         X.ExSearchSettings(model="m", output_dir="o", evidence_filter="best")
@@ -272,7 +279,7 @@ def test_settings_are_checked():
 def test_an_iteration_whose_samples_found_no_evidence_trains_on_nothing(tiny, rows, tmp_path):
     """The default filter on the random tiny model (it never searches its way to an answer):
     the iteration keeps no trajectory, takes no optimizer step and leaves the model as it was."""
-    settings = _settings(tiny, tmp_path / "f", evidence_filter="trajectory")
+    settings = _settings(tiny, tmp_path / "f", evidence_filter="clean")
     result = X.train_exsearch(rows[:2], rows[4:5], settings)
     stage = json.loads((tmp_path / "f" / "stages" / "iter-1" / "stage.json").read_text())
     assert stage["estep"]["episodes"] == 6 and stage["estep"]["sample_hit"] == 0.0

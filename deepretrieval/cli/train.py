@@ -96,9 +96,10 @@ def register(sub) -> None:
     x.add_argument("--top-k", type=int, help="passages per search (default: the rows')")
     x.add_argument("--weight-temperature", type=float, default=1.0,
                    help="tau of the importance weights softmax(log p(y|x,z) / tau) (default 1)")
-    x.add_argument("--evidence-filter", choices=EVIDENCE_FILTERS, default="trajectory",
-                   help="M-step data: trajectory (only sampled trajectories that retrieved a "
-                        "passage holding the gold answer; default), question (every sample of a "
+    x.add_argument("--evidence-filter", choices=EVIDENCE_FILTERS, default="clean",
+                   help="M-step data: clean (sampled trajectories that retrieved a passage "
+                        "holding the gold answer, answered and made no invalid turn; default), "
+                        "trajectory (retrieved such a passage), question (every sample of a "
                         "question with such a trajectory) or none (every sample)")
     x.add_argument("--seeds", default="oracle",
                    help="warm-up trajectories: oracle (closed world), teacher (--teacher-model, "

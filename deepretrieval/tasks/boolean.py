@@ -3,7 +3,9 @@ Boolean engine (``deepretrieval/search/boolean.py``); reward = the paper's searc
 on recall@K of the relevant documents.
 
 Tasks: ``scifact_boolean`` (reasoning format) and ``scifact_boolean_no_reason`` (answer-only,
-answer prefilled) over the bundled SciFact (5,183 abstracts; index ``scifact_boolean``).
+answer prefilled) over the bundled SciFact (5,183 abstracts; index ``scifact_boolean``), and
+``scifact_boolean_shaped`` (answer-only; the same tiers plus a small bonus for the size of the
+match set, :data:`SHAPED_TABLE`).
 
 Why K = 100: the paper's PubMed depth, 3,000 of ~36 million records, is under 0.01 % of the
 collection; on 5,183 documents a depth of 3,000 would be 58 % of the corpus, and any query that
@@ -22,6 +24,8 @@ query as malformed; it then scores as a query that found nothing: ``format_ok`` 
 tier, -2.5 with the paper's table, not a search error).
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 from deepretrieval.tasks import beir
 from deepretrieval.tasks.base import SearchPlan, Task
@@ -75,6 +79,13 @@ _INSTRUCTION = (
     "with parentheses, e.g. (term1 OR term2) AND term3. Quoted phrases, term* truncation and "
     "field tags such as [tiab] or [ti] are supported.\n\nClaim: {query}")
 
+#: The paper's tiers plus 0.01 per matching document up to the depth (at most +1 when the query
+#: matches >= 100 documents). For small policies that never sample a query finding a relevant
+#: abstract: under the bare table every such query scores the same -2.5, so nothing points from
+#: "copy the claim" (matches nothing) towards fewer terms; the bonus does, and stays small next
+#: to the upper tiers (3-5), so recall still dominates once queries find relevant abstracts.
+SHAPED_TABLE = replace(TABLE, bonus_metric="num_results", bonus_value=0.01)
+
 TASKS = [
     Task(name="scifact_boolean", family=BOOLEAN, index="scifact_boolean",
          instruction=_INSTRUCTION, reward=TABLE, train_depth=SCIFACT_DEPTH,
@@ -86,4 +97,10 @@ TASKS = [
          val_depth=SCIFACT_DEPTH, reasoning=False, prefill=beir.ANSWER_PREFILL,
          options={"collection": "scifact"},
          description="SciFact Boolean, answer-only format with the answer prefilled"),
+    Task(name="scifact_boolean_shaped", family=BOOLEAN, index="scifact_boolean",
+         instruction=_INSTRUCTION, reward=SHAPED_TABLE, train_depth=SCIFACT_DEPTH,
+         val_depth=SCIFACT_DEPTH, reasoning=False, prefill=beir.ANSWER_PREFILL,
+         options={"collection": "scifact"},
+         description="SciFact Boolean, answer-only, the paper's tiers + 0.01 per matching "
+                     "document up to 100 (shaped for small CPU policies)"),
 ]

@@ -18,9 +18,10 @@ The agent's trajectory ``z`` (think, search, record, …) is a latent variable b
 * **M-step** — weighted fine-tuning on the sampled trajectories (gold answer in place):
   ``L = 1/Q sum_q sum_k w_qk * NLL_qk`` with ``NLL`` the mean token negative log-likelihood over
   the model-written tokens (labels -100 on the prompt and on injected passages). By default
-  (``evidence_filter="trajectory"``) only trajectories whose searches retrieved a passage holding
-  the gold answer are weighted and trained on: with a weak policy, "the gold answer after passages
-  that do not contain it" teaches guessing (see docs/exsearch.md).
+  (``evidence_filter="clean"``) only trajectories whose searches retrieved a passage holding the
+  gold answer, that answered by themselves and made no invalid turn are weighted and trained on:
+  with a weak policy, "the gold answer after passages that do not contain it" teaches guessing,
+  and broken turns teach broken turns (see docs/exsearch.md).
 
 A **warm-up** (the same loss, every seed trajectory of a question weighted equally) on seed
 trajectories — the closed-world oracle, an OpenAI-compatible teacher, or a user JSONL
@@ -83,7 +84,7 @@ RESUME_KEYS = ("model", "samples", "temperature", "top_p", "max_new_tokens", "we
                "seed", "questions_per_iteration", "max_turns", "top_k", "min_weight", "max_length",
                "evidence_filter")
 #: ``evidence_filter`` values: which sampled trajectories the M-step may train on.
-EVIDENCE_FILTERS = ("trajectory", "question", "none")
+EVIDENCE_FILTERS = ("clean", "trajectory", "question", "none")
 
 
 @dataclass
@@ -101,7 +102,7 @@ class ExSearchSettings:
     top_k: int | None = None
     weight_temperature: float = 1.0     # tau of the importance weights
     min_weight: float = 1e-4            # trajectories weighted below this are not trained on
-    evidence_filter: str = "trajectory"  # trajectory | question | none (see e_step)
+    evidence_filter: str = "clean"      # clean | trajectory | question | none (evidence_kept)
     learning_rate: float = 1e-5
     warmup_epochs: int = 1
     epochs: int = 1                     # M-step epochs over the iteration's samples
@@ -718,6 +719,9 @@ def retrieved_answer(episode: Episode) -> bool:
 def evidence_kept(episodes: Sequence[Episode], how: str) -> list[Episode]:
     """The episodes the M-step may learn from under ``evidence_filter`` = ``how``:
 
+    * ``clean`` — trajectories that retrieved a passage holding a gold answer, ended with their
+      own final answer (not the turn or token budget) and made no invalid turn: the M-step then
+      learns only well-formed turns that lead to evidence and an answer;
     * ``trajectory`` — only trajectories whose searches retrieved a passage holding a gold
       answer (the gold answer then follows evidence for it, never passages without it);
     * ``question`` — every trajectory of a question for which at least one sample retrieved
@@ -728,6 +732,9 @@ def evidence_kept(episodes: Sequence[Episode], how: str) -> list[Episode]:
     if how == "none":
         return list(episodes)
     found = [retrieved_answer(ep) for ep in episodes]
+    if how == "clean":
+        return [ep for ep, f in zip(episodes, found)
+                if f and ep.finish == "answer" and all(a.kind != "invalid" for a in ep.actions)]
     if how == "trajectory":
         return [ep for ep, f in zip(episodes, found) if f]
     with_evidence = {_group(ep.row) for ep, f in zip(episodes, found) if f}
