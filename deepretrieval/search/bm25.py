@@ -70,9 +70,7 @@ class Bm25sScores:
 def _topk_kernel():
     """A numba kernel scoring a batch of queries against bm25s's precomputed CSC term-score matrix.
 
-    Per query it accumulates term scores into a dense buffer (reused across calls: allocating
-    and faulting in num_docs-sized buffers per call cost ~0.5 ms at 1M documents), remembers the
-    documents it touched,
+    Per query it accumulates term scores into a dense buffer, remembers the documents it touched,
     selects the top k of those with a partition, sorts them (score descending, document index
     ascending), and resets only the touched entries. Scores equal bm25s's (same float32 sums in
     the same term order); which of several documents tied exactly at the k-th score are kept, and
@@ -84,10 +82,10 @@ def _topk_kernel():
     import numba
 
     @numba.njit(nogil=True, cache=True)
-    def search_batch(flat, ptr, k, data, indices, indptr, acc, touched):  # pragma: no cover - jitted
-        # acc: all zeros on entry and on exit (only the touched entries are reset); touched:
-        # scratch. Both are the caller's reusable per-thread buffers of num_docs entries.
+    def search_batch(flat, ptr, k, data, indices, indptr, num_docs):  # pragma: no cover - jitted
         nq = len(ptr) - 1
+        acc = np.zeros(num_docs, dtype=np.float32)
+        touched = np.empty(num_docs, dtype=np.int64)
         out_docs = np.full((nq, k), -1, dtype=np.int64)
         out_scores = np.zeros((nq, k), dtype=np.float32)
         for q in range(nq):
@@ -130,13 +128,6 @@ def _topk_kernel():
 
     _KERNEL = search_batch
     return _KERNEL
-
-
-class _Scratch(threading.local):
-    """Per-thread kernel buffers of one index (None until the thread's first search)."""
-
-    acc: np.ndarray | None = None
-    touched: np.ndarray | None = None
 
 
 def doc_text(doc: dict[str, Any]) -> str:
@@ -193,7 +184,6 @@ class BM25Index(StoredDocs):
         self._parallel = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None  # reused by every parallel kernel call
         self._pool_threads = 0
-        self._scratch = _Scratch()                   # per-thread kernel buffers (_buffers)
         self.threads = settings.get_int("DEEPRETRIEVAL_BM25_THREADS", os.cpu_count() or 1)
 
     # ---- building -------------------------------------------------------------------------
@@ -266,15 +256,6 @@ class BM25Index(StoredDocs):
             return f"BM25 variant {self.params.get('method')!r} scores non-matching documents"
         return None
 
-    def _buffers(self) -> tuple[np.ndarray, np.ndarray]:
-        """This thread's kernel buffers (score accumulator, kept all zeros between calls, and
-        the touched-document list), allocated once per thread and index."""
-        local = self._scratch
-        if local.acc is None:
-            local.acc = np.zeros(self.state.num_docs, dtype=np.float32)
-            local.touched = np.empty(self.state.num_docs, dtype=np.int64)
-        return local.acc, local.touched
-
     def _search_kernel(self, batch: list[list[int]], k: int):
         known = self.state.known_tokens
         ids = [[t for t in toks if t in known] for toks in batch]
@@ -284,8 +265,7 @@ class BM25Index(StoredDocs):
         kernel = _topk_kernel()
 
         def run(a: int, b: int):
-            acc, touched = self._buffers()
-            return kernel(flat, ptr[a:b + 1], k, st.data, st.indices, st.indptr, acc, touched)
+            return kernel(flat, ptr[a:b + 1], k, st.data, st.indices, st.indptr, st.num_docs)
 
         n = len(ids)
         # large batches are split over the cores (the kernel releases the GIL); small ones, and
