@@ -716,8 +716,10 @@ def retrieved_answer(episode: Episode) -> bool:
     return blocks_hold_answer(stats.passages, gold_answers(episode.row))
 
 
-def evidence_kept(episodes: Sequence[Episode], how: str) -> list[Episode]:
-    """The episodes the M-step may learn from under ``evidence_filter`` = ``how``:
+def evidence_kept(episodes: Sequence[Episode], how: str,
+                  found: Sequence[bool] | None = None) -> list[Episode]:
+    """The episodes the M-step may learn from under ``evidence_filter`` = ``how`` (``found``:
+    :func:`retrieved_answer` of each episode, when the caller has already computed it):
 
     * ``clean`` — trajectories that retrieved a passage holding a gold answer, ended with their
       own final answer (not the turn or token budget) and made no invalid turn: the M-step then
@@ -731,7 +733,8 @@ def evidence_kept(episodes: Sequence[Episode], how: str) -> list[Episode]:
         raise ValueError(f"unknown evidence filter {how!r}; known: {', '.join(EVIDENCE_FILTERS)}")
     if how == "none":
         return list(episodes)
-    found = [retrieved_answer(ep) for ep in episodes]
+    if found is None:
+        found = [retrieved_answer(ep) for ep in episodes]
     if how == "clean":
         return [ep for ep, f in zip(episodes, found)
                 if f and ep.finish == "answer" and all(a.kind != "invalid" for a in ep.actions)]
@@ -754,7 +757,8 @@ def e_step(model, tokenizer, rows, settings: ExSearchSettings, searcher,
     EpisodeRunner(generator, searcher, decoding=decoding, batch_size=settings.gen_batch_size,
                   progress=settings.progress).run(episodes)
     usable = [ep for ep in episodes if not ep.search_error]
-    kept = evidence_kept(usable, settings.evidence_filter)
+    hits = [retrieved_answer(ep) for ep in usable]
+    kept = evidence_kept(usable, settings.evidence_filter, hits)
     examples, skipped = make_examples(tokenizer, kept, replace_answer=True,
                                       max_length=settings.max_length)
     logliks = answer_logliks(accelerator.unwrap_model(model), examples, tokenizer.pad_token_id,
@@ -763,7 +767,6 @@ def e_step(model, tokenizer, rows, settings: ExSearchSettings, searcher,
     for e, ll, w in zip(examples, logliks, weights):
         e.loglik, e.weight = ll, w
     em = [exact_match(ep.answer, gold_answers(ep.row)) for ep in episodes]
-    hits = [retrieved_answer(ep) for ep in usable]
     stats = {"questions": len(rows), "episodes": len(episodes),
              "search_errors": len(episodes) - len(usable),
              "sample_em": sum(em) / max(len(em), 1),
