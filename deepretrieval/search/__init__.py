@@ -28,6 +28,7 @@ from deepretrieval.core.results import (
 from deepretrieval.search.bm25 import BM25Index
 from deepretrieval.search.boolean import BooleanIndex
 from deepretrieval.search.dense import DenseIndex
+from deepretrieval.search.shards import ShardedBackend
 from deepretrieval.search.sql import load_sqlite_index
 
 __all__ = ["Backend", "DamagedIndex", "SearchError", "SearchResult", "LocalSearcher", "load_index_dir",
@@ -36,7 +37,9 @@ __all__ = ["Backend", "DamagedIndex", "SearchError", "SearchResult", "LocalSearc
 #: Index types by ``meta.json`` ``type``. Dense indexes import torch/faiss only when opened.
 INDEX_TYPES: dict[str, Callable[[Path], Backend]] = {"bm25": BM25Index.load, "dense": DenseIndex.load,
                                                      "sqlite": load_sqlite_index,
-                                                     "boolean": BooleanIndex.load}
+                                                     "boolean": BooleanIndex.load,
+                                                     "sharded": lambda p: ShardedBackend.load(
+                                                         p, load_index_dir)}
 
 
 def load_index_dir(path: str | os.PathLike) -> Backend:
