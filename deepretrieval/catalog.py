@@ -279,7 +279,7 @@ def resolve_name(data_source: str) -> Resolution:
 
     1. a defined task (``FAMILIES``) → that task, ``default`` profile;
     2. every resolver in ``RESOLVERS`` (several answers: module docstring) → its task; the
-       ``paper`` profile only when the original-name resolver answered (an original name parsed
+       ``paper`` profile only when the original-name resolver decided (an original name parsed
        token by token: ``nfcorpus_test``, ``pubmed_32``, ``nq_serini``) and the original trainer
        had a reward module for it; agentic spellings (verl's ``searchR1_<set>``, our ``agent_*``)
        and user collections always get ``default``;
@@ -302,15 +302,14 @@ def resolve_name(data_source: str) -> Resolution:
         task = resolver(data_source)
         if task is not None:
             found.append((label, task))
-    original = any(label == _ORIGINAL_LABEL for label, _ in found)
     if len(found) > 1:  # the user built the very index another meaning searches: theirs
         local = [(label, t) for label, t in found if label == _LOCAL_LABEL]
         if local and all(t.index == local[0][1].index for _, t in found):
             found = local
     if len(found) == 1:
         label, task = found[0]
-        # an original name over the user's own copy of that index keeps the original's reward
-        profile = _paper_or_default(data_source) if original else "default"
+        # a user collection's own name is the user's, even when it is also an original name
+        profile = _paper_or_default(data_source) if label == _ORIGINAL_LABEL else "default"
         resolution = Resolution(data_source, task, profile, label)
     elif len(found) > 1:
         meanings = "; ".join(f"{label} → task over index {t.index!r} ({t.family.name})"
