@@ -43,6 +43,7 @@ from deepretrieval.core.tables import RewardTable, with_overrides
 from deepretrieval.data import bundled as bundled_indexes
 from deepretrieval.data import closed_world, qa_sets, wiki_offline
 from deepretrieval.data import original as original_rows
+from deepretrieval.data import search_r1
 from deepretrieval.data import sql as sql_data
 from deepretrieval.data.rows import read_rows as _read_rows
 from deepretrieval.search import LocalSearcher, load_index_dir
@@ -407,5 +408,10 @@ def bundled_rows(task_name: str, split: str) -> list[dict[str, Any]]:
 
 def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Task rows of a parquet file; files in the original DeepRetrieval format are converted to
-    ours on the fly."""
-    return _read_rows(path, convert=lambda rows: original_rows.maybe_convert(rows, get_task))
+    ours on the fly. Search-R1's own rows (bare set names: their names mean other tasks here) are
+    refused with the command that converts them (:mod:`deepretrieval.data.search_r1`)."""
+    rows = _read_rows(path, convert=lambda rows: original_rows.maybe_convert(rows, get_task))
+    count = search_r1.unconverted(rows)
+    if count:
+        raise ValueError(search_r1.refusal(str(path), count, len(rows)))
+    return rows
