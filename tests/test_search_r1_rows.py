@@ -203,3 +203,18 @@ def test_train_and_eval_refuse_unconverted_rows(tmp_path, capsys, argv):
     err = capsys.readouterr().err
     assert "error:" in err and "Search-R1's own rows" in err and "Traceback" not in err
     assert "deepretrieval convert --from search-r1" in err
+
+
+def test_verl_rows_are_refused_by_the_tag_protocol_loop():
+    """verl's preprocessed rows (tool_agent, <tool_call> prompt) do not run silently as the tag
+    protocol in our episode runner (eval / TRL / ExSearch)."""
+    from deepretrieval.agent.runner import episodes_from_rows
+    from deepretrieval.catalog import bundled_rows
+
+    (row,) = bundled_rows("agent_closedworld", "test")[:1]
+    verl_row = dict(row, data_source="searchR1_nq", agent_name="tool_agent",
+                    prompt=[{"role": "system", "content": "Call the tool inside <tool_call></tool_call>."},
+                            {"role": "user", "content": "Question: capital of Goudemar?"}])
+    with pytest.raises(ValueError, match="written for tool calls"):
+        episodes_from_rows([verl_row])
+    assert len(episodes_from_rows([row])) == 1  # our tag rows run

@@ -76,6 +76,27 @@ def settings_for(task: Task, extra_info: Mapping[str, Any] | None = None) -> P.A
     return P.AgentSettings.from_extra_info(extra_info, base)
 
 
+def protocol_problem(row: Mapping[str, Any], settings: P.AgentSettings) -> str | None:
+    """Why a row cannot run under ``settings.protocol`` (its prompt or its verl agent loop says
+    the other protocol), or None. E.g. verl's own Search-R1 rows (``agent_name: tool_agent``, a
+    ``<tool_call>`` prompt) run in verl's ``tool_agent`` with the ``search`` tool, not in the tag
+    protocol's episode loop."""
+    agent_name = row.get("agent_name")
+    prompt = row.get("prompt")
+    text = " ".join(str(m.get("content", "")) for m in prompt if isinstance(m, Mapping)) \
+        if isinstance(prompt, list) else str(prompt or "")
+    if settings.protocol == "tags" and (agent_name == TOOL_AGENT_LOOP or P.TOOL_CALL_OPEN in text):
+        return ("the row is written for tool calls (agent_name tool_agent or a <tool_call> prompt) "
+                "but its settings say the tag protocol: run such rows in verl's tool_agent with "
+                "the search tool (docs/agentic_verl.md), or write rows whose extra_info.agent."
+                "protocol is 'tool' (`deepretrieval prepare closedworld --protocol tool`, or "
+                "agent_rows(..., settings=AgentSettings(protocol='tool')))")
+    if settings.protocol == "tool" and agent_name == TAG_AGENT_LOOP:
+        return (f"the row asks for the tag-protocol loop ({TAG_AGENT_LOOP}) but its settings say "
+                f"the tool protocol; write the rows again with one protocol")
+    return None
+
+
 def passages_of(block: str) -> list[str]:
     """The passages of one rendered results block (``Doc i: …`` lines)."""
     return [p.strip() for p in _DOC_PREFIX.split(block) if p.strip()]
