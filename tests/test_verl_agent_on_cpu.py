@@ -479,10 +479,8 @@ def test_search_tool_takes_verls_search_r1_recipe_as_written(tmp_path):
 
 
 def test_launcher_tool_config_carries_the_tasks_index(tmp_path):
-    import json as _json
-
     launcher.write_tool_config(tmp_path, "wiki18")
-    body = _json.loads((tmp_path / "search_tool.yaml").read_text().split("\n", 1)[1])
+    body = json.loads((tmp_path / "search_tool.yaml").read_text().split("\n", 1)[1])
     assert body["tools"][0]["config"] == {"type": "native", "index": "wiki18"}
 
 
