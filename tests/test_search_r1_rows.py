@@ -139,12 +139,14 @@ def test_convert_search_r1_rows(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "converted 9 rows" in printed and "agent_hotpotqa (4)" in printed
     assert [r["data_source"] for r in rows] == [f"agent_{r['data_source']}" for r in original]
+    assert len({r["extra_info"]["query_id"] for r in rows}) == len(rows)  # ids restart per set
     for row, src in zip(rows, original):
         info = row["extra_info"]
         assert info["question"] == info["query"] == src["question"]
         assert row["reward_model"]["ground_truth"]["target"] == src["golden_answers"]
         assert info["split"] == "train" and info["index"] == src["extra_info"]["index"]
-        assert info["query_id"] == src["id"] and info["search_index"] == search_r1.DEFAULT_INDEX
+        assert info["query_id"] == f"{src['data_source']}/{src['id']}"
+        assert info["search_index"] == search_r1.DEFAULT_INDEX
         assert row["agent_name"] == "deepretrieval_agent"
         assert src["question"] in row["prompt"][-1]["content"]
         assert row["prompt"] == P.messages(src["question"], "tags")

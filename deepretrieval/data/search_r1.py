@@ -15,7 +15,8 @@ Those bare names already mean other things here (``nq`` / ``triviaqa``: the sing
 tasks; ``hotpotqa``: the original DeepRetrieval BEIR name), so the rows are converted, not
 guessed: each becomes a row of the agentic task ``agent_<set>`` (tag protocol, our prompt), with
 the question in ``extra_info.question`` (and ``extra_info.query``), the gold answers in
-``reward_model.ground_truth.target``, Search-R1's ``split`` and ``index`` kept. The converted rows
+``reward_model.ground_truth.target``, Search-R1's ``split`` and ``index`` kept, ``query_id`` =
+``<set>/<FlashRAG id>`` (FlashRAG's ids restart per set in merged files). The converted rows
 score as Search-R1's ``compute_score_em`` scores the originals: exact match (SQuAD normalisation)
 of the last ``<answer>`` — Search-R1's reward manager decodes prompt + response and skips the
 prompt's example answer; ours is given the response only. :func:`unconverted` is what ``train``
@@ -137,8 +138,9 @@ def convert_row(row: Mapping[str, Any], number: int, index: str) -> dict[str, An
     split = str(extra.get("split") or "train")
     source_index = extra.get("index", number)
     question = question_of(row)
+    # FlashRAG ids restart per set ("train_0" in nq and in hotpotqa): the set makes them unique
     qid = row.get("id")
-    qid = str(qid) if qid not in (None, "") else f"{data_source}_{split}_{source_index}"
+    qid = f"{data_source}/{qid}" if qid not in (None, "") else f"{data_source}/{split}_{source_index}"
     task = agentic.resolve(f"searchR1_{data_source}", {t.name: t for t in agentic.TASKS})
     (out,) = agentic.agent_rows(task, [{"question": question, "answers": answers_of(row), "id": qid}],
                                 split, search_index=index)

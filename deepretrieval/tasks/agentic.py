@@ -5,9 +5,9 @@ Tasks ``agent_<set>``: ``agent_nq``, ``agent_triviaqa``, ``agent_popqa``, ``agen
 ``agent_2wikimultihopqa``, ``agent_musique``, ``agent_bamboogle`` (real QA sets, searching the
 index their rows name, default ``wikipedia``), ``agent_closedworld`` (the generated closed-world
 corpus, index ``closedworld``), and ``agent_<name>`` for any other name (bring your own: the rows
-name their index). Search-R1's ``data_source`` spellings ``searchR1_<set>`` resolve to the same
-tasks (``searchR1_<set>`` is verl's spelling, written by its ``preprocess_search_r1_dataset.py``;
-Search-R1's own scripts write the bare set names, see :mod:`deepretrieval.data.search_r1`). Each
+name their index). verl's ``data_source`` spelling ``searchR1_<set>`` (written by verl's
+``preprocess_search_r1_dataset.py``) resolves to the same tasks; Search-R1's own scripts write the
+bare set names, which are converted (:mod:`deepretrieval.data.search_r1`). Each
 task has an ``_f1`` variant rewarded by F1 (``agent_nq_f1``); any agentic table
 (:data:`TABLES`) can score any agentic task with ``compute_score(..., table=NAME)``.
 
@@ -16,7 +16,8 @@ Scoring takes a **whole trajectory string** — the model's turns with the injec
 search at scoring time (the searches ran during the episode):
 
 * answer: the last ``<answer>…</answer>`` outside injected blocks
-  (:func:`deepretrieval.core.agent_protocol.final_answer`); none → ``format_ok`` False;
+  (:func:`deepretrieval.core.agent_protocol.final_answer`); none, or an empty last one →
+  ``format_ok`` False;
 * ``em`` / ``f1``: the SQuAD v1.1 normalisation (the one Search-R1 and verl use), max over the
   gold answers; ``sub_em`` (a gold answer inside the answer), ``cover_em`` (every gold token in
   the answer), ``em_unicode`` / ``f1_unicode`` (our NFC + Unicode-punctuation extension)
@@ -206,7 +207,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def resolve(data_source: str, tasks: Mapping[str, Task]) -> Task | None:
-    """``searchR1_<set>`` → ``agent_<set>`` (from ``tasks``, the defined tasks); an undefined
+    """verl's ``searchR1_<set>`` → ``agent_<set>`` (from ``tasks``, the defined tasks); an undefined
     ``agent_<name>`` → a bring-your-own agentic task whose default index is ``<name>``
     (``agent_<name>_f1``: rewarded by F1)."""
     lower = data_source.lower()
