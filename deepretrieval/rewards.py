@@ -209,6 +209,10 @@ def _paper(item: tuple, kw: Mapping[str, Any], value: str | None, searcher) -> d
     data_source, solution_str, ground_truth, extra_info = item
     if resolve_profile(data_source, extra_info, kw.get("profile")) != "paper":
         return None
+    if kw.get("table") is not None:
+        raise ValueError(f"table={kw['table']!r} picks one of our reward tables, but "
+                         f"{data_source!r} is scored by the paper profile (the original's own "
+                         f"tables); score it with profile='default' or drop table=")
 
     return score_sample(data_source, solution_str, ground_truth, extra_info,
                         searcher or get_searcher(), value=value)

@@ -108,7 +108,9 @@ def test_answer_spam_is_verls_rule_as_an_option():
         assert (compute_score("searchR1_hotpotqa", completion, {"target": GOLD}, table="agent_em_verl")["score"]
                 == verl_score(completion, {"target": GOLD}))
     with pytest.raises(ValueError, match="not a table of the agentic family"):
-        compute_score("searchR1_nq", spam, gt, table="beir_ndcg")
+        compute_score("searchR1_nq", spam, gt, table="agent_nope")
+    with pytest.raises(ValueError, match="scored by the paper profile"):
+        compute_score("nq_serini", spam, gt, table="agent_em_verl")
 
 
 def test_documented_differences_from_search_r1_and_verl():
