@@ -71,7 +71,7 @@ def config():
 
 
 @pytest.fixture(scope="module")
-def cluster(indexes, config):
+def cluster(indexes, config, scifact_index):
     """A local Ray cluster with the application deployed; removed (and Ray stopped) after."""
     import ray
 
@@ -84,10 +84,12 @@ def cluster(indexes, config):
              object_store_memory=100 << 20, _temp_dir=temp, _node_ip_address="127.0.0.1")
     try:
         options = ray_serve.RayOptions(app_name=APP, replicas=2, ingress_replicas=1,
-                                       index_replicas={"broken": 1, "half": 1},
+                                       index_replicas={"broken": 1, "half": 1,
+                                                       "scifact": 1},
                                        port=port, replica_cpus=0, call_timeout_s=60)
         t0 = time.monotonic()
-        url = ray_serve.start({name: str(path) for name, path in indexes.items()}, config,
+        specs = {**{name: str(path) for name, path in indexes.items()}, "scifact": "scifact"}
+        url = ray_serve.start(specs, config,
                               options, open_index=catalog.open_index,
                               locate=catalog.index_directory)
         print(f"Ray Serve application deployed in {time.monotonic() - t0:.1f}s")
@@ -101,9 +103,10 @@ def cluster(indexes, config):
 
 
 @pytest.fixture(scope="module")
-def reference(indexes, config):
+def reference(indexes, config, scifact_index):
     """The single-process service over the same shard directories."""
-    backends = {name: load_index_dir(path) for name, path in indexes.items()}
+    backends = {**{name: load_index_dir(path) for name, path in indexes.items()},
+                "scifact": scifact_index}
     with ServerThread(create_app(backends, config)) as server:
         yield server.url
 
@@ -167,7 +170,7 @@ def test_sharded_answers_are_the_merge_of_both_halves(cluster, indexes):
 
 def test_health_names_every_index_and_the_shards(cluster):
     health = httpx.get(cluster + "/health", timeout=30).json()
-    assert health["indexes"] == ["broken", "half", "sf2"]
+    assert health["indexes"] == ["broken", "half", "scifact", "sf2"]
     sf2 = health["backends"]["sf2"]["info"]
     assert sf2["type"] == "sharded" and sf2["shards"] == 2
     assert [s["num_docs"] for s in sf2["shard_info"]] == [2591, 2592]
@@ -186,7 +189,7 @@ def test_the_handle_path_equals_the_http_path(cluster):
             assert x.texts == y.texts == z.texts and x.error is y.error is z.error is None
     assert handle.search("sf2", ["\ud800"], 3)[0].error.startswith("query is not valid Unicode")
     with pytest.raises(SearchError, match=r"unknown index 'nope'.*serves: \['broken', 'half', "
-                                          r"'sf2'\]"):
+                                          r"'scifact', 'sf2'\]"):
         handle.search("nope", ["q"], 3)
     with pytest.raises(ValueError, match="maxdate"):  # the backend's own error, as in process
         handle.search("sf2", ["q"], 3, options={"maxdate": "2020"})
@@ -204,6 +207,33 @@ def test_get_searcher_resolves_ray_urls(cluster, monkeypatch):
     with pytest.raises(ValueError, match="Ray Client address"):
         catalog.get_searcher()
     catalog.set_searcher(None)
+
+
+def test_a_reward_worker_scores_through_the_handle(cluster):
+    """verl's reward workers get ``DEEPRETRIEVAL_SEARCH_URL`` through Ray's runtime env
+    (``train/verl.py``): a Ray task with ``ray://APP`` scores exactly as in process."""
+    import ray
+
+    from deepretrieval.catalog import bundled_rows
+    from deepretrieval.rewards import compute_score
+
+    rows = bundled_rows("scifact", "test")[:4]
+    items = [(r["data_source"], "<think>t</think>\n<answer>" + json.dumps(
+        {"query": r["extra_info"]["query"]}) + "</answer>", r["reward_model"]["ground_truth"],
+        r["extra_info"]) for r in rows]
+
+    @ray.remote(num_cpus=0, runtime_env={"env_vars": {"DEEPRETRIEVAL_SEARCH_URL": f"ray://{APP}"}})
+    def reward_worker(items):
+        from deepretrieval.catalog import get_searcher
+        from deepretrieval.rewards import compute_score
+
+        return repr(get_searcher()), [compute_score(*item) for item in items]
+
+    searcher, remote = ray.get(reward_worker.remote(items), timeout=300)
+    assert searcher == f"RaySearcher('ray://{APP}')"
+    local = [compute_score(*item) for item in items]  # in process (no search URL in this process)
+    assert remote == local
+    assert any(r["ndcg@10"] > 0 for r in local)
 
 
 def _replica_pids(deployment: str, want: int, timeout: float = 120.0) -> set[int]:
