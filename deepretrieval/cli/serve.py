@@ -164,8 +164,6 @@ def ray_options(args):
                          replica_cpus=args.replica_cpus, replica_gpus=args.replica_gpus,
                          shard_resources=_pairs(args.shard_resource, "--shard-resource", float),
                          warmup=not args.no_warmup)
-    if options.replica_cpus < 0 or options.replica_gpus < 0:
-        raise ValueError("--replica-cpus and --replica-gpus must be >= 0")
     return options
 
 

@@ -57,6 +57,7 @@ from deepretrieval.service.ray_client import (
 log = logging.getLogger(__name__)
 
 DEFAULT_APP = "deepretrieval"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass
@@ -287,11 +288,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:40]
 
 
-def build_application(layouts: list[IndexLayout], config: ServiceConfig, options: RayOptions,
-                      open_index: Callable[[str], Backend]):
-    """The bound Ray Serve application (``serve.run`` it)."""
-    if not layouts:
-        raise ValueError("the service needs at least one index")
+def check_options(layouts: list[IndexLayout], options: RayOptions) -> int:
+    """Raise ValueError for a layout the options cannot deploy; the ingress replica count."""
     names = [lay.name for lay in layouts]
     unknown = sorted(set(options.index_replicas) - set(names))
     if unknown:
@@ -300,7 +298,18 @@ def build_application(layouts: list[IndexLayout], config: ServiceConfig, options
     front = options.ingress_replicas if options.ingress_replicas is not None else options.replicas
     if min([options.replicas, front, *options.index_replicas.values()]) < 1:
         raise ValueError("replica counts must be >= 1")
+    if options.replica_cpus < 0 or options.replica_gpus < 0:
+        raise ValueError("replica CPUs and GPUs must be >= 0")
     check_app_name(options.app_name)
+    return front
+
+
+def build_application(layouts: list[IndexLayout], config: ServiceConfig, options: RayOptions,
+                      open_index: Callable[[str], Backend]):
+    """The bound Ray Serve application (``serve.run`` it)."""
+    if not layouts:
+        raise ValueError("the service needs at least one index")
+    front = check_options(layouts, options)
     limits = (config.max_timeout_s, config.max_result_bytes)
     batch_calls = max(1, min(config.max_batch, options.max_ongoing_requests))
     batching = (batch_calls, config.batch_wait_ms / 1000.0, max(1, config.workers))
@@ -343,6 +352,12 @@ def build_application(layouts: list[IndexLayout], config: ServiceConfig, options
     return ingress.options(name="ingress", **light).bind(routes, *bound)
 
 
+def _too_few_cpus(demand: float, have: float, options: RayOptions) -> str:
+    return (f"the application reserves {demand:g} CPUs (--replica-cpus {options.replica_cpus:g} "
+            f"× its index/shard replicas) but the Ray cluster has {have:g}: lower "
+            "--replica-cpus or --replicas")
+
+
 def cpu_demand(layouts: list[IndexLayout], options: RayOptions) -> float:
     """CPUs the index and shard replicas reserve (the ingress and routers reserve none)."""
     replicas = sum(options.index_replicas.get(lay.name, options.replicas)
@@ -355,27 +370,32 @@ def start(specs: dict[str, str], config: ServiceConfig, options: RayOptions, *,
           ray_address: str | None = None, num_cpus: int | None = None,
           ray_init: dict[str, Any] | None = None) -> str:
     """Connect to (``ray_address``) or start a Ray cluster, start Serve with an HTTP proxy on
-    every node, and deploy the application; returns the HTTP URL (on this node). ``open_index``
+    every node, and deploy the application; returns the HTTP URL (on this node). A local cluster
+    (no ``ray_address``) is always a new one, bound to 127.0.0.1 when ``options.host`` is a
+    loopback address; a process already connected to Ray deploys there. ``open_index``
     opens an index by name or path inside each replica (``deepretrieval.catalog.open_index``),
     ``locate`` finds an index's directory (``deepretrieval.catalog.index_directory``)."""
     import ray
 
     layouts = layout(specs, locate)
-    if not ray.is_initialized():
-        init = {"address": ray_address, "include_dashboard": False, "log_to_driver": False,
-                **(ray_init or {})}
-        if ray_address is None and num_cpus is not None:
-            init["num_cpus"] = num_cpus
-        ray.init(**init)
+    check_options(layouts, options)
     demand = cpu_demand(layouts, options)
+    if ray_address is None and not ray.is_initialized():
+        have = num_cpus if num_cpus is not None else os.cpu_count() or 1
+        if demand > have:  # a local cluster never grows: Serve would wait forever
+            raise ValueError(_too_few_cpus(demand, have, options))
+    if not ray.is_initialized():
+        init: dict[str, Any] = {"address": ray_address or "local", "include_dashboard": False,
+                                "log_to_driver": False}
+        if ray_address is None:
+            if num_cpus is not None:
+                init["num_cpus"] = num_cpus
+            if options.host in LOOPBACK:  # a one-machine cluster stays off the network
+                init["_node_ip_address"] = "127.0.0.1"
+        ray.init(**{**init, **(ray_init or {})})
     have = ray.cluster_resources().get("CPU", 0.0)
     if demand > have:
-        message = (f"the application reserves {demand:g} CPUs (--replica-cpus "
-                   f"{options.replica_cpus:g} × index/shard replicas) but the Ray cluster "
-                   f"has {have:g}: lower --replica-cpus or --replicas")
-        if ray_address is None:  # a local cluster never grows: Serve would wait forever
-            raise ValueError(message)
-        log.warning("%s, unless the cluster autoscales", message)
+        log.warning("%s, unless the cluster autoscales", _too_few_cpus(demand, have, options))
     serve.start(proxy_location="EveryNode",
                 http_options={"host": options.host, "port": options.port})
     app = build_application(layouts, config, options, open_index)
