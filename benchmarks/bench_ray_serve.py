@@ -5,7 +5,8 @@ claims, repeated), on a local Ray cluster started here (``--ray-cpus``, default:
 
 1. **per-request overhead at low load**: one caller, one query per request, k=10 — latency p50 /
    mean and CPU µs per request of every process involved (this one, the server, and for Ray every
-   Ray process: GCS, raylet, controller, HTTP proxy, ingress and index replicas), for
+   Ray process: GCS, raylet, controller, HTTP proxy, ingress and index replicas; also net of what
+   the Ray processes burn while idle, measured for 5 s before), for
    ``deepretrieval serve``, the Ray Serve HTTP path and the Ray handle path (``ray://APP``);
 2. **throughput**: ``--concurrency`` concurrent callers with one query each, for
    ``deepretrieval serve`` and the Ray Serve HTTP path with 1 and 2 replicas of the index (and the
@@ -63,6 +64,14 @@ def tree_cpu() -> float:
     return total
 
 
+def idle_rate(seconds: float = 5.0) -> float:
+    """CPU seconds per second the process tree burns doing nothing (Ray's GCS, raylet, controller
+    and proxies poll): subtracted to give the net CPU per request."""
+    c0, t0 = tree_cpu(), time.perf_counter()
+    time.sleep(seconds)
+    return (tree_cpu() - c0) / (time.perf_counter() - t0)
+
+
 class RSSPeak:
     """Samples the summed RSS of the serving processes (descendants of this one) every 50 ms."""
 
@@ -92,17 +101,19 @@ class RSSPeak:
 
 # ---- load ------------------------------------------------------------------------------------
 
-def sequential(search, queries, k):
-    """One caller: latencies (s) and CPU µs per request of the whole process tree."""
+def sequential(search, queries, k, idle=0.0):
+    """One caller: latencies (s), CPU µs per request of the whole process tree (gross, and net of
+    the ``idle`` CPU rate), results."""
     search(queries[:5], k)  # warm
     lat, results = [], []
-    c0 = tree_cpu()
+    c0, w0 = tree_cpu(), time.perf_counter()
     for q in queries:
         t0 = time.perf_counter()
         results += search([q], k)
         lat.append(time.perf_counter() - t0)
-    cpu = (tree_cpu() - c0) / len(queries) * 1e6
-    return lat, cpu, results
+    used = tree_cpu() - c0
+    net = used - idle * (time.perf_counter() - w0)
+    return lat, (used / len(queries) * 1e6, net / len(queries) * 1e6), results
 
 
 async def _concurrent(asearch, queries, k, concurrency):
@@ -119,8 +130,9 @@ async def _concurrent(asearch, queries, k, concurrency):
     return len(queries) / (time.perf_counter() - t0), results
 
 
-def concurrent(make_asearch, queries, k, concurrency):
-    """(queries/s, CPU µs per query of the tree, results) for ``concurrency`` async callers."""
+def concurrent(make_asearch, queries, k, concurrency, idle=0.0):
+    """(queries/s, (gross, net) CPU µs per query of the tree, results) for ``concurrency``
+    async callers."""
     async def run():
         asearch, close = make_asearch()
         try:
@@ -128,9 +140,11 @@ def concurrent(make_asearch, queries, k, concurrency):
         finally:
             await close()
 
-    c0 = tree_cpu()
+    c0, w0 = tree_cpu(), time.perf_counter()
     qps, results = asyncio.run(run())
-    return qps, (tree_cpu() - c0) / len(queries) * 1e6, results
+    used = tree_cpu() - c0
+    net = used - idle * (time.perf_counter() - w0)
+    return qps, (used / len(queries) * 1e6, net / len(queries) * 1e6), results
 
 
 def http_async(url, index, retries=3):
@@ -307,13 +321,20 @@ def main(argv=None) -> int:
             print(f"  Ray Serve (1 replica) deployed in {t_deploy:.1f}s", flush=True)
             http = ServiceSearcher(url)
             handle = RaySearcher(APP, timeout=120)
-            lat, cpu, res = sequential(lambda qs, k: http.search("scifact", qs, k), seq_q, 10)
+            http.search("scifact", seq_q[:5], 10)
+            handle.search("scifact", seq_q[:5], 10)
+            idle = idle_rate()
+            print(f"  Ray idle: {idle:.2f} CPU seconds per second", flush=True)
+            lat, cpu, res = sequential(lambda qs, k: http.search("scifact", qs, k), seq_q, 10,
+                                       idle)
             checks.append(identical(res, local_seq))
             rows["ray_http"] = {"p50": pct(lat, 50), "mean": statistics.mean(lat), "cpu": cpu}
-            lat, cpu, res = sequential(lambda qs, k: handle.search("scifact", qs, k), seq_q, 10)
+            lat, cpu, res = sequential(lambda qs, k: handle.search("scifact", qs, k), seq_q, 10,
+                                       idle)
             checks.append(identical(res, local_seq))
             rows["ray_handle"] = {"p50": pct(lat, 50), "mean": statistics.mean(lat), "cpu": cpu}
-            qps, cpu_c, res = concurrent(http_async(url, "scifact"), conc_q, 10, args.concurrency)
+            qps, cpu_c, res = concurrent(http_async(url, "scifact"), conc_q, 10, args.concurrency,
+                                         idle)
             checks.append(identical(res, local_conc))
             rows["ray_http"].update(qps=qps, cpu_c=cpu_c)
             print(f"  Ray Serve HTTP, 1 replica: p50 {rows['ray_http']['p50'] * 1e3:.2f} ms, "
@@ -321,10 +342,13 @@ def main(argv=None) -> int:
 
             url, t_deploy = deploy(2, 2, port, str(index.path), False, args.ray_cpus, temp)
             print(f"  Ray Serve redeployed with 2 replicas in {t_deploy:.1f}s", flush=True)
-            qps, cpu_c, res = concurrent(http_async(url, "scifact"), conc_q, 10, args.concurrency)
+            idle2 = idle_rate()
+            qps, cpu_c, res = concurrent(http_async(url, "scifact"), conc_q, 10, args.concurrency,
+                                         idle2)
             checks.append(identical(res, local_conc))
             rows["ray_http2"] = {"qps": qps, "cpu_c": cpu_c}
-            qps, cpu_c, res = concurrent(handle_async("scifact"), conc_q, 10, args.concurrency)
+            qps, cpu_c, res = concurrent(handle_async("scifact"), conc_q, 10, args.concurrency,
+                                         idle2)
             checks.append(identical(res, local_conc))
             rows["ray_handle2"] = {"qps": qps, "cpu_c": cpu_c}
             print(f"  Ray Serve 2 replicas: HTTP {rows['ray_http2']['qps']:,.0f} q/s, handle "
@@ -360,22 +384,24 @@ def main(argv=None) -> int:
     print()
     print(f"Per request at low load (1 caller, 1 query, k=10, {len(seq_q)} requests):")
     print()
-    print("| path | p50 | mean | CPU per request (all processes) | p50 / serve | CPU / serve |")
-    print("|---|---|---|---|---|---|")
+    print("| path | p50 | mean | CPU per request, all processes | net of idle Ray | p50 / serve "
+          "| net CPU / serve |")
+    print("|---|---|---|---|---|---|---|")
     for name, row in [("deepretrieval serve", s), ("Ray Serve, HTTP", r),
                       ("Ray Serve, handle (ray://)", h)]:
         print(f"| {name} | {row['p50'] * 1e3:.2f} ms | {row['mean'] * 1e3:.2f} ms | "
-              f"{row['cpu']:,.0f} µs | {row['p50'] / s['p50']:.1f}x | {row['cpu'] / s['cpu']:.1f}x |")
+              f"{row['cpu'][0]:,.0f} µs | {row['cpu'][1]:,.0f} µs | {row['p50'] / s['p50']:.1f}x | "
+              f"{row['cpu'][1] / s['cpu'][1]:.1f}x |")
     print()
     print(f"Throughput ({args.concurrency} callers × 1 query, k=10, {len(conc_q)} queries):")
     print()
-    print("| path | queries/s | CPU per query | vs serve |")
-    print("|---|---|---|---|")
+    print("| path | queries/s | CPU per query | net of idle Ray | queries/s vs serve |")
+    print("|---|---|---|---|---|")
     for name, row in [("deepretrieval serve", s), ("Ray Serve HTTP, 1 replica", r),
                       ("Ray Serve HTTP, 2 replicas (2 ingress)", rows["ray_http2"]),
                       ("Ray Serve handle, 2 replicas", rows["ray_handle2"])]:
-        print(f"| {name} | {row['qps']:,.0f} | {row['cpu_c']:,.0f} µs | "
-              f"{row['qps'] / s['qps']:.2f}x |")
+        print(f"| {name} | {row['qps']:,.0f} | {row['cpu_c'][0]:,.0f} µs | "
+              f"{row['cpu_c'][1]:,.0f} µs | {row['qps'] / s['qps']:.2f}x |")
     print()
     print(f"Peak RSS of the serving processes: deepretrieval serve {s['rss'] / 2**20:,.0f} MiB; "
           f"Ray (GCS, raylet, controller, proxy, replicas) {ray_rss / 2**20:,.0f} MiB "
@@ -391,6 +417,8 @@ def main(argv=None) -> int:
         for e in errors:
             print(f"|   e.g. | {e} | | | | |")
     print()
+    print(f"Ray's CPU while idle: {idle:.2f} CPU seconds per second (1 replica), {idle2:.2f} "
+          "(2 replicas, 2 ingress)")
     print(f"answers identical to the in-process index: {'yes' if all(checks) else 'NO'}; "
           f"load average now {os.getloadavg()[0]:.2f}")
     ok = all(checks) and all(failed == 0 for _, retries, _, failed, *_ in kills if retries)

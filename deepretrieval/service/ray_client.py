@@ -204,7 +204,7 @@ class RaySearcher:
         queries = list(queries)
         why = [unencodable(q) for q in queries]
         unique = list(dict.fromkeys(q for q, w in zip(queries, why) if w is None))
-        if unique:
+        if unique and self._routes is None:
             await asyncio.to_thread(self.routes)  # the first call asks the application (blocking)
         found = dict(zip(unique, await self._search(index, unique, k, return_text, options)
                          if unique else []))
