@@ -10,7 +10,8 @@ claims, repeated), on a local Ray cluster started here (``--ray-cpus``, default:
    ``deepretrieval serve``, the Ray Serve HTTP path and the Ray handle path (``ray://APP``);
 2. **throughput**: ``--concurrency`` concurrent callers with one query each, for
    ``deepretrieval serve`` and the Ray Serve HTTP path with 1 and 2 replicas of the index (and the
-   handle path with 2);
+   handle path with 2); and 4 callers sending ``--batch`` queries per request (Search-R1's one
+   request per turn) to ``deepretrieval serve`` and to Ray Serve with 2 replicas;
 3. **replica kill under load**: SIGKILL one replica of the index, then one of the two ingress
    replicas, while ``--kill-callers`` HTTP callers search: failed requests with the client's
    retries off (``retries=0``) and on (the default 3), and the time until Serve has replaced it;
@@ -147,6 +148,18 @@ def concurrent(make_asearch, queries, k, concurrency, idle=0.0):
     return qps, (used / len(queries) * 1e6, net / len(queries) * 1e6), results
 
 
+def batched(url, index, queries, k, batch, callers, idle=0.0):
+    """(queries/s, (gross, net) CPU µs per query, results): ``callers`` callers sending
+    ``batch`` queries per request (Search-R1's one request per turn)."""
+    from bench_service import _service_run
+
+    c0, w0 = tree_cpu(), time.perf_counter()
+    qps, results = asyncio.run(_service_run(url, index, queries, k, callers, batch))
+    used = tree_cpu() - c0
+    net = used - idle * (time.perf_counter() - w0)
+    return qps, (used / len(queries) * 1e6, net / len(queries) * 1e6), results
+
+
 def http_async(url, index, retries=3):
     from deepretrieval.service.client import AsyncServiceClient
 
@@ -262,6 +275,7 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=int, default=1500, help="queries per throughput run")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--kill-callers", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=64, help="queries per batched request")
     ap.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray cluster")
     args = ap.parse_args(argv)
     if args.quick:
@@ -303,6 +317,9 @@ def main(argv=None) -> int:
             qps, cpu_c, res = concurrent(http_async(url, "scifact"), conc_q, 10, args.concurrency)
             checks.append(identical(res, local_conc))
             rows["serve"].update(qps=qps, cpu_c=cpu_c)
+            qps, cpu_b, res = batched(url, "scifact", conc_q, 10, args.batch, 4)
+            checks.append(identical(res, local_conc))
+            rows["serve_b"] = {"qps": qps, "cpu_c": cpu_b}
             http.close()
         finally:
             stop_server(proc)
@@ -351,6 +368,9 @@ def main(argv=None) -> int:
                                          idle2)
             checks.append(identical(res, local_conc))
             rows["ray_handle2"] = {"qps": qps, "cpu_c": cpu_c}
+            qps, cpu_b, res = batched(url, "scifact", conc_q, 10, args.batch, 4, idle2)
+            checks.append(identical(res, local_conc))
+            rows["ray_b"] = {"qps": qps, "cpu_c": cpu_b}
             print(f"  Ray Serve 2 replicas: HTTP {rows['ray_http2']['qps']:,.0f} q/s, handle "
                   f"{qps:,.0f} q/s", flush=True)
 
@@ -397,11 +417,16 @@ def main(argv=None) -> int:
     print()
     print("| path | queries/s | CPU per query | net of idle Ray | queries/s vs serve |")
     print("|---|---|---|---|---|")
-    for name, row in [("deepretrieval serve", s), ("Ray Serve HTTP, 1 replica", r),
-                      ("Ray Serve HTTP, 2 replicas (2 ingress)", rows["ray_http2"]),
-                      ("Ray Serve handle, 2 replicas", rows["ray_handle2"])]:
+    for name, row, ref in [
+            ("deepretrieval serve", s, s), ("Ray Serve HTTP, 1 replica", r, s),
+            ("Ray Serve HTTP, 2 replicas (2 ingress)", rows["ray_http2"], s),
+            ("Ray Serve handle, 2 replicas", rows["ray_handle2"], s),
+            (f"deepretrieval serve, 4 callers × {args.batch} queries/request", rows["serve_b"],
+             rows["serve_b"]),
+            (f"Ray Serve HTTP, 2 replicas, 4 callers × {args.batch} queries/request",
+             rows["ray_b"], rows["serve_b"])]:
         print(f"| {name} | {row['qps']:,.0f} | {row['cpu_c'][0]:,.0f} µs | "
-              f"{row['cpu_c'][1]:,.0f} µs | {row['qps'] / s['qps']:.2f}x |")
+              f"{row['cpu_c'][1]:,.0f} µs | {row['qps'] / ref['qps']:.2f}x |")
     print()
     print(f"Peak RSS of the serving processes: deepretrieval serve {s['rss'] / 2**20:,.0f} MiB; "
           f"Ray (GCS, raylet, controller, proxy, replicas) {ray_rss / 2**20:,.0f} MiB "

@@ -131,7 +131,7 @@ BODIES = [
      "return_text": True},
     {"queries": QUERIES, "topk": 5, "index": "half"},
     {"queries": ["ok query", "\ud800 lone surrogate"], "topk": 3, "index": "sf2",
-     "format": "hits"},                                                              # per-query error
+     "format": "hits"},                                          # a lone surrogate: the same answer
     {"queries": [], "topk": 3, "index": "sf2"},
     # the limits answer the same errors
     {"queries": QUERIES, "topk": 201, "index": "sf2"},
