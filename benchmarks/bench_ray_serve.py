@@ -196,8 +196,7 @@ def deploy(replicas: int, ingress_replicas: int, port: int, index_path: str, fir
 
     options = ray_serve.RayOptions(app_name=APP, replicas=replicas,
                                    ingress_replicas=ingress_replicas, port=port, replica_cpus=0)
-    init = {"_temp_dir": temp, "_node_ip_address": "127.0.0.1",
-            "object_store_memory": 200 << 20} if first else None
+    init = {"_temp_dir": temp, "object_store_memory": 200 << 20} if first else None
     t0 = time.perf_counter()
     url = ray_serve.start({"scifact": index_path}, ServiceConfig(max_k=10000), options,
                           open_index=catalog.open_index, locate=catalog.index_directory,
@@ -283,6 +282,9 @@ def main(argv=None) -> int:
 
     import socket
 
+    from deepretrieval.service.ray_client import LOOPBACK_ENV
+
+    os.environ.setdefault(LOOPBACK_ENV, "0")  # the local Ray cluster on 127.0.0.1
     import ray
 
     from deepretrieval.catalog import open_index

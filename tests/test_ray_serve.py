@@ -81,7 +81,8 @@ def cluster(indexes, config, scifact_index):
     temp = tempfile.mkdtemp(prefix="drray")  # short: Ray's socket paths must stay < 108 chars
     port = _free_port()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=100 << 20, _temp_dir=temp, _node_ip_address="127.0.0.1")
+             object_store_memory=100 << 20, _temp_dir=temp)
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")  # conftest.py
     try:
         options = ray_serve.RayOptions(app_name=APP, replicas=2, ingress_replicas=1,
                                        index_replicas={"broken": 1, "half": 1,

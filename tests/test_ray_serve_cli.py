@@ -70,6 +70,9 @@ def test_serve_ray_answers_then_ctrl_c_exits_130_and_leaves_nothing(scifact_inde
         assert answer["ids"][0] == scifact_index.search(["vitamin D deficiency"], 3)[0].ids
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children  # Ray's GCS, raylet, workers
+        addresses = {arg.split("=", 1)[1] for c in children for arg in c.cmdline()
+                     if arg.startswith("--node-ip-address=")}
+        assert addresses == {"127.0.0.1"}  # a one-machine cluster stays on loopback
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=180)
     finally:

@@ -15,6 +15,7 @@ from deepretrieval.core import settings
 from deepretrieval.core.results import SearchError
 from deepretrieval.service.app import ServiceConfig, create_app, serve
 from deepretrieval.service.lifeline import watch
+from deepretrieval.service.ray_client import LOOPBACK_ENV
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +170,13 @@ def ray_options(args):
 
 def cmd_serve_ray(args, config) -> int:
     """``serve --ray``: deploy, then wait until Ctrl-C / SIGTERM and remove the application."""
+    import os
     import signal
     import threading
 
+    if not args.ray_address and args.host in ("127.0.0.1", "localhost", "::1"):
+        # a one-machine cluster: every Ray process on 127.0.0.1 (read when Ray is imported)
+        os.environ.setdefault(LOOPBACK_ENV, "0")
     try:
         from deepretrieval.service import ray_serve
     except ImportError as exc:  # ray without its [serve] extra

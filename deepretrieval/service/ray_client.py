@@ -28,6 +28,9 @@ __all__ = ["RAY_SCHEME", "RaySearcher", "transient_errors", "unwrap"]
 
 #: ``DEEPRETRIEVAL_SEARCH_URL`` prefix naming a Ray Serve application.
 RAY_SCHEME = "ray://"
+#: ``0`` before Ray is imported: Ray's single-node mode, every Ray process of a local cluster on
+#: 127.0.0.1 (Ray otherwise binds the machine's address even for a one-machine cluster).
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_RETRIES = 3
 DEFAULT_BACKOFF = 0.1

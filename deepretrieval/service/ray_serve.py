@@ -57,7 +57,6 @@ from deepretrieval.service.ray_client import (
 log = logging.getLogger(__name__)
 
 DEFAULT_APP = "deepretrieval"
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass
@@ -371,8 +370,9 @@ def start(specs: dict[str, str], config: ServiceConfig, options: RayOptions, *,
           ray_init: dict[str, Any] | None = None) -> str:
     """Connect to (``ray_address``) or start a Ray cluster, start Serve with an HTTP proxy on
     every node, and deploy the application; returns the HTTP URL (on this node). A local cluster
-    (no ``ray_address``) is always a new one, bound to 127.0.0.1 when ``options.host`` is a
-    loopback address; a process already connected to Ray deploys there. ``open_index``
+    (no ``ray_address``) is always a new one (on 127.0.0.1 when :data:`~deepretrieval.service.ray_client.LOOPBACK_ENV` is ``0``
+    before Ray is imported: ``serve --ray`` sets it for a loopback ``--host``); a process already
+    connected to Ray deploys there. ``open_index``
     opens an index by name or path inside each replica (``deepretrieval.catalog.open_index``),
     ``locate`` finds an index's directory (``deepretrieval.catalog.index_directory``)."""
     import ray
@@ -387,11 +387,8 @@ def start(specs: dict[str, str], config: ServiceConfig, options: RayOptions, *,
     if not ray.is_initialized():
         init: dict[str, Any] = {"address": ray_address or "local", "include_dashboard": False,
                                 "log_to_driver": False}
-        if ray_address is None:
-            if num_cpus is not None:
-                init["num_cpus"] = num_cpus
-            if options.host in LOOPBACK:  # a one-machine cluster stays off the network
-                init["_node_ip_address"] = "127.0.0.1"
+        if ray_address is None and num_cpus is not None:
+            init["num_cpus"] = num_cpus
         ray.init(**{**init, **(ray_init or {})})
     have = ray.cluster_resources().get("CPU", 0.0)
     if demand > have:
