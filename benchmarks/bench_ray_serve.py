@@ -374,7 +374,8 @@ def main(argv=None) -> int:
             checks.append(identical(res, local_conc))
             rows["ray_b"] = {"qps": qps, "cpu_c": cpu_b}
             print(f"  Ray Serve 2 replicas: HTTP {rows['ray_http2']['qps']:,.0f} q/s, handle "
-                  f"{qps:,.0f} q/s", flush=True)
+                  f"{rows['ray_handle2']['qps']:,.0f} q/s, batched HTTP {qps:,.0f} q/s",
+                  flush=True)
 
             # -- faults --
             for what, find in [("index replica", lambda: replica_pids("index-0-scifact", 2)),
