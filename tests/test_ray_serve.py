@@ -237,6 +237,30 @@ def test_a_reward_worker_scores_through_the_handle(cluster):
     assert any(r["ndcg@10"] > 0 for r in local)
 
 
+def test_an_agent_loop_actor_searches_through_the_handle_on_its_own_loop(cluster):
+    """verl's agent loops are async Ray actors that ``await searcher.asearch`` (train/verl_agent.py):
+    the same results as in process, from the actor's event loop."""
+    import ray
+
+    @ray.remote(num_cpus=0, runtime_env={"env_vars": {"DEEPRETRIEVAL_SEARCH_URL": f"ray://{APP}"}})
+    class AgentLoopWorker:
+        async def search(self, queries):
+            from deepretrieval.catalog import get_searcher
+
+            results = await get_searcher().asearch("sf2", queries, 3, return_text=True)
+            return [(r.ids, r.scores, r.texts) for r in results]
+
+    worker = AgentLoopWorker.remote()
+    try:
+        got = ray.get(worker.search.remote(QUERIES), timeout=300)
+    finally:
+        ray.kill(worker)
+    http = ServiceSearcher(cluster)
+    want = http.search("sf2", QUERIES, 3, return_text=True)
+    http.close()
+    assert got == [(r.ids, r.scores, r.texts) for r in want]
+
+
 def _replica_pids(deployment: str, want: int, timeout: float = 120.0) -> set[int]:
     """The process ids of the deployment's replicas (asks until ``want`` distinct ones answer)."""
     from ray import serve
