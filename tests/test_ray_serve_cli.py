@@ -1,8 +1,10 @@
 """``deepretrieval serve --ray``: deploys on a local Ray cluster (on 127.0.0.1), answers, and on
-Ctrl-C removes the application, stops Ray and exits 130 with no process left behind."""
+Ctrl-C (SIGINT to its process group, as a terminal sends it, Ray's processes included) removes the
+application, stops Ray and exits 130 with no process left behind."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -51,7 +53,7 @@ def test_serve_ray_answers_then_ctrl_c_exits_130_and_leaves_nothing(scifact_inde
         [sys.executable, "-m", "deepretrieval.cli", "serve", "--ray", "--index", "scifact",
          "--port", str(port), "--replica-cpus", "0", "--ray-num-cpus", "1", "--replicas", "1",
          "--app-name", "clitest"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -73,7 +75,7 @@ def test_serve_ray_answers_then_ctrl_c_exits_130_and_leaves_nothing(scifact_inde
         addresses = {arg.split("=", 1)[1] for c in children for arg in c.cmdline()
                      if arg.startswith("--node-ip-address=")}
         assert addresses == {"127.0.0.1"}  # a one-machine cluster stays on loopback
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
         _, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
