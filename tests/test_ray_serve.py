@@ -261,6 +261,25 @@ def test_an_agent_loop_actor_searches_through_the_handle_on_its_own_loop(cluster
     assert got == [(r.ids, r.scores, r.texts) for r in want]
 
 
+def test_a_process_outside_ray_joins_the_cluster_to_search(cluster):
+    """``ray://APP`` in a plain process (not a Ray worker): it connects with RAY_ADDRESS."""
+    import subprocess
+    import sys
+
+    import ray
+
+    code = ("from deepretrieval.catalog import get_searcher; "
+            "r = get_searcher().search('half', ['cell biology'], 3)[0]; print(r.ids)")
+    env = {**os.environ, "DEEPRETRIEVAL_SEARCH_URL": f"ray://{APP}",
+           "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    http = ServiceSearcher(cluster)
+    assert out.stdout.strip().splitlines()[-1] == str(http.search("half", ["cell biology"], 3)[0].ids)
+    http.close()
+
+
 def _replica_pids(deployment: str, want: int, timeout: float = 120.0) -> set[int]:
     """The process ids of the deployment's replicas (asks until ``want`` distinct ones answer)."""
     from ray import serve

@@ -66,9 +66,8 @@ def ensure_ray() -> None:
     """Connect this process to the Ray cluster unless it already is (a Ray worker always is)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=settings.get_str("RAY_ADDRESS") or "auto", log_to_driver=False,
-                 ignore_reinit_error=True)
+    if not ray.is_initialized():  # "auto": RAY_ADDRESS, else the cluster started on this node
+        ray.init(address="auto", log_to_driver=False, ignore_reinit_error=True)
 
 
 class _Failover:
