@@ -45,6 +45,8 @@ def test_bad_ray_arguments_are_clear_errors():
     out = _run("--ray", "--index", "scifact", "--replicas", "3", "--ray-num-cpus", "2")
     assert out.returncode == 2 and "reserves 3 CPUs" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+    out = _run("--index", "scifact", "--replicas", "2")
+    assert out.returncode == 2 and "--replicas only apply with --ray" in out.stderr
 
 
 def test_serve_ray_answers_then_ctrl_c_exits_130_and_leaves_nothing(scifact_index):

@@ -70,32 +70,42 @@ def register(sub) -> None:
         "of a sharded index, with a router that merges), batched with @serve.batch, an HTTP proxy "
         "on every node at --host:--port, handles for ray://APP searchers.")
     r.add_argument("--ray", action="store_true", help="serve as a Ray Serve application")
-    r.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="an existing Ray cluster ('auto', or host:port of its head); default: "
-                        "start a local one (ended with this command)")
-    r.add_argument("--ray-num-cpus", type=int, default=None, metavar="N",
-                   help="CPUs of the local Ray cluster (default: all)")
-    r.add_argument("--app-name", default="deepretrieval",
-                   help="Ray Serve application name; searchers use ray://APP (default "
-                        "deepretrieval)")
-    r.add_argument("--replicas", type=int, default=1,
-                   help="replicas of each index, or of each shard of a sharded index (default 1)")
-    r.add_argument("--index-replicas", action="append", default=[], metavar="NAME=N",
-                   help="replicas of one index (and of each of its shards); repeatable")
-    r.add_argument("--ingress-replicas", type=int, default=None, metavar="N",
-                   help="replicas of the HTTP ingress and of each shard router (default: "
-                        "--replicas)")
-    r.add_argument("--replica-cpus", type=float, default=1.0,
-                   help="CPUs reserved by each index/shard replica (default 1)")
-    r.add_argument("--replica-gpus", type=float, default=0.0,
-                   help="GPUs reserved by each index/shard replica (dense indexes; default 0)")
-    r.add_argument("--shard-resource", action="append", default=[], metavar="NAME=AMOUNT",
-                   help="a custom Ray resource each shard replica needs, '{i}' standing for "
-                        "the shard number (e.g. 'shard{i}=1' puts shard 0 on nodes started with "
-                        "--resources '{\"shard0\": 1}'); repeatable")
-    r.add_argument("--detach", action="store_true",
-                   help="deploy and exit, leaving the application running on the cluster "
-                        "(needs --ray-address; remove it with `serve shutdown` or `ray stop`)")
+    ray_flags = [
+        (("--ray-address",), dict(default=None, metavar="ADDR",
+                                  help="an existing Ray cluster ('auto', or host:port of its "
+                                       "head); default: start a local one (ended with this "
+                                       "command)")),
+        (("--ray-num-cpus",), dict(type=int, default=None, metavar="N",
+                                   help="CPUs of the local Ray cluster (default: all)")),
+        (("--app-name",), dict(default="deepretrieval",
+                               help="Ray Serve application name; searchers use ray://APP "
+                                    "(default deepretrieval)")),
+        (("--replicas",), dict(type=int, default=1,
+                               help="replicas of each index, or of each shard of a sharded "
+                                    "index (default 1)")),
+        (("--index-replicas",), dict(action="append", default=[], metavar="NAME=N",
+                                     help="replicas of one index (and of each of its shards); "
+                                          "repeatable")),
+        (("--ingress-replicas",), dict(type=int, default=None, metavar="N",
+                                       help="replicas of the HTTP ingress and of each shard "
+                                            "router (default: --replicas)")),
+        (("--replica-cpus",), dict(type=float, default=1.0,
+                                   help="CPUs reserved by each index/shard replica (default 1)")),
+        (("--replica-gpus",), dict(type=float, default=0.0,
+                                   help="GPUs reserved by each index/shard replica (dense "
+                                        "indexes; default 0)")),
+        (("--shard-resource",), dict(action="append", default=[], metavar="NAME=AMOUNT",
+                                     help="a custom Ray resource each shard replica needs, '{i}' "
+                                          "standing for the shard number (e.g. 'shard{i}=0.01' "
+                                          "puts shard 0 on nodes started with --resources "
+                                          "'{\"shard0\": 1}'); repeatable")),
+        (("--detach",), dict(action="store_true",
+                             help="deploy and exit, leaving the application running on the "
+                                  "cluster (needs --ray-address; docs/scale_out.md says how "
+                                  "to remove it)")),
+    ]
+    ray_only = [r.add_argument(*flags, **kw) for flags, kw in ray_flags]
+    p.set_defaults(ray_only=[(a.dest, a.default) for a in ray_only])
     p.set_defaults(func=cmd_serve)
 
 
@@ -250,6 +260,10 @@ def cmd_serve(args) -> int:
               f"port can search", file=sys.stderr)
     if args.ray:
         return cmd_serve_ray(args, config)
+    given = [f"--{dest.replace('_', '-')}" for dest, default in args.ray_only
+             if getattr(args, dest) != default]
+    if given:
+        raise ValueError(f"{', '.join(given)} only apply with --ray")
     indexes = load_indexes(parse_index_specs(args.index), warmup=not args.no_warmup)
     print(f"serving {', '.join(sorted(indexes))} on http://{args.host}:{args.port} "
           f"(POST /retrieve, GET /health)", file=sys.stderr, flush=True)
