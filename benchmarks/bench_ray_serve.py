@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -400,6 +401,7 @@ def main(argv=None) -> int:
                 ray_serve.stop(APP)
             finally:
                 ray.shutdown()
+                shutil.rmtree(temp, ignore_errors=True)
     ray_rss = rss.peak
 
     s, r = rows["serve"], rows["ray_http"]
