@@ -50,6 +50,7 @@ from deepretrieval.search import LocalSearcher, load_index_dir
 from deepretrieval.search import live as live_engines
 from deepretrieval.search import sql as sql_backend
 from deepretrieval.service.client import ServiceSearcher
+from deepretrieval.service.ray_client import RAY_SCHEME, RaySearcher
 from deepretrieval.tasks import agentic, beir, boolean, evidence, search_engine, sql
 from deepretrieval.tasks import original as original_names
 from deepretrieval.tasks.base import Family, Task, UnknownTask, tasks_by_name
@@ -164,6 +165,22 @@ def open_index(name_or_path: str) -> Backend:
                       f"or build one under {settings.index_dir()} with `deepretrieval index`")
 
 
+def index_directory(name_or_path: str) -> Path | None:
+    """The directory :func:`open_index` loads for this name (the same order), or None when it
+    opens something else (a built-in not built yet, a live engine, a bundled database) or
+    nothing. The Ray Serve application reads a sharded index's ``meta.json`` from it."""
+    registered = named_indexes()
+    if name_or_path in registered:
+        return registered[name_or_path]
+    candidate = settings.index_dir() / name_or_path
+    if (candidate / "meta.json").exists():
+        return candidate
+    if name_or_path in BUILTIN_INDEXES:
+        return None
+    path = Path(name_or_path)
+    return path if (path / "meta.json").exists() else None
+
+
 def index_available(name_or_path: str) -> bool:
     """Would :func:`open_index` find this index (without loading it)? Built-in names always can
     (they are built on first use or are live engines)."""
@@ -190,13 +207,16 @@ def set_searcher(searcher: Searcher | None) -> None:
 
 
 def get_searcher() -> Searcher:
-    """The process-wide searcher: the service client when ``DEEPRETRIEVAL_SEARCH_URL`` is set,
+    """The process-wide searcher: the service client when ``DEEPRETRIEVAL_SEARCH_URL`` is set
+    (``ray://APP``: the handle of the Ray Serve application APP, no HTTP; docs/scale_out.md),
     else the in-process :func:`local_searcher`."""
     global _SEARCHER, _SEARCHER_URL
     url = settings.get_str("DEEPRETRIEVAL_SEARCH_URL")
     with _SEARCHER_LOCK:
         if _SEARCHER is None or url != _SEARCHER_URL:
-            if url:
+            if url and url.startswith(RAY_SCHEME):  # a Ray Serve application, through its handle
+                _SEARCHER = RaySearcher(url[len(RAY_SCHEME):])
+            elif url:
                 _SEARCHER = ServiceSearcher(url, token=settings.get_str("DEEPRETRIEVAL_SEARCH_TOKEN"))
             else:
                 _SEARCHER = local_searcher()

@@ -47,3 +47,14 @@ def test_no_token_no_entry(monkeypatch, tmp_path):
 def test_a_token_hydra_cannot_carry_is_refused(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="cannot carry"):
         _cfg(monkeypatch, tmp_path, "a,b")
+
+
+def test_a_ray_serve_url_reaches_the_workers_as_written(monkeypatch, tmp_path):
+    """``ray://APP`` (the Ray Serve application's handles, docs/scale_out.md) passes Hydra."""
+    monkeypatch.delenv(launcher.TOKEN_ENV, raising=False)
+    overrides = launcher.build_overrides(
+        "scifact", model="/m", train_files=str(tmp_path / "t.parquet"),
+        val_files=str(tmp_path / "v.parquet"), out_dir=str(tmp_path), nnodes=2,
+        search_url="ray://deepretrieval")
+    env = _ray_init_env(launcher.compose("ppo", overrides))
+    assert env == {"DEEPRETRIEVAL_SEARCH_URL": "ray://deepretrieval"}

@@ -36,7 +36,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("DEEPRETRIEVAL_CACHE_FROZEN", "bool", "live cache answers only from what it holds"),
     Setting("DEEPRETRIEVAL_INDEX_DIR", "path", "folder of named indexes"),
     Setting("DEEPRETRIEVAL_INDEXES", "str", "extra named indexes: name=path,name=path"),
-    Setting("DEEPRETRIEVAL_SEARCH_URL", "str", "retrieval service URL (rewards search through it)"),
+    Setting("DEEPRETRIEVAL_SEARCH_URL", "str",
+            "retrieval service URL, or ray://APP (a Ray Serve application's handles); rewards "
+            "search through it"),
     Setting("DEEPRETRIEVAL_SEARCH_TOKEN", "str", "bearer token of the retrieval service"),
     Setting("DEEPRETRIEVAL_PROGRESS", "bool", "progress bars (default on)"),
     Setting("DEEPRETRIEVAL_BM25_THREADS", "int", "threads of the BM25 top-k kernel"),

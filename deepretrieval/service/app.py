@@ -50,7 +50,13 @@ from typing import Any
 
 from deepretrieval import __version__
 from deepretrieval.core.answer import MAX_VALUE_CHARS
-from deepretrieval.core.results import Backend, SearchError, SearchResult, unencodable
+from deepretrieval.core.results import (
+    Backend,
+    SearchError,
+    SearchResult,
+    search_sendable,
+    unencodable,
+)
 from deepretrieval.service.limits import (
     apply_backend_limits,
     guarded_protocol,
@@ -111,6 +117,10 @@ class ServiceConfig:
     max_connections: int = 1024       #: open connections (capped by the descriptor limit; → 503)
     max_timeout_s: float = 30.0       #: largest backend ``timeout_s`` option a client may ask
     max_result_bytes: int = 32_000_000  #: largest backend ``max_result_bytes`` option
+    #: coalesce concurrent requests into batched backend calls (:class:`Batcher`); False: each
+    #: request goes to its backend on its own (the Ray Serve ingress, whose backends are proxies
+    #: to deployments that batch with ``@serve.batch``; ``deepretrieval.service.ray_serve``)
+    batching: bool = True
 
     def public(self) -> dict[str, Any]:
         out = asdict(self)
@@ -472,15 +482,29 @@ def create_app(indexes: dict[str, Backend], config: ServiceConfig | None = None)
                              "config": config}
     apply_backend_limits(indexes, config.max_timeout_s, config.max_result_bytes)
 
+    def executor(name: str) -> ThreadPoolExecutor:
+        # one worker pool per index: a slow index (long SQL) cannot starve another
+        pool = state["executors"].get(name)
+        if pool is None:
+            pool = state["executors"][name] = ThreadPoolExecutor(
+                max_workers=config.workers, thread_name_prefix=f"search-{name}")
+        return pool
+
     def batcher(name: str) -> Batcher:
         b = state["batchers"].get(name)
         if b is None:
-            # one worker pool per index: a slow index (long SQL) cannot starve another
-            executor = state["executors"][name] = ThreadPoolExecutor(
-                max_workers=config.workers, thread_name_prefix=f"search-{name}")
-            b = state["batchers"][name] = Batcher(indexes[name], executor, config.workers,
+            b = state["batchers"][name] = Batcher(indexes[name], executor(name), config.workers,
                                                   config.batch_wait_ms / 1000.0, config.max_batch)
         return b
+
+    async def search(name: str, queries: list[str], k: int, return_text: bool,
+                     options: dict[str, Any] | None) -> list[SearchResult]:
+        if config.batching:
+            return await batcher(name).search(queries, k, return_text, options)
+        backend = indexes[name]
+        return await asyncio.get_running_loop().run_in_executor(
+            executor(name), lambda: search_sendable(backend.search, queries, k,
+                                                    return_text=return_text, options=options))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -528,8 +552,8 @@ def create_app(indexes: dict[str, Backend], config: ServiceConfig | None = None)
         if not req["queries"]:
             return 200, dumps(render([], req["return_scores"], req["format"]))
         try:
-            results = await batcher(req["index"]).search(req["queries"], req["k"],
-                                                         req["return_text"], req["options"])
+            results = await search(req["index"], req["queries"], req["k"], req["return_text"],
+                                   req["options"])
         except ValueError as exc:  # the backend rejected the request (e.g. unknown option)
             return error(422, f"index {req['index']!r} rejected the request: {exc}")
         except Exception as exc:  # noqa: BLE001 - the service keeps serving
