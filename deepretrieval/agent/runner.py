@@ -87,6 +87,13 @@ class Episode:
         return sum(1 for s in self.searches if s["error"] is None)
 
     @property
+    def passages(self) -> list[str]:
+        """The record of real searches (``extra_info[agent_protocol.RETRIEVED_KEY]``): the
+        contents of the result blocks this episode's searches injected."""
+        return [seg.content for seg in self.segments if seg.injected
+                and P.classify_block(seg.content, self.settings) == "results"]
+
+    @property
     def answer(self) -> str | None:
         return P.final_answer(self.text)
 

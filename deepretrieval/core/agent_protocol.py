@@ -45,6 +45,10 @@ SEARCH_ERROR_PREFIX = "Search failed:"
 #: Longest query or answer taken from a model turn (characters); longer ones are cut.
 MAX_ACTION_CHARS = 2000
 SEARCH_TOOL_NAME = "search"
+#: ``extra_info`` key of the record of real searches: the contents of the result blocks the
+#: environment injected (the runner, the verl agent loop and ``search`` tool write it). The ``hit``
+#: metric reads it, never the trajectory text, which a model can fake blocks into.
+RETRIEVED_KEY = "agent_passages"
 
 _INJECTED = re.compile(r"<information>.*?(?:</information>|\Z)|<tool_response>.*?(?:</tool_response>|\Z)",
                        re.DOTALL)

@@ -712,8 +712,7 @@ def _finish(model, accelerator, settings: ExSearchSettings):
 
 def retrieved_answer(episode: Episode) -> bool:
     """Did a search of the episode return a passage holding a gold answer?"""
-    stats = P.trajectory_stats(episode.text, episode.settings)
-    return blocks_hold_answer(stats.passages, gold_answers(episode.row))
+    return blocks_hold_answer(episode.passages, gold_answers(episode.row))
 
 
 def evidence_kept(episodes: Sequence[Episode], how: str,
