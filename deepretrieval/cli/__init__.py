@@ -98,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
             if _signal_received():  # a library turned the KeyboardInterrupt into another error
                 raise KeyboardInterrupt from None
             raise
+    except ImportError as exc:
+        extra = missing_extra(exc)
+        if extra is None:
+            raise
+        print(f"error: {extra}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         _close_progress_bars()
         print("interrupted", file=sys.stderr, flush=True)
@@ -121,6 +127,27 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:  # the interpreter's teardown (torch, transformers: seconds on a
             _catch_startup_interrupts()  # busy machine): a Ctrl-C then ends it quietly too, 130
+
+
+#: Optional dependencies (top-level module) → the extra of pyproject.toml that installs them.
+EXTRAS = {"faiss": "dense", "sentence_transformers": "dense",
+          "omegaconf": "verl-cpu", "hydra": "verl-cpu", "verl": "verl-cpu", "ray": "verl-cpu",
+          "trl": "trl", "transformers": "trl", "peft": "trl", "accelerate": "trl",
+          "datasets": "trl", "matplotlib": "trl"}
+
+
+def missing_extra(exc: ImportError) -> str | None:
+    """The one-line fix for an optional dependency that is not installed (None: not one of
+    ours). torch is installed on its own (CPU wheels), the rest through the package's extras."""
+    root = (exc.name or "").split(".")[0]
+    if root == "torch":
+        return "this command needs torch (not installed): pip install torch==2.13.0"
+    if root in EXTRAS:
+        extra = EXTRAS[root]
+        gpu = " (GPU training: \".[train]\")" if extra == "verl-cpu" else ""
+        return (f"this command needs {root} (not installed): pip install -e \".[{extra}]\"{gpu} "
+                f"from the source checkout, or pip install \"deepretrieval[{extra}]\"")
+    return None
 
 
 def _close_progress_bars() -> None:

@@ -28,7 +28,7 @@ from deepretrieval.train import quickstart as quickstart_mod
 from deepretrieval.train import verl as launcher
 from deepretrieval.train.export import checkpoint_kind, export_checkpoint
 from deepretrieval.train.exsearch import EVIDENCE_FILTERS, ExSearchSettings, train_exsearch
-from deepretrieval.train.models import resolve_model
+from deepretrieval.generation.models import resolve_model
 from deepretrieval.train.service import ManagedService, service_env, signals_raise
 from deepretrieval.train.trl_engine import TRLSettings, train_trl
 
