@@ -355,7 +355,6 @@ class EpisodeRunner:
             ep.receive(replies[id(ep)])
         return sum(len(items) for items in groups.values())
 
-
     def _search_isolated(self, searcher, index: str, queries: list[str], k: int
                          ) -> list[tuple[str, SearchResult | None, str | None]]:
         """One batched search; any exception it raises fails only these queries' episodes, never
