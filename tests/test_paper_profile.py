@@ -352,7 +352,8 @@ def test_paper_sql_writes_no_file_and_is_bounded(tmp_path):
     on_singer = {k: v.replace("flights", "singer").replace("FlightNo", "Name") for k, v in PAYLOADS.items()}
     hostile = {**on_singer, **writers,
                "zeroblob": "SELECT zeroblob(900000000)",
-               "doubling": "WITH RECURSIVE d(x) AS (SELECT 'ab' UNION ALL SELECT x || x FROM d) SELECT length(x) FROM d",
+               "doubling": "WITH RECURSIVE d(x) AS (SELECT 'ab' UNION ALL SELECT x || x FROM d) "
+                           "SELECT length(x) FROM d",
                "many_rows_small": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c",
                "heap_pragma": "PRAGMA hard_heap_limit=0", "schema_pragma": "PRAGMA writable_schema=ON",
                "extension": "SELECT load_extension('/tmp/x')", "plain_vacuum": "VACUUM",
