@@ -75,18 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # as a program: a Ctrl-C while the command modules are imported ends it quietly (exit 130);
     # the command itself then gets Python's KeyboardInterrupt, handled below
+    # (on the way out — a usage error, --help — the program keeps that handler)
     previous = _catch_startup_interrupts() if argv is None else None
-    try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        configure_logging(args.verbose)
-    except BaseException:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-        raise
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
     if not getattr(args, "func", None):
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
         parser.print_help()
         return 2
     try:
