@@ -244,6 +244,8 @@ def cmd_train(args) -> int:
     model = args.model or ("Qwen/Qwen2.5-3B-Instruct" if args.engine == "verl" else "smollm2")
     if args.engine == "verl" and args.no_service:
         raise ValueError("--no-service is for the TRL engine; verl's reward workers need the service")
+    if args.engine == "verl":  # verl's config stack, before a service starts (a missing extra:
+        import omegaconf  # noqa: F401  one error line with its pip install, cli.missing_extra)
     indexes = args.index or default_indexes(task)
     use_service = not args.search_url and not args.no_service
 
