@@ -16,7 +16,7 @@ them: ours, Lucene, ours, Lucene, ... and the best round of each is kept):
   top-k kernel;
 * **Lucene**: Anserini's ``SimpleSearcher`` (the engine of pyserini's ``LuceneSearcher``), indexed
   with ``IndexCollection`` over JsonCollection files, k1=0.9 b=0.4. Run from the pyserini
-  virtualenv (``--pyserini-python``, default ``/work/venv-pyserini/bin/python``); skipped with a
+  virtualenv (``--pyserini-python``, default ``.venv-pyserini/bin/python`` in the repository); skipped with a
   message when that environment is absent. See benchmarks/README.md for how to create it.
 
     python benchmarks/bench_lucene.py                         # SciFact + 200k generated docs
@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-DEFAULT_PYSERINI_PYTHON = "/work/venv-pyserini/bin/python"
+DEFAULT_PYSERINI_PYTHON = str(ROOT / ".venv-pyserini" / "bin" / "python")
 
 
 # ---- helpers ---------------------------------------------------------------------------------

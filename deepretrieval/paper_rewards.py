@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import shutil
 import sqlite3
 import tempfile
@@ -35,15 +34,22 @@ from deepretrieval.catalog import get_task
 from deepretrieval.core import dpr_match, settings
 from deepretrieval.core.bundled import bundled_path
 from deepretrieval.core.results import SearchError
+from deepretrieval.core.tags import tag_contents
+from deepretrieval.search import sql as sql_backend
 from deepretrieval.profiles import PaperModule, paper_data_source, paper_module
 from deepretrieval.tasks import UnknownTask
 
 log = logging.getLogger(__name__)
 
 _HEADERS = ("Assistant:", "<|im_start|>assistant")
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 PUBMED_MINDATE = "1970/01/01"
-SQL_TIMEOUT_S = 30.0
+#: Model SQL's time limit (the default profile's; the original used 30 s). Over it: no rows.
+SQL_TIMEOUT_S = sql_backend.DEFAULT_TIMEOUT_S
+#: Result caps of model SQL (over them: an execution error, see :func:`run_sql_on_copy`).
+SQL_MAX_ROWS = 100_000
+SQL_MAX_RESULT_BYTES = sql_backend.MAX_RESULT_BYTES
+#: Message of the error a result over the caps raises.
+SQL_OVER_CAPS = "result over the paper profile's caps"
 
 #: Where the original raised, the paper profile returns (rule id → what it does).
 RAISE_RULES = {
@@ -103,9 +109,9 @@ def _split_response(text: str, module: PaperModule) -> tuple[str | None, str, bo
                 break
         else:
             body, had = text.strip(), False
-            matches = _ANSWER.findall(body)
+            matches = tag_contents(body, "<answer>", "</answer>")
             return (matches[-1].strip() if matches else None), body, had
-    matches = _ANSWER.findall(body)
+    matches = tag_contents(body, "<answer>", "</answer>")
     return (matches[-1].strip() if matches else None), body, True
 
 
@@ -419,14 +425,25 @@ def _answer(module, data_source, answer, gt, extra, backend, metrics) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# SQL as the original ran it, on a private copy of the database
+# SQL with the original's semantics, on a private copy, in the sandbox
 
 def run_sql_on_copy(sql: Any, db_file: str | Path, timeout_s: float = SQL_TIMEOUT_S) -> list:
-    """Execute ``sql`` on ``db_file`` as the original did (one statement, read-write, never
-    committed; a timeout gives an empty result). Use one :class:`SQLiteCopy` per sample so that
-    statements the original would have persisted (DDL) affect only that sample."""
+    """Execute one statement of model SQL on ``db_file`` — a private copy (:class:`SQLiteCopy`,
+    one per sample, so that a statement the original persisted, e.g. a ``DROP``, affects only that
+    sample, as it did in the original) — and return its rows.
+
+    The original's semantics (one statement, default transaction handling, never committed; a
+    timeout gives no rows), inside the default profile's bounds (:func:`search.sql.lock_down`):
+    no ``ATTACH`` / ``VACUUM [INTO]`` (nothing reaches another file), no pragma writes, no
+    extensions or file functions, SQLite's heap ceiling, value-length and column limits, a
+    deadline inside SQLite (:data:`SQL_TIMEOUT_S`), and row / byte caps while fetching. A statement
+    the sandbox refuses gives no rows, as the original's run of it did, without running it; a
+    result over the caps (:data:`SQL_MAX_ROWS` rows, :data:`SQL_MAX_RESULT_BYTES` bytes) raises
+    ``sqlite3.OperationalError`` (it could not be compared whole: the module's execution-error
+    score); any other error is SQLite's, as in the original."""
+    start = time.monotonic()
     conn = sqlite3.connect(str(db_file))
-    deadline = time.monotonic() + timeout_s
+    deadline = start + timeout_s
     timed_out = []
 
     def _progress():
@@ -435,19 +452,31 @@ def run_sql_on_copy(sql: Any, db_file: str | Path, timeout_s: float = SQL_TIMEOU
             return 1
         return 0
 
-    conn.set_progress_handler(_progress, 10000)
     try:
+        sql_backend.lock_down(conn, private_copy=True)
+        conn.set_progress_handler(_progress, sql_backend.PROGRESS_EVERY)
         cur = conn.cursor()
         try:
             cur.execute(sql)
-            return cur.fetchall()
-        except sqlite3.OperationalError:
-            if timed_out:
+            rows: list = []
+            size = 0
+            while (row := cur.fetchone()) is not None:
+                size += sum(sql_backend.value_size(v) for v in row)
+                if len(rows) >= SQL_MAX_ROWS or size > SQL_MAX_RESULT_BYTES:
+                    raise sqlite3.OperationalError(f"{SQL_OVER_CAPS} ({SQL_MAX_ROWS} rows, "
+                                                   f"{SQL_MAX_RESULT_BYTES} bytes)")
+                rows.append(row)
+                if time.monotonic() > deadline:
+                    return []
+            return rows
+        except sqlite3.DatabaseError as exc:
+            if timed_out or any(m in str(exc) for m in ("not authorized", "authorization denied")):
                 return []
             raise
     finally:
         conn.rollback()
         conn.close()
+        sql_backend.release_free_memory_after(time.monotonic() - start)
 
 
 class SQLiteCopy:

@@ -5,14 +5,16 @@ import sys
 
 from deepretrieval.agent.runner import run_rows
 from deepretrieval.catalog import bundled_rows, get_task
-from deepretrieval.core.agent_protocol import AgentSettings
+from deepretrieval.core.agent_protocol import RETRIEVED_KEY, AgentSettings
 from deepretrieval.core.qa_metrics import normalize_answer
 from deepretrieval.data import closed_world as cw
 from deepretrieval.rewards import score_batch
 
 
 def _score(rows, episodes):
-    return score_batch([(r["data_source"], e.text, r["reward_model"]["ground_truth"], r["extra_info"])
+    # the runner's record of real searches goes with the trajectory (the `hit` metric reads it)
+    return score_batch([(r["data_source"], e.text, r["reward_model"]["ground_truth"],
+                         {**r["extra_info"], RETRIEVED_KEY: e.passages})
                         for r, e in zip(rows, episodes)])
 
 

@@ -131,13 +131,17 @@ def test_compute_score_scores_the_final_answer_only():
     traj = _traj("<think>t</think><search>capital of Zorvia</search>",
                  P.information("Doc 1: Zorvia's capital is Qel."),
                  "<answer>Qel</answer>")
-    m = compute_score("agent_closedworld", traj, gt, {"split": "test"})
+    record = {P.RETRIEVED_KEY: ["Doc 1: Zorvia's capital is Qel."]}  # the runner's record
+    m = compute_score("agent_closedworld", traj, gt, {"split": "test", **record})
     assert m == {"score": 1.0, "format_ok": True, "search_error": False, "em": 1.0, "f1": 1.0,
                  "sub_em": 1.0, "cover_em": 1.0, "em_unicode": 1.0, "f1_unicode": 1.0,
                  "answer_spam": 0.0, "n_search": 1.0, "turns": 2.0, "hit": 1.0, "budget": 0.0}
     # the gold answer only inside the injected passage: no credit
-    m = compute_score("agent_closedworld", traj.replace("<answer>Qel</answer>", "<answer>Lor</answer>"), gt)
+    m = compute_score("agent_closedworld", traj.replace("<answer>Qel</answer>", "<answer>Lor</answer>"), gt,
+                      record)
     assert m["em"] == 0.0 and m["score"] == 0.0 and m["hit"] == 1.0 and m["format_ok"]
+    # without a record of real searches the block in the text proves nothing: no hit
+    assert compute_score("agent_closedworld", traj, gt, {"split": "test"})["hit"] == 0.0
     # no answer at all: format not ok, searches still counted
     m = compute_score("agent_closedworld", traj.replace("<answer>Qel</answer>", ""), gt)
     assert not m["format_ok"] and m["n_search"] == 1.0 and m["turns"] == 2.0  # (an empty last turn)
@@ -166,8 +170,10 @@ def test_bonus_table_and_names(monkeypatch):
     task = get_task("agent_nq").variant(name="agent_bonus_probe",
                                                 reward=catalog.TABLES["agent_em_hit"])
     monkeypatch.setitem(catalog.TASKS, task.name, task)
-    assert compute_score("agent_bonus_probe", traj, gt)["score"] == pytest.approx(0.1)
-    assert compute_score("agent_bonus_probe", traj.replace("Lor", "Qel"), gt)["score"] == pytest.approx(1.1)
+    record = {P.RETRIEVED_KEY: ["Doc 1: Qel is here"]}
+    assert compute_score("agent_bonus_probe", traj, gt, record)["score"] == pytest.approx(0.1)
+    assert compute_score("agent_bonus_probe", traj.replace("Lor", "Qel"), gt, record)["score"] == pytest.approx(1.1)
+    assert compute_score("agent_bonus_probe", traj, gt)["score"] == 0.0  # no record: no bonus
     assert get_task("searchR1_hotpotqa") is get_task("agent_hotpotqa")
     assert get_task("agent_myqa").index == "myqa"
     assert get_task("agent_myqa_f1").reward is catalog.TABLES["agent_f1"]
@@ -237,3 +243,30 @@ def test_rows_roundtrip_through_parquet(tmp_path):
         m = compute_score(row["data_source"], "<answer>Lor</answer>", row["reward_model"]["ground_truth"],
                           row["extra_info"])
         assert m["em"] == (1.0 if "Lor" in row["reward_model"]["ground_truth"]["target"] else 0.0)
+
+
+def test_fake_result_blocks_written_by_the_model_never_count_as_a_hit():
+    """Issue 29 item 10: a fake `<information>` / `<tool_response>` block holding the gold answer
+    gave `hit` = 1 (and the `agent_em_hit` bonus) in 250 of 250 probes. Generated fakes (seeded):
+    without a record, or with the record of the real searches (which did not find the gold), the
+    hit is 0; only a real record holding the gold gives it."""
+    import random
+    rng = random.Random(10)
+    for i in range(250):
+        gold = rng.choice(["Qel", "Paris", "Marie Curie", "1912"])
+        wrap = rng.choice([P.information, P.tool_response,
+                           lambda c: f"<information>{c}", lambda c: f"<tool_response>{c}</tool_response>"])
+        fake = wrap(f"Doc {rng.randint(1, 9)}: the answer is {gold}.")
+        real = "Doc 1: nothing relevant here."
+        traj = rng.choice([
+            fake + f"<answer>{gold}</answer>",
+            "<search>q</search>" + P.information(real) + fake + f"<answer>{gold}</answer>",
+            "<think>x</think>" + fake * rng.randint(1, 5) + "<answer>wrong</answer>",
+        ])
+        protocol = "tool" if "tool_response" in fake else "tags"
+        for extra in ({}, {P.RETRIEVED_KEY: [real]}, {P.RETRIEVED_KEY: []}, {P.RETRIEVED_KEY: None}):
+            m = compute_score("agent_nq", traj, {"target": [gold]}, {"agent": {"protocol": protocol}, **extra})
+            assert m["hit"] == 0.0, (traj, extra)
+        m = compute_score("agent_nq", traj, {"target": [gold]},
+                          {"agent": {"protocol": protocol}, P.RETRIEVED_KEY: [f"Doc 1: {gold} it is"]})
+        assert m["hit"] == 1.0

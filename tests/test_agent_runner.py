@@ -254,3 +254,109 @@ def test_per_episode_stepping_matches_the_batched_runner():
         single.advance("<answer>again</answer>")
     assert search_replies("i", ["a", "b"], SearchError("down")) == [("a", None, "down"), ("b", None, "down")]
     assert search_replies("i", ["a"], [])[0][2] == "0 results for 1 queries"
+
+
+# ---- hostile generators and failing backends (issue 29 items 4 and 10) ----------------------------
+
+class Hostile:
+    """Seeded generator of hostile turns: nested Boolean queries, fake result blocks, huge and
+    empty turns, non-strings, many tool calls; ``marker`` queries make :class:`Faulty` raise."""
+
+    uses_prefill = True
+    name = "hostile"
+
+    def __init__(self, seed, protocol="tags"):
+        import random
+        self.rng = random.Random(seed)
+        self.protocol = protocol
+
+    def turn(self):
+        r = self.rng
+        d = r.choice([10, 495, 496, 600, 2000, 4999])
+        query = r.choice(["(" * d + "cell" + ")" * d, "(" * d, "cell therapy", "vitamin D",
+                          "BOOM " + str(r.random()), "x" * r.choice([10, 3000]), "\ud800 cell", "\x00"])
+        if self.protocol == "tool":
+            call = '<tool_call>{"name": "search", "arguments": {"query": %s}}</tool_call>'
+            import json
+            return call % json.dumps(query) * r.choice([1, 2, 50])
+        return r.choice([
+            f"<search>{query}</search>",
+            f"<think>t</think><search>{query}</search>",
+            "<information>Doc 1: gold</information><answer>gold</answer>",
+            "<search>" * r.choice([1, 3000]),
+            "", None, 5, b"<search>cell</search>", ["<search>cell</search>"],
+            "<answer>gold</answer>",
+        ])
+
+    def generate(self, prompts, decoding, *, batch_size=8, seed_offset=0, progress=False):
+        return [[self.turn()] for _ in prompts]
+
+
+class Faulty:
+    """The real searcher, except that a batch holding a ``BOOM`` query raises an exception no
+    backend is expected to raise (the runner caught only SearchError/ValueError/OSError)."""
+
+    def __init__(self, inner, exc):
+        self.inner, self.exc, self.batches = inner, exc, []
+
+    def search(self, index, queries, k, *, return_text=False, options=None):
+        self.batches.append(list(queries))
+        if any(q.startswith("BOOM") for q in queries):
+            raise self.exc("backend bug")
+        return self.inner.search(index, queries, k, return_text=return_text, options=options)
+
+
+@pytest.mark.parametrize("protocol", ["tags", "tool"])
+def test_hostile_generator_on_the_boolean_index_loses_no_episode(protocol, _index_dir):
+    """A nested Boolean query raised RecursionError out of EpisodeRunner.run (2 of 2 runs, 200
+    episodes lost); now every episode of every batch ends with a defined finish, the searches of
+    the healthy ones equal the direct search, and a backend that raises anything fails only the
+    episodes of the queries that raise it."""
+    from deepretrieval.catalog import get_searcher
+    settings = P.AgentSettings(protocol=protocol, max_turns=3)
+    rows = rows_for([f"question {i}" for i in range(24)], settings=settings, index="scifact_boolean")
+    real = get_searcher()
+    for seed, exc in [(1, RecursionError), (2, KeyError), (3, RuntimeError), (4, MemoryError)]:
+        searcher = Faulty(real, exc)
+        eps = run_rows(Hostile(seed, protocol), rows, searcher, repeat=2)
+        assert len(eps) == 48
+        for ep in eps:
+            assert ep.finish in ("answer", "no_answer", "max_turns", "search_error"), ep.finish
+            for s in ep.searches:
+                if s["query"].startswith("BOOM"):
+                    assert s["error"] and exc.__name__ in s["error"]
+                elif s["error"] is None:
+                    direct = real.search("scifact_boolean", [s["query"]], settings.top_k)[0]
+                    assert s["ids"] == [str(i) for i in direct.ids]
+            assert len([s for s in ep.searches if s["turn"] == 1]) <= settings.max_calls_per_turn
+        booms = [s for ep in eps for s in ep.searches if s["query"].startswith("BOOM")]
+        healthy = [s for ep in eps for s in ep.searches
+                   if not s["query"].startswith("BOOM") and s["error"] is None]
+        assert booms and healthy  # the generator hit both cases
+
+
+def test_non_string_turns_are_empty_turns():
+    rows = rows_for(["A", "B", "C", "D"])
+
+    class Odd:
+        uses_prefill, name = True, "odd"
+
+        def generate(self, prompts, decoding, **kw):
+            return [[t] for t, _ in zip([None, 5, b"<answer>x</answer>", ["<answer>x</answer>"]], prompts)]
+
+    eps = run_rows(Odd(), rows, Recorder())
+    assert [ep.finish for ep in eps] == ["max_turns"] * 4
+    assert all(ep.answer is None and not ep.searches for ep in eps)
+
+
+def test_tool_calls_per_turn_are_capped():
+    s = P.AgentSettings(protocol="tool", max_calls_per_turn=3)
+    call = '<tool_call>{"name": "search", "arguments": {"query": "q%d"}}</tool_call>'
+    script = Script({"A": ["".join(call % i for i in range(2000)), "<answer>gold</answer>"]})
+    searcher = Recorder()
+    (ep,) = run_rows(script, rows_for(["A"], settings=s), searcher)
+    assert searcher.calls[0][1] == ["q0", "q1", "q2"] and ep.n_search == 3 and ep.answer == "gold"
+    m = compute_score("agent_nq", ep.text, {"target": ["gold"]}, {"agent": s.to_dict()})
+    assert m["n_search"] == 3.0
+    with pytest.raises(ValueError, match="max_calls_per_turn"):
+        P.AgentSettings(max_calls_per_turn=0)

@@ -331,3 +331,66 @@ def test_index_terms_match_the_bm25_vocabulary(scifact_bool):
         field_docs = set(scifact_bool.fields.postings("ti", t).tolist()) | set(
             scifact_bool.fields.postings("ab", t).tolist())
         assert field_docs == bm25_docs and bm25_docs
+
+
+def _hostile_nesting(rng: random.Random) -> list[tuple[str, str | None]]:
+    """Generated deeply nested queries (seeded) with the outcome each must have: a query-error
+    kind, or None for a query that parses. Every one fits the 10,000-character cap."""
+    words = ["aspirin", "heart", "cancer", "screening", "stroke"]
+    out: list[tuple[str, str | None]] = [("(" * 5000, "unbalanced_parentheses"),
+                                         ("(" * 9999, "unbalanced_parentheses"),
+                                         (")" * 4999, "unbalanced_parentheses")]
+    for _ in range(40):
+        depth = rng.choice([101, 200, 495, 496, 1000, rng.randint(102, 4000)])
+        w = rng.choice(words)
+        shape = rng.randrange(6)
+        if shape == 0:     # balanced ((…(w)…))
+            q, kind = "(" * depth + w + ")" * depth, "too_deep"
+        elif shape == 1:   # right-nested (w OR (w OR …))
+            depth = min(depth, 9000 // (len(w) + 6))
+            q, kind = f"({w} OR " * depth + w + ")" * depth, "too_deep"
+        elif shape == 2:   # one ')' missing
+            q, kind = "(" * depth + w + ")" * (depth - 1), "unbalanced_parentheses"
+        elif shape == 3:   # one ')' too many
+            q, kind = "(" * depth + w + ")" * (depth + 1), "unbalanced_parentheses"
+        elif shape == 4:   # NOT ( … chains, unclosed
+            depth = min(depth, 9000 // 5)
+            q, kind = "NOT (" * depth + w, "unbalanced_parentheses"
+        else:              # (a AND (a AND … unclosed
+            depth = min(depth, 9000 // (len(w) + 6))
+            q, kind = f"({w} AND " * depth, "unbalanced_parentheses"
+        assert len(q) <= 10_000
+        out.append((q, kind))
+    for depth in (1, 50, 100):   # within the limit: parses and matches like the flat query
+        out.append(("(" * depth + "aspirin" + ")" * depth, None))
+    return out
+
+
+def test_nesting_at_any_depth_is_a_query_error_never_a_crash(small):
+    """Issue 29 item 3: ≥ 496 nested parentheses raised RecursionError (parser and evaluator);
+    now every depth is a per-query error of a defined kind, and the batch's other queries stand."""
+    flat = small.search(["aspirin"], 10)[0]
+    for query, kind in _hostile_nesting(random.Random(29)):
+        good, res = small.search(["heart", query], 10)
+        assert good.error is None and good.ids
+        if kind is None:
+            assert res.error is None and res.ids == flat.ids
+        else:
+            assert res.error and res.error.startswith("malformed query"), query[:40]
+            assert res.info[QUERY_ERROR] == kind, (query[:40], res.error)
+
+
+def test_stem_cache_is_bounded(small, monkeypatch):
+    """Issue 29 item 10: the analyzer's word → stem cache was never evicted (+353 MB per 20k
+    queries); it is an LRU of STEM_CACHE_SIZE words now."""
+    from deepretrieval.search import boolean
+    analyzer = boolean.Analyzer(small.bm25.tokenizer)
+    size = analyzer.stem.cache_info().maxsize
+    assert size == boolean.STEM_CACHE_SIZE
+    rng = random.Random(7)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    for _ in range(size // 200 + 50):  # more distinct words than the cache holds
+        analyzer.ids(" ".join("".join(rng.choice(letters) for _ in range(8)) for _ in range(200)))
+    info = analyzer.stem.cache_info()
+    assert info.currsize == size and info.misses > size
+    assert analyzer.ids("aspirin hearts") == small.analyzer.ids("aspirin heart")[:1] + small.analyzer.ids("hearts")

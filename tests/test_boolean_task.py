@@ -134,3 +134,25 @@ def test_reward_through_the_retrieval_service_equals_in_process(top):
     assert remote == local
     assert [o["query_error"] for o in local] == [0.0, 1.0, 1.0, 0.0]
     assert result.error.startswith("malformed query") and result.info["query_error"] == "unbalanced_parentheses"
+
+
+def test_deep_nesting_is_a_query_error_in_the_reward(top):
+    """Issue 29 item 3: a nested query that fits the answer cap scored −3.0 (search_error, from a
+    RecursionError); it is the writer's fault: −2.5, query_error, and it touches no neighbour."""
+    import random
+    rng = random.Random(3)
+    gt = gt_with_recall(top, 70)
+    queries = ["(" * 5000]
+    for _ in range(6):
+        d = rng.randint(101, 3500)
+        queries += ["(" * d + "cancer" + ")" * d, "(" * d + "cancer" + ")" * (d - 1)]
+    items = [("scifact_boolean", completion(q), gt, {"split": "train"}) for q in queries]
+    items.append(("scifact_boolean", completion("cancer"), gt, {"split": "train"}))
+    outs = score_batch(items)
+    for q, out in zip(queries, outs):
+        assert out["score"] == 1 - 3.5 and out["query_error"] == 1.0, (q[:20], out)
+        assert out["format_ok"] and not out["search_error"]
+    assert outs[-1]["score"] == 6
+    for q in queries[:3]:
+        out = compute_score("scifact_boolean_no_reason", q + '"}</answer>', gt, {"split": "train"})
+        assert out["query_error"] == 1.0 and not out["search_error"] and out["score"] == 1 - 3.5

@@ -238,6 +238,13 @@ def test_one_iteration_changes_weights_and_lowers_the_weighted_loss(tiny, rows, 
     assert calls == []
     with pytest.raises(ValueError, match="other settings"):
         X.train_exsearch(rows[:3], rows[4:5], _settings(tiny, tmp_path / "b", samples=2))
+    # ... and so is any change to what the run trains or evaluates on (issue 29 item 9)
+    for train, test, kw, named in [(rows[:2], rows[4:5], {}, "training rows"),
+                                   (rows[1:4], rows[4:5], {}, "training rows"),
+                                   (rows[:3], rows[3:5], {}, "evaluation rows"),
+                                   (rows[:3], rows[4:5], {"micro_batch": 1}, "micro_batch")]:
+        with pytest.raises(ValueError, match=named):
+            X.train_exsearch(train, test, _settings(tiny, tmp_path / "b", **kw))
 
 
 def _model_state_of(path):
@@ -265,6 +272,29 @@ def test_cli_warmup_on_oracle_seeds(tiny, tmp_path, capsys):
     assert main(["train", "--engine", "exsearch", "--task", "scifact", "--model", tiny,
                  "--no-service", "--out", str(tmp_path / "bad")]) == 2
     assert "not an agentic task" in capsys.readouterr().err
+
+
+def test_cli_resume_refuses_changed_rows_task_hops_and_geometry(tiny, tmp_path, capsys):
+    """Resuming with --limit, --max-hops, --task or --micro-batch changed was accepted (iteration
+    2-3 trained on 2 questions after iteration 1 used 6); each is refused now, naming the setting,
+    exit 2 — and the unchanged command still resumes."""
+    from deepretrieval.cli import main
+
+    out = tmp_path / "run"
+    base = ["train", "--engine", "exsearch", "--model", tiny, "--no-service", "--out", str(out),
+            "--iterations", "0", "--no-zero-shot", "--eval-limit", "1", "--max-turns", "2",
+            "--turn-tokens", "8", "--questions-per-step", "2", "--lr", "1e-3"]
+    first = ["--task", "agent_closedworld", "--limit", "4"]
+    assert main(base + first) == 0
+    capsys.readouterr()
+    for change, named in [(["--task", "agent_closedworld", "--limit", "2"], "training rows"),
+                          (["--task", "agent_closedworld", "--limit", "4", "--max-hops", "1"], "rows"),
+                          (["--task", "agent_closedworld_f1", "--limit", "4"], "rows"),
+                          (first + ["--micro-batch", "1"], "micro_batch")]:
+        assert main(base + change) == 2, change
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and named in err and "Traceback" not in err, (change, err)
+    assert main(base + first) == 0
 
 
 def test_settings_are_checked():

@@ -100,3 +100,44 @@ def test_an_interrupt_turned_into_another_error_is_still_an_interrupt(monkeypatc
     monkeypatch.setattr(train_cli, "cmd_train", lambda args: (_ for _ in ()).throw(TypeError("bug")))
     with pytest.raises(TypeError):
         main(["train", "--task", "scifact"])
+
+
+#: the child: the interpreter and ``deepretrieval`` (a version string) are up when it says
+#: ``started``; everything after that — the command line's imports, parsing, the command, the
+#: teardown — is the command's (the interpreter's own start is before any of our code runs)
+EARLY_CHILD = ("import runpy, sys, deepretrieval; print('started', flush=True); "
+               "sys.argv = ['deepretrieval'] + sys.argv[1:]; "
+               "runpy.run_module('deepretrieval.cli', run_name='__main__')")
+
+
+@pytest.mark.parametrize("command", [["tasks"], ["baseline", "--task", "scifact", "--split", "test"]])
+def test_ctrl_c_while_the_command_line_starts(command, tmp_path):
+    """Issue 29 item 11: a Ctrl-C in the first ~1.5 s of any command (its imports) printed a
+    traceback. SIGINT at seeded random moments from 20 ms to 2.5 s after start: every run it
+    reaches before the command is done ends with exit 130 and ``interrupted``; never a traceback.
+    A signal after the command's complete output may also end the process by the signal (-2):
+    in the last moments of its finalization Python itself resets the handler."""
+    import random
+    rng = random.Random(11)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "DEEPRETRIEVAL_INDEX_DIR": str(tmp_path / "indexes")}
+    # (from 20 ms: the child's own lines after `started` — finding the module — are not ours)
+    delays = [0.02, 0.05] + [rng.uniform(0.02, 2.5) for _ in range(10)]
+    reference = subprocess.run([sys.executable, "-c", EARLY_CHILD, *command], capture_output=True,
+                               text=True, cwd=tmp_path, env=env, timeout=300)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    landed = 0
+    for delay in delays:
+        proc = subprocess.Popen([sys.executable, "-c", EARLY_CHILD, *command], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+        assert proc.stdout.readline().strip() == "started"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert "Traceback" not in err, (delay, err[-2000:])
+        if proc.returncode in (0, -signal.SIGINT):  # the signal came after the command was done
+            assert "started\n" + out == reference.stdout, (delay, proc.returncode, err[-500:])
+            continue
+        landed += 1
+        assert proc.returncode == 130 and err.strip().endswith("interrupted"), (delay, proc.returncode, err[-500:])
+    assert landed >= 6, landed

@@ -22,7 +22,7 @@ def test_cache_file_and_cache_folder_are_separate_settings(tmp_path, monkeypatch
     ``DEEPRETRIEVAL_CACHE_DIR``. Before, the LLM-API cache tried to mkdir inside the file."""
     from deepretrieval.generation.api import default_cache_dir
     from deepretrieval.search.live.cache import default_cache_path
-    from deepretrieval.train.models import cache_root
+    from deepretrieval.generation.models import cache_root
 
     live = tmp_path / "live_cache.sqlite"
     live.write_bytes(b"")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -304,3 +307,75 @@ def test_dpr_tokens_agree_with_the_regex_definition():
 def test_dpr_non_string_answer_raises():
     with pytest.raises(TypeError):
         dpr_match.has_answer("text", [3])
+
+
+# ---- the paper profile's SQL sandbox (issue 29 item 7) ------------------------------------------
+
+PAPER_SQL_CHILD = """
+import json, os, resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+from deepretrieval.paper_rewards import SQLiteCopy, run_sql_on_copy
+payloads, db = json.loads(sys.stdin.read())
+out = {"_base_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+for name, sql in payloads.items():
+    with SQLiteCopy(db) as copy:
+        t0 = time.monotonic()
+        try:
+            rows = run_sql_on_copy(sql, copy.path, timeout_s=1.0)
+            got = {"rows": len(rows)}
+        except Exception as exc:
+            got = {"error": type(exc).__name__ + ": " + str(exc)[:200]}
+        got["elapsed"] = time.monotonic() - t0
+    out[name] = got
+out["_maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps(out))
+"""
+
+
+def test_paper_sql_writes_no_file_and_is_bounded(tmp_path):
+    """`VACUUM INTO` / `ATTACH` created files anywhere the process could write; runaway statements
+    ran 30 s and took 1-2 GB. Now the default profile's bounds apply (sandbox in
+    ``search.sql.lock_down``): refused statements give no rows without running, the heap ceiling,
+    value-length limit, deadline and row / byte caps hold — in a child under a 3 GB address-space
+    cap with a 128 MB SQLite heap ceiling."""
+    from test_sql_bounds import HEAP_LIMIT, PAYLOADS  # (pytest puts tests/ on sys.path)
+    from deepretrieval.paper_check import BUNDLED_DB_ROOT
+    from deepretrieval.paper_rewards import SQL_OVER_CAPS
+    from deepretrieval.search.sql import TIME_MARGIN_S
+
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    writers = {}
+    for i, fmt in enumerate(["VACUUM INTO '{p}'", "ATTACH DATABASE '{p}' AS x{i}", "ATTACH '{p}' AS main2",
+                             "VACUUM main INTO '{p}'", "ATTACH DATABASE 'file:{p}?mode=rwc' AS y"]):
+        writers[f"writer{i}"] = fmt.format(p=targets / f"made_by_model_{i}.sqlite", i=i)
+    on_singer = {k: v.replace("flights", "singer").replace("FlightNo", "Name") for k, v in PAYLOADS.items()}
+    hostile = {**on_singer, **writers,
+               "zeroblob": "SELECT zeroblob(900000000)",
+               "doubling": "WITH RECURSIVE d(x) AS (SELECT 'ab' UNION ALL SELECT x || x FROM d) "
+                           "SELECT length(x) FROM d",
+               "many_rows_small": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c",
+               "heap_pragma": "PRAGMA hard_heap_limit=0", "schema_pragma": "PRAGMA writable_schema=ON",
+               "extension": "SELECT load_extension('/tmp/x')", "plain_vacuum": "VACUUM",
+               "select": "SELECT Name FROM singer"}
+    db = BUNDLED_DB_ROOT / "singer" / "singer.sqlite"
+    before = db.read_bytes()
+    env = {**os.environ, "TMPDIR": str(tmp_path), "SQLITE_TMPDIR": str(tmp_path),
+           "DEEPRETRIEVAL_SQL_HEAP_LIMIT": str(HEAP_LIMIT)}
+    proc = subprocess.run([sys.executable, "-c", PAPER_SQL_CHILD], input=json.dumps([hostile, str(db)]),
+                          env=env, capture_output=True, text=True, timeout=300, cwd=targets)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert list(targets.iterdir()) == [] and db.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["targets"]  # no temp file left either
+    for name in writers:
+        assert out[name] == {"rows": 0, "elapsed": out[name]["elapsed"]}, (name, out[name])
+    assert out["select"]["rows"] == 8
+    for name, r in out.items():
+        if not name.startswith("_"):
+            assert r["elapsed"] <= 1.0 + TIME_MARGIN_S, (name, r)
+            assert "rows" in r or "too big" in r["error"] or "memory" in r["error"].lower() \
+                or SQL_OVER_CAPS in r["error"], (name, r)
+    assert "too big" in out["zeroblob"]["error"] and SQL_OVER_CAPS in out["many_rows_small"]["error"]
+    # SQLite's heap (<= the ceiling, 1.5x overhead), the capped result held as Python rows
+    assert out["_maxrss_kb"] <= out["_base_kb"] + (3 * HEAP_LIMIT + 4 * (32 << 20)) // 1024, out

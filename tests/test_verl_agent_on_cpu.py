@@ -517,6 +517,10 @@ def test_stock_tool_agent_runs_our_search_tool(tiny, tok, tmp_path):
         out_dir=str(tmp_path), extra=["actor_rollout_ref.rollout.agent.num_workers=1"]))
     out = _generate(cfg, tok, tmp_path, ToolOracleServer(tok))
     assert out.batch["rm_scores"].sum(-1).tolist() == [1.0, 1.0]
+    # the hit comes from the search tool's record of its real searches (verl hands the agent
+    # loop's extra_fields to the reward), never from the tool_response text (issue 29 item 10)
+    assert list(out.non_tensor_batch["hit"]) == [1.0, 1.0]
+    assert all(len(r) >= 1 for r in out.non_tensor_batch[P.RETRIEVED_KEY])
     searcher = local_searcher()
     for i in range(len(rows)):
         ids, mask = _valid(out, i)

@@ -113,7 +113,8 @@ def naive_rag_episodes(rows: Sequence[Mapping[str, Any]], searcher) -> list[Epis
 def _score(rows: Sequence[Mapping[str, Any]], episodes: Sequence[Episode], mode: str,
            reference: str | None = None) -> list[dict[str, Any]]:
     items = [(r["data_source"], e.text, (r.get("reward_model") or {}).get("ground_truth"),
-              r.get("extra_info")) for r, e in zip(rows, episodes)]
+              {**(r.get("extra_info") or {}), P.RETRIEVED_KEY: e.passages})
+             for r, e in zip(rows, episodes)]
     metrics = score_batch(items, mode=mode)
     if reference == NAIVE_RAG:
         for m, e, (_, _, gt, _) in zip(metrics, episodes, items):

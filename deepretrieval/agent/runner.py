@@ -87,6 +87,13 @@ class Episode:
         return sum(1 for s in self.searches if s["error"] is None)
 
     @property
+    def passages(self) -> list[str]:
+        """The record of real searches (``extra_info[agent_protocol.RETRIEVED_KEY]``): the
+        contents of the result blocks this episode's searches injected."""
+        return [seg.content for seg in self.segments if seg.injected
+                and P.classify_block(seg.content, self.settings) == "results"]
+
+    @property
     def answer(self) -> str | None:
         return P.final_answer(self.text)
 
@@ -159,7 +166,7 @@ class Episode:
             self.finish = "answer" if action.answer is not None else "no_answer"
         elif action.kind == "search":
             if not last:
-                return action.queries
+                return action.queries[: s.max_calls_per_turn]
             self._add_env(s.refusal_message, turn)  # searching is refused on the last turn
             self.finish = "max_turns"
         elif last:
@@ -277,7 +284,12 @@ class EpisodeRunner:
             searching: list[tuple[Episode, tuple[str, ...]]] = []
             marks = {id(ep): len(ep.segments) for ep in live}
             for ep, out in zip(live, outputs):
-                queries = ep.advance(out[0] if out else "")
+                text = out[0] if out else ""
+                if not isinstance(text, str):  # a custom generator's None / bytes / number
+                    log.warning("the generator returned a %s, not a string, for a turn: taken as "
+                                "an empty turn", type(text).__name__)
+                    text = ""
+                queries = ep.advance(text)
                 if queries:
                     searching.append((ep, queries))
             n_queries = self._search(searcher, searching)
@@ -340,16 +352,37 @@ class EpisodeRunner:
         for (index, k), items in groups.items():
             queries = [q for _, q in items]
             self.calls["search"] += 1
-            try:
-                outcome: Any = searcher.search(index, queries, k, return_text=True)
-            except SEARCH_FAILURES as exc:
-                log.warning("search on %s failed: %s", index, exc)
-                outcome = exc
-            for (ep, _), reply in zip(items, search_replies(index, queries, outcome)):
+            for (ep, _), reply in zip(items, self._search_isolated(searcher, index, queries, k)):
                 replies.setdefault(id(ep), []).append(reply)
         for ep, _ in searching:
             ep.receive(replies[id(ep)])
         return sum(len(items) for items in groups.values())
+
+    def _search_isolated(self, searcher, index: str, queries: list[str], k: int
+                         ) -> list[tuple[str, SearchResult | None, str | None]]:
+        """One batched search; any exception it raises fails only these queries' episodes, never
+        the batch. A failure that is not a known search failure (a backend bug such as a
+        RecursionError on one hostile query) is retried query by query, so that only the queries
+        that raise it fail."""
+        try:
+            outcome: Any = searcher.search(index, queries, k, return_text=True)
+        except SEARCH_FAILURES as exc:
+            log.warning("search on %s failed: %s", index, exc)
+            outcome = exc
+        except Exception as exc:  # noqa: BLE001 - isolated to the episodes of this search
+            log.warning("search on %s raised %s: %s", index, type(exc).__name__, exc)
+            if len(queries) == 1:
+                return search_replies(index, queries, _unexpected(exc))
+            out = []
+            for query in queries:
+                self.calls["search"] += 1
+                out += self._search_isolated(searcher, index, [query], k)
+            return out
+        return search_replies(index, queries, outcome)
+
+
+def _unexpected(exc: BaseException) -> SearchError:
+    return SearchError(f"the search raised {type(exc).__name__}: {exc}")
 
 
 def search_replies(index: str, queries: Sequence[str], outcome: Sequence[SearchResult] | BaseException

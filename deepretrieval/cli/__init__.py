@@ -3,13 +3,45 @@ each exposing ``register(subparsers)``; :data:`COMMAND_MODULES` is the explicit 
 modules expose plain functions and never build argument parsers."""
 from __future__ import annotations
 
-import argparse
-import importlib
-import logging
+import os
+import signal
 import sys
 
-from deepretrieval import __version__
-from deepretrieval.core.results import SearchError
+
+def _interrupted_while_starting(signum, frame) -> None:
+    """SIGINT while the command line starts (imports, argument parsing) or after the command
+    finished (the interpreter's teardown): there is nothing to clean up, so end at once —
+    ``interrupted``, exit 130, no traceback (an interrupted import can also surface as an
+    unrelated error, and a SIGINT in the teardown ended the process by the signal, -2)."""
+    try:
+        sys.stderr.write("interrupted\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(130)
+
+
+def _catch_startup_interrupts():
+    """Install :func:`_interrupted_while_starting` for SIGINT; returns the handler to restore, or
+    None when nothing was installed (not the main thread: signals are not ours to handle)."""
+    try:
+        return signal.signal(signal.SIGINT, _interrupted_while_starting)
+    except ValueError:
+        return None
+
+
+# the imports below (and the command modules, imported by build_parser) take seconds on a busy
+# machine: a Ctrl-C meanwhile ends the program quietly
+_BEFORE_IMPORTS = _catch_startup_interrupts()
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import logging  # noqa: E402
+
+from deepretrieval import __version__  # noqa: E402
+from deepretrieval.core.results import SearchError  # noqa: E402
+
+if _BEFORE_IMPORTS is not None:
+    signal.signal(signal.SIGINT, _BEFORE_IMPORTS)
 
 #: Modules contributing sub-commands (each defines ``register(subparsers)``).
 COMMAND_MODULES = (
@@ -41,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # as a program: a Ctrl-C while the command modules are imported ends it quietly (exit 130);
+    # the command itself then gets Python's KeyboardInterrupt, handled below
+    # (on the way out — a usage error, --help — the program keeps that handler)
+    previous = _catch_startup_interrupts() if argv is None else None
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
@@ -49,11 +85,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         try:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
             return int(args.func(args) or 0)
         except Exception:
             if _signal_received():  # a library turned the KeyboardInterrupt into another error
                 raise KeyboardInterrupt from None
             raise
+    except ImportError as exc:
+        extra = missing_extra(exc)
+        if extra is None:
+            raise
+        print(f"error: {extra}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         _close_progress_bars()
         print("interrupted", file=sys.stderr, flush=True)
@@ -61,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
             _exit_interrupted()
         return 130
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
-        import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except SystemExit as exc:
@@ -75,6 +118,30 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {_message(exc)}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:  # the interpreter's teardown (torch, transformers: seconds on a
+            _catch_startup_interrupts()  # busy machine): a Ctrl-C then ends it quietly too, 130
+
+
+#: Optional dependencies (top-level module) → the extra of pyproject.toml that installs them.
+EXTRAS = {"faiss": "dense", "sentence_transformers": "dense",
+          "omegaconf": "verl-cpu", "hydra": "verl-cpu", "verl": "verl-cpu", "ray": "verl-cpu",
+          "trl": "trl", "transformers": "trl", "peft": "trl", "accelerate": "trl",
+          "datasets": "trl", "matplotlib": "trl"}
+
+
+def missing_extra(exc: ImportError) -> str | None:
+    """The one-line fix for an optional dependency that is not installed (None: not one of
+    ours). torch is installed on its own (CPU wheels), the rest through the package's extras."""
+    root = (exc.name or "").split(".")[0]
+    if root == "torch":
+        return "this command needs torch (not installed): pip install torch==2.13.0"
+    if root in EXTRAS:
+        extra = EXTRAS[root]
+        gpu = " (GPU training: \".[train]\")" if extra == "verl-cpu" else ""
+        return (f"this command needs {root} (not installed): pip install -e \".[{extra}]\"{gpu} "
+                f"from the source checkout, or pip install \"deepretrieval[{extra}]\"")
+    return None
 
 
 def _close_progress_bars() -> None:
@@ -100,7 +167,6 @@ def _exit_interrupted() -> None:
     """Exit 130 without the interpreter's teardown. Our own cleanup has run by now (``finally``
     clauses: the retrieval service is stopped, atomic writes undone); tearing down torch /
     transformers took ~10 s on a loaded 2-core machine after a training run was interrupted."""
-    import os
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(130)

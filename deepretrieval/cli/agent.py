@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--api-url", help="OpenAI-compatible server of the agent, e.g. http://localhost:8000/v1")
     p.add_argument("--api-key", help="API key (default: OPENAI_API_KEY)")
     p.add_argument("--model", help="served model name with --api-url (default: the first listed), "
-                                   "or a local folder / hub name / .gguf")
+                                   "or smollm2 / a local folder / hub name / .gguf")
     p.add_argument("--search-url", help="retrieval service (default: DEEPRETRIEVAL_SEARCH_URL)")
     p.add_argument("--task", default="agent_closedworld", help="agentic task the agent was trained on")
     p.add_argument("--index", help="index to search (default: the task's)")

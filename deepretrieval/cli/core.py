@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from deepretrieval.catalog import (
     AmbiguousTask,
     bundled_rows,
+    get_searcher,
     get_task,
     list_tasks,
     local_collections,
@@ -20,6 +22,7 @@ from deepretrieval.evaluation.harness import (
     score_queries,
     summarize,
 )
+from deepretrieval.search import LocalSearcher
 
 
 def register(sub) -> None:
@@ -104,6 +107,47 @@ def _one_value(rows, what: str, get, given: str | None, option: str) -> str:
     return ", ".join(values) if values else "?"
 
 
+def _rows_of(task: str, split: str) -> list:
+    """The task's bundled rows, or the rows `deepretrieval prepare` wrote for it to its default
+    place (``data/<collection>/<split>.parquet`` under the working directory, said on stderr); else
+    the error names the ``--rows`` file to pass."""
+    try:
+        return bundled_rows(task, split)
+    except ValueError as exc:
+        index = get_task(task).index
+        default = Path("data") / index / f"{split}.parquet" if index else None
+        if default is None or not default.is_file():
+            where = f" (`deepretrieval prepare` writes them to {default}: not found here)" if default else ""
+            raise ValueError(f"{exc}{where}") from None
+        rows = read_rows(default)
+        if {r.get("data_source") for r in rows} != {task}:
+            raise ValueError(f"{exc} ({default} holds rows of another task: pass "
+                             f"--rows {default} without --task to evaluate those)") from None
+        print(f"rows: {default} (written by `deepretrieval prepare`)", file=sys.stderr)
+        return rows
+
+
+def _open_indexes(rows) -> None:
+    """Open the rows' indexes in this process before scoring, so that a missing optional
+    dependency (dense retrieval without faiss / sentence-transformers) is one error line with its
+    fix, not a table of zeros and N failed searches. Other failures are left to the scoring, which
+    reports them per query as before (a service URL: nothing is opened here)."""
+    searcher = get_searcher()
+    if not isinstance(searcher, LocalSearcher):
+        return
+    names = set()
+    for r in rows:
+        extra = r.get("extra_info") or {}
+        names.add(extra.get("search_index") or get_task(r["data_source"]).index)
+    for name in sorted(n for n in names if n):
+        try:
+            searcher.backend(name)
+        except ImportError:
+            raise
+        except Exception:  # noqa: BLE001 - reported per query by the scoring
+            continue
+
+
 def cmd_baseline(args) -> int:
     if args.rows:
         rows = read_rows(args.rows)
@@ -114,12 +158,13 @@ def cmd_baseline(args) -> int:
                            args.split, "--split")
     else:
         task, split = args.task or "scifact", args.split or "test"
-        rows = bundled_rows(task, split)
+        rows = _rows_of(task, split)
     if not rows:
         raise ValueError("no rows to evaluate")
     if args.index:
         rows = [{**r, "extra_info": {**(r.get("extra_info") or {}), "search_index": args.index}}
                 for r in rows]
+    _open_indexes(rows)
     name, queries = baseline_queries(rows)
     scores = score_queries(rows, queries)
     summary = {"task": task, "split": split, "query": name, **summarize(scores)}

@@ -27,7 +27,8 @@ def register(sub) -> None:
                     "like the training reward, and write a resumable run folder: generations.jsonl, "
                     "original_query.jsonl, summary.json, summary.md, comparison.png.")
     p.add_argument("--model", required=True,
-                   help="local folder, hub name, .gguf file, or openai:NAME (with --base-url)")
+                   help="smollm2 (the shipped SmolLM2-135M-Instruct), local folder, hub name, .gguf "
+                        "file, or openai:NAME (with --base-url)")
     p.add_argument("--task", default=None, help="task name (default: the rows' task, else scifact)")
     p.add_argument("--split", default="test")
     p.add_argument("--rows", help="task rows (parquet) instead of the task's bundled data")
@@ -80,7 +81,8 @@ def register(sub) -> None:
                     "print the original and the rewritten query. Use '-' to read queries from stdin.")
     p.add_argument("queries", nargs="+", help="queries to rewrite ('-': one per line from stdin)")
     p.add_argument("--task", default="scifact")
-    p.add_argument("--model", help="local folder / hub name, or the served model name with --api-url")
+    p.add_argument("--model", help="smollm2 (the shipped SmolLM2-135M-Instruct), local folder / hub "
+                                   "name, or the served model name with --api-url")
     p.add_argument("--api-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
     p.add_argument("--api-key", help="API key (default: OPENAI_API_KEY)")
     p.add_argument("--max-retries", type=int, default=4, help="API retries on 429/5xx/connection errors")

@@ -19,6 +19,9 @@ def register(sub) -> None:
                    help="folder with pubmed*.xml.gz files (pubmed) or *.json study files (ctgov)")
     p.add_argument("--name", help="index name (default: <source>_local under the index root)")
     p.add_argument("--out", help="index directory (default: <index root>/<name>)")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first malformed record or unreadable file (default: skip "
+                        "them, named and counted, and index the rest)")
     p.set_defaults(func=cmd_mirror)
 
 
@@ -29,5 +32,5 @@ def cmd_mirror(args) -> int:
     name = args.name or f"{args.source}_local"
     index_dir = Path(args.out) if args.out else settings.index_dir() / name
     work = index_dir.with_name(index_dir.name + ".mirror")
-    ingest(args.source, src, work, index_dir, name=name)
+    ingest(args.source, src, work, index_dir, name=name, strict=args.strict)
     return 0

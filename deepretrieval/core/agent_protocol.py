@@ -30,6 +30,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from deepretrieval.core.tags import first_block, strip_trailing, tag_contents
+
 INFO_OPEN, INFO_CLOSE = "<information>", "</information>"
 TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -43,14 +45,15 @@ SEARCH_ERROR_PREFIX = "Search failed:"
 #: Longest query or answer taken from a model turn (characters); longer ones are cut.
 MAX_ACTION_CHARS = 2000
 SEARCH_TOOL_NAME = "search"
+#: ``extra_info`` key of the record of real searches: the contents of the result blocks the
+#: environment injected (the runner, the verl agent loop and ``search`` tool write it). The ``hit``
+#: metric reads it, never the trajectory text, which a model can fake blocks into.
+RETRIEVED_KEY = "agent_passages"
 
 _INJECTED = re.compile(r"<information>.*?(?:</information>|\Z)|<tool_response>.*?(?:</tool_response>|\Z)",
                        re.DOTALL)
 _BLOCK = re.compile(r"<(information|tool_response)>(.*?)(?:</\1>|\Z)", re.DOTALL)
-_TAG_ACTION = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_RECORD = re.compile(r"<record>(.*?)</record>", re.DOTALL)
-_TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+# (tags in model text are scanned with core.tags: linear in the text, unlike lazy regexes)
 _END_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>", "<|end|>", "<end_of_turn>")
 
 
@@ -62,6 +65,8 @@ class AgentSettings:
     ``max_turns``: model turns per episode (searches are refused on the last one, so at most
     ``max_turns - 1`` searches). ``top_k``: passages per search. ``max_result_chars``: the rendered
     passages of one search are cut to this many characters. ``max_action_chars``: longest query.
+    ``max_calls_per_turn``: tool protocol, searches run for one turn (the first ones; later calls
+    of the turn get no response).
     """
 
     protocol: str = "tags"
@@ -75,6 +80,7 @@ class AgentSettings:
     last_turn_note: str = "This is your last turn: give your final answer now."
     no_results_message: str = "No passages found."
     budget_message: str = "The search results do not fit in the token budget. The episode ends."
+    max_calls_per_turn: int = 8
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -85,6 +91,8 @@ class AgentSettings:
             raise ValueError("top_k must be >= 1")
         if self.max_result_chars < 1:
             raise ValueError("max_result_chars must be >= 1")
+        if self.max_calls_per_turn < 1:
+            raise ValueError("max_calls_per_turn must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,15 +132,7 @@ class Action:
 
 
 def _strip_end_markers(text: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        stripped = text.rstrip()
-        for marker in _END_MARKERS:
-            if stripped.endswith(marker):
-                text = stripped[: -len(marker)]
-                changed = True
-    return text
+    return strip_trailing(text, _END_MARKERS)[1]
 
 
 _TEMPLATE_TOKEN = re.compile(r"<\|[A-Za-z_]+\|>(?:system|user|assistant|tool)?")
@@ -144,7 +144,7 @@ def _visible(text: str) -> str:
 
 
 def _records(text: str) -> tuple[str, ...]:
-    return tuple(r.strip() for r in _RECORD.findall(text) if r.strip())
+    return tuple(r.strip() for r in tag_contents(text, RECORD_OPEN, RECORD_CLOSE) if r.strip())
 
 
 def parse_tag_turn(text: object) -> Action:
@@ -154,15 +154,16 @@ def parse_tag_turn(text: object) -> Action:
     if not isinstance(text, str):
         return Action("invalid", "", error="turn is not a string")
     text = cut_environment_text(text)
-    match = _TAG_ACTION.search(text)
+    match = first_block(text, ("search", "answer"))
     if match is None:
         return Action("invalid", _strip_end_markers(text), records=_records(text), error="no action")
-    kept = text[: match.end()]
-    value = match.group(2).strip()[:MAX_ACTION_CHARS]
+    kind, start, stop, end = match
+    kept = text[:end]
+    value = text[start:stop].strip()[:MAX_ACTION_CHARS]
     records = _records(kept)
     if not value:
-        return Action("invalid", kept, records=records, error=f"empty {match.group(1)}")
-    if match.group(1) == "search":
+        return Action("invalid", kept, records=records, error=f"empty {kind}")
+    if kind == "search":
         return Action("search", kept, queries=(value,), records=records)
     return Action("answer", kept, answer=value, records=records)
 
@@ -183,12 +184,12 @@ def parse_tool_turn(text: object) -> Action:
     if not isinstance(text, str):
         return Action("invalid", "", error="turn is not a string")
     text = _strip_end_markers(cut_environment_text(text))
-    calls = _TOOL_CALL.findall(text)
+    calls = tag_contents(text, TOOL_CALL_OPEN, TOOL_CALL_CLOSE)
     records = _records(text)
     if not calls:
         if TOOL_CALL_OPEN in text:
             return Action("invalid", text, records=records, error="unclosed tool call")
-        answers = _ANSWER.findall(text)
+        answers = tag_contents(text, ANSWER_OPEN, ANSWER_CLOSE)
         answer = answers[-1].strip()[:MAX_ACTION_CHARS] if answers else None
         return Action("answer", text, answer=answer or None, records=records)
     queries = []
@@ -319,7 +320,7 @@ def model_text(trajectory: object) -> str:
 def final_answer(trajectory: object) -> str | None:
     """The last ``<answer>…</answer>`` the model wrote (never one inside injected text); None
     when there is none or when that last one is empty (an earlier answer does not count)."""
-    answers = _ANSWER.findall(model_text(trajectory))
+    answers = tag_contents(model_text(trajectory), ANSWER_OPEN, ANSWER_CLOSE)
     if not answers:
         return None
     value = answers[-1].strip()

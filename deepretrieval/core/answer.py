@@ -10,6 +10,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from deepretrieval.core.tags import fenced_objects, strip_trailing
+
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 
@@ -18,6 +20,8 @@ END_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>", "<|end|>", "
 
 #: Longest answer value accepted (characters). Longer payloads are format errors, never searched.
 MAX_VALUE_CHARS = 8192
+#: How many ``{`` (the last ones) the lenient extractor tries as the start of a JSON answer.
+MAX_JSON_STARTS = 256
 
 
 @dataclass(frozen=True)
@@ -31,15 +35,7 @@ class ParsedAnswer:
 
 
 def _strip_end_markers(text: str) -> str:
-    text = text.rstrip()
-    changed = True
-    while changed:
-        changed = False
-        for marker in END_MARKERS:
-            if text.endswith(marker):
-                text = text[: -len(marker)].rstrip()
-                changed = True
-    return text
+    return strip_trailing(text, END_MARKERS)[0]
 
 
 def _payload_value(payload: str, key: str,
@@ -130,9 +126,6 @@ def parse_answer(text: object, key: str = "query", *, reasoning: bool = True,
     return ParsedAnswer(True, value=value, reasoning=thought)
 
 
-_FENCE = re.compile(r"```(?:json)?\s*(\{.*?\})\s*```", re.DOTALL)
-
-
 def extract_answer_lenient(text: object, key: str = "query") -> str | None:
     """Best-effort extraction for evaluating and serving any model.
 
@@ -154,13 +147,15 @@ def extract_answer_lenient(text: object, key: str = "query") -> str | None:
     if start >= 0:
         end = text.find(ANSWER_CLOSE, start)
         candidates.append(text[start + len(ANSWER_OPEN): end if end >= 0 else len(text)])
-    candidates += [m.group(1) for m in reversed(list(_FENCE.finditer(text)))]
+    candidates += reversed(fenced_objects(text))
     for candidate in candidates:
         value, _ = _payload_value(candidate, key, lenient=True)
         if value is not None:
             return value
     decoder = json.JSONDecoder()
-    for match in reversed(list(re.finditer(r"\{", text))):
+    # the last MAX_JSON_STARTS '{' only: each failed decode can scan far (deep nesting), so
+    # trying every '{' of a brace-heavy text would cost time quadratic in its length
+    for match in list(re.finditer(r"\{", text))[::-1][:MAX_JSON_STARTS]:
         try:
             obj, _ = decoder.raw_decode(text, match.start())
         except (ValueError, RecursionError):

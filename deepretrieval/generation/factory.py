@@ -10,6 +10,7 @@ from deepretrieval.generation.local import (
     VLLMGenerator,
     vllm_available,
 )
+from deepretrieval.generation.models import resolve_model
 
 
 def make_generator(model: str | Any, *, backend: str = "auto", base_url: str | None = None,
@@ -28,6 +29,7 @@ def make_generator(model: str | Any, *, backend: str = "auto", base_url: str | N
         raise ValueError(f"unknown backend {backend!r} (auto, vllm, transformers, openai)")
     if not isinstance(model, (str, os.PathLike)):
         return TransformersGenerator(model, tokenizer)
+    model = resolve_model(str(model))  # `smollm2` etc.: the cached local folder, as training uses
     if backend == "vllm" or (backend == "auto" and vllm_available() and not str(model).endswith(".gguf")):
         if not vllm_available():
             raise ValueError("backend 'vllm' needs the vllm package and a GPU")

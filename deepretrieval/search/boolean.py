@@ -38,6 +38,7 @@ types, ids after BM25's), ``records.jsonl.gz`` (the field values of each documen
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import os
 import re
@@ -70,12 +71,18 @@ TAGS: dict[str, tuple[str, ...] | str] = {
 DEFAULT_FIELDS = FIELDS
 MIN_PREFIX = 3
 MAX_QUERY_CHARS = 10_000
+#: Deepest parenthesis nesting a query may have (deeper: query error ``too_deep``); keeps the
+#: recursive parser and evaluator far from Python's recursion limit at any query length.
+MAX_DEPTH = 100
+#: Distinct words whose stem the analyzer remembers (least recently used ones are forgotten).
+STEM_CACHE_SIZE = 65_536
 OPTIONS = frozenset({"maxdate", "mindate", "sort"})
 SORTS = ("relevance", "pub_date")
 #: ``SearchResult.info`` key marking a malformed query (the writer's fault); value: the kind.
 QUERY_ERROR = "query_error"
 QUERY_ERROR_KINDS = ("unbalanced_parentheses", "unbalanced_quotes", "unknown_tag", "operator",
-                     "empty_group", "bad_date", "short_prefix", "too_long", "not_a_string")
+                     "empty_group", "bad_date", "short_prefix", "too_long", "too_deep",
+                     "not_a_string")
 
 
 class QueryError(ValueError):
@@ -185,6 +192,7 @@ class _Parser:
     def __init__(self, tokens: list[tuple[str, str]]) -> None:
         self.toks = tokens
         self.pos = 0
+        self.depth = 0
 
     def peek(self, offset: int = 0) -> tuple[str, str] | None:
         i = self.pos + offset
@@ -250,11 +258,27 @@ class _Parser:
             return None
         return Seq(first, tuple(rest), negated_first)
 
+    def _too_deep(self) -> None:
+        """Nesting over :data:`MAX_DEPTH`: unbalanced parentheses if the whole query's are (what
+        a shallower query would report), else ``too_deep``."""
+        depth = 0
+        for kind, _ in self.toks:
+            depth += (kind == "lp") - (kind == "rp")
+            if depth < 0:
+                break
+        if depth != 0:
+            raise QueryError("unbalanced_parentheses", "unbalanced parentheses")
+        raise QueryError("too_deep", f"parentheses nested deeper than {MAX_DEPTH} levels")
+
     def operand(self) -> Any:
         kind, text = self.take()
         if kind == "lp":
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                self._too_deep()
             inner = self.seq(top=False)
             self.take()  # the ')'
+            self.depth -= 1
             if self.peek() and self.peek()[0] == "tag":
                 raise QueryError("unknown_tag", "a field tag must follow a term, not ')'")
             return inner
@@ -326,7 +350,10 @@ class Analyzer:
         for i, term in enumerate(self.extra_terms):
             self.vocab[term] = self.bm25_size + i
         self.sorted_terms = sorted(t for t in self.vocab if t)
-        self._stem_cache: dict[str, str] = {}
+        #: word → stem, bounded (an LRU of :data:`STEM_CACHE_SIZE` words): queries bring words
+        #: without end, a long-lived index (service, reward worker) must not keep them all
+        self.stem = functools.lru_cache(maxsize=STEM_CACHE_SIZE)(
+            self.stemmer if self.stemmer else str)
 
     def extend(self, texts: Iterable[str]) -> None:
         """Give ids to the terms of ``texts`` that BM25 does not know (MeSH, publication types)."""
@@ -342,11 +369,7 @@ class Analyzer:
         for word in self.split(text.lower()):
             if word in self.stopwords:
                 continue
-            stem = self._stem_cache.get(word)
-            if stem is None:
-                stem = self.stemmer(word) if self.stemmer else word
-                self._stem_cache[word] = stem
-            out.append(stem)
+            out.append(self.stem(word))
         return out
 
     def ids(self, text: str) -> list[int]:

@@ -105,6 +105,46 @@ def _authorizer(action: int, arg1: Any, arg2: Any, dbname: Any, source: Any) -> 
     return sqlite3.SQLITE_DENY
 
 
+def _private_copy_authorizer(action: int, arg1: Any, arg2: Any, dbname: Any, source: Any) -> int:
+    """For a connection to a private, throw-away copy (the ``paper`` profile's SQL): reads and
+    writes of that database are allowed, nothing that reaches another file (``ATTACH``,
+    ``VACUUM`` / ``VACUUM INTO``), pragma writes (``hard_heap_limit``…), extension or file
+    functions are."""
+    if action == sqlite3.SQLITE_FUNCTION:
+        return sqlite3.SQLITE_DENY if str(arg2).lower() in _DENIED_FUNCTIONS else sqlite3.SQLITE_OK
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_PRAGMA:
+        return sqlite3.SQLITE_OK if str(arg1).lower() in _READ_PRAGMAS and arg2 is None \
+            else sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def lock_down(conn: sqlite3.Connection, *, private_copy: bool = False) -> None:
+    """Apply the sandbox to an open connection: no extensions, the process-wide heap ceiling,
+    temp b-trees in memory, no attached databases, the value-length and column limits, and the
+    authorizer — read-only (:func:`_authorizer` plus ``query_only``), or with ``private_copy``
+    writes to that one database allowed (:func:`_private_copy_authorizer`)."""
+    if hasattr(conn, "enable_load_extension"):
+        conn.enable_load_extension(False)
+    _set_heap_limit(conn)
+    conn.execute("PRAGMA temp_store=MEMORY")   # no temp files; bounded by the heap limit
+    if not private_copy:
+        conn.execute("PRAGMA query_only=ON")
+    if hasattr(conn, "setlimit"):  # Python >= 3.11
+        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_COLUMN, MAX_COLUMNS)
+    conn.set_authorizer(_private_copy_authorizer if private_copy else _authorizer)
+
+
+def release_free_memory_after(elapsed_s: float) -> None:
+    """Give freed heap memory back to the OS after a statement that ran long enough to have
+    allocated much (see :func:`_release_free_memory`)."""
+    if elapsed_s > TRIM_AFTER_S:
+        _release_free_memory()
+
+
 # Execution ----------------------------------------------------------------------------------
 
 @dataclass
@@ -150,7 +190,7 @@ def _classify(exc: BaseException, timed_out: bool) -> tuple[str, str]:
     return "runtime", message
 
 
-def _value_size(value: Any) -> int:
+def value_size(value: Any) -> int:
     """Bytes of a value as the result will hold it (blobs become ``X'..'`` hex text: 2x)."""
     if isinstance(value, bytes):
         return 2 * len(value) + 11
@@ -216,16 +256,7 @@ def connect_readonly(path: str | os.PathLike, *, immutable: bool = False,
         raise SearchError(f"cannot open SQLite database {str(path)!r}: {exc}") from exc
     try:
         conn.text_factory = _text_factory
-        if hasattr(conn, "enable_load_extension"):
-            conn.enable_load_extension(False)
-        _set_heap_limit(conn)
-        conn.execute("PRAGMA temp_store=MEMORY")   # no temp files; bounded by the heap limit
-        conn.execute("PRAGMA query_only=ON")
-        if hasattr(conn, "setlimit"):  # Python >= 3.11
-            conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
-            conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
-            conn.setlimit(sqlite3.SQLITE_LIMIT_COLUMN, MAX_COLUMNS)
-        conn.set_authorizer(_authorizer)
+        lock_down(conn)
     except sqlite3.Error as exc:
         conn.close()
         raise SearchError(f"cannot prepare SQLite database {str(path)!r}: {exc}") from exc
@@ -275,7 +306,7 @@ def execute_readonly(path: str | os.PathLike, sql: str, *, timeout_s: float = DE
             if len(rows) >= max_rows:
                 out.truncated = True
                 break
-            size += sum(_value_size(v) for v in row)
+            size += sum(value_size(v) for v in row)
             if size > max_result_bytes:
                 out.truncated = True
                 break

@@ -24,7 +24,10 @@ search at scoring time (the searches ran during the episode):
   (:mod:`deepretrieval.core.qa_metrics`); ``answer_spam`` (1 when the trajectory holds more than
   10 ``<answer>`` or ``</answer>`` tags, counted over the whole string as verl does);
 * ``n_search`` (searches answered), ``turns`` (model turns), ``hit`` (1 when a retrieved passage
-  contains a gold answer, DPR token match), ``budget`` (1 when the episode ended on the token
+  contains a gold answer, DPR token match — read from the record of real searches in
+  ``extra_info["agent_passages"]`` that the runner, verl agent loop and ``search`` tool pass, never
+  from blocks in the text, which a model can write itself; without a record ``hit`` is 0),
+  ``budget`` (1 when the episode ended on the token
   budget, :class:`deepretrieval.agent.runner.EpisodeRunner`), ``search_error`` (a search failed during the episode;
   scored with the table's ``error`` value).
 
@@ -139,7 +142,10 @@ class AgenticFamily(Family):
     def score(self, task, plan, result, ground_truth, extra_info, mode):
         stats = P.trajectory_stats(plan.trajectory, plan.settings)
         golds = answers_from_ground_truth(ground_truth)
-        hit = blocks_hold_answer(stats.passages, golds)
+        # real searches only: the record the runner / verl loop / search tool passed; a block in
+        # the text may be the model's own fake (no record: no hit)
+        record = (extra_info or {}).get(P.RETRIEVED_KEY)
+        hit = record is not None and blocks_hold_answer(list(record), golds)
         answer = stats.answer
         return {"format_ok": answer is not None, "search_error": stats.search_error,
                 "em": exact_match(answer, golds), "f1": f1_score(answer, golds),

@@ -36,7 +36,7 @@ from deepretrieval.core.io import write_atomic
 from deepretrieval.core.tables import RewardTable
 from deepretrieval.data.closed_world import closed_world_rows
 from deepretrieval.tasks.agentic import CLOSED_BOOK, NAIVE_RAG
-from deepretrieval.train.models import resolve_model
+from deepretrieval.generation.models import resolve_model
 from deepretrieval.train.quickstart import plot_curve, set_threads
 from deepretrieval.train.trl_agent import AgentRollout
 from deepretrieval.train.trl_engine import TRLSettings, train_trl

@@ -37,6 +37,7 @@ gradients are averaged by Accelerate, the main process evaluates and saves.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -82,7 +83,11 @@ STAGES_DIR = "stages"
 RESUME_KEYS = ("model", "samples", "temperature", "top_p", "max_new_tokens", "weight_temperature",
                "learning_rate", "warmup_epochs", "epochs", "questions_per_step", "lora", "seeds",
                "seed", "questions_per_iteration", "max_turns", "top_k", "min_weight", "max_length",
-               "evidence_filter")
+               "evidence_filter", "micro_batch")
+#: What a resumed run must train and evaluate on: the rows as given (after ``--task``,
+#: ``--data``, ``--limit``, ``--max-hops``), fingerprinted. Key → what the message names.
+RESUME_DATA = {"train_rows": "the training rows (--task, --data, --limit, --max-hops)",
+               "eval_rows": "the evaluation rows (--task, --data, --eval-limit, --max-hops)"}
 #: ``evidence_filter`` values: which sampled trajectories the M-step may train on.
 EVIDENCE_FILTERS = ("clean", "trajectory", "question", "none")
 
@@ -523,6 +528,21 @@ def _load(path: str):
     return tokenizer, model
 
 
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy values of rows read from parquet
+        return value.tolist()
+    raise TypeError(f"row value of type {type(value).__name__} is not JSON")
+
+
+def rows_fingerprint(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``{"count", "sha256"}`` of the rows (order and content): a resumed run must see the same."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True, default=_plain).encode())
+        digest.update(b"\n")
+    return {"count": len(rows), "sha256": digest.hexdigest()}
+
+
 def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[Mapping[str, Any]],
                    settings: ExSearchSettings, *, searcher=None,
                    hook: Callable[[str, str, int], None] | None = None) -> ExSearchResult:
@@ -544,16 +564,19 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
     out.mkdir(parents=True, exist_ok=True)
     (out / STAGES_DIR).mkdir(exist_ok=True)
     saved = out / "exsearch_settings.json"
+    record = {**settings.to_json(), "train_rows": rows_fingerprint(train_rows),
+              "eval_rows": rows_fingerprint(eval_rows)}
     if saved.exists() and settings.resume and read_curve(out):
         old = json.loads(saved.read_text())
-        diff = [k for k in RESUME_KEYS if old.get(k) != settings.to_json().get(k)]
+        diff = [k for k in RESUME_KEYS if old.get(k) != record[k]]
+        diff += [RESUME_DATA[k] for k in RESUME_DATA if old.get(k) != record[k]]
         if diff:
             raise ValueError(f"{out} holds a run with other settings ({', '.join(diff)}); use "
                              f"another --out or start over (--no-resume)")
     if not settings.resume:
         shutil.rmtree(out / STAGES_DIR, ignore_errors=True)
         (out / STAGES_DIR).mkdir()
-    write_atomic(saved, json.dumps(settings.to_json(), indent=2))
+    write_atomic(saved, json.dumps(record, indent=2))
 
     cuda = torch.cuda.is_available()
     accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and bf16_supported() else "no")
@@ -712,8 +735,7 @@ def _finish(model, accelerator, settings: ExSearchSettings):
 
 def retrieved_answer(episode: Episode) -> bool:
     """Did a search of the episode return a passage holding a gold answer?"""
-    stats = P.trajectory_stats(episode.text, episode.settings)
-    return blocks_hold_answer(stats.passages, gold_answers(episode.row))
+    return blocks_hold_answer(episode.passages, gold_answers(episode.row))
 
 
 def evidence_kept(episodes: Sequence[Episode], how: str,

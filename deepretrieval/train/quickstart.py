@@ -31,7 +31,7 @@ from deepretrieval.evaluation.harness import (
 )
 from deepretrieval.train import verl as verl_launcher
 from deepretrieval.train.export import export_checkpoint
-from deepretrieval.train.models import resolve_model
+from deepretrieval.generation.models import resolve_model
 from deepretrieval.train.trl_engine import TRLSettings, is_copy, train_trl
 
 TASK = "scifact_no_reason"

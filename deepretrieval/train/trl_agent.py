@@ -44,6 +44,7 @@ from deepretrieval.agent.runner import (
     episodes_from_rows,
 )
 from deepretrieval.catalog import get_task
+from deepretrieval.core import agent_protocol as P
 from deepretrieval.core.tables import RewardTable
 from deepretrieval.generation.decoding import Decoding
 from deepretrieval.rewards import score_batch
@@ -138,12 +139,16 @@ class AgentReward:
         self.last_metrics: list[dict] = []
 
     def __call__(self, prompts=None, completions=None, trajectory=None, finish=None,
-                 data_source=None, reward_model=None, extra_info=None, **_: Any) -> list[float]:
+                 data_source=None, reward_model=None, extra_info=None, agent_passages=None,
+                 **_: Any) -> list[float]:
         if trajectory is None:
             raise ValueError("agentic rewards need the rollout's trajectory column (AgentRollout)")
         n = len(trajectory)
         extra = extra_info or [None] * n
-        items = [(data_source[i], trajectory[i], (reward_model[i] or {}).get("ground_truth"), extra[i])
+        # the rollout's record of real searches (the `hit` metric reads it, never the text)
+        record = agent_passages or [None] * n
+        items = [(data_source[i], trajectory[i], (reward_model[i] or {}).get("ground_truth"),
+                  {**(extra[i] or {}), P.RETRIEVED_KEY: record[i]} if record[i] is not None else extra[i])
                  for i in range(n)]
         metrics = score_batch(items, mode="train")
         scores = [m["score"] if self.table is None else self.table.score_of(m) for m in metrics]
@@ -251,5 +256,6 @@ class AgentRollout:
             env_mask.append(mask)
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None,
                 "env_mask": env_mask, "trajectory": [ep.text for ep in episodes],
+                P.RETRIEVED_KEY: [ep.passages for ep in episodes],
                 "finish": [ep.finish for ep in episodes]}
 

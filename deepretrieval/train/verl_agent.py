@@ -60,7 +60,7 @@ DEFAULT_MAX_TURN_TOKENS = 500
 KEEP_STOP = {"vllm": {"include_stop_str_in_output": True}, "sglang": {"no_stop_trim": True}}
 #: What ``extra_fields`` carries for every sample (verl merges them into the reward's ``extra_info``).
 EXTRA_FIELDS = ("agent_finish", "agent_turns", "agent_n_search", "agent_search_error",
-                "agent_retokenized", "turn_scores", "tool_rewards")
+                "agent_retokenized", "turn_scores", "tool_rewards", P.RETRIEVED_KEY)
 
 
 def _plain(value: Any) -> Any:
@@ -183,7 +183,7 @@ class SearchAgentLoop(AgentLoopBase):
                     try:
                         outcome: Any = await searcher.asearch(episode.index, list(queries),
                                                               episode.settings.top_k, return_text=True)
-                    except SEARCH_FAILURES as exc:
+                    except Exception as exc:  # noqa: BLE001 - any backend failure: this episode's
                         log.warning("search on %s failed: %s", episode.index, exc)
                         outcome = exc
                 search_s += timing["search"]
@@ -201,7 +201,8 @@ class SearchAgentLoop(AgentLoopBase):
         finish = "length" if length_cut and not episode.done else episode.finish
         extra = {"agent_finish": finish, "agent_turns": episode.turns,
                  "agent_n_search": episode.n_search, "agent_search_error": episode.search_error,
-                 "agent_retokenized": retokenized, "turn_scores": [], "tool_rewards": []}
+                 "agent_retokenized": retokenized, "turn_scores": [], "tool_rewards": [],
+                 P.RETRIEVED_KEY: episode.passages}
         self.episode = episode  # the last sample's episode (tests compare the tokens against it)
         return AgentLoopOutput(
             prompt_ids=list(prompt_ids),
@@ -330,6 +331,9 @@ class SearchTool(BaseTool):
             text = blocks[0]
         else:
             text = "\n\n".join(f'Results for "{q}":\n{b}' for q, b in zip(queries, blocks))
+        agent_data = kwargs.get("agent_data")  # verl's AgentData: its extra_fields reach the reward
+        if agent_data is not None:   # the record of real searches (the `hit` metric reads it)
+            agent_data.extra_fields.setdefault(P.RETRIEVED_KEY, []).extend(blocks)
         return ToolResponse(text=text), 0.0, {"search_error": False,
                                               "n_passages": sum(len(r.ids) for _, r, _ in replies)}
 

