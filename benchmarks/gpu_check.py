@@ -29,6 +29,7 @@ One table is printed at the end; the exit status is 0 when every step ran and fl
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -181,14 +182,14 @@ def reward_row(args, log, work: Path) -> dict:
     from deepretrieval.core.beir_files import load_corpus
     from deepretrieval.core.bundled import collection_dir
     from deepretrieval.search.dense import DenseIndex
-    from deepretrieval.testing.tiny_model import build_tiny_model
+    from deepretrieval.testing.tiny_model import tiny_model_path
     from deepretrieval.train.trl_engine import RewardLogger, render_prompt
 
     row: dict = {"step": "TRL reward path"}
     device = f"cuda:{args.gpu_list[0]}" if args.device == "cuda" else "cpu"
     placement = f"torch:gpus={args.gpu_list[0]}" if args.device == "cuda" else "torch"
     t0 = time.perf_counter()
-    model_dir = build_tiny_model(work / "tiny_model")
+    model_dir = tiny_model_path()  # built once into the cache folder, offline
     docs = list(load_corpus(collection_dir("scifact")))
     if args.smoke:
         docs = docs[:300]
@@ -301,7 +302,10 @@ def main(argv=None) -> int:
         print(f"# {message}", flush=True)
 
     env = {"python": platform.python_version(), "torch": torch.__version__,
-           "device": args.device, "cpus": os.cpu_count()}
+           "device": args.device, "cpus": os.cpu_count(),
+           "faiss": importlib.util.find_spec("faiss") is not None,
+           "trl": importlib.util.find_spec("trl") is not None,
+           "sentence_transformers": importlib.util.find_spec("sentence_transformers") is not None}
     if args.device == "cuda":
         env["gpus"] = {g: {"name": torch.cuda.get_device_name(g),
                            "total_gb": torch.cuda.get_device_properties(g).total_memory / 1e9}

@@ -238,7 +238,7 @@ def test_encoding_is_resumable(tmp_path, monkeypatch):
     fresh = DenseIndex.build_to(tmp_path / "fresh", docs, "minilm", name="idx", chunk_docs=50,
                                 show_progress=False)
     assert np.array_equal(np.asarray(index.embeddings), np.asarray(fresh.embeddings))
-    assert index.doc_ids == [d["_id"] for d in docs] and index.texts[3] == "title 3 " + docs[3]["text"]
+    assert index.doc_ids == [d["_id"] for d in docs] and index.texts[3] == ("title 3 " + docs[3]["text"]).strip()
     # another corpus in the leftover folder is not mixed in
     monkeypatch.setattr(dense, "encode", _fake_encoder(calls := [], fail_after=1))
     with pytest.raises(KeyboardInterrupt):

@@ -15,7 +15,6 @@ from deepretrieval.search.bm25 import BM25Index
 from deepretrieval.search.dense import ENCODE_CHUNK_DOCS, PRECISIONS, DenseIndex, HNSWParams
 from deepretrieval.search.dense_place import (
     Placement,
-    PlacementError,
     available_ram,
     check_fits,
     parse_gpus,

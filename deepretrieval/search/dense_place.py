@@ -273,6 +273,8 @@ def plan(placement: Placement, num_docs: int, dim: int, *, query_batch: int = 25
         ram = block + torch_workspace(n, d, query_batch)
     elif p.kind == "torch":
         itemsize = {"float16": 2, "float32": 4, "sq8": 1}[str(p.dtype)]
+        if p.dtype == "sq8":  # quantising a block makes two float32 temporaries of it
+            block *= 3
         if p.gpus:
             rows_each = math.ceil(n / len(p.gpus))
             gpu = {g: float(itemsize * rows_each * d + torch_workspace(rows_each, d, query_batch,
