@@ -348,7 +348,7 @@ def print_tables(rows: list[dict]) -> None:
               f"{ratio_b} | {ratio_s} |")
     sweeps = [(r, s) for r in rows for s in r.get("sweep", [])]
     if sweeps:
-        print("\n| vectors | option | parameter | recall@3 | recall@10 | batched q/s (256 queries, k=10) |")
+        print("\n| vectors | option | parameter | recall@3 | recall@10 | q/s (the recall queries in one call, k=10) |")
         print("|---|---|---|---|---|---|")
         for r, s in sweeps:
             name = "nprobe" if "nprobe" in s else "ef_search"

@@ -277,9 +277,8 @@ def plan(placement: Placement, num_docs: int, dim: int, *, query_batch: int = 25
             block *= 3
         if p.gpus:
             rows_each = math.ceil(n / len(p.gpus))
-            gpu = {g: float(itemsize * rows_each * d + torch_workspace(rows_each, d, query_batch,
-                                                                      gpu=True))
-                   for g in p.gpus}
+            gpu = {g: float(itemsize * rows_each * d + torch_workspace(
+                rows_each, d, query_batch, gpu=True, sq8=p.dtype == "sq8")) for g in p.gpus}
             ram = block
         else:
             ram = itemsize * n * d + torch_workspace(n, d, query_batch) + block
@@ -304,13 +303,15 @@ def _faiss_gpu_temp() -> float:
     return 1.5 * GB  # StandardGpuResources' default scratch memory cap
 
 
-def torch_workspace(rows: int, dim: int, query_batch: int, gpu: bool = False) -> float:
+def torch_workspace(rows: int, dim: int, query_batch: int, gpu: bool = False,
+                    sq8: bool = False) -> float:
     """GPU/CPU bytes the torch search needs besides the vectors: one block of scores for a batch of
     queries (and its top-k), candidate rows rescored in float32, the queries."""
     qb = min(query_batch, TORCH_QUERY_BATCH)
     brows = min(rows, torch_block_rows(qb, gpu) if gpu else min(torch_block_rows(qb),
                                                                  block_rows(dim)))
-    return 4.0 * qb * brows * 2 + 4.0 * qb * TORCH_CANDIDATES * dim + 4.0 * qb * dim
+    convert = 2.0 * min(rows, TORCH_GPU_SCORE_BYTES // (2 * dim)) * dim if gpu and sq8 else 0.0
+    return 4.0 * qb * brows * 2 + 4.0 * qb * TORCH_CANDIDATES * dim + 4.0 * qb * dim + convert
 
 
 #: queries per torch matmul (larger batches are split)
@@ -674,6 +675,8 @@ class TorchExact:
         on_gpu = self.devices[0].type == "cuda"
         brows = torch_block_rows(nq, on_gpu) if on_gpu else min(torch_block_rows(nq),
                                                                 block_rows(self.dim))
+        if self.dtype == "sq8" and on_gpu:  # each block of codes is converted to float16
+            brows = min(brows, TORCH_GPU_SCORE_BYTES // (2 * self.dim))
         all_vals, all_pos = [], []
         pending = []
         with torch.inference_mode():
