@@ -371,13 +371,13 @@ class DenseIndex(StoredDocs):
                 log.warning("%s holds another corpus or encoder's vectors: starting over", work)
         if writer is None:
             shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
         bar = _Progress(len(doc_ids), f"encode {name}", initial=done, enabled=show_progress)
         try:
             for start in range(done, len(doc_ids), int(chunk_docs)):
                 stop = min(len(doc_ids), start + int(chunk_docs))
                 vectors = encode(config, texts[start:stop], kind="passage", device=device)
-                if writer is None:
+                if writer is None:  # the folder appears with the first encoded chunk
+                    work.mkdir(parents=True, exist_ok=True)
                     writer = VectorWriter(emb_file, (len(doc_ids), vectors.shape[1]))
                 writer.write(start, vectors)
                 writer.sync()
