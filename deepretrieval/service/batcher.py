@@ -4,8 +4,9 @@ Requests for the same (k, return_text, options) that arrive within ``wait_s`` of
 while every worker is busy, go to the backend as one batched call with identical queries searched
 once. The call runs in a worker thread (:meth:`Batcher._search_all`):
 
-* **in chunks**: the first ``FIRST_CHUNK`` queries, then chunks sized from the measured time per
-  query so one chunk takes about ``CHUNK_TARGET_S`` (at most ``max_batch``);
+* **in chunks** sized from the measured time per query (a running mean over the backend's
+  calls; ``FIRST_CHUNK`` queries before any was measured) so one chunk takes about
+  ``CHUNK_TARGET_S`` (at most ``max_batch``: a fast backend gets the whole batch at once);
 * **under a compute deadline**: the latest deadline of the batch's requests is set for the
   thread (:mod:`deepretrieval.core.deadline`, which long backend loops check) and checked
   between chunks; the queries not searched when it passes get their own error;
@@ -31,8 +32,8 @@ from deepretrieval.core.results import Backend, SearchError, SearchResult, unenc
 
 log = logging.getLogger(__name__)
 
-#: Queries in the first backend call of a batch (later chunks are sized from its time).
-FIRST_CHUNK = 64
+#: Queries in the first backend call of a batcher (later chunks are sized from measured times).
+FIRST_CHUNK = 8
 #: Seconds one chunk of a batch should take: the granularity of the deadline between chunks.
 CHUNK_TARGET_S = 0.5
 
@@ -83,6 +84,7 @@ class Batcher:
         self.groups: dict[tuple, _Group] = {}
         self.stats = empty_stats()
         self._tasks: set[asyncio.Task] = set()
+        self._per_query: float | None = None  # running mean of backend seconds per query
 
     async def search(self, queries: list[str], k: int, return_text: bool,
                      options: dict[str, Any] | None,
@@ -174,7 +176,7 @@ class Batcher:
         out: list[SearchResult] = []
         rejected: list[ValueError] = []
         failed = False
-        size = min(FIRST_CHUNK, self.max_batch)
+        size = self._chunk_size()
         at = None if deadline == float("inf") else deadline
         with deadline_scope(at):
             i = 0
@@ -193,8 +195,9 @@ class Batcher:
                 out.extend(part)
                 i += len(chunk)
                 per_query = (time.monotonic() - t0) / len(chunk)
-                size = (self.max_batch if per_query <= 0 else
-                        max(1, min(self.max_batch, int(CHUNK_TARGET_S / per_query))))
+                self._per_query = (per_query if self._per_query is None
+                                   else 0.5 * self._per_query + 0.5 * per_query)
+                size = self._chunk_size()
         self.stats["batches"] += 1
         self.stats["backend_queries"] += len(queries)
         if failed:
@@ -202,6 +205,13 @@ class Batcher:
         if rejected and len(rejected) == len(queries):
             raise Rejected(rejected[0])
         return out
+
+    def _chunk_size(self) -> int:
+        if self._per_query is None:
+            return min(FIRST_CHUNK, self.max_batch)
+        if self._per_query <= 0:
+            return self.max_batch
+        return max(1, min(self.max_batch, int(CHUNK_TARGET_S / self._per_query)))
 
     def _late(self, n: int) -> list[SearchResult]:
         self.stats["deadline_misses"] += n

@@ -11,7 +11,8 @@
 users write it (``http://host:8000/retrieve``). A query the service could not answer (its
 ``"errors"`` entry) is that query's ``SearchResult.error``; the other queries keep their
 results. A chunk whose answer would pass the service's ``max_answer_bytes`` (413 naming that
-limit) is asked again in halves. Every other failure (dead server, retries exhausted, 4xx) raises
+limit) is asked again in halves, down to the single query, whose answer alone over the limit is
+its own error. Every other failure (dead server, retries exhausted, 4xx) raises
 :class:`deepretrieval.core.results.SearchError` with the server's message, within ``timeout`` seconds.
 """
 from __future__ import annotations
@@ -209,7 +210,7 @@ class _Base:
         return response.status_code >= 500
 
     def _check(self, response: httpx.Response, n: int) -> list[SearchResult]:
-        if response.status_code == 413 and n > 1 and self._limit(response) == "max_answer_bytes":
+        if response.status_code == 413 and self._limit(response) == "max_answer_bytes":
             raise _AnswerTooLarge(self._message(response))
         if response.status_code >= 400:
             raise SearchError(f"search service at {self.url} answered {response.status_code}: "
@@ -295,7 +296,9 @@ class AsyncServiceClient(_Base):
         try:
             return await self._post(self._payload(index, chunk, k, return_text, options),
                                     len(chunk))
-        except _AnswerTooLarge:
+        except _AnswerTooLarge as exc:
+            if len(chunk) == 1:  # this query's answer alone is over the limit: its own error
+                return [SearchResult(error=str(exc))]
             mid = len(chunk) // 2
             left = await self._chunk(index, chunk[:mid], k, return_text, options)
             return left + await self._chunk(index, chunk[mid:], k, return_text, options)
@@ -367,7 +370,9 @@ class ServiceClient(_Base):
         """One chunk's results; an answer over the service's size limit is asked in halves."""
         try:
             return self._post(self._payload(index, chunk, k, return_text, options), len(chunk))
-        except _AnswerTooLarge:
+        except _AnswerTooLarge as exc:
+            if len(chunk) == 1:  # this query's answer alone is over the limit: its own error
+                return [SearchResult(error=str(exc))]
             mid = len(chunk) // 2
             return (self._chunk(index, chunk[:mid], k, return_text, options)
                     + self._chunk(index, chunk[mid:], k, return_text, options))
