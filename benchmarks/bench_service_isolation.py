@@ -38,7 +38,7 @@ def rss_mb(pid: int) -> float:
 def light_latencies(url: str, stop: threading.Event, out: list[float], limit_s: float) -> None:
     end = time.monotonic() + limit_s
     with httpx.Client() as client:
-        while not stop.is_set() and time.monotonic() < end:
+        while not out or (not stop.is_set() and time.monotonic() < end):  # at least one
             t0 = time.monotonic()
             r = client.post(url + "/retrieve", json={"queries": ["Goudemar capital"], "topk": 3,
                                                      "index": "closedworld"}, timeout=120)
@@ -47,14 +47,14 @@ def light_latencies(url: str, stop: threading.Event, out: list[float], limit_s: 
             time.sleep(0.01)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--heavy-queries", type=int, default=64)
     ap.add_argument("--heavy-k", type=int, default=1500)
     ap.add_argument("--skip-probe", action="store_true",
                     help="skip the 512 x 10,000 request (against a service without the answer "
                          "bound it builds a 1.33 GB answer and peaks at 4 GB)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     words = "vitamin cancer cell protein gene risk patients study disease treatment blood brain".split()
     heavy = [f"{words[i % 12]} {words[i * 7 % 12]} {i}" for i in range(args.heavy_queries)]
 

@@ -71,3 +71,12 @@ def test_bench_metrics_tiny(capsys):
 
     assert bench_metrics.main(["--rankings", "16", "--rounds", "1"]) == 0  # 0: identical values
     assert "every-rank / ours:" in capsys.readouterr().out
+
+
+def test_bench_service_isolation_tiny(capsys):
+    import bench_service_isolation
+
+    assert bench_service_isolation.main(["--heavy-queries", "4", "--heavy-k", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "| light requests to another index meanwhile" in out
+    assert "| probe request 512 q x topk 10,000 | 413 in" in out
