@@ -454,3 +454,18 @@ def test_a_lone_surrogate_is_that_querys_error(scifact_index):
         # anything else orjson refuses is still a 400
         r = httpx.post(srv.url + "/retrieve", content=b'{"queries": ["a"', timeout=30)
         assert r.status_code == 400
+
+
+def test_an_error_message_holding_a_lone_surrogate_is_still_json():
+    class Odd:
+        name = "odd"
+
+        def search(self, queries, k, *, return_text=False, options=None):
+            return [SearchResult(error="cannot read \ud800 here") for _ in queries]
+
+        def info(self):
+            return {}
+
+    with ServerThread(create_app({"odd": Odd()})) as srv:
+        r = httpx.post(srv.url + "/retrieve", json={"queries": ["a"], "topk": 1}, timeout=30)
+    assert r.status_code == 200 and r.json()["errors"] == ["cannot read \ud800 here"]

@@ -224,3 +224,16 @@ def test_client_takes_the_base_or_the_retrieve_url(server, scifact_index, querie
     for url in (server.url, server.url + "/", server.url + "/retrieve"):
         got = ServiceSearcher(url).search("scifact", queries, 5)
         assert [r.ids for r in got] == [r.ids for r in expected]
+
+
+def test_access_on_a_sharded_index(corpus):
+    from deepretrieval.search.bm25 import BM25Index
+    from deepretrieval.search.shards import ShardedBackend
+    docs = list(corpus.values())[:40]
+    shards = [BM25Index.build(docs[:20], name="s0"), BM25Index.build(docs[20:], name="s1")]
+    with ServerThread(create_app({"sh": ShardedBackend(shards, name="sh")})) as srv:
+        urls = [docs[3]["_id"], docs[33]["_id"], "missing"]
+        r = httpx.post(srv.url + "/access", json={"urls": urls}, timeout=30).json()
+    assert [d and d["id"] for d in r["result"]] == [urls[0], urls[1], None]
+    assert r["result"][1]["contents"] == '"%s"\n%s' % (docs[33]["title"].strip(),
+                                                       docs[33]["text"].strip())

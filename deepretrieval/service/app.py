@@ -296,8 +296,11 @@ def create_app(indexes: dict[str, Backend], config: ServiceConfig | None = None)
         if not isinstance(backend, DocumentStore):
             raise HTTPError(422, f"index {index!r} ({type(backend).__name__}) keeps no documents "
                                  f"to access; /access needs a local BM25, dense or Boolean index")
-        found = await asyncio.get_running_loop().run_in_executor(
-            executor(index), backend.documents, urls)
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(
+                executor(index), backend.documents, urls)
+        except TypeError as exc:  # e.g. a sharded index over shards that keep no documents
+            raise HTTPError(422, f"index {index!r}: {exc}") from None
         try:
             return 200, encode_access(urls, found, config.max_answer_bytes), None
         except AnswerTooLarge as exc:

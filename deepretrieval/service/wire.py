@@ -52,10 +52,21 @@ def _json_default(obj: Any) -> Any:
 
 def dumps(obj: Any) -> bytes:
     if _orjson is not None:
-        return _orjson.dumps(obj, default=_json_default,
-                             option=_orjson.OPT_SERIALIZE_NUMPY | _orjson.OPT_NON_STR_KEYS)
+        try:
+            return _orjson.dumps(obj, default=_json_default,
+                                 option=_orjson.OPT_SERIALIZE_NUMPY | _orjson.OPT_NON_STR_KEYS)
+        except _orjson.JSONEncodeError as exc:
+            if "surrogate" not in str(exc):
+                raise
+    else:
+        try:
+            return json.dumps(obj, default=_json_default, separators=(",", ":"),
+                              ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            pass
+    # a lone surrogate (e.g. in an error message quoting a query): JSON allows it escaped
     return json.dumps(obj, default=_json_default, separators=(",", ":"),
-                      ensure_ascii=False).encode()
+                      ensure_ascii=True).encode()
 
 
 def loads(data: bytes | str) -> Any:
@@ -330,8 +341,8 @@ def encode(req: SearchRequest, results: Sequence[SearchResult],
     headers: list[tuple[bytes, bytes]] = []
     failed = [r.error for r in results if r.error]
     if failed and not has_errors:
-        first = failed[0][:300].encode("ascii", "backslashreplace").replace(b"\r", b" ").replace(
-            b"\n", b" ")
+        first = bytes(b if 0x20 <= b < 0x7f else 0x20  # a header value: printable ASCII only
+                      for b in failed[0][:300].encode("ascii", "backslashreplace"))
         headers = [(b"x-deepretrieval-query-errors", str(len(failed)).encode()),
                    (b"x-deepretrieval-first-error", first)]
     return enc.parts, headers
