@@ -13,7 +13,13 @@ Task names (``data_source``) resolve as follows:
    shadows nothing and is shadowed by nothing) — except when every meaning searches the user's
    index itself (``prepare beir --name nfcorpus`` builds the index the original name
    ``nfcorpus`` expects): then the user collection's task it is;
-3. otherwise :class:`~deepretrieval.tasks.UnknownTask` lists the known names.
+3. otherwise a name that starts like the original trainer's names (``screening``,
+   ``scifact_latest_train``) has no task but is scored by the ``paper`` profile;
+4. otherwise :class:`~deepretrieval.tasks.UnknownTask` lists the known names.
+
+:func:`resolve_name` is that order, and it also decides the profile a name is scored by (``paper``
+only for original names, never for an agentic spelling or a user collection):
+:func:`get_task` and the reward's profile (:mod:`deepretrieval.profiles`) both read it.
 
 Index names resolve: registered in this process (:func:`register_index`) or in
 ``DEEPRETRIEVAL_INDEXES`` → under the index root (``DEEPRETRIEVAL_INDEX_DIR``) → built in
@@ -37,6 +43,7 @@ from deepretrieval.core.tables import RewardTable, with_overrides
 from deepretrieval.data import bundled as bundled_indexes
 from deepretrieval.data import closed_world, qa_sets, wiki_offline
 from deepretrieval.data import original as original_rows
+from deepretrieval.data import search_r1
 from deepretrieval.data import sql as sql_data
 from deepretrieval.data.rows import read_rows as _read_rows
 from deepretrieval.search import LocalSearcher, load_index_dir
@@ -234,25 +241,62 @@ def resolve_agentic(data_source: str) -> Task | None:
     return agentic.resolve(data_source, TASKS)
 
 
+_ORIGINAL_LABEL = "original DeepRetrieval data_source name"
+_AGENTIC_LABEL = "agentic task name"
 _LOCAL_LABEL = "user collection (index)"
+_DEFINED_LABEL = "defined task"
+_DISPATCH_LABEL = "original trainer's reward dispatch (paper profile only)"
 
 #: Resolvers for names that are not defined tasks, each named for error messages.
 RESOLVERS: tuple[tuple[str, Callable[[str], Task | None]], ...] = (
-    ("original DeepRetrieval data_source name", resolve_original),
-    ("agentic task name", resolve_agentic),
+    (_ORIGINAL_LABEL, resolve_original),
+    (_AGENTIC_LABEL, resolve_agentic),
     (_LOCAL_LABEL, resolve_local_collection),
 )
 
+@dataclass(frozen=True)
+class Resolution:
+    """What a ``data_source`` means: its task and the profile that scores it (unless a
+    ``profile=`` keyword, ``extra_info.profile`` or ``DEEPRETRIEVAL_PROFILE`` says otherwise).
 
-_RESOLVED: dict[str, Task] = {}
+    ``task`` is None only for an original DeepRetrieval name we have no task for (``screening``,
+    ``scifact_latest_train``): the ``paper`` profile scores it, :func:`get_task` refuses it.
+    ``via``: which rule decided (a ``RESOLVERS`` label, ``defined task``, or the original
+    trainer's dispatch)."""
+
+    data_source: str
+    task: Task | None
+    profile: str
+    via: str
 
 
-def get_task(data_source: str) -> Task:
-    """The task of a ``data_source`` (resolution order: module docstring). Resolved names are
-    remembered for the process (the reward calls this once per completion)."""
+def _paper_or_default(data_source: str) -> str:
+    return "paper" if original_names.paper_module_name(data_source) is not None else "default"
+
+
+def resolve_name(data_source: str) -> Resolution:
+    """The one place that decides, for a ``data_source``, which task and which profile score it
+    (:func:`get_task` and the reward's profile both come from here, so they cannot disagree).
+
+    1. a defined task (``FAMILIES``) → that task, ``default`` profile;
+    2. every resolver in ``RESOLVERS`` (several answers: module docstring) → its task; the
+       ``paper`` profile only when the original-name resolver decided (an original name parsed
+       token by token: ``nfcorpus_test``, ``pubmed_32``, ``nq_serini``) and the original trainer
+       had a reward module for it; agentic spellings (verl's ``searchR1_<set>``, our ``agent_*``)
+       and user collections always get ``default``;
+    3. no resolver, but the name starts with one of the original trainer's dispatch substrings
+       (``screening``, ``scifact_latest_train``): no task, ``paper`` profile — the original
+       trainer scored such names, so the paper profile still does;
+    4. otherwise :class:`~deepretrieval.tasks.UnknownTask`.
+
+    The original trainer matched names by *substring*; here a substring never captures a name
+    any resolver claims (``searchR1_hotpotqa``, ``agent_hotpotqa_dev2``, a user's
+    ``hotpotqa_mine`` index)."""
+    if not isinstance(data_source, str):
+        raise UnknownTask(f"data_source must be a string, got {type(data_source).__name__}")
     if data_source in TASKS:
-        return TASKS[data_source]
-    if isinstance(data_source, str) and data_source in _RESOLVED:
+        return Resolution(data_source, TASKS[data_source], "default", _DEFINED_LABEL)
+    if data_source in _RESOLVED:
         return _RESOLVED[data_source]
     found = []
     for label, resolver in RESOLVERS:
@@ -264,15 +308,38 @@ def get_task(data_source: str) -> Task:
         if local and all(t.index == local[0][1].index for _, t in found):
             found = local
     if len(found) == 1:
-        _RESOLVED[data_source] = found[0][1]
-        return found[0][1]
-    if len(found) > 1:
+        label, task = found[0]
+        # a user collection's own name is the user's, even when it is also an original name
+        profile = _paper_or_default(data_source) if label == _ORIGINAL_LABEL else "default"
+        resolution = Resolution(data_source, task, profile, label)
+    elif len(found) > 1:
         meanings = "; ".join(f"{label} → task over index {t.index!r} ({t.family.name})"
                              for label, t in found)
         raise AmbiguousTask(f"data_source {data_source!r} is ambiguous: {meanings}. Rename the "
                             f"collection (e.g. `prepare beir --name other_name`)")
-    raise UnknownTask(f"unknown task / data_source {data_source!r}; defined tasks: {sorted(TASKS)}; "
-                      f"user collections: {sorted(local_collections())}")
+    elif original_names.dispatch_prefix(data_source):
+        resolution = Resolution(data_source, None, "paper", _DISPATCH_LABEL)
+    else:
+        raise UnknownTask(f"unknown task / data_source {data_source!r}; defined tasks: "
+                          f"{sorted(TASKS)}; user collections: {sorted(local_collections())}")
+    _RESOLVED[data_source] = resolution
+    return resolution
+
+
+_RESOLVED: dict[str, Resolution] = {}
+
+
+def get_task(data_source: str) -> Task:
+    """The task of a ``data_source`` (:func:`resolve_name`; resolution order: module docstring).
+    Resolved names are remembered for the process (the reward calls this once per completion)."""
+    resolution = resolve_name(data_source)
+    if resolution.task is None:
+        raise UnknownTask(
+            f"data_source {data_source!r} is an original DeepRetrieval name with no task here "
+            f"(the original trainer scored it with "
+            f"{original_names.paper_module_name(data_source)}); only the paper profile scores it "
+            f"(`--profile paper`, or extra_info.profile = 'paper')")
+    return resolution.task
 
 
 def collection_name_clashes(name: str, *, dense: bool = False) -> list[str]:
@@ -341,5 +408,10 @@ def bundled_rows(task_name: str, split: str) -> list[dict[str, Any]]:
 
 def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Task rows of a parquet file; files in the original DeepRetrieval format are converted to
-    ours on the fly."""
-    return _read_rows(path, convert=lambda rows: original_rows.maybe_convert(rows, get_task))
+    ours on the fly. Search-R1's own rows (bare set names: their names mean other tasks here) are
+    refused with the command that converts them (:mod:`deepretrieval.data.search_r1`)."""
+    rows = _read_rows(path, convert=lambda rows: original_rows.maybe_convert(rows, get_task))
+    count = search_r1.unconverted(rows)
+    if count:
+        raise ValueError(search_r1.refusal(str(path), count, len(rows)))
+    return rows

@@ -12,8 +12,10 @@ Which profile scores a sample (first match wins):
    ``reward.custom_reward_function.reward_kwargs.profile``);
 2. ``extra_info["profile"]`` of the row;
 3. the environment variable ``DEEPRETRIEVAL_PROFILE`` (the CLI's ``--profile`` sets it);
-4. ``paper`` when the ``data_source`` is one of the original's names (``pubmed``, ``scifact_train``,
-   ``nq_serini``, ``spider_train``, ...), otherwise ``default``.
+4. the name's own profile, :func:`deepretrieval.catalog.resolve_name` (the same function that
+   picks the task): ``paper`` for the original's names (``scifact_train``, ``nq_serini``,
+   ``spider_train``, ``screening``, ...), ``default`` for defined task names (``pubmed``,
+   ``scifact``), agentic spellings (verl's ``searchR1_<set>``, ``agent_*``) and user collections.
 """
 from __future__ import annotations
 
@@ -22,7 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from deepretrieval.catalog import TASKS as _TASKS
+from deepretrieval.catalog import resolve_name
 from deepretrieval.core import settings
+from deepretrieval.tasks.original import DISPATCH, paper_module_name
+
+__all__ = ["DISPATCH", "PAPER_MODULES", "PROFILES", "PaperModule", "check_profile",
+           "paper_data_source", "paper_module", "paper_module_name", "resolve_profile"]
 
 PROFILES = ("default", "paper")
 ENV_VAR = "DEEPRETRIEVAL_PROFILE"
@@ -44,15 +51,7 @@ def resolve_profile(data_source: str, extra_info: Mapping[str, Any] | None = Non
     env = settings.get_str(ENV_VAR)
     if env:
         return check_profile(env)
-    return "paper" if is_original_data_source(data_source) else "default"
-
-
-def is_original_data_source(data_source: str) -> bool:
-    """Is this one of the original project's ``data_source`` names (one its trainer dispatched)?"""
-
-    if not isinstance(data_source, str) or data_source in _TASKS:
-        return False
-    return paper_module_name(data_source) is not None
+    return resolve_name(data_source).profile
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,44 +140,6 @@ PAPER_MODULES: dict[str, PaperModule] = {m.name: m for m in (
     _sql("bird_no_reason.py", reasoning=False, bird=True, nonsyntax=0.1),
     PaperModule(name="screening.py", kind="screening", format_ok=1, format_bad=-2, error=-1.5),
 )}
-
-#: The original trainer's dispatch (``main_ppo._select_rm_score_fn``): substring tests, in order.
-#: (substring, module, {sub-substring: module}) — the first substring contained wins.
-_DISPATCH: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
-    ("screening", "screening.py", ()),
-    ("pubmed", "pubmed.py", ()),
-    ("pmd_no_reason", "pmd_no_reason.py", ()),
-    ("ctgov", "ctgov.py", ()),
-    ("scifact", "scifact.py", (("dense", "reward_score_dense/scifact.py"),)),
-    ("nfcorpus", "nfcorpus.py", (("dense", "reward_score_dense/nfcorpus.py"),)),
-    ("nq_serini", "nq_serini.py", (("no_reason", "nq_no_reason.py"),)),
-    ("triviaqa", "triviaqa.py", (("no_reason", "tqa_no_reason.py"),)),
-    ("squad", "squad.py", (("no_reason", "squad_no_reason.py"),)),
-    ("hotpotqa", "hotpotqa.py", (("dense", "reward_score_dense/hotpotqa.py"),)),
-    ("fever", "fever.py", (("dense", "reward_score_dense/fever.py"),)),
-    ("msmarco_beir", "msmarco_beir.py", (("dense", "reward_score_dense/msmarco_beir.py"),)),
-    ("msmarco", "msmarco.py", ()),
-    ("bird", "bird.py", (("wor", "bird_no_reason.py"),)),
-    ("spider", "spider.py", (("wor", "spider_no_reason.py"),)),
-    # not in the original dispatch (it raised NotImplementedError): fiqa.py existed but was never
-    # selected; the paper profile selects it for fiqa_* names.
-    ("fiqa", "fiqa.py", ()),
-)
-
-
-def paper_module_name(data_source: str) -> str | None:
-    """The original module that scores ``data_source`` (the original trainer's dispatch, plus
-    ``fiqa``); None for names the original did not know."""
-    if not isinstance(data_source, str):
-        return None
-    for needle, module, subs in _DISPATCH:
-        if needle in data_source:
-            for sub, sub_module in subs:
-                if sub in data_source:
-                    return sub_module
-            return module
-    return None
-
 
 def paper_module(data_source: str, extra_info: Mapping[str, Any] | None = None) -> PaperModule:
     """The module spec for a sample: ``extra_info["paper_module"]`` (e.g. ``"msmarco_.py"``, which

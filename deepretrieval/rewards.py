@@ -4,7 +4,9 @@ tables (:data:`TABLES`, :class:`~deepretrieval.core.tables.RewardTable`).
 ``compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw)`` is the verl
 contract (``reward.custom_reward_function.path=pkg://deepretrieval.rewards`` and ``compute_score``
 — or ``compute_score_async`` — as ``.name``). It returns a dict with ``score`` and the task's
-metrics and never raises for anything the model wrote.
+metrics and never raises for anything the model wrote. ``table=NAME`` scores with another of the
+task family's reward tables (e.g. ``agent_sub_em``, ``agent_em_verl``); ``profile=`` picks the
+scoring profile (:mod:`deepretrieval.profiles`).
 """
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from deepretrieval.catalog import TABLES, get_searcher, get_table, get_task
+from deepretrieval.catalog import TABLES, family_entry, get_searcher, get_table, get_task
 from deepretrieval.core.results import SearchError
-from deepretrieval.core.tables import RewardTable
+from deepretrieval.core.tables import RewardTable, with_overrides
 from deepretrieval.paper_rewards import score_sample
 from deepretrieval.profiles import resolve_profile
 from deepretrieval.tasks.base import SearchPlan
@@ -63,11 +65,24 @@ def _mode(extra_info: Mapping[str, Any], kw: Mapping[str, Any]) -> str:
     return "train" if str(extra_info.get("split", "train")) == "train" else "val"
 
 
+def _table(task, name: str | None) -> RewardTable:
+    """The task's own table, or the one a ``table=`` keyword names (verl:
+    ``reward.custom_reward_function.reward_kwargs.table``); it must be one of the task family's
+    tables."""
+    if name is None:
+        return task.table()
+    tables = family_entry(task.family.name).tables
+    if name not in tables:
+        raise ValueError(f"reward table {name!r} is not a table of the {task.family.name} family "
+                         f"(task {task.name!r}); its tables: {sorted(tables)}")
+    return with_overrides(tables[name], task.reward_overrides)
+
+
 def _prepare(data_source: str, solution_str: Any, ground_truth: Any, extra_info: Any,
              kw: Mapping[str, Any], value: str | None = None) -> dict | _Pending:
     task = get_task(data_source)  # unknown data_source is a configuration error: raises
     extra = dict(extra_info) if isinstance(extra_info, Mapping) else {}
-    table = task.table()
+    table = _table(task, kw.get("table"))
     mode = _mode(extra, kw)
     base = {"score": 0.0, "format_ok": False, "search_error": False}
     base.update(task.family.empty_metrics(task))
@@ -194,6 +209,10 @@ def _paper(item: tuple, kw: Mapping[str, Any], value: str | None, searcher) -> d
     data_source, solution_str, ground_truth, extra_info = item
     if resolve_profile(data_source, extra_info, kw.get("profile")) != "paper":
         return None
+    if kw.get("table") is not None:
+        raise ValueError(f"table={kw['table']!r} picks one of our reward tables, but "
+                         f"{data_source!r} is scored by the paper profile (the original's own "
+                         f"tables); score it with profile='default' or drop table=")
 
     return score_sample(data_source, solution_str, ground_truth, extra_info,
                         searcher or get_searcher(), value=value)

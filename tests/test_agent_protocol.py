@@ -14,14 +14,39 @@ from deepretrieval.rewards import TABLES, compute_score, score_batch
     ("theatre", "theatre"),                 # articles only as whole words
     ("U.S.A.", "usa"),
     ("  Paris,   France! ", "paris france"),
-    ("“Café” — Zoë…", "café zoë"),          # unicode punctuation removed, accents kept
-    ("Cafe\u0301", "café"),                 # NFC: combining accent == precomposed
+    ("“Café” — Zoë…", "“café” — zoë…"),    # SQuAD: only ASCII punctuation goes
+    ("Cafe\u0301", "cafe\u0301"),           # SQuAD: no Unicode normalisation
+    ("1939–1945", "1939–1945"),
     ("$1,000", "1000"),
     ("", ""),
     (None, ""),
 ])
 def test_normalisation_table(text, expected):
     assert normalize_answer(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Henry's", "henrys"),
+    ("“Café” — Zoë…", "café zoë"),          # unicode punctuation removed, accents kept
+    ("Cafe\u0301", "café"),                 # NFC: combining accent == precomposed
+    ("1939–1945", "19391945"),
+    ("The Beatles", "beatles"),
+])
+def test_unicode_normalisation_is_opt_in(text, expected):
+    assert normalize_answer(text, unicode=True) == expected
+
+
+def test_sub_em_and_cover_em():
+    from deepretrieval.core.qa_metrics import cover_exact_match, sub_exact_match
+    assert sub_exact_match("the Eiffel Tower in Paris", ["Eiffel Tower"]) == 1.0
+    assert sub_exact_match("Tower Eiffel", ["Eiffel Tower"]) == 0.0      # order matters
+    assert cover_exact_match("Tower, Eiffel", ["Eiffel Tower"]) == 1.0   # any order
+    assert cover_exact_match("Eiffel", ["Eiffel Tower"]) == 0.0
+    assert sub_exact_match("x", ["The"]) == cover_exact_match("x", ["The"]) == 0.0  # empty gold
+    assert sub_exact_match(None, ["x"]) == cover_exact_match(None, ["x"]) == 0.0
+    assert sub_exact_match("“Bono”", ["Bono"]) == 1.0                    # substring of “bono”
+    assert exact_match("“Bono”", ["Bono"]) == 0.0
+    assert exact_match("“Bono”", ["Bono"], unicode=True) == 1.0
 
 
 def test_em_f1_max_over_golds():
@@ -108,7 +133,8 @@ def test_compute_score_scores_the_final_answer_only():
                  "<answer>Qel</answer>")
     m = compute_score("agent_closedworld", traj, gt, {"split": "test"})
     assert m == {"score": 1.0, "format_ok": True, "search_error": False, "em": 1.0, "f1": 1.0,
-                 "n_search": 1.0, "turns": 2.0, "hit": 1.0, "budget": 0.0}
+                 "sub_em": 1.0, "cover_em": 1.0, "em_unicode": 1.0, "f1_unicode": 1.0,
+                 "answer_spam": 0.0, "n_search": 1.0, "turns": 2.0, "hit": 1.0, "budget": 0.0}
     # the gold answer only inside the injected passage: no credit
     m = compute_score("agent_closedworld", traj.replace("<answer>Qel</answer>", "<answer>Lor</answer>"), gt)
     assert m["em"] == 0.0 and m["score"] == 0.0 and m["hit"] == 1.0 and m["format_ok"]

@@ -130,10 +130,15 @@ def test_original_names_map_onto_our_tasks(data_source, canonical, index, family
 
 
 def test_unsupported_and_unknown_names_fail_clearly():
-    for name in ("screening_pubmed", "countdown", "wikisql_train", "my_dataset"):
+    for name in ("countdown", "wikisql_train", "my_dataset"):
         assert parse_name(name) is None
         with pytest.raises(UnknownTask, match="unknown task"):
             get_task(name)
+    # an original name with no task here: the paper profile scores it (the original trainer did),
+    # but it has no task to train or evaluate
+    assert parse_name("screening_pubmed") is None
+    with pytest.raises(UnknownTask, match="only the paper profile scores it"):
+        get_task("screening_pubmed")
 
 
 # --- raw prompts -----------------------------------------------------------------------------

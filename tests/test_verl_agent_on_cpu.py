@@ -410,8 +410,78 @@ def test_search_tool_returns_the_rendered_passages():
     assert "non-empty" in empty.text and bad["invalid"]
     assert failed.text.startswith(P.SEARCH_ERROR_PREFIX) and failed_metrics["search_error"]
     assert iid not in tool._instances
-    with pytest.raises(ValueError, match="unknown search tool setting"):
-        SearchTool({"type": "native", "topk": 3})
+    with pytest.raises(ValueError, match="unknown search tool setting 'retrieval_service_url'"):
+        SearchTool({"type": "native", "retrieval_service_url": "http://127.0.0.1:8000/retrieve"})
+
+
+#: verl's Search-R1 recipe tool schema (examples/sglang_multiturn/config/tool_config/
+#: search_tool_config.yaml): the model calls search with a list of queries.
+QUERY_LIST_SCHEMA = {"type": "function", "function": {
+    "name": "search",
+    "description": "Searches the web for relevant information based on the given query.",
+    "parameters": {"type": "object", "properties": {"query_list": {
+        "type": "array", "items": {"type": "string"},
+        "description": "A list of fully-formed semantic queries."}},
+        "required": ["query_list"]}}}
+
+
+def test_search_tool_takes_verls_search_r1_recipe_as_written(tmp_path):
+    """A tool YAML in the recipe's shape (query_list schema, ``topk``, the default index in the
+    config), loaded with verl 0.9.1's own initialize_tools_from_config; rows as verl's
+    preprocess_search_r1_dataset.py writes them (create_kwargs without an index)."""
+    from verl.tools.tool_registry import initialize_tools_from_config
+
+    from deepretrieval.train.verl_agent import SearchTool
+
+    path = tmp_path / "search_tool_config.yaml"
+    path.write_text(json.dumps({"tools": [{
+        "class_name": "deepretrieval.train.verl_agent.SearchTool",
+        "config": {"type": "native", "index": "closedworld", "topk": 2},
+        "tool_schema": QUERY_LIST_SCHEMA}]}))
+    (tool,) = initialize_tools_from_config(str(path))
+    assert isinstance(tool, SearchTool) and tool.settings.top_k == 2
+    searcher = local_searcher()
+    queries = ["Goudemar", "The Badask Academy founder"]
+    hits = searcher.search("closedworld", queries, 2, return_text=True)
+    rendered = [P.render_passages(h.texts, P.AgentSettings()) for h in hits]
+    verl_row = {"ground_truth": {"target": ["Zeiski"]}, "question": "capital of Goudemar?",
+                "data_source": "searchR1_nq"}
+
+    async def go():
+        iid, _ = await tool.create(create_kwargs=verl_row)
+        one, _, m1 = await tool.execute(iid, {"query_list": queries[:1]})
+        two, _, m2 = await tool.execute(iid, {"query_list": queries})
+        same, _, _ = await tool.execute(iid, {"query": queries[0]})
+        bad = [(await tool.execute(iid, p))[0].text
+               for p in ({"query_list": []}, {"query_list": "Goudemar"}, {"query_list": ["ok", " "]},
+                         {"query": "a", "query_list": ["b"]}, {"q": "x"})]
+        small, _ = await tool.create(create_kwargs={"index": "closedworld", "topk": 1})
+        single, _, m3 = await tool.execute(small, {"query": queries[0]})
+        return one, m1, two, m2, same, bad, single, m3
+
+    one, m1, two, m2, same, bad, single, m3 = asyncio.run(go())
+    assert one.text == same.text == rendered[0] and m1["n_passages"] == 2
+    assert two.text == f'Results for "{queries[0]}":\n{rendered[0]}\n\nResults for "{queries[1]}":\n{rendered[1]}'
+    assert m2 == {"search_error": False, "n_passages": 4}
+    assert all(text.startswith("search ") for text in bad), bad
+    assert single.text.count("Doc ") == 1 and m3["n_passages"] == 1  # `topk` is read, not ignored
+
+    async def create(kwargs):
+        return await tool.create(create_kwargs=kwargs)
+
+    with pytest.raises(ValueError, match="unknown search tool setting 'k' in create_kwargs"):
+        asyncio.run(create({"index": "closedworld", "k": 1}))
+    with pytest.raises(ValueError, match="given twice"):
+        asyncio.run(create({"index": "closedworld", "topk": 1, "top_k": 2}))
+    nothing = SearchTool({"type": "native"})
+    with pytest.raises(ValueError, match="needs an index"):
+        asyncio.run(nothing.create(create_kwargs=verl_row))
+
+
+def test_launcher_tool_config_carries_the_tasks_index(tmp_path):
+    launcher.write_tool_config(tmp_path, "wiki18")
+    body = json.loads((tmp_path / "search_tool.yaml").read_text().split("\n", 1)[1])
+    assert body["tools"][0]["config"] == {"type": "native", "index": "wiki18"}
 
 
 class ToolOracleServer:

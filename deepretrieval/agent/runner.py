@@ -33,7 +33,7 @@ from deepretrieval.catalog import get_searcher, get_task
 from deepretrieval.core import agent_protocol as P
 from deepretrieval.core.results import SearchError, SearchResult
 from deepretrieval.generation.decoding import Decoding, Prompt, StopRule
-from deepretrieval.tasks.agentic import AGENTIC, settings_for
+from deepretrieval.tasks.agentic import AGENTIC, protocol_problem, settings_for
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,9 @@ def episodes_from_rows(rows: Sequence[Mapping[str, Any]], *, repeat: int = 1,
             raise ValueError(f"row of task {task.name!r} is not an agentic task row")
         info = row.get("extra_info") or {}
         s = settings_for(task, info)
+        problem = protocol_problem(row, s)
+        if problem:
+            raise ValueError(f"{row['data_source']} row {info.get('index', '?')}: {problem}")
         if settings is not None:
             if settings.protocol != s.protocol:
                 raise ValueError(f"the rows were written for the {s.protocol!r} protocol (their "

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from deepretrieval.catalog import get_task
 from deepretrieval.data import download
+from deepretrieval.data import search_r1
 from deepretrieval.data.original import convert_file
 
 
@@ -21,20 +22,52 @@ def register(sub) -> None:
     add_download_arguments(p)
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("convert", help="convert the original DeepRetrieval parquet rows to ours",
-                       description="Turn rows as published by the original project (raw prompt "
-                                   "strings with model special tokens, original data_source names and "
-                                   "ground-truth shapes) into chat-message task rows.")
-    p.add_argument("--in", dest="inp", required=True, help="original parquet file")
-    p.add_argument("--out", required=True, help="output parquet file")
+    p = sub.add_parser("convert", help="convert other projects' parquet rows to ours "
+                                       "(the original DeepRetrieval, Search-R1)",
+                       description="--from deepretrieval (default): rows as published by the "
+                                   "original project (raw prompt strings with model special tokens, "
+                                   "original data_source names and ground-truth shapes) → chat-message "
+                                   "task rows; --out is the output parquet file. --from search-r1: "
+                                   "rows written by Search-R1's data scripts (data_source nq, "
+                                   "hotpotqa, ... one user message, reward_model.ground_truth.target; "
+                                   "merged multi-set files too) → rows of the agentic tasks "
+                                   "agent_<set> (question in extra_info.question); --out is a folder, "
+                                   "the file keeps its name.")
+    p.add_argument("input", nargs="?", help="input parquet file (or --in)")
+    p.add_argument("--in", dest="inp", help="input parquet file")
+    p.add_argument("--from", dest="source", choices=CONVERT_SOURCES, default="deepretrieval",
+                   help="who wrote the rows (default: deepretrieval, the original project)")
+    p.add_argument("--out", required=True,
+                   help="output parquet file (--from deepretrieval) or folder (--from search-r1)")
     p.add_argument("--keep_data_source", "--keep-data-source", dest="keep_data_source",
-                   action="store_true", help="keep the original data_source names")
+                   action="store_true", help="keep the original data_source names (--from deepretrieval)")
+    p.add_argument("--index", default=None,
+                   help=f"--from search-r1: the index the converted rows search (default "
+                        f"{search_r1.DEFAULT_INDEX}, Search-R1's corpus; build it as docs/agentic_corpora.md says)")
     p.set_defaults(func=_cmd_convert)
 
 
+CONVERT_SOURCES = ("deepretrieval", "search-r1")
+
+
 def _cmd_convert(args) -> int:
-    stats = convert_file(args.inp, args.out, get_task, keep_data_source=args.keep_data_source)
-    print(f"converted {stats['rows']} rows → {args.out}; tasks: "
+    if args.input and args.inp and args.input != args.inp:
+        raise ValueError(f"two inputs given ({args.input!r} and --in {args.inp!r}); give one")
+    inp = args.input or args.inp
+    if not inp:
+        raise ValueError("no input file: `deepretrieval convert [--from SOURCE] IN.parquet --out OUT`")
+    if args.source == "search-r1":
+        if args.keep_data_source:
+            raise ValueError("--keep-data-source is for --from deepretrieval; Search-R1's bare "
+                             "names (nq, hotpotqa, ...) mean other tasks here")
+        stats = search_r1.convert_file(inp, args.out, args.index or search_r1.DEFAULT_INDEX)
+        out = stats["out"]
+    else:
+        if args.index is not None:
+            raise ValueError("--index is for --from search-r1")
+        stats = convert_file(inp, args.out, get_task, keep_data_source=args.keep_data_source)
+        out = args.out
+    print(f"converted {stats['rows']} rows → {out}; tasks: "
           + ", ".join(f"{k} ({v})" for k, v in sorted(stats["tasks"].items())))
     return 0
 

@@ -21,6 +21,7 @@ from deepretrieval.catalog import (
 )
 from deepretrieval.core import settings
 from deepretrieval.core.io import write_atomic
+from deepretrieval.data import search_r1
 from deepretrieval.data.rows import write_parquet
 from deepretrieval.tasks.agentic import AGENTIC
 from deepretrieval.train import agentic_quickstart, trl_agent
@@ -159,6 +160,8 @@ def _rows_files(task_name: str, data: str | None, out: Path, dry_run: bool) -> t
     folder = Path(data) if data else Path("data") / task_name
     found = data_folder_files(folder) if data or folder.is_dir() else None
     if found:
+        for path in found:  # Search-R1's own rows would be scored as other tasks: refuse them
+            search_r1.check_file(path)
         return found[0].resolve(), found[1].resolve()
     if data:
         raise FileNotFoundError(f"{folder} has no train.parquet/test.parquet; write them with "

@@ -317,8 +317,8 @@ def model_text(trajectory: object) -> str:
 
 
 def final_answer(trajectory: object) -> str | None:
-    """The last non-empty ``<answer>…</answer>`` the model wrote (never one inside injected
-    text); None when there is none."""
+    """The last ``<answer>…</answer>`` the model wrote (never one inside injected text); None
+    when there is none or when that last one is empty (an earlier answer does not count)."""
     answers = _ANSWER.findall(model_text(trajectory))
     if not answers:
         return None

@@ -21,7 +21,9 @@ class RewardTable:
     score is <= 0 becomes 0. ``bonus_value`` × the metric ``bonus_metric`` is added to a well-formed,
     error-free total (e.g. agentic tasks: a bonus when an answer-bearing passage was retrieved);
     with ``bonus_needs_format`` False also to a malformed one (a good search pays before the
-    model has learnt to answer).
+    model has learnt to answer). ``scale_value`` multiplies a well-formed, error-free total when
+    the metric ``scale_metric`` is non-zero (verl's answer-spam rule: EM ÷ 4 when the completion
+    holds more than 10 answer tags, ``agent_em_verl``).
     """
 
     metric: str
@@ -36,6 +38,8 @@ class RewardTable:
     bonus_metric: str | None = None
     bonus_value: float = 0.0
     bonus_needs_format: bool = True
+    scale_metric: str | None = None
+    scale_value: float = 1.0
 
     def answer_score(self, value: float | None) -> float:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -63,6 +67,8 @@ class RewardTable:
         score = self.total(ok, self.answer_score(metrics.get(self.metric)))
         if self.bonus_metric and (ok or not self.bonus_needs_format):
             score += float(self.bonus_value) * float(metrics.get(self.bonus_metric) or 0.0)
+        if self.scale_metric and ok and metrics.get(self.scale_metric):
+            score *= float(self.scale_value)
         return score
 
 

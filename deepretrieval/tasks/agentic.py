@@ -5,17 +5,24 @@ Tasks ``agent_<set>``: ``agent_nq``, ``agent_triviaqa``, ``agent_popqa``, ``agen
 ``agent_2wikimultihopqa``, ``agent_musique``, ``agent_bamboogle`` (real QA sets, searching the
 index their rows name, default ``wikipedia``), ``agent_closedworld`` (the generated closed-world
 corpus, index ``closedworld``), and ``agent_<name>`` for any other name (bring your own: the rows
-name their index). Search-R1's ``data_source`` spellings ``searchR1_<set>`` resolve to the same
-tasks. Each task has an ``_f1`` variant rewarded by F1 (``agent_nq_f1``).
+name their index). verl's ``data_source`` spelling ``searchR1_<set>`` (written by verl's
+``preprocess_search_r1_dataset.py``) resolves to the same tasks; Search-R1's own scripts write the
+bare set names, which are converted (:mod:`deepretrieval.data.search_r1`). Each
+task has an ``_f1`` variant rewarded by F1 (``agent_nq_f1``); any agentic table
+(:data:`TABLES`) can score any agentic task with ``compute_score(..., table=NAME)``.
 
 Scoring takes a **whole trajectory string** — the model's turns with the injected
 ``<information>`` / ``<tool_response>`` blocks, as verl's reward path passes it — and needs no
 search at scoring time (the searches ran during the episode):
 
 * answer: the last ``<answer>…</answer>`` outside injected blocks
-  (:func:`deepretrieval.core.agent_protocol.final_answer`); none → ``format_ok`` False;
-* ``em`` / ``f1``: SQuAD/KILT normalisation, max over the gold answers
-  (:mod:`deepretrieval.core.qa_metrics`);
+  (:func:`deepretrieval.core.agent_protocol.final_answer`); none, or an empty last one →
+  ``format_ok`` False;
+* ``em`` / ``f1``: the SQuAD v1.1 normalisation (the one Search-R1 and verl use), max over the
+  gold answers; ``sub_em`` (a gold answer inside the answer), ``cover_em`` (every gold token in
+  the answer), ``em_unicode`` / ``f1_unicode`` (our NFC + Unicode-punctuation extension)
+  (:mod:`deepretrieval.core.qa_metrics`); ``answer_spam`` (1 when the trajectory holds more than
+  10 ``<answer>`` or ``</answer>`` tags, counted over the whole string as verl does);
 * ``n_search`` (searches answered), ``turns`` (model turns), ``hit`` (1 when a retrieved passage
   contains a gold answer, DPR token match), ``budget`` (1 when the episode ended on the token
   budget, :class:`deepretrieval.agent.runner.EpisodeRunner`), ``search_error`` (a search failed during the episode;
@@ -36,7 +43,7 @@ from typing import Any
 
 from deepretrieval.core import agent_protocol as P
 from deepretrieval.core.answer import ParsedAnswer
-from deepretrieval.core.qa_metrics import exact_match, f1_score
+from deepretrieval.core.qa_metrics import cover_exact_match, exact_match, f1_score, sub_exact_match
 from deepretrieval.core.tables import RewardTable
 from deepretrieval.tasks.base import Family, Task
 from deepretrieval.tasks.evidence import (
@@ -47,7 +54,10 @@ from deepretrieval.tasks.evidence import (
 #: verl agent-loop names the rows ask for (the tag-protocol loop is registered under this name).
 TAG_AGENT_LOOP = "deepretrieval_agent"
 TOOL_AGENT_LOOP = "tool_agent"
-METRICS = ("em", "f1", "n_search", "turns", "hit", "budget")
+METRICS = ("em", "f1", "sub_em", "cover_em", "em_unicode", "f1_unicode", "answer_spam",
+           "n_search", "turns", "hit", "budget")
+#: verl's ``search_r1_like_qa_em``: more answer tags than this (opening or closing) is answer spam.
+ANSWER_SPAM_TAGS = 10
 CLOSED_BOOK, NAIVE_RAG = "closed-book", "naive RAG"
 
 _DOC_PREFIX = re.compile(r"(?m)^Doc \d+: ")
@@ -67,9 +77,37 @@ def settings_for(task: Task, extra_info: Mapping[str, Any] | None = None) -> P.A
     return P.AgentSettings.from_extra_info(extra_info, base)
 
 
+def protocol_problem(row: Mapping[str, Any], settings: P.AgentSettings) -> str | None:
+    """Why a row cannot run under ``settings.protocol`` (its prompt or its verl agent loop says
+    the other protocol), or None. E.g. verl's own Search-R1 rows (``agent_name: tool_agent``, a
+    ``<tool_call>`` prompt) run in verl's ``tool_agent`` with the ``search`` tool, not in the tag
+    protocol's episode loop."""
+    agent_name = row.get("agent_name")
+    prompt = row.get("prompt")
+    text = " ".join(str(m.get("content", "")) for m in prompt if isinstance(m, Mapping)) \
+        if isinstance(prompt, list) else str(prompt or "")
+    if settings.protocol == "tags" and (agent_name == TOOL_AGENT_LOOP or P.TOOL_CALL_OPEN in text):
+        return ("the row is written for tool calls (agent_name tool_agent or a <tool_call> prompt) "
+                "but its settings say the tag protocol: run such rows in verl's tool_agent with "
+                "the search tool (docs/agentic_verl.md), or write rows whose extra_info.agent."
+                "protocol is 'tool' (`deepretrieval prepare closedworld --protocol tool`, or "
+                "agent_rows(..., settings=AgentSettings(protocol='tool')))")
+    if settings.protocol == "tool" and agent_name == TAG_AGENT_LOOP:
+        return (f"the row asks for the tag-protocol loop ({TAG_AGENT_LOOP}) but its settings say "
+                f"the tool protocol; write the rows again with one protocol")
+    return None
+
+
 def passages_of(block: str) -> list[str]:
     """The passages of one rendered results block (``Doc i: …`` lines)."""
     return [p.strip() for p in _DOC_PREFIX.split(block) if p.strip()]
+
+
+def answer_spam(trajectory: str) -> bool:
+    """verl's rule: more than :data:`ANSWER_SPAM_TAGS` ``<answer>`` or ``</answer>`` tags in the
+    whole string (injected blocks included, as verl counts)."""
+    return (trajectory.count(P.ANSWER_OPEN) > ANSWER_SPAM_TAGS
+            or trajectory.count(P.ANSWER_CLOSE) > ANSWER_SPAM_TAGS)
 
 
 def blocks_hold_answer(blocks: Iterable[str], golds: Iterable[str]) -> bool:
@@ -102,8 +140,13 @@ class AgenticFamily(Family):
         stats = P.trajectory_stats(plan.trajectory, plan.settings)
         golds = answers_from_ground_truth(ground_truth)
         hit = blocks_hold_answer(stats.passages, golds)
-        return {"format_ok": stats.answer is not None, "search_error": stats.search_error,
-                "em": exact_match(stats.answer, golds), "f1": f1_score(stats.answer, golds),
+        answer = stats.answer
+        return {"format_ok": answer is not None, "search_error": stats.search_error,
+                "em": exact_match(answer, golds), "f1": f1_score(answer, golds),
+                "sub_em": sub_exact_match(answer, golds), "cover_em": cover_exact_match(answer, golds),
+                "em_unicode": exact_match(answer, golds, unicode=True),
+                "f1_unicode": f1_score(answer, golds, unicode=True),
+                "answer_spam": 1.0 if answer_spam(plan.trajectory) else 0.0,
                 "n_search": float(stats.n_search), "turns": float(stats.turns),
                 "hit": 1.0 if hit else 0.0, "budget": 1.0 if stats.budget else 0.0}
 
@@ -124,6 +167,16 @@ TABLES: dict[str, RewardTable] = {
     "agent_em_format": RewardTable(metric="em", linear=True, format_bad=-0.2),
     # EM plus 0.1 when an answer-bearing passage was retrieved during the episode.
     "agent_em_hit": RewardTable(metric="em", linear=True, bonus_metric="hit", bonus_value=0.1),
+    # sub-EM: a (normalised) gold answer contained in the (normalised) final answer.
+    "agent_sub_em": RewardTable(metric="sub_em", linear=True),
+    # cover-EM: every token of a gold answer among the final answer's tokens.
+    "agent_cover_em": RewardTable(metric="cover_em", linear=True),
+    # EM / F1 with our Unicode extension (NFC, Unicode punctuation deleted): opt-in.
+    "agent_em_unicode": RewardTable(metric="em_unicode", linear=True),
+    "agent_f1_unicode": RewardTable(metric="f1_unicode", linear=True),
+    # verl's search_r1_like_qa_em: EM, divided by 4 when there are more than 10 answer tags.
+    "agent_em_verl": RewardTable(metric="em", linear=True, scale_metric="answer_spam",
+                                 scale_value=0.25),
 }
 
 #: Standard sets: name → (title, default index).
@@ -154,7 +207,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def resolve(data_source: str, tasks: Mapping[str, Task]) -> Task | None:
-    """``searchR1_<set>`` → ``agent_<set>`` (from ``tasks``, the defined tasks); an undefined
+    """verl's ``searchR1_<set>`` → ``agent_<set>`` (from ``tasks``, the defined tasks); an undefined
     ``agent_<name>`` → a bring-your-own agentic task whose default index is ``<name>``
     (``agent_<name>_f1``: rewarded by F1)."""
     lower = data_source.lower()

@@ -91,24 +91,26 @@ def write_agent_loop_config(folder: str | os.PathLike, *, max_turn_tokens: int =
     return path
 
 
-def write_tool_config(folder: str | os.PathLike) -> Path:
+def write_tool_config(folder: str | os.PathLike, index: str | None = None) -> Path:
     """``<folder>/search_tool.yaml``: the ``search`` tool for verl's ``tool_agent`` (index and
-    top-k come per row from ``extra_info.tools_kwargs.search.create_kwargs``)."""
+    top-k come per row from ``extra_info.tools_kwargs.search.create_kwargs``; ``index``: the
+    default for rows without one, e.g. verl's Search-R1 rows)."""
     path = (Path(folder) / "search_tool.yaml").resolve()
-    body = {"tools": [{"class_name": SEARCH_TOOL_CLASS, "config": {"type": "native"},
+    config = {"type": "native", **({"index": index} if index else {})}
+    body = {"tools": [{"class_name": SEARCH_TOOL_CLASS, "config": config,
                        "tool_schema": search_tool_schema()}]}
     write_atomic(path, "# written by deepretrieval (train/verl.py); docs/agentic_verl.md\n"
                  + json.dumps(body, indent=2) + "\n")
     return path
 
 
-def agent_overrides(out_dir: str | os.PathLike) -> list[str]:
+def agent_overrides(out_dir: str | os.PathLike, index: str | None = None) -> list[str]:
     """Write both files under ``<out_dir>/verl_agent/`` with absolute paths (verl does not
     resolve ``pkg://`` there, and a relative path would depend on each Ray worker's directory)
-    and return the overrides that point verl at them."""
+    and return the overrides that point verl at them (``index``: the tool's default index)."""
     folder = Path(out_dir).resolve() / AGENT_DIR
     return [f"{AGENT_LOOP_CONFIG_KEY}={write_agent_loop_config(folder)}",
-            f"{TOOL_CONFIG_KEY}={write_tool_config(folder)}"]
+            f"{TOOL_CONFIG_KEY}={write_tool_config(folder, index)}"]
 
 
 def check_overrides(overrides: Sequence[str]) -> None:
@@ -139,7 +141,7 @@ def build_overrides(task_name: str, *, model: str, train_files: str, val_files: 
     if preset == "ppo":
         items += paper_run_overrides(task.name)
     if task.family is AGENTIC:
-        items += agent_overrides(out)
+        items += agent_overrides(out, task.index)
     if n_gpus is not None:
         items.append(f"trainer.n_gpus_per_node={n_gpus}")
     if nnodes is not None:

@@ -14,8 +14,9 @@ Two ways in, one episode logic (:mod:`deepretrieval.agent.runner`, :mod:`deepret
   scores (injected ``<information>`` blocks are ignored by the agentic family).
 * :class:`SearchTool` — a ``BaseTool`` named ``search`` for verl's stock ``tool_agent`` (rows with
   ``agent_name: tool_agent``, hermes tool calls): ``create`` takes the row's
-  ``tools_kwargs.search.create_kwargs`` (index, top-k), ``execute`` searches and returns the
-  passages rendered exactly as the tag protocol renders them.
+  ``tools_kwargs.search.create_kwargs`` (index, top-k; the tool config's index for rows without
+  one, as verl's Search-R1 rows), ``execute`` takes ``query`` or verl's ``query_list``, searches
+  and returns the passages rendered exactly as the tag protocol renders them.
 
 verl loads both by class path from the YAML files :func:`deepretrieval.train.verl.agent_overrides`
 writes into the run folder; nothing here registers itself on import. This module imports verl
@@ -214,20 +215,55 @@ class SearchAgentLoop(AgentLoopBase):
         )
 
 
+#: Tool settings (``config`` in the tool YAML and per-row ``create_kwargs``): canonical name →
+#: the aliases accepted for it (``topk`` is Search-R1's / verl's spelling).
+TOOL_ALIASES = {"top_k": ("topk",)}
+#: ``create_kwargs`` keys the tool reads (``index``, ``top_k``) and the ones rows carry for the
+#: reward that the tool ignores by design (verl's preprocess_search_r1_dataset.py writes
+#: ``ground_truth``, ``question``, ``data_source``; ours write ``ground_truth``).
+CREATE_KEYS = ("index", "top_k")
+CREATE_PASSIVE_KEYS = ("ground_truth", "question", "data_source")
+CONFIG_KEYS = ("type", "index", "top_k", "max_result_chars")
+
+
+def _canonical(settings: Mapping[str, Any], known: Sequence[str], passive: Sequence[str],
+               where: str) -> dict[str, Any]:
+    """``settings`` with aliases renamed to their canonical key; an unknown key, or a key given
+    under two spellings, is an error naming the known ones."""
+    out: dict[str, Any] = {}
+    aliases = {alias: name for name, names in TOOL_ALIASES.items() for alias in names}
+    accepted = sorted(set(known) | set(passive) | set(aliases))
+    for key, value in settings.items():
+        name = aliases.get(key, key)
+        if name not in known and name not in passive:
+            raise ValueError(f"unknown search tool setting {key!r} in {where}; known: {accepted}")
+        if name in out:
+            raise ValueError(f"search tool setting {name!r} given twice in {where} "
+                             f"(as {name!r} and as its alias); give one")
+        out[name] = value
+    return out
+
+
 class SearchTool(BaseTool):
-    """The ``search`` tool for verl's ``tool_agent`` (hermes tool calls). Per-trajectory
-    ``create_kwargs`` (from the row's ``extra_info.tools_kwargs.search``): ``index`` and ``top_k``;
-    the tool's ``config`` may set defaults for both and ``max_result_chars``."""
+    """The ``search`` tool for verl's ``tool_agent`` (hermes tool calls).
+
+    Per-trajectory ``create_kwargs`` (the row's ``extra_info.tools_kwargs.search.create_kwargs``):
+    ``index`` and ``top_k`` (alias ``topk``); the tool's ``config`` sets the defaults for both
+    (``index``: the index rows without one search — verl's Search-R1 rows carry none) and
+    ``max_result_chars``. ``ground_truth`` / ``question`` / ``data_source`` may be present (the
+    reward reads them); any other key is an error, never ignored.
+
+    Arguments the model may call it with: ``{"query": str}`` (our schema) or ``{"query_list":
+    [str, ...]}`` (verl's Search-R1 recipe schema, and models trained with it). Each query's
+    passages are rendered as the tag protocol renders them (``Doc 1: …`` lines); with several
+    queries each block is headed ``Results for "<query>":`` and the blocks are separated by a
+    blank line."""
 
     def __init__(self, config: dict, tool_schema: OpenAIFunctionToolSchema | None = None):
-        config = dict(config or {})
+        config = _canonical(_plain(dict(config or {})), CONFIG_KEYS, (), "the tool config")
         if tool_schema is None:
             tool_schema = OpenAIFunctionToolSchema.model_validate(P.search_tool_schema())
         super().__init__(config, tool_schema)
-        known = {"type", "index", "top_k", "max_result_chars"}
-        unknown = set(config) - known
-        if unknown:
-            raise ValueError(f"unknown search tool setting(s) {sorted(unknown)}; known: {sorted(known)}")
         self.settings = P.AgentSettings(top_k=int(config.get("top_k", P.AgentSettings.top_k)),
                                         max_result_chars=int(config.get("max_result_chars",
                                                                         P.AgentSettings.max_result_chars)))
@@ -240,33 +276,62 @@ class SearchTool(BaseTool):
 
     async def create(self, instance_id: str | None = None, **kwargs) -> tuple[str, ToolResponse]:
         instance_id = instance_id or uuid4().hex
-        create = _plain(kwargs.get("create_kwargs") or {})
+        create = _canonical(_plain(kwargs.get("create_kwargs") or {}), CREATE_KEYS,
+                            CREATE_PASSIVE_KEYS, "create_kwargs")
         index = create.get("index") or self.default_index
         if not index:
             raise ValueError("the search tool needs an index: the row's tools_kwargs.search."
                              "create_kwargs.index or the tool config's index")
         top_k = int(create.get("top_k") or self.settings.top_k)
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1 (got {top_k})")
         self._instances[instance_id] = {"index": str(index), "top_k": top_k}
         return instance_id, ToolResponse()
+
+    @staticmethod
+    def queries_of(parameters: Any) -> tuple[list[str] | None, str | None]:
+        """(queries, None) from a call's arguments, or (None, the message for the model)."""
+        if not isinstance(parameters, Mapping):
+            return None, "search needs arguments {\"query\": \"...\"} or {\"query_list\": [...]}"
+        unknown = sorted(set(parameters) - {"query", "query_list"})
+        if unknown:
+            return None, f"search takes 'query' or 'query_list', not {unknown}"
+        if "query" in parameters and "query_list" in parameters:
+            return None, "search takes 'query' or 'query_list', not both"
+        if "query_list" in parameters:
+            given = parameters["query_list"]
+            if isinstance(given, str) or not isinstance(given, Sequence):
+                return None, "search needs 'query_list' to be a list of non-empty strings"
+            queries = list(given)
+        else:
+            queries = [parameters.get("query")]
+        if not queries or not all(isinstance(q, str) and q.strip() for q in queries):
+            return None, ("search needs a non-empty 'query'" if "query_list" not in parameters
+                          else "search needs 'query_list' to be a list of non-empty strings")
+        return [q.strip()[:P.MAX_ACTION_CHARS] for q in queries], None
 
     async def execute(self, instance_id: str, parameters: dict[str, Any], **kwargs
                       ) -> tuple[ToolResponse, float, dict]:
         state = self._instances[instance_id]
-        query = parameters.get("query") if isinstance(parameters, Mapping) else None
-        if not isinstance(query, str) or not query.strip():
-            return ToolResponse(text="search needs a non-empty 'query'"), 0.0, {"search_error": False,
-                                                                                 "invalid": True}
-        query = query.strip()[:P.MAX_ACTION_CHARS]
+        queries, problem = self.queries_of(_plain(parameters))
+        if problem:
+            return ToolResponse(text=problem), 0.0, {"search_error": False, "invalid": True}
         searcher = self._searcher = self._searcher or get_searcher()
         try:
-            outcome: Any = await searcher.asearch(state["index"], [query], state["top_k"], return_text=True)
+            outcome: Any = await searcher.asearch(state["index"], queries, state["top_k"], return_text=True)
         except SEARCH_FAILURES as exc:
             outcome = exc
-        ((_, result, error),) = search_replies(state["index"], [query], outcome)
+        replies = search_replies(state["index"], queries, outcome)
+        error = next((err for _, _, err in replies if err), None)
         if error:
             return ToolResponse(text=P.search_error_content(error)), 0.0, {"search_error": True}
-        text = P.render_passages(result.texts or [], self.settings)
-        return ToolResponse(text=text), 0.0, {"search_error": False, "n_passages": len(result.ids)}
+        blocks = [P.render_passages(result.texts or [], self.settings) for _, result, _ in replies]
+        if len(queries) == 1:
+            text = blocks[0]
+        else:
+            text = "\n\n".join(f'Results for "{q}":\n{b}' for q, b in zip(queries, blocks))
+        return ToolResponse(text=text), 0.0, {"search_error": False,
+                                              "n_passages": sum(len(r.ids) for _, r, _ in replies)}
 
     async def release(self, instance_id: str, **kwargs) -> None:
         self._instances.pop(instance_id, None)
