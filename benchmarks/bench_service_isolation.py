@@ -37,7 +37,7 @@ def rss_mb(pid: int) -> float:
 
 def light_latencies(url: str, stop: threading.Event, out: list[float], limit_s: float) -> None:
     end = time.monotonic() + limit_s
-    with httpx.Client() as client:
+    with httpx.Client(timeout=120) as client:
         while not out or (not stop.is_set() and time.monotonic() < end):  # at least one
             t0 = time.monotonic()
             r = client.post(url + "/retrieve", json={"queries": ["Goudemar capital"], "topk": 3,

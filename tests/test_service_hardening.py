@@ -167,11 +167,13 @@ def test_one_querys_backend_failure_is_its_own_error_generated(scifact_index):
         assert "backend failed on purpose" in bad1[0].error
         # the shapes without an "errors" slot: empty list, errors named in the headers
         r = httpx.post(srv.url + "/batch_search", json={"query": ["stem cells", "y" +
-                                                                  Poisoned.POISON], "top_n": 2})
+                                                                  Poisoned.POISON], "top_n": 2},
+                       timeout=60)
         assert r.status_code == 200 and r.json()[1] == [] and len(r.json()[0]) == 2
         assert r.headers["x-deepretrieval-query-errors"] == "1"
         assert "backend failed on purpose" in r.headers["x-deepretrieval-first-error"]
-        r = httpx.post(srv.url + "/queries", json={"queries": ["z" + Poisoned.POISON], "k": 2})
+        r = httpx.post(srv.url + "/queries", json={"queries": ["z" + Poisoned.POISON], "k": 2},
+                       timeout=60)
         assert r.status_code == 200 and r.json()["answers"] == [[]]
         assert "backend failed on purpose" in r.json()["errors"][0]
 
@@ -180,10 +182,12 @@ def test_a_value_error_rejects_the_request_only_when_every_query_has_it(scifact_
     backend = Poisoned(scifact_index, exc=ValueError)
     with ServerThread(create_app({"p": backend})) as srv:
         r = httpx.post(srv.url + "/retrieve", json={"queries": ["stem cells", "a" +
-                                                                Poisoned.POISON], "topk": 2})
+                                                                Poisoned.POISON], "topk": 2},
+                       timeout=60)
         assert r.status_code == 200 and r.json()["errors"][0] is None
         assert "ValueError" in r.json()["errors"][1]
-        r = httpx.post(srv.url + "/retrieve", json={"queries": ["b" + Poisoned.POISON], "topk": 2})
+        r = httpx.post(srv.url + "/retrieve", json={"queries": ["b" + Poisoned.POISON], "topk": 2},
+                       timeout=60)
         assert r.status_code == 422 and "rejected the request" in r.json()["error"]
 
 
@@ -245,7 +249,7 @@ def test_large_answers_are_encoded_off_the_event_loop(scifact_index, monkeypatch
 
         worker = threading.Thread(target=heavy)
         worker.start()
-        with httpx.Client() as client:
+        with httpx.Client(timeout=120) as client:
             while not light or not done.is_set():
                 s = time.monotonic()
                 r = client.post(srv.url + "/retrieve", json={"queries": ["stem cells"],
@@ -300,7 +304,7 @@ def test_the_compute_deadline_stops_backend_work():
         searched = slow.searched
         time.sleep(0.5)
         assert slow.searched == searched < 100  # the backend stopped, nothing runs on
-        stats = httpx.get(srv.url + "/health").json()["backends"]["slow"]["stats"]
+        stats = httpx.get(srv.url + "/health", timeout=60).json()["backends"]["slow"]["stats"]
         assert stats["deadline_misses"] == 100 - len(answered)
 
 
@@ -364,7 +368,7 @@ def test_memory_is_given_back_after_a_large_answer(tmp_path):
 # ---- 10. head limit, unparsable requests, lone surrogates ---------------------------------------
 
 def _exchange(port: int, data: bytes, pieces: int = 1) -> tuple[int, bytes]:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         step = max(1, len(data) // pieces)
         try:
             for i in range(0, len(data), step):
