@@ -6,6 +6,7 @@ The client below is written from Search-R1's documented protocol (its README and
 per query, ``[{"document": {"id", "contents"}, "score"}, ...]`` when ``return_scores`` is true and a
 list of documents when it is false; ``contents`` is the title in double quotes, a newline, then
 the passage text. Its agent shows each passage as ``Doc i(Title: <first line>) <the rest>``.
+Our documents also carry ``url`` (the id; ASearcher's client reads it), which Search-R1 ignores.
 It uses ``requests`` (as Search-R1 does), not our httpx client.
 """
 from __future__ import annotations
