@@ -36,8 +36,7 @@ def register(sub) -> None:
     p.add_argument("--token", default=settings.get_str("DEEPRETRIEVAL_SEARCH_TOKEN"),
                    help="require 'Authorization: Bearer TOKEN' (default: $DEEPRETRIEVAL_SEARCH_TOKEN)")
     p.add_argument("--open-route", action="append", default=[], metavar="ROUTE",
-                   choices=["/retrieve", "/queries", "/search", "/batch_search", "/access",
-                            "/health"],
+                   choices=[*ROUTES, "/health"],
                    help="with --token: answer this route without the token (peer clients such as "
                         "Search-R1's, verl's and ASearcher's cannot send one); repeatable")
     p.add_argument("--trust-network", action="append", default=[], metavar="CIDR",
