@@ -131,3 +131,12 @@ def test_gpu_check_smoke_on_cpu_without_faiss_or_trl(tmp_path):
     reward = result["reward"]
     assert reward["completions"] == 4 * 2 + 4 and reward["placement"] == "torch"
     assert reward["metrics"]                                  # the reward logger's per-step means
+
+
+def test_bench_service_isolation_tiny(capsys):
+    import bench_service_isolation
+
+    assert bench_service_isolation.main(["--heavy-queries", "4", "--heavy-k", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "| light requests to another index meanwhile" in out
+    assert "| probe request 512 q x topk 10,000 | 413 in" in out

@@ -6,6 +6,7 @@ The client below is written from Search-R1's documented protocol (its README and
 per query, ``[{"document": {"id", "contents"}, "score"}, ...]`` when ``return_scores`` is true and a
 list of documents when it is false; ``contents`` is the title in double quotes, a newline, then
 the passage text. Its agent shows each passage as ``Doc i(Title: <first line>) <the rest>``.
+Our documents also carry ``url`` (the id; ASearcher's client reads it), which Search-R1 ignores.
 It uses ``requests`` (as Search-R1 does), not our httpx client.
 """
 from __future__ import annotations
@@ -85,8 +86,10 @@ def test_return_scores_true_is_search_r1_shape(server, scifact_index, corpus, qu
     for hits, res in zip(result, local):
         assert len(hits) == 5
         assert [set(h) for h in hits] == [{"document", "score"}] * 5
-        assert [set(h["document"]) for h in hits] == [{"id", "contents"}] * 5
+        # url (ASearcher reads it; our indexes store none): the document id
+        assert [set(h["document"]) for h in hits] == [{"id", "contents", "url"}] * 5
         assert [h["document"]["id"] for h in hits] == res.ids
+        assert [h["document"]["url"] for h in hits] == res.ids
         assert [h["score"] for h in hits] == res.scores
         for h in hits:
             doc = corpus[h["document"]["id"]]
@@ -102,8 +105,8 @@ def test_return_scores_false_is_a_list_of_documents(server, scifact_index, corpu
     result = search_r1_retrieve(server.url, queries[:3], 4, return_scores=False)
     local = scifact_index.search(queries[:3], 4)
     for docs, res in zip(result, local):
-        assert [set(d) for d in docs] == [{"id", "contents"}] * 4
-        assert [d["id"] for d in docs] == res.ids
+        assert [set(d) for d in docs] == [{"id", "contents", "url"}] * 4
+        assert [d["id"] for d in docs] == [d["url"] for d in docs] == res.ids
         assert [d["contents"] for d in docs] == [expected_contents(corpus[i], 4096)
                                                  for i in res.ids]
 

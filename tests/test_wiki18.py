@@ -40,8 +40,9 @@ def test_to_beir_round_trip_through_the_service(tmp_path):
     with ServerThread(create_app({"wiki18": index})) as srv:
         result = requests.post(srv.url + "/retrieve", timeout=30, json={
             "queries": ["zebras equines"], "topk": 1, "return_scores": False}).json()["result"]
-    # Search-R1's contents come back exactly as they were in wiki-18.jsonl
-    assert result == [[{"id": "3", "contents": LINES[2]["contents"]}]]
+    # Search-R1's contents come back exactly as they were in wiki-18.jsonl (url: the id, for
+    # ASearcher's client)
+    assert result == [[{"id": "3", "contents": LINES[2]["contents"], "url": "3"}]]
 
 
 def test_bad_lines_name_file_and_line(tmp_path):

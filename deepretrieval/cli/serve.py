@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import sys
 import time
@@ -13,7 +14,7 @@ import time
 from deepretrieval.catalog import index_available, index_directory, open_index
 from deepretrieval.core import settings
 from deepretrieval.core.results import SearchError
-from deepretrieval.service.app import ServiceConfig, create_app, serve
+from deepretrieval.service.app import ROUTES, ServiceConfig, create_app, serve
 from deepretrieval.service.lifeline import watch
 from deepretrieval.service.ray_client import LOOPBACK_ENV
 
@@ -36,6 +37,19 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", default=settings.get_str("DEEPRETRIEVAL_SEARCH_TOKEN"),
                    help="require 'Authorization: Bearer TOKEN' (default: $DEEPRETRIEVAL_SEARCH_TOKEN)")
+    p.add_argument("--open-route", action="append", default=[], metavar="ROUTE",
+                   choices=[*ROUTES, "/health"],
+                   help="with --token: answer this route without the token (peer clients such as "
+                        "Search-R1's, verl's and ASearcher's cannot send one); repeatable")
+    p.add_argument("--trust-network", action="append", default=[], metavar="CIDR",
+                   help="with --token: clients from this network need no token (e.g. 127.0.0.1/32 "
+                        "for the trainer on this machine, 10.0.0.0/8 for the cluster); repeatable")
+    p.add_argument("--max-answer-bytes", type=int, default=d.max_answer_bytes,
+                   help=f"largest answer; a request whose answer would pass it gets 413 (default "
+                        f"{d.max_answer_bytes})")
+    p.add_argument("--request-deadline-s", type=float, default=d.request_deadline_s,
+                   help=f"backend compute per request, from its arrival; queries not searched by "
+                        f"then get their own error (default {d.request_deadline_s:g})")
     p.add_argument("--max-queries", type=int, default=d.max_queries,
                    help=f"queries per request (default {d.max_queries})")
     p.add_argument("--max-query-chars", type=int, default=d.max_query_chars,
@@ -245,19 +259,32 @@ def cmd_serve(args) -> int:
         raise ValueError("--batch-wait-ms must be >= 0")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port} is not a TCP port")
+    for net in args.trust_network:  # checked before the (slow) index loading
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"--trust-network {net!r}: {exc}") from None
     config = ServiceConfig(token=args.token or None, max_queries=args.max_queries,
                            max_query_chars=args.max_query_chars, max_k=args.max_k,
                            batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch,
                            max_passage_chars=args.max_passage_chars,
                            workers=args.workers, max_connections=args.max_connections,
                            request_timeout_s=args.request_timeout_s,
-                           max_header_bytes=args.max_header_bytes, max_timeout_s=args.max_timeout_s)
-    for flag in ("max_connections", "request_timeout_s", "max_header_bytes", "max_timeout_s"):
+                           max_header_bytes=args.max_header_bytes, max_timeout_s=args.max_timeout_s,
+                           max_answer_bytes=args.max_answer_bytes,
+                           request_deadline_s=args.request_deadline_s,
+                           open_routes=tuple(args.open_route),
+                           trusted_networks=tuple(args.trust_network))
+    for flag in ("max_connections", "request_timeout_s", "max_header_bytes", "max_timeout_s",
+                 "max_answer_bytes", "request_deadline_s"):
         if getattr(config, flag) <= 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be > 0")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
         print(f"warning: serving on {args.host} without --token: anyone who can reach this "
               f"port can search", file=sys.stderr)
+    if (args.open_route or args.trust_network) and not config.token:
+        print("warning: --open-route / --trust-network have no effect without --token (every "
+              "route is open)", file=sys.stderr)
     if args.ray:
         return cmd_serve_ray(args, config)
     given = [f"--{dest.replace('_', '-')}" for dest, default in args.ray_only
@@ -265,8 +292,9 @@ def cmd_serve(args) -> int:
     if given:
         raise ValueError(f"{', '.join(given)} only apply with --ray")
     indexes = load_indexes(parse_index_specs(args.index), warmup=not args.no_warmup)
+    app = create_app(indexes, config)
     print(f"serving {', '.join(sorted(indexes))} on http://{args.host}:{args.port} "
-          f"(POST /retrieve, GET /health)", file=sys.stderr, flush=True)
-    serve(create_app(indexes, config), host=args.host, port=args.port,
+          f"(POST {', '.join(ROUTES)}; GET /health)", file=sys.stderr, flush=True)
+    serve(app, host=args.host, port=args.port,
           log_level="debug" if getattr(args, "verbose", False) else "info")
     return 0

@@ -85,6 +85,25 @@ class StoredDocs:
             self._texts = read_json_lines_gz(self.path / "texts.jsonl.gz")
         return self._texts
 
+    def documents(self, ids: list[str]) -> list[dict[str, str] | None]:
+        """The stored document of each id, ``{"id", "title", "text"}`` (``title`` ``""`` when the
+        index stores none; ``text`` without the title), or None for an id the index lacks."""
+        positions = self.__dict__.get("_positions")
+        if positions is None:
+            positions = self.__dict__["_positions"] = {d: i for i, d in enumerate(self.doc_ids)}
+        texts, titles = self.texts, self.titles
+        out: list[dict[str, str] | None] = []
+        for doc_id in ids:
+            i = positions.get(doc_id)
+            if i is None:
+                out.append(None)
+                continue
+            title, text = (titles[i] if titles is not None else ""), texts[i]
+            if title and text.startswith(title):  # stored as title and text joined by a space
+                text = text[len(title):].lstrip()
+            out.append({"id": doc_id, "title": title, "text": text})
+        return out
+
     def save_docs(self, folder) -> None:
         import json
         (folder / "doc_ids.json").write_text(json.dumps(self.doc_ids))
@@ -108,6 +127,14 @@ class Backend(Protocol):
                options: dict[str, Any] | None = None) -> list[SearchResult]: ...
 
     def info(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class DocumentStore(Protocol):
+    """A backend that can hand back its stored documents by id (``/access`` of the service):
+    local BM25, dense and Boolean indexes, and sharded ones over them."""
+
+    def documents(self, ids: list[str]) -> list[dict[str, str] | None]: ...
 
 
 class Searcher(Protocol):

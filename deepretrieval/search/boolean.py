@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from deepretrieval.core.deadline import check as check_deadline
 from deepretrieval.core.io import atomic_dir, read_json_lines_gz, write_json_lines_gz
 from deepretrieval.core.results import SearchResult
 from deepretrieval.search.bm25 import BM25Index
@@ -554,13 +555,20 @@ class BooleanIndex:
     def texts(self) -> list[str]:
         return self.bm25.texts
 
+    def documents(self, ids: list[str]) -> list[dict[str, str] | None]:
+        """See :class:`deepretrieval.core.results.DocumentStore`."""
+        return self.bm25.documents(ids)
+
     def _term_mask(self, term: Term, scoring: list[int] | None) -> np.ndarray | None:
         """Documents matching a term (None: a term of stop words only, ignored)."""
+        check_deadline()  # the service's per-request compute deadline (core/deadline.py)
         mask = np.zeros(self.num_docs, dtype=bool)
         if term.prefix:
             ids = self.analyzer.prefix_ids(term.text)
             for f in term.fields:
-                for t in ids:
+                for n, t in enumerate(ids):
+                    if n % 256 == 255:
+                        check_deadline()
                     mask[self.fields.postings(f, t)] = True
             if scoring is not None:
                 scoring.extend(ids)

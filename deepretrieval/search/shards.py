@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from deepretrieval.core.results import Backend, SearchError, SearchResult
+from deepretrieval.core import deadline
+from deepretrieval.core.results import Backend, DocumentStore, SearchError, SearchResult
 
 INDEX_TYPE = "sharded"
 
@@ -95,10 +96,14 @@ class ShardedBackend:
 
     def search(self, queries: list[str], k: int, *, return_text: bool = False,
                options: dict[str, Any] | None = None) -> list[SearchResult]:
+        at = deadline.current()  # the caller's compute deadline holds in the shard threads too
+
         def one(s: int) -> list[SearchResult]:
             try:
-                return self.shards[s].search(queries, k, return_text=return_text, options=options)
-            except ValueError:
+                with deadline.deadline_scope(at):
+                    return self.shards[s].search(queries, k, return_text=return_text,
+                                                 options=options)
+            except (ValueError, deadline.DeadlineExceeded):
                 raise  # bad arguments: the same for every shard, reported as such
             except Exception as exc:  # noqa: BLE001 - any shard failure names the shard
                 raise SearchError(f"{self.name}: {self.shard_names[s]} failed: "
@@ -106,6 +111,20 @@ class ShardedBackend:
 
         per_shard = list(self._pool.map(one, range(len(self.shards))))
         return merge_results(per_shard, k, self.shard_names)
+
+    def documents(self, ids: list[str]) -> list[dict[str, str] | None]:
+        """Each id's document from the first shard that holds it (None: no shard does); see
+        :class:`deepretrieval.core.results.DocumentStore`."""
+        out: list[dict[str, str] | None] = [None] * len(ids)
+        for shard in self.shards:
+            if not isinstance(shard, DocumentStore):
+                raise TypeError(f"{self.name}: shard {type(shard).__name__} stores no documents")
+            todo = [i for i, doc in enumerate(out) if doc is None]
+            if not todo:
+                break
+            for i, doc in zip(todo, shard.documents([ids[i] for i in todo])):
+                out[i] = doc
+        return out
 
     def info(self) -> dict[str, Any]:
         return {"type": INDEX_TYPE, "name": self.name, "shards": len(self.shards),

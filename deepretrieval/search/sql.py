@@ -44,6 +44,7 @@ from typing import Any
 from deepretrieval.core import settings
 from deepretrieval.core.bundled import bundled_path
 from deepretrieval.core.io import write_atomic
+from deepretrieval.core.memory import release_free_memory
 from deepretrieval.core.results import SearchError, SearchResult
 from deepretrieval.core.sql_text import (  # noqa: F401
     DEFAULT_MAX_ROWS,
@@ -199,26 +200,6 @@ def value_size(value: Any) -> int:
     return 8
 
 
-def _release_free_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc ``malloc_trim``). SQLite's heap ceiling
-    bounds what is *live*; without this, memory a big statement freed stays in the process (the
-    allocator keeps it) and the next big statement adds to it: measured 1.8 GB resident for the
-    payloads of tests/test_sql_bounds.py under a 512 MB ceiling."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
-def _malloc_trim():
-    import ctypes
-    import ctypes.util
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to call
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
 #: A statement that ran this long (s) may have allocated much: free memory is released after it.
 TRIM_AFTER_S = 0.05
 
@@ -327,7 +308,7 @@ def execute_readonly(path: str | os.PathLike, sql: str, *, timeout_s: float = DE
         conn.close()
     out.elapsed_s = time.monotonic() - start
     if out.elapsed_s > TRIM_AFTER_S or out.error_kind == "too_large":
-        _release_free_memory()
+        release_free_memory()  # a big statement's freed memory back to the OS (glibc)
     return out
 
 

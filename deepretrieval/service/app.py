@@ -1,100 +1,73 @@
-"""The retrieval service: one HTTP search API over several named backends.
+"""The retrieval service: one HTTP search API over several named backends, in the field's shapes.
 
-``POST /retrieve`` speaks Search-R1's protocol::
+Routes (``docs/service.md`` has the table; :mod:`deepretrieval.service.wire` the shapes):
 
-    {"queries": ["..."], "topk": 10, "return_scores": true}
+* ``POST /retrieve`` — Search-R1 ``{"queries", "topk", "return_scores"}`` → ``{"result":
+  [[{"document": {"id", "contents", "url"}, "score"}, ...], ...]}`` (bare documents with
+  ``"return_scores": false``, as ASearcher asks), our compact formats (``"format"``), and
+  ZeroSearch ``{"query", "top_k"}`` → ``[{"text"}, ...]``;
+* ``POST /queries`` (R1-Searcher), ``POST /search`` and ``POST /batch_search`` (FlashRAG-style),
+  ``POST /access`` (ASearcher: a document's full text by url/id);
+* ``GET /health`` — the served indexes with their ``info()``, the limits, counters, version.
 
-answers ``{"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}`` (one list per
-query; ``contents`` is ``"Title"\ntext``, each passage cut to ``max_passage_chars``), and with
-``"return_scores": false`` one list of documents ``{"id", "contents"}`` per query. Our extensions::
-
-     "index": "scifact",            # may be omitted when exactly one index is served
-     "options": {...},              # backend options (e.g. PubMed "maxdate")
-     "max_passage_chars": 500,      # cut each passage to this many characters (<= the server's)
-     "format": "search_r1",         # default; or a compact format: "hits", "columns", "packed"
-     "return_text": false,          # compact formats only: add each hit's text
-
-The compact formats carry no document objects: ``"hits"`` answers ``{"result": [[{"id",
-"score"?, "contents"?}, ...], ...]}``, ``"columns"`` answers ``{"ids": [[...]], "scores": [[...]],
-"contents": [[...]]?}``, and ``"packed"`` (what :mod:`deepretrieval.service.client` asks for) is
-``columns`` with each query's ids joined by newlines into one string (a list when an id is empty or
-contains a newline) and its scores as base64 of little-endian float64: at k=1000 this cuts encoding
-plus decoding from ~200 µs to ~40 µs per query, with identical values. Their texts are whole unless
-the request sets ``max_passage_chars`` (the reward path needs the texts the in-process index has).
-Every format adds, only when present, ``"errors"`` (one entry per query, ``null`` when that query
-succeeded), ``"rows"`` (SQL backends) and ``"info"`` (backend extras per query).
-
-``GET /health`` reports the served indexes with their ``info()``, the limits, counters and the
-package version.
-
-Concurrent requests are coalesced: requests for the same (index, k, return_text, options) that
-arrive within ``batch_wait_ms`` of each other, or while the backend is busy, go to the backend as
-one batched call with identical queries searched once. Backend calls run in worker threads, so the
-event loop keeps accepting requests.
+Every search route goes through the same :class:`~deepretrieval.service.batcher.Batcher` per
+index (micro-batching, per-query isolation, the compute deadline ``request_deadline_s``) and the
+same limits; each answer is bounded by ``max_answer_bytes`` (checked before searching from
+queries x k, and while encoding, which stops at the limit), encoded in a worker thread when it
+is large, and the heap is trimmed (glibc) after large answers.
 """
 # (no `from __future__ import annotations`: FastAPI reads the handler annotations at runtime)
 
 import asyncio
 import contextlib
 import hmac
-import json
+import ipaddress
 import logging
 import os
 import socket
 import threading
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from deepretrieval import __version__
 from deepretrieval.core.answer import MAX_VALUE_CHARS
-from deepretrieval.core.results import (
-    Backend,
-    SearchError,
-    SearchResult,
-    search_sendable,
-    unencodable,
-)
+from deepretrieval.core.memory import release_free_memory
+from deepretrieval.core.results import Backend, DocumentStore
+from deepretrieval.service.batcher import Batcher, Rejected, empty_stats
 from deepretrieval.service.limits import (
     apply_backend_limits,
     guarded_protocol,
     json_error_handlers,
 )
+from deepretrieval.service.wire import (  # noqa: F401 - re-exported: the service's codec and shapes
+    FORMATS,
+    SEARCH_R1,
+    SEARCH_ROUTES,
+    AnswerTooLarge,
+    HTTPError,
+    SearchRequest,
+    dumps,
+    encode,
+    encode_access,
+    loads,
+    min_hit_bytes,
+    pack_ids,
+    pack_scores,
+    parse_access,
+    render,
+    search_r1_documents,
+)
 
 log = logging.getLogger(__name__)
 
-try:  # orjson is much faster at encoding long hit lists; the stdlib is the fallback
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - depends on the environment
-    _orjson = None
-
-
-def _json_default(obj: Any) -> Any:
-    # SQL rows may hold Decimal, bytes, dates...; numpy scalars may slip through backends
-    if hasattr(obj, "item") and callable(obj.item):
-        try:
-            return obj.item()
-        except Exception:  # noqa: BLE001
-            pass
-    if isinstance(obj, (bytes, bytearray)):
-        return obj.decode("utf-8", "replace")
-    return str(obj)
-
-
-def dumps(obj: Any) -> bytes:
-    if _orjson is not None:
-        return _orjson.dumps(obj, default=_json_default,
-                             option=_orjson.OPT_SERIALIZE_NUMPY | _orjson.OPT_NON_STR_KEYS)
-    return json.dumps(obj, default=_json_default, separators=(",", ":"),
-                      ensure_ascii=False).encode()
-
-
-def loads(data: bytes | str) -> Any:
-    if _orjson is not None:
-        return _orjson.loads(data)
-    return json.loads(data)
+#: Every POST route the service answers (the search routes and ``/access``).
+ROUTES = (*SEARCH_ROUTES, "/access")
+#: Answers with more hits than this are encoded in a worker thread, off the event loop.
+INLINE_ENCODE_HITS = 2048
+#: After an answer (or a refused one) of at least this many bytes, free heap goes back to the OS.
+TRIM_AFTER_BYTES = 32 << 20
 
 
 @dataclass
@@ -102,10 +75,14 @@ class ServiceConfig:
     """Limits and batching knobs of one service process."""
 
     token: str | None = None          #: bearer token required on every request when set
+    open_routes: tuple[str, ...] = ()  #: routes answered without the token (peer clients)
+    trusted_networks: tuple[str, ...] = ()  #: client networks (CIDR) that need no token
     max_queries: int = 4096           #: queries per request
     max_query_chars: int = MAX_VALUE_CHARS  #: characters per query (the answer parser's bound)
     max_k: int = 10000                #: largest ``topk``
     max_body_bytes: int = 64 << 20    #: request body size
+    max_answer_bytes: int = 256 << 20  #: answer size (more → 413, before or while encoding)
+    request_deadline_s: float = 60.0  #: backend compute per request, from its arrival
     batch_wait_ms: float = 2.0        #: how long a request waits for others to join its batch
     max_batch: int = 1024             #: most queries in one backend call
     max_passage_chars: int = 4096     #: characters per passage in Search-R1 answers (the most a
@@ -128,344 +105,79 @@ class ServiceConfig:
         return out
 
 
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+# ---- auth ------------------------------------------------------------------------------------
 
+class _Auth:
+    """Who may call without the token: ``open_routes`` and clients in ``trusted_networks``."""
 
-# ---- micro-batching --------------------------------------------------------------------------
-
-@dataclass
-class _Job:
-    queries: list[str]
-    future: asyncio.Future
-    arrived: float
-
-
-class _Group:
-    """Pending jobs that can share one backend call (same index, k, return_text, options)."""
-
-    __slots__ = ("jobs", "n", "dispatcher")
-
-    def __init__(self) -> None:
-        self.jobs: deque[_Job] = deque()
-        self.n = 0
-        self.dispatcher: asyncio.Task | None = None
-
-
-class Batcher:
-    """Coalesces concurrent searches on one backend into batched backend calls."""
-
-    def __init__(self, backend: Backend, executor: ThreadPoolExecutor, workers: int,
-                 wait_s: float, max_batch: int):
-        self.backend = backend
-        self.executor = executor
-        self.wait_s = max(0.0, wait_s)
-        self.max_batch = max(1, max_batch)
-        self.slots = asyncio.Semaphore(max(1, workers))
-        self.groups: dict[tuple, _Group] = {}
-        self.stats = {"batches": 0, "backend_queries": 0, "queries": 0, "failed_batches": 0}
-        self._tasks: set[asyncio.Task] = set()
-
-    async def search(self, queries: list[str], k: int, return_text: bool,
-                     options: dict[str, Any] | None) -> list[SearchResult]:
-        why = [unencodable(q) for q in queries]
-        if any(why):  # never handed to the backend: each gets its own error, the rest is searched
-            good = [q for q, w in zip(queries, why) if w is None]
-            found = iter(await self.search(good, k, return_text, options) if good else [])
-            return [SearchResult(error=w) if w else next(found) for w in why]
-        key = (k, return_text, json.dumps(options, sort_keys=True) if options else "")
-        group = self.groups.get(key)
-        if group is None:
-            group = self.groups[key] = _Group()
-        loop = asyncio.get_running_loop()
-        job = _Job(list(queries), loop.create_future(), loop.time())
-        group.jobs.append(job)
-        group.n += len(job.queries)
-        self.stats["queries"] += len(job.queries)
-        if group.dispatcher is None:
-            group.dispatcher = loop.create_task(self._dispatch(key, group))
-        return await job.future
-
-    async def _dispatch(self, key: tuple, group: _Group) -> None:
-        loop = asyncio.get_running_loop()
+    def __init__(self, config: ServiceConfig):
+        self.token = config.token or None
+        unknown = sorted(set(config.open_routes) - set(ROUTES) - {"/health"})
+        if unknown:
+            raise ValueError(f"open_routes: unknown route(s) {unknown}; routes: "
+                             f"{[*ROUTES, '/health']}")
+        self.open_routes = frozenset(config.open_routes)
         try:
-            while group.jobs:
-                await self.slots.acquire()
-                try:
-                    # give others a moment to join, unless the batch is full or the oldest job
-                    # already waited (e.g. for a free worker)
-                    if group.n < self.max_batch:
-                        remaining = group.jobs[0].arrived + self.wait_s - loop.time()
-                        if remaining > 0:
-                            await asyncio.sleep(remaining)
-                    jobs: list[_Job] = []
-                    taken = 0
-                    while group.jobs and (not jobs or taken + len(group.jobs[0].queries)
-                                          <= self.max_batch):
-                        job = group.jobs.popleft()
-                        group.n -= len(job.queries)
-                        taken += len(job.queries)
-                        if not job.future.cancelled():
-                            jobs.append(job)
-                except BaseException:
-                    self.slots.release()
-                    raise
-                if not jobs:
-                    self.slots.release()
-                    continue
-                task = loop.create_task(self._run(key, jobs))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        finally:
-            group.dispatcher = None
-            if group.jobs:  # jobs that arrived while this dispatcher was being torn down
-                group.dispatcher = loop.create_task(self._dispatch(key, group))
+            self.networks = [ipaddress.ip_network(n, strict=False) for n in config.trusted_networks]
+        except ValueError as exc:
+            raise ValueError(f"trusted_networks: {exc}") from None
 
-    async def _call(self, queries: list[str], key: tuple) -> list[SearchResult]:
-        k, return_text, options = key
-        opts = json.loads(options) if options else None
-        loop = asyncio.get_running_loop()
-        unique = list(dict.fromkeys(queries))
-        results = await loop.run_in_executor(
-            self.executor, lambda: self.backend.search(unique, k, return_text=return_text,
-                                                       options=opts))
-        if len(results) != len(unique):
-            raise SearchError(f"backend {self.backend.name!r} returned {len(results)} results "
-                              f"for {len(unique)} queries")
-        self.stats["batches"] += 1
-        self.stats["backend_queries"] += len(unique)
-        by_query = dict(zip(unique, results))
-        return [by_query[q] for q in queries]
-
-    async def _run(self, key: tuple, jobs: list[_Job]) -> None:
+    def trusted(self, client: tuple | None) -> bool:
+        if not self.networks or not client:
+            return False
         try:
-            queries = [q for job in jobs for q in job.queries]
-            try:
-                results = await self._call(queries, key)
-            except Exception as exc:  # noqa: BLE001
-                self.stats["failed_batches"] += 1
-                if len(jobs) == 1:
-                    if not jobs[0].future.done():
-                        jobs[0].future.set_exception(exc)
-                    return
-                # one request must not fail the others: retry each on its own
-                for job in jobs:
-                    try:
-                        res = await self._call(job.queries, key)
-                    except Exception as exc2:  # noqa: BLE001
-                        if not job.future.done():
-                            job.future.set_exception(exc2)
-                    else:
-                        if not job.future.done():
-                            job.future.set_result(res)
-                return
-            start = 0
-            for job in jobs:
-                end = start + len(job.queries)
-                if not job.future.done():
-                    job.future.set_result(results[start:end])
-                start = end
-        finally:
-            self.slots.release()
+            address = ipaddress.ip_address(client[0])
+        except ValueError:
+            return False
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in net for net in self.networks)
+
+    def check(self, route: str, authorization: str | None, client: tuple | None) -> None:
+        """Raise :class:`HTTPError` 401/403 unless the request may proceed."""
+        if self.token is None or route in self.open_routes or self.trusted(client):
+            return
+        if not authorization:
+            raise HTTPError(401, "missing bearer token: send 'Authorization: Bearer <token>'")
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(),
+                                                                 self.token.encode()):
+            raise HTTPError(403, "invalid bearer token")
 
 
-# ---- request handling ------------------------------------------------------------------------
+# ---- the app ---------------------------------------------------------------------------------
 
-def _check_token(config: ServiceConfig, authorization: str | None) -> None:
-    if not config.token:
-        return
-    if not authorization:
-        raise HTTPError(401, "missing bearer token: send 'Authorization: Bearer <token>'")
-    scheme, _, value = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(),
-                                                             config.token.encode()):
-        raise HTTPError(403, "invalid bearer token")
-
-
-def parse_request(body: bytes, config: ServiceConfig, indexes: dict[str, Any]) -> dict[str, Any]:
-    """Validate a ``/retrieve`` body; raises :class:`HTTPError` with a message naming the problem."""
+def _body_of(body: bytes, config: ServiceConfig) -> dict[str, Any]:
     if len(body) > config.max_body_bytes:
         raise HTTPError(413, f"request body of {len(body)} bytes exceeds the limit "
-                             f"max_body_bytes={config.max_body_bytes}")
+                             f"max_body_bytes={config.max_body_bytes}", "max_body_bytes")
     try:
         req = loads(body)
     except (ValueError, TypeError) as exc:
         raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(req, dict):
         raise HTTPError(400, "request body must be a JSON object")
-    queries = req.get("queries")
-    if isinstance(queries, str):
-        queries = [queries]
-    if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
-        raise HTTPError(422, "'queries' must be a list of strings")
-    if len(queries) > config.max_queries:
-        raise HTTPError(413, f"{len(queries)} queries in one request exceed the limit "
-                             f"max_queries={config.max_queries}")
-    for i, q in enumerate(queries):
-        if len(q) > config.max_query_chars:
-            raise HTTPError(413, f"query {i} has {len(q)} characters, over the limit "
-                                 f"max_query_chars={config.max_query_chars}")
-    k = req.get("topk", req.get("k", 10))
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise HTTPError(422, f"'topk' must be an integer (got {k!r})")
-    if k < 1:
-        raise HTTPError(422, f"'topk' must be >= 1 (got {k})")
-    if k > config.max_k:
-        raise HTTPError(422, f"topk={k} exceeds the limit max_k={config.max_k}")
-    index = req.get("index")
-    if index is None:
-        if len(indexes) != 1:
-            raise HTTPError(422, f"'index' is required when several indexes are served "
-                                 f"(serving: {sorted(indexes)})")
-        index = next(iter(indexes))
-    if not isinstance(index, str):
-        raise HTTPError(422, "'index' must be a string")
-    if index not in indexes:
-        raise HTTPError(404, f"unknown index {index!r}; serving: {sorted(indexes)}")
-    options = req.get("options")
-    if options is not None and not isinstance(options, dict):
-        raise HTTPError(422, "'options' must be a JSON object")
-    fmt = req.get("format", SEARCH_R1)
-    if fmt not in FORMATS:
-        raise HTTPError(422, f"'format' must be one of {list(FORMATS)} (got {fmt!r})")
-    for flag in ("return_scores", "return_text"):
-        if flag in req and not isinstance(req[flag], bool):
-            raise HTTPError(422, f"'{flag}' must be true or false")
-    if fmt == SEARCH_R1 and req.get("return_text") is False:
-        raise HTTPError(422, "format 'search_r1' always returns the passages; ask for "
-                             "'format': 'hits' (or 'columns', 'packed') to get ids only")
-    cap = req.get("max_passage_chars")
-    if cap is not None:
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
-            raise HTTPError(422, f"'max_passage_chars' must be a positive integer (got {cap!r})")
-        if cap > config.max_passage_chars:
-            raise HTTPError(422, f"max_passage_chars={cap} exceeds the limit "
-                                 f"max_passage_chars={config.max_passage_chars}")
-    elif fmt == SEARCH_R1:
-        cap = config.max_passage_chars
-    return {"queries": queries, "k": k, "index": index, "options": options or None,
-            "return_text": fmt == SEARCH_R1 or bool(req.get("return_text", False)),
-            "return_scores": bool(req.get("return_scores", True)), "format": fmt,
-            "max_passage_chars": cap}
+    return req
 
 
-SEARCH_R1 = "search_r1"
-FORMATS = (SEARCH_R1, "hits", "columns", "packed")
-PACK_SEP = "\n"
+def parse_request(body: bytes, config: ServiceConfig, indexes: dict[str, Any],
+                  route: str = "/retrieve") -> SearchRequest:
+    """Validate the body of a search route; raises :class:`HTTPError` naming the problem."""
+    return SEARCH_ROUTES[route](_body_of(body, config), config, indexes)
 
 
-def pack_ids(ids: list[str]) -> str | list[str]:
-    """``ids`` as one newline-joined string when that is unambiguous (no id is empty or contains
-    a newline), else the list itself."""
-    if not ids:
-        return ids
-    try:
-        joined = PACK_SEP.join(ids)
-    except TypeError:  # not all strings
-        return ids
-    if (joined.count(PACK_SEP) != len(ids) - 1 or not joined or joined[0] == PACK_SEP
-            or joined[-1] == PACK_SEP or PACK_SEP + PACK_SEP in joined):
-        return ids
-    return joined
-
-
-def pack_scores(scores: list[float]) -> str | list:
-    """Scores as base64 of little-endian float64 (exact), or the list when they are not numbers."""
-    import base64
-
-    import numpy as np
-    try:
-        arr = np.asarray(scores, dtype="<f8")
-    except (TypeError, ValueError):
-        return scores
-    if arr.ndim != 1:
-        return scores
-    return base64.b64encode(arr.tobytes()).decode("ascii")
-
-
-def _cut(text: str, cap: int | None) -> str:
-    return text if cap is None or len(text) <= cap else text[:cap]
-
-
-def _title_and_body(text: str, title: str) -> tuple[str, str]:
-    """Split a stored text (title and text joined by a space, see ``search.bm25.doc_text``)."""
-    if title and text.startswith(title):
-        return title, text[len(title):].lstrip()
-    return title, text
-
-
-def search_r1_documents(result: SearchResult, cap: int | None) -> list[dict[str, str]]:
-    """Search-R1's documents ``{"id", "contents"}`` of one result: ``contents`` is the title in
-    double quotes, a newline and the passage (cut to ``cap`` characters; the title is kept whole);
-    the title is empty when the index stores none."""
-    texts = result.texts if result.texts is not None else [""] * len(result.ids)
-    titles = result.titles if result.titles is not None else [""] * len(result.ids)
-    docs = []
-    for doc_id, text, title in zip(result.ids, texts, titles):
-        title, body = _title_and_body(text, title)
-        docs.append({"id": doc_id, "contents": f'"{title}"\n{_cut(body, cap)}'})
-    return docs
-
-
-def render(results: list[SearchResult], return_scores: bool, fmt: str,
-           max_passage_chars: int | None = None) -> dict[str, Any]:
-    """The response body for ``results`` (see the module docstring)."""
-    out: dict[str, Any]
-    cap = max_passage_chars
-    if cap is not None and fmt != SEARCH_R1:
-        results = [r if r.texts is None else
-                   SearchResult(ids=r.ids, scores=r.scores, texts=[_cut(t, cap) for t in r.texts],
-                                rows=r.rows, error=r.error, info=r.info, titles=r.titles)
-                   for r in results]
-    if fmt == SEARCH_R1:
-        hits = []
-        for r in results:
-            docs = search_r1_documents(r, cap)
-            if return_scores:
-                hits.append([{"document": d, "score": float(s)} for d, s in zip(docs, r.scores)])
-            else:
-                hits.append(docs)
-        out = {"result": hits}
-    elif fmt == "packed":
-        out = {"ids": [pack_ids(r.ids) for r in results]}
-        if return_scores:
-            out["scores"] = [pack_scores(r.scores) for r in results]
-        if any(r.texts is not None for r in results):
-            out["contents"] = [r.texts for r in results]
-    elif fmt == "columns":
-        out = {"ids": [r.ids for r in results]}
-        if return_scores:
-            out["scores"] = [r.scores for r in results]
-        if any(r.texts is not None for r in results):
-            out["contents"] = [r.texts for r in results]
-    else:
-        hits = []
-        for r in results:
-            if r.texts is None and return_scores and len(r.scores) == len(r.ids):
-                hits.append([{"id": i, "score": s} for i, s in zip(r.ids, r.scores)])
-            else:
-                hits.append(r.to_hits(return_scores))
-        out = {"result": hits}
-    if any(r.error for r in results):
-        out["errors"] = [r.error for r in results]
-    if any(r.rows is not None for r in results):
-        out["rows"] = [r.rows for r in results]
-    if any(r.info for r in results):
-        out["info"] = [r.info or None for r in results]
-    return out
-
-
-async def _send_json(send, status: int, body: bytes,
-                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _send(send, status: int, parts: list[bytes],
+                extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    size = sum(map(len, parts))
     headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode()), *(extra or [])]
+               (b"content-length", str(size).encode()), *(extra or [])]
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    if not parts:
+        await send({"type": "http.response.body", "body": b""})
+    for i, part in enumerate(parts):
+        await send({"type": "http.response.body", "body": part, "more_body": i < len(parts) - 1})
 
 
 def create_app(indexes: dict[str, Backend], config: ServiceConfig | None = None):
@@ -473,19 +185,22 @@ def create_app(indexes: dict[str, Backend], config: ServiceConfig | None = None)
     from fastapi import FastAPI, Request
     from fastapi.responses import Response
 
-
     config = config or ServiceConfig()
     if not indexes:
         raise ValueError("the service needs at least one index")
+    auth = _Auth(config)
     state: dict[str, Any] = {"batchers": {}, "executors": {}, "started": time.time(),
                              "requests": 0, "client_errors": 0, "server_errors": 0,
                              "config": config}
     apply_backend_limits(indexes, config.max_timeout_s, config.max_result_bytes)
+    # large answers are encoded here, off the event loop (one request at a time per thread)
+    encoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
+    hit_bytes: dict[tuple, int] = {}
 
     def executor(name: str) -> ThreadPoolExecutor:
-        # one worker pool per index: a slow index (long SQL) cannot starve another
         pool = state["executors"].get(name)
         if pool is None:
+            # one worker pool per index: a slow index (long SQL) cannot starve another
             pool = state["executors"][name] = ThreadPoolExecutor(
                 max_workers=config.workers, thread_name_prefix=f"search-{name}")
         return pool
@@ -493,93 +208,137 @@ def create_app(indexes: dict[str, Backend], config: ServiceConfig | None = None)
     def batcher(name: str) -> Batcher:
         b = state["batchers"].get(name)
         if b is None:
-            b = state["batchers"][name] = Batcher(indexes[name], executor(name), config.workers,
-                                                  config.batch_wait_ms / 1000.0, config.max_batch)
+            b = state["batchers"][name] = Batcher(
+                indexes[name], executor(name), config.workers, config.batch_wait_ms / 1000.0,
+                config.max_batch, config.request_deadline_s, coalesce=config.batching)
         return b
-
-    async def search(name: str, queries: list[str], k: int, return_text: bool,
-                     options: dict[str, Any] | None) -> list[SearchResult]:
-        if config.batching:
-            return await batcher(name).search(queries, k, return_text, options)
-        backend = indexes[name]
-        return await asyncio.get_running_loop().run_in_executor(
-            executor(name), lambda: search_sendable(backend.search, queries, k,
-                                                    return_text=return_text, options=options))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
-        for executor in state["executors"].values():
-            executor.shutdown(wait=False, cancel_futures=True)
+        for pool in [*state["executors"].values(), encoders]:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     class ServiceApp(FastAPI):
-        """FastAPI whose hot path (``POST /retrieve``) skips the middleware stack."""
+        """FastAPI whose hot paths (the POST routes) skip the middleware stack."""
 
         async def __call__(self, scope, receive, send):
-            if scope["type"] == "http" and scope["path"] == "/retrieve":
+            if scope["type"] == "http" and scope["path"] in ROUTES:
+                path = scope["path"]
                 if scope["method"] != "POST":
-                    status, body = error(405, f"/retrieve answers POST only "
+                    status, body = error(405, f"{path} answers POST only "
                                               f"(got {scope['method']})")
-                    await _send_json(send, status, body, [(b"allow", b"POST")])
+                    await _send(send, status, [body], [(b"allow", b"POST")])
                     return
                 try:
-                    return await fast_retrieve(scope, receive, send)
+                    return await answer(path, scope, receive, send)
                 except Exception:  # noqa: BLE001 - never leave a caller without an answer
-                    log.exception("POST /retrieve failed")
-                    status, body = error(500, "internal error while answering /retrieve")
-                    await _send_json(send, status, body)
+                    log.exception("POST %s failed", path)
+                    status, body = error(500, f"internal error while answering {path}")
+                    await _send(send, status, [body])
                     return
             await super().__call__(scope, receive, send)
 
     app = ServiceApp(title="deepretrieval search", version=__version__, lifespan=lifespan,
                      docs_url=None, redoc_url=None, openapi_url=None)
 
-    def error(status: int, message: str) -> tuple[int, bytes]:
+    def error(status: int, message: str, limit: str | None = None) -> tuple[int, bytes]:
         key = "client_errors" if status < 500 else "server_errors"
         state[key] += 1
-        return status, dumps({"error": message, "status": status})
+        out: dict[str, Any] = {"error": message, "status": status}
+        if limit:
+            out["limit"] = limit
+        return status, dumps(out)
 
-    json_error_handlers(app, lambda status: error(status, ""))
+    json_error_handlers(app, lambda status: error(status, ""),
+                        routes=[f"POST {r}" for r in ROUTES] + ["GET /health"])
 
-    async def handle_retrieve(body: bytes, authorization: str | None) -> tuple[int, bytes]:
-        """``POST /retrieve`` → (status, JSON body)."""
+    def too_large(size: int, what: str) -> tuple[int, bytes]:
+        return error(413, f"the answer {what} {size:,} bytes, over the limit max_answer_bytes="
+                          f"{config.max_answer_bytes:,}; ask for fewer queries, a smaller k or "
+                          f"shorter passages", "max_answer_bytes")
+
+    async def search(req: SearchRequest, arrived: float):
+        """(status, parts, extra headers) of a parsed search request."""
+        key = (req.shape, req.format, req.return_text, req.return_scores, req.single)
+        per_hit = hit_bytes.get(key)
+        if per_hit is None:
+            per_hit = hit_bytes[key] = min_hit_bytes(req)
+        least = len(req.queries) * req.k * per_hit
+        if least > config.max_answer_bytes:
+            status, body = error(413, (
+                f"the answer could reach {least:,} bytes ({len(req.queries)} queries x k="
+                f"{req.k} x at least {per_hit} bytes per hit), over the limit max_answer_bytes="
+                f"{config.max_answer_bytes:,}; ask for fewer queries or a smaller k"),
+                "max_answer_bytes")
+            return status, [body], None
+        results = []
+        if req.queries:
+            try:
+                results = await batcher(req.index).search(req.queries, req.k, req.return_text,
+                                                          req.options, arrived)
+            except Rejected as exc:  # the backend refused the request (e.g. unknown option)
+                status, body = error(422, f"index {req.index!r} rejected the request: {exc}")
+                return status, [body], None
+        hits = sum(len(r.ids) for r in results)
+        try:
+            if hits <= INLINE_ENCODE_HITS:
+                parts, headers = encode(req, results, config.max_answer_bytes)
+            else:
+                parts, headers = await asyncio.get_running_loop().run_in_executor(
+                    encoders, encode, req, results, config.max_answer_bytes)
+        except AnswerTooLarge as exc:
+            del results
+            await asyncio.get_running_loop().run_in_executor(encoders, release_free_memory)
+            status, body = too_large(exc.size, "passed")
+            return status, [body], None
+        return 200, parts, headers
+
+    async def access(body: dict[str, Any]):
+        index, urls = parse_access(body, config, indexes)
+        backend = indexes[index]
+        if not isinstance(backend, DocumentStore):
+            raise HTTPError(422, f"index {index!r} ({type(backend).__name__}) keeps no documents "
+                                 f"to access; /access needs a local BM25, dense or Boolean index")
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(
+                executor(index), backend.documents, urls)
+        except TypeError as exc:  # e.g. a sharded index over shards that keep no documents
+            raise HTTPError(422, f"index {index!r}: {exc}") from None
+        try:
+            return 200, encode_access(urls, found, config.max_answer_bytes), None
+        except AnswerTooLarge as exc:
+            status, body = too_large(exc.size, "passed")
+            return status, [body], None
+
+    async def handle(path: str, body: bytes, authorization: str | None, client, arrived: float):
         state["requests"] += 1
         try:
-            _check_token(config, authorization)
-            req = parse_request(body, config, indexes)
+            auth.check(path, authorization, client)
+            if path == "/access":
+                return await access(_body_of(body, config))
+            return await search(parse_request(body, config, indexes, path), arrived)
         except HTTPError as exc:
-            return error(exc.status, exc.message)
-        if not req["queries"]:
-            return 200, dumps(render([], req["return_scores"], req["format"]))
-        try:
-            results = await search(req["index"], req["queries"], req["k"], req["return_text"],
-                                   req["options"])
-        except ValueError as exc:  # the backend rejected the request (e.g. unknown option)
-            return error(422, f"index {req['index']!r} rejected the request: {exc}")
-        except Exception as exc:  # noqa: BLE001 - the service keeps serving
-            log.exception("search on %s failed", req["index"])
-            return error(500, f"search on index {req['index']!r} failed: "
-                              f"{type(exc).__name__}: {exc}")
-        try:
-            return 200, dumps(render(results, req["return_scores"], req["format"],
-                                     req["max_passage_chars"]))
-        except Exception as exc:  # noqa: BLE001
-            log.exception("encoding the response failed")
-            return error(500, f"could not encode the results: {type(exc).__name__}: {exc}")
+            status, data = error(exc.status, exc.message, exc.limit)
+            return status, [data], None
 
-    # ``POST /retrieve`` is the hot path (one request per reward call): ``ServiceApp.__call__``
-    # answers it here, without FastAPI's middleware, routing and request/response objects. This
-    # is its only implementation (there is no FastAPI route for it).
-    async def fast_retrieve(scope, receive, send):
+    # The POST routes are the hot path (one request per reward call): ``ServiceApp.__call__``
+    # answers them here, without FastAPI's middleware, routing and request/response objects.
+    # This is their only implementation (there are no FastAPI routes for them).
+    async def answer(path: str, scope, receive, send):
+        arrived = time.monotonic()
         authorization = length = None
         for key, value in scope["headers"]:
             if key == b"authorization":
                 authorization = value.decode("latin-1")
             elif key == b"content-length":
                 length = value
+        extra = None
         if length is not None and length.isdigit() and int(length) > config.max_body_bytes:
             status, body = error(413, f"request body of {int(length)} bytes exceeds the "
-                                      f"limit max_body_bytes={config.max_body_bytes}")
+                                      f"limit max_body_bytes={config.max_body_bytes}",
+                                 "max_body_bytes")
+            parts = [body]
         else:
             chunks = []
             size = 0
@@ -595,18 +354,28 @@ def create_app(indexes: dict[str, Backend], config: ServiceConfig | None = None)
                 more = message.get("more_body", False)
             if size > config.max_body_bytes:
                 status, body = error(413, f"request body of {size} bytes exceeds the limit "
-                                          f"max_body_bytes={config.max_body_bytes}")
+                                          f"max_body_bytes={config.max_body_bytes}",
+                                     "max_body_bytes")
+                parts = [body]
             else:
-                status, body = await handle_retrieve(b"".join(chunks), authorization)
-        await _send_json(send, status, body)
-
+                status, parts, extra = await handle(path, b"".join(chunks), authorization,
+                                                    scope.get("client"), arrived)
+        sent = sum(map(len, parts))
+        try:
+            await _send(send, status, parts, extra)
+        finally:
+            del parts
+            if sent >= TRIM_AFTER_BYTES:  # a large answer's memory back to the OS (glibc)
+                await asyncio.get_running_loop().run_in_executor(encoders, release_free_memory)
 
     @app.get("/health")
     async def health(request: Request) -> Response:
         out: dict[str, Any] = {"status": "ok", "version": __version__,
                                "indexes": sorted(indexes)}
         try:
-            _check_token(config, request.headers.get("authorization"))
+            client = request.client
+            auth.check("/health", request.headers.get("authorization"),
+                       (client.host, client.port) if client else None)
         except HTTPError:
             # liveness stays public; details need the token
             return Response(dumps(out), media_type="application/json")
@@ -617,7 +386,7 @@ def create_app(indexes: dict[str, Backend], config: ServiceConfig | None = None)
             except Exception as exc:  # noqa: BLE001
                 info = {"error": f"{type(exc).__name__}: {exc}"}
             b = state["batchers"].get(name)
-            details[name] = {"info": info, "stats": dict(b.stats) if b else {}}
+            details[name] = {"info": info, "stats": dict(b.stats) if b else empty_stats()}
         out.update({"backends": details, "limits": config.public(),
                     "uptime_s": round(time.time() - state["started"], 3),
                     "requests": state["requests"], "client_errors": state["client_errors"],

@@ -7,7 +7,12 @@
   ``DEEPRETRIEVAL_SEARCH_URL`` is set (token from ``DEEPRETRIEVAL_SEARCH_TOKEN``, timeout and retries
   from ``DEEPRETRIEVAL_SEARCH_TIMEOUT`` / ``DEEPRETRIEVAL_SEARCH_RETRIES``).
 
-Every failure that is not a per-query backend error (dead server, retries exhausted, 4xx) raises
+``url`` is the service's base URL (``http://host:8000``) or its ``/retrieve`` URL as Search-R1
+users write it (``http://host:8000/retrieve``). A query the service could not answer (its
+``"errors"`` entry) is that query's ``SearchResult.error``; the other queries keep their
+results. A chunk whose answer would pass the service's ``max_answer_bytes`` (413 naming that
+limit) is asked again in halves, down to the single query, whose answer alone over the limit is
+its own error. Every other failure (dead server, retries exhausted, 4xx) raises
 :class:`deepretrieval.core.results.SearchError` with the server's message, within ``timeout`` seconds.
 """
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 from deepretrieval.core import settings
 from deepretrieval.core.results import SearchError, SearchResult, unencodable
 from deepretrieval.service._http import AsyncHTTP, TransportError
-from deepretrieval.service.app import dumps, loads
+from deepretrieval.service.wire import dumps, loads
 
 __all__ = ["AsyncServiceClient", "ServiceClient", "ServiceSearcher"]
 
@@ -99,15 +104,30 @@ def _check_columns(n: int, ids, scores, contents, errors, rows, info) -> None:
             raise bad(f"info of query {i} is not an object")
 
 
+def base_url(url: str) -> str:
+    """The service's base URL from what a user gives: ``host:port``, ``http://host:port``, or the
+    search route itself as Search-R1 users write it, ``http://host:port/retrieve`` (a trailing
+    ``/retrieve`` is dropped; any other path is kept as the prefix of the routes)."""
+    if "://" not in url:
+        url = "http://" + url
+    url = url.rstrip("/")
+    if url.endswith("/retrieve"):
+        url = url[:-len("/retrieve")].rstrip("/")
+    return url
+
+
+class _AnswerTooLarge(SearchError):
+    """The service refused a chunk because its answer would pass ``max_answer_bytes``: the
+    client searches the chunk again in halves."""
+
+
 class _Base:
     def __init__(self, url: str, token: str | None = None, timeout: float | None = None,
                  retries: int | None = None, backoff: float = DEFAULT_BACKOFF,
                  chunk_size: int = DEFAULT_CHUNK):
         if not url:
             raise ValueError("the search service URL is empty")
-        if "://" not in url:
-            url = "http://" + url
-        self.url = url.rstrip("/")
+        self.url = base_url(url)
         self.token = token or None
         self.timeout = float(timeout if timeout is not None
                              else settings.get_float("DEEPRETRIEVAL_SEARCH_TIMEOUT", DEFAULT_TIMEOUT))
@@ -140,6 +160,13 @@ class _Base:
             return str(loads(response.content).get("error") or response.text)
         except Exception:  # noqa: BLE001
             return response.text[:500]
+
+    @staticmethod
+    def _limit(response: httpx.Response) -> str | None:
+        try:
+            return loads(response.content).get("limit")
+        except Exception:  # noqa: BLE001 - not our error shape
+            return None
 
     @staticmethod
     def _parse(data: dict[str, Any], n: int) -> list[SearchResult]:
@@ -183,6 +210,8 @@ class _Base:
         return response.status_code >= 500
 
     def _check(self, response: httpx.Response, n: int) -> list[SearchResult]:
+        if response.status_code == 413 and self._limit(response) == "max_answer_bytes":
+            raise _AnswerTooLarge(self._message(response))
         if response.status_code >= 400:
             raise SearchError(f"search service at {self.url} answered {response.status_code}: "
                               f"{self._message(response)}")
@@ -257,10 +286,22 @@ class AsyncServiceClient(_Base):
         if not queries:
             return []
         unique, chunks = self._plan(queries)
-        parts = await asyncio.gather(*(
-            self._post(self._payload(index, chunk, k, return_text, options), len(chunk))
-            for chunk in chunks))
+        parts = await asyncio.gather(*(self._chunk(index, chunk, k, return_text, options)
+                                       for chunk in chunks))
         return self._assemble(queries, unique, list(parts))
+
+    async def _chunk(self, index, chunk: list[str], k: int, return_text: bool,
+                     options) -> list[SearchResult]:
+        """One chunk's results; an answer over the service's size limit is asked in halves."""
+        try:
+            return await self._post(self._payload(index, chunk, k, return_text, options),
+                                    len(chunk))
+        except _AnswerTooLarge as exc:
+            if len(chunk) == 1:  # this query's answer alone is over the limit: its own error
+                return [SearchResult(error=str(exc))]
+            mid = len(chunk) // 2
+            left = await self._chunk(index, chunk[:mid], k, return_text, options)
+            return left + await self._chunk(index, chunk[mid:], k, return_text, options)
 
     async def health(self) -> dict[str, Any]:
         response, failure = await self._request("GET", "/health", b"", self.timeout)
@@ -321,9 +362,20 @@ class ServiceClient(_Base):
         if not queries:
             return []
         unique, chunks = self._plan(queries)
-        parts = [self._post(self._payload(index, chunk, k, return_text, options), len(chunk))
-                 for chunk in chunks]
+        parts = [self._chunk(index, chunk, k, return_text, options) for chunk in chunks]
         return self._assemble(queries, unique, parts)
+
+    def _chunk(self, index, chunk: list[str], k: int, return_text: bool,
+               options) -> list[SearchResult]:
+        """One chunk's results; an answer over the service's size limit is asked in halves."""
+        try:
+            return self._post(self._payload(index, chunk, k, return_text, options), len(chunk))
+        except _AnswerTooLarge as exc:
+            if len(chunk) == 1:  # this query's answer alone is over the limit: its own error
+                return [SearchResult(error=str(exc))]
+            mid = len(chunk) // 2
+            return (self._chunk(index, chunk[:mid], k, return_text, options)
+                    + self._chunk(index, chunk[mid:], k, return_text, options))
 
     def health(self) -> dict[str, Any]:
         try:

@@ -47,8 +47,9 @@ def error_body(status: int, message: str) -> bytes:
     return json.dumps({"error": message, "status": status}).encode()
 
 
-_REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large",
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large",
             503: "Service Unavailable"}
+_HEAD_END = b"\r\n\r\n"
 
 
 def raw_response(status: int, message: str) -> bytes:
@@ -71,6 +72,7 @@ def guarded_protocol(max_header_bytes: int, request_timeout_s: float, max_connec
             self._guard = None
             self._refused = False
             self._head_bytes = 0
+            self._head_tail = b""
             self._in_head = True
             self._since = time.monotonic()
             super().connection_made(transport)
@@ -141,15 +143,31 @@ def guarded_protocol(max_header_bytes: int, request_timeout_s: float, max_connec
                 return
             idle = self.cycle is None or self.cycle.response_complete
             if idle and self._guard is None:  # first byte of the next keep-alive request
-                self._in_head, self._head_bytes = True, 0
+                self._in_head, self._head_bytes, self._head_tail = True, 0, b""
                 self._arm()
             if self._in_head:
-                self._head_bytes += len(data)
+                # the head's size so far, up to its end when this chunk completes it: checked
+                # before the parser sees the chunk, the completing chunk included
+                seen = self._head_tail + data
+                end = seen.find(_HEAD_END)
+                if end >= 0:
+                    head = self._head_bytes - len(self._head_tail) + end + len(_HEAD_END)
+                else:
+                    head = self._head_bytes + len(data)
+                    self._head_tail = seen[-(len(_HEAD_END) - 1):]
+                self._head_bytes = head
+                if head > self.limits["max_header_bytes"]:
+                    if not self.transport.is_closing():
+                        self._refuse(431, f"the request head exceeds "
+                                          f"{self.limits['max_header_bytes']} bytes")
+                    return
             super().data_received(data)
-            if (self._in_head and self._head_bytes > self.limits["max_header_bytes"]
-                    and not self.transport.is_closing()):
-                self._refuse(431, f"the request head exceeds "
-                                  f"{self.limits['max_header_bytes']} bytes")
+
+        def send_400_response(self, msg: str) -> None:  # type: ignore[override]
+            """A request httptools cannot parse (e.g. ``Content-Length: -1``): 400 in the
+            service's JSON error shape, not uvicorn's plain text."""
+            self._refuse(400, f"invalid HTTP request (the request line or a header could not "
+                              f"be parsed, e.g. a negative Content-Length): {msg}")
 
         def on_headers_complete(self) -> None:
             self._in_head = False
@@ -176,16 +194,16 @@ def apply_backend_limits(indexes: dict[str, Any], max_timeout_s: float,
             backend.max_result_bytes = min(backend.max_result_bytes, int(max_result_bytes))
 
 
-def json_error_handlers(app, count_error) -> None:
+def json_error_handlers(app, count_error, routes: list[str]) -> None:
     """Unknown routes (404) and methods (405), and any other HTTP error FastAPI raises, answer
-    ``{"error", "status"}`` like the service's own errors."""
+    ``{"error", "status"}`` like the service's own errors (a 404 lists ``routes``)."""
     from fastapi.responses import Response
     from starlette.exceptions import HTTPException
 
     async def http_error(request, exc: HTTPException):
         status = exc.status_code
         if status == 404:
-            message = f"no route {request.url.path!r}; routes: POST /retrieve, GET /health"
+            message = f"no route {request.url.path!r}; routes: {', '.join(routes)}"
         elif status == 405:
             allow = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow", "")
             message = (f"method {request.method} is not allowed on {request.url.path!r}; "
