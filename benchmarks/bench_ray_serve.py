@@ -205,17 +205,6 @@ def deploy(replicas: int, ingress_replicas: int, port: int, index_path: str, fir
     return url, time.perf_counter() - t0
 
 
-def replica_pids(deployment: str, want: int, timeout: float = 120.0) -> set[int]:
-    from ray import serve
-
-    handle = serve.get_deployment_handle(deployment, app_name=APP)
-    pids: set[int] = set()
-    deadline = time.monotonic() + timeout
-    while len(pids) < want and time.monotonic() < deadline:
-        pids |= {r.result(timeout_s=30) for r in [handle.pid.remote() for _ in range(8)]}
-    return pids
-
-
 def ingress_pids(url: str, want: int, timeout: float = 120.0) -> set[int]:
     """Process ids of the ingress replicas: the replica processes whose command line names the
     ingress deployment (Ray titles its worker processes ``ray::ServeReplica:APP:ingress``)."""
@@ -379,7 +368,10 @@ def main(argv=None) -> int:
                   flush=True)
 
             # -- faults --
-            for what, find in [("index replica", lambda: replica_pids("index-0-scifact", 2)),
+            from deepretrieval.service import ray_serve
+
+            index_pids = lambda: ray_serve.replica_pids("index-0-scifact", 2, APP)  # noqa: E731
+            for what, find in [("index replica", index_pids),
                                ("ingress replica", lambda: ingress_pids(url, 2))]:
                 for retries in (0, 3):
                     pids = find()

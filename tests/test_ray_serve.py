@@ -280,24 +280,14 @@ def test_a_process_outside_ray_joins_the_cluster_to_search(cluster):
     http.close()
 
 
-def _replica_pids(deployment: str, want: int, timeout: float = 120.0) -> set[int]:
-    """The process ids of the deployment's replicas (asks until ``want`` distinct ones answer)."""
-    from ray import serve
-
-    handle = serve.get_deployment_handle(deployment, app_name=APP)
-    pids: set[int] = set()
-    deadline = time.monotonic() + timeout
-    while len(pids) < want and time.monotonic() < deadline:
-        pids |= {r.result(timeout_s=30) for r in [handle.pid.remote() for _ in range(8)]}
-    return pids
-
-
 def test_a_replica_killed_under_load_fails_no_request(cluster):
     """SIGKILL one of the two replicas of shard 0 while 4 HTTP callers and 2 handle callers
     search: every request succeeds (HTTP callers with the client's retries), and Serve replaces
     the replica."""
+    from deepretrieval.service import ray_serve
+
     deployment = "shard-0-0-sf2"
-    before = _replica_pids(deployment, 2)
+    before = ray_serve.replica_pids(deployment, 2, APP)
     assert len(before) == 2
     victim = min(before)
     stats = {"ok": 0, "failed": [], "after_kill": 0}
@@ -335,7 +325,7 @@ def test_a_replica_killed_under_load_fails_no_request(cluster):
     assert stats["after_kill"] > 0, stats  # the load went on after the kill
     with pytest.raises(ProcessLookupError):
         os.kill(victim, 0)
-    after = _replica_pids(deployment, 2)  # Serve started a replacement
+    after = ray_serve.replica_pids(deployment, 2, APP)  # Serve started a replacement
     assert len(after) == 2 and victim not in after
 
 

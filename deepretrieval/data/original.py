@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from deepretrieval.core.answer import ANSWER_OPEN, THINK_OPEN
-from deepretrieval.data.rows import write_parquet
+from deepretrieval.data.rows import read_parquet_file, write_parquet
 from deepretrieval.tasks.base import Task
 from deepretrieval.tasks.original import (
     OriginalTask,
@@ -226,12 +226,7 @@ def convert_file(inp: str | Path, out: str | Path, get_task: GetTask, *,
                  keep_data_source: bool = False) -> dict[str, Any]:
     """``deepretrieval convert``: an original parquet file → our parquet rows (atomic write)."""
     inp = Path(inp)
-    if not inp.exists():
-        raise FileNotFoundError(f"no such file: {inp}")
-    try:
-        rows = pq.read_table(inp).to_pylist()
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
-        raise ValueError(f"{inp}: not a readable parquet file ({exc})") from None
+    rows = read_parquet_file(inp)
     converted = _uniform(convert_rows(rows, get_task, keep_data_source=keep_data_source))
     write_parquet(converted, out)
     return {"rows": len(converted), "tasks": dict(Counter(r["data_source"] for r in converted))}

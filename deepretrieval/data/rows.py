@@ -41,3 +41,15 @@ def read_rows(path: str | os.PathLike, convert: Callable[[list[dict]], list[dict
 
     rows = [clean(row) for row in pq.read_table(path).to_pylist()]
     return convert(rows) if convert is not None else rows
+
+
+def read_parquet_file(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """A parquet file's rows as they are (converters read foreign files with it): a missing file
+    is FileNotFoundError, an unreadable one ValueError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
+        raise ValueError(f"{path}: not a readable parquet file ({exc})") from None

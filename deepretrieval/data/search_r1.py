@@ -32,7 +32,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from deepretrieval.data.rows import write_parquet
+from deepretrieval.data.rows import read_parquet_file, write_parquet
 from deepretrieval.tasks import agentic
 
 #: Search-R1's ``data_source`` names (its ``main_ppo._select_rm_score_fn`` scores exactly these).
@@ -164,12 +164,7 @@ def convert_file(inp: str | Path, out_dir: str | Path, index: str = DEFAULT_INDE
     """``deepretrieval convert --from search-r1 IN.parquet --out DIR``: writes
     ``DIR/<IN's name>`` (atomic); returns the row count, the output path and rows per task."""
     inp = Path(inp)
-    if not inp.is_file():
-        raise FileNotFoundError(f"no such file: {inp}")
-    try:
-        rows = pq.read_table(inp).to_pylist()
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
-        raise ValueError(f"{inp}: not a readable parquet file ({exc})") from None
+    rows = read_parquet_file(inp)
     if not rows:
         raise ValueError(f"{inp}: no rows")
     converted = convert_rows(rows, index)

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -406,3 +407,16 @@ def stop(app_name: str = DEFAULT_APP, *, shutdown_serve: bool = True) -> None:
     serve.delete(app_name)
     if shutdown_serve and not serve.status().applications:
         serve.shutdown()
+
+
+def replica_pids(deployment: str, want: int, app_name: str = DEFAULT_APP,
+                 timeout: float = 120.0) -> set[int]:
+    """Process ids of a deployment's replicas: asks ``pid`` until ``want`` distinct replicas
+    answered or ``timeout`` passed (for fault drills: which process to kill, and whether Serve
+    replaced it)."""
+    handle = serve.get_deployment_handle(deployment, app_name=app_name)
+    pids: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(pids) < want and time.monotonic() < deadline:
+        pids |= {r.result(timeout_s=30) for r in [handle.pid.remote() for _ in range(8)]}
+    return pids
