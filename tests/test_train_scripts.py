@@ -97,17 +97,21 @@ def test_ctgov_transfer_from_another_checkpoint(tmp_path):
 
 
 def test_service_stopped_when_training_fails(tmp_path, capsys):
-    """A failing run still stops the service (here: --data holds files that are not parquet; a
-    folder without rows fails before the service starts)."""
+    """A failing run still stops the service (here: --data holds parquet files without task rows,
+    found out after the service started; a folder without rows, or files that are not parquet,
+    fail before the service starts)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from deepretrieval.cli import main
     data = tmp_path / "rows"
     data.mkdir()
     for split in ("train", "test"):
-        (data / f"{split}.parquet").write_text("not parquet")
+        pq.write_table(pa.table({"foo": [1, 2]}), data / f"{split}.parquet")
     code = main(["train", "--task", "scifact", "--engine", "trl", "--out", str(tmp_path / "run"),
                  "--data", str(data)])
     out = capsys.readouterr()
-    assert code == 2 and "train.parquet" in out.err, out.err
+    assert code == 2 and "prompt" in out.err, out.err
     port = int(READY.search(out.out).group(1))
     assert "retrieval service stopped" in out.out and _port_closed(port)
 

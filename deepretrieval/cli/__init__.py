@@ -40,8 +40,6 @@ import logging  # noqa: E402
 from deepretrieval import __version__  # noqa: E402
 from deepretrieval.core.results import SearchError  # noqa: E402
 
-if _BEFORE_IMPORTS is not None:
-    signal.signal(signal.SIGINT, _BEFORE_IMPORTS)
 
 #: Modules contributing sub-commands (each defines ``register(subparsers)``).
 COMMAND_MODULES = (
@@ -212,3 +210,9 @@ def _ours_or_warnings(record: logging.LogRecord) -> bool:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# every module-level import above is done (an embedding program gets its own handler back;
+# ``main`` installs the quiet one again while the command modules are imported)
+if _BEFORE_IMPORTS is not None:
+    signal.signal(signal.SIGINT, _BEFORE_IMPORTS)

@@ -87,7 +87,10 @@ def check_file(path: str | Path, sample: int = 64) -> None:
     """Raise (:func:`refusal`) when the first ``sample`` rows of a parquet file hold unconverted
     Search-R1 rows — what ``train`` checks before anything starts (a cheap look: Search-R1's files
     are Search-R1's throughout)."""
-    parquet = pq.ParquetFile(path)
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
+        raise ValueError(f"{path}: not a readable parquet file ({exc})") from None
     wanted = [c for c in ("data_source", "prompt", "reward_model") if c in parquet.schema_arrow.names]
     if "data_source" not in wanted:
         return

@@ -141,9 +141,9 @@ def lock_down(conn: sqlite3.Connection, *, private_copy: bool = False) -> None:
 
 def release_free_memory_after(elapsed_s: float) -> None:
     """Give freed heap memory back to the OS after a statement that ran long enough to have
-    allocated much (see :func:`_release_free_memory`)."""
+    allocated much (see :func:`deepretrieval.core.memory.release_free_memory`)."""
     if elapsed_s > TRIM_AFTER_S:
-        _release_free_memory()
+        release_free_memory()
 
 
 # Execution ----------------------------------------------------------------------------------
