@@ -86,11 +86,20 @@ def has_answer(passage: str, answers: Iterable[str]) -> bool:
     return False
 
 
-def first_answer_rank(passages: Sequence[str], answers: Sequence[str],
+def first_answer_rank(passages: Iterable[str], answers: Sequence[str],
                       depth: int | None = None) -> int | None:
-    """1-based rank of the first passage (within ``depth``) that has one of ``answers``."""
+    """1-based rank of the first passage (within ``depth``) that has one of ``answers``;
+    ``passages`` may be any iterable (it is consumed only up to the first hit)."""
     answers = list(answers)
-    for rank, passage in enumerate(passages if depth is None else passages[:depth], start=1):
+    for rank, passage in enumerate(passages, start=1):
+        if depth is not None and rank > depth:
+            break
         if has_answer(passage, answers):
             return rank
     return None
+
+
+def answer_keys(answers: Iterable[object]) -> list[str]:
+    """The answers the evidence reward matches: as strings, each once, in order, without those
+    that have no token (an empty answer would match every passage)."""
+    return [a for a in dict.fromkeys(str(a) for a in answers) if tokens(a)]

@@ -64,7 +64,7 @@ def normalize_answer(text: str) -> str:
 
 def _answer_list(answers: Iterable[str]) -> list[str]:
     # answers without any token ("", "  ") would match every passage: ignored here
-    return [a for a in dict.fromkeys(str(a) for a in answers) if dpr_match.tokens(a)]
+    return dpr_match.answer_keys(answers)
 
 
 def has_answer(passage: str, answers: Iterable[str]) -> bool:
