@@ -11,6 +11,7 @@ files back to a given number of strings (what a resumable build recorded as done
 """
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -42,15 +43,20 @@ class StringColumn(Sequence[str]):
         if int(self.offsets[-1]) != size:
             raise ValueError(f"{self.path}: {size} bytes, the offsets say {int(self.offsets[-1])} "
                              f"(a write was cut short)")
-        self.blob = np.memmap(self.path, dtype=np.uint8, mode="r") if size else \
-            np.zeros(0, dtype=np.uint8)
+        self._bytes: np.ndarray | None = None
+        if size:
+            with open(self.path, "rb") as f:
+                self.blob: mmap.mmap | bytes = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._bytes = np.frombuffer(self.blob, dtype=np.uint8)
+        else:
+            self.blob = b""
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
     def _one(self, i: int) -> str:
-        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-        return self.blob[a:b].tobytes().decode("utf-8")
+        a, b = self.offsets[i:i + 2].tolist()
+        return self.blob[a:b].decode("utf-8")
 
     @overload
     def __getitem__(self, i: int) -> str: ...
@@ -71,14 +77,29 @@ class StringColumn(Sequence[str]):
 
     def take(self, indices: Iterable[int]) -> list[str]:
         """The strings at ``indices`` (in that order)."""
+        idx = np.asarray(indices if not isinstance(indices, range) else np.arange(
+            indices.start, indices.stop, indices.step), dtype=np.int64)
+        if not len(idx):
+            return []
         n = len(self)
-        out = []
-        for i in indices:
-            i = int(i)
-            if not 0 <= i < n:
-                raise IndexError(f"string {i} out of range ({n} strings)")
-            out.append(self._one(i))
-        return out
+        if idx.min() < 0 or idx.max() >= n:
+            raise IndexError(f"string index out of range ({n} strings)")
+        blob = self.blob
+        starts, ends = self.offsets[idx], self.offsets[idx + 1]
+        lens = (ends - starts).astype(np.int64)
+        total = int(lens.sum())
+        if total <= 64 * len(idx) and self._bytes is not None:
+            # short strings (ids): gather all bytes at once with a NUL after each, decode once,
+            # split (C speed); strings that hold a NUL themselves take the general path
+            n = len(idx)
+            cum = np.concatenate([[0], np.cumsum(lens)])
+            data = self._bytes[np.repeat(starts.astype(np.int64) - cum[:-1], lens)
+                               + np.arange(total)]
+            if not (data == 0).any():
+                out = np.zeros(total + n, dtype=np.uint8)
+                out[np.arange(total) + np.repeat(np.arange(n), lens)] = data
+                return out[:-1].tobytes().decode("utf-8").split("\x00")
+        return [blob[a:b].decode("utf-8") for a, b in zip(starts.tolist(), ends.tolist())]
 
     def __iter__(self) -> Iterator[str]:
         for i in range(len(self)):

@@ -305,6 +305,7 @@ class BM25Index(StoredDocs):
             raise ValueError("k must be >= 1")
         if kernel is not None and kernel not in ("pruned", "exhaustive"):
             raise ValueError(f"unknown kernel {kernel!r} (known: pruned, exhaustive)")
+        kernel = kernel or self.kernel_for(int(k))  # also: a bad setting fails every call
         if not queries:
             return []
         k_eff = min(int(k), self.num_docs)

@@ -180,10 +180,11 @@ def _id_hashes(ids: list[str]) -> np.ndarray:
 
 
 class _Vocab:
-    """Global term ids: stems numbered in the order chunks introduce them."""
+    """Global term ids: the empty-document token first (as in bm25s), then stems numbered in the
+    order the collection introduces them (the same for any chunking)."""
 
     def __init__(self) -> None:
-        self.ids: dict[str, int] = {}
+        self.ids: dict[str, int] = {"": 0}
 
     def add(self, stems: list[str]) -> tuple[np.ndarray, list[str]]:
         """Global ids of ``stems`` and the stems that are new (in their new ids' order)."""
@@ -579,12 +580,14 @@ def build_index(docs: Iterable[dict[str, Any]], out: str | os.PathLike, *, name:
                 k1: float = 0.9, b: float = 0.4, stopwords: str | None = "en",
                 shards: int = 1, memory_mb: int | None = None, workers: int | None = None,
                 total: int | None = None, show_progress: bool = True,
+                chunk_bytes: int | None = None,
                 stop_after_chunks: int | None = None) -> Path | None:
     """Build a BM25 index directory (format 2) at ``out`` from BEIR-style document dicts
     (``_id``, ``title``, ``text``), resumably (work folder ``<out>.partial``). With ``shards`` >
     1, ``out`` is a sharded index (``meta.json`` type ``sharded``) whose shards use the global
     statistics. ``total`` (the number of documents, when known) gives the progress bar its ETA.
-    Returns ``out`` (None when ``stop_after_chunks`` stopped it early)."""
+    ``chunk_bytes`` overrides the chunk size the memory budget gives (tests). Returns ``out``
+    (None when ``stop_after_chunks`` stopped it early, as an interrupted build would)."""
     from deepretrieval.search.bm25 import FORMAT_VERSION, INDEX_TYPE
 
     if shards < 1:
@@ -595,6 +598,8 @@ def build_index(docs: Iterable[dict[str, Any]], out: str | os.PathLike, *, name:
     out = Path(out)
     work = out.with_name(out.name + ".partial")
     plan = BuildPlan.from_settings(memory_mb, workers)
+    if chunk_bytes is not None:
+        plan.chunk_bytes = int(chunk_bytes)
     t_start = time.perf_counter()
     n = build_chunks(docs, work, stopwords=stopwords, plan=plan, total=total,
                      show_progress=show_progress, stop_after_chunks=stop_after_chunks)
@@ -602,7 +607,7 @@ def build_index(docs: Iterable[dict[str, Any]], out: str | os.PathLike, *, name:
         return None
     chunks = _chunk_dirs(work)
     _check_unique_ids(work, chunks)
-    vocab: list[str] = []
+    vocab: list[str] = [""]
     for d in chunks:
         vocab.extend(json.loads((d / "new_stems.json").read_text()))
     stats, dl = collection_stats(chunks, len(vocab))
