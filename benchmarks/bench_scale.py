@@ -46,6 +46,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_lucene import (  # noqa: E402
     DEFAULT_PYSERINI_PYTHON,
+    LAST_CHILD_CPU,
     Worker,
     build_lucene,
     dir_mb,
@@ -218,8 +219,8 @@ def read_collection(folder: Path | str):
         yield from generated_docs(int(n), int(part), int(vocab), float(zipf))
         return
     folder = Path(folder)
-    for path in sorted(folder.glob("part-*.jsonl.gz")):
-        with gzip.open(path, "rb") as f:
+    for path in sorted(folder.glob("part*.jsonl*")):
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
             for line in f:
                 d = orjson.loads(line)
                 yield {"_id": d["id"], "title": "", "text": d["contents"]}
@@ -236,9 +237,12 @@ def ours_build(coll: str, out: str, n: str, shards: str = "1") -> int:
     t0 = time.perf_counter()
     build_index(read_collection(coll), out, name="scale", total=int(n),
                 shards=int(shards), show_progress=settings.progress_enabled())
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    me = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(),
-                      "worker_peak_mb": children}), flush=True)
+                      "worker_peak_mb": children.ru_maxrss / 1024,
+                      "cpu_s": me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime}),
+          flush=True)
     return 0
 
 
@@ -341,12 +345,13 @@ def bench_size(n, coll, queries, args, lucene, work: Path) -> dict:
                                            source, str(ours_dir), str(n)])
     info = json.loads(out.strip().splitlines()[-1])
     res["build"]["ours"] = dict(build_s=wall, build_peak_mb=info["peak_rss_mb"],
+                                cpu_s=info["cpu_s"],
                                 worker_peak_mb=info["worker_peak_mb"],
                                 index_mb=dir_mb(ours_dir),
                                 matrix_mb=sum(
                                     p.stat().st_size for p in ours_dir.rglob("*.npy")) / 2**20,
                                 load=load())
-    print(f"[{n:,}] ours: {wall:.0f}s, peak {info['peak_rss_mb']:,.0f} MB (+ tokenizer workers "
+    print(f"[{n:,}] ours: {wall:.0f}s ({info['cpu_s']:.0f} CPU s), peak {info['peak_rss_mb']:,.0f} MB (+ tokenizer workers "
           f"≤{info['worker_peak_mb']:,.0f} MB each), index {res['build']['ours']['index_mb']:,.0f}"
           f" MB (matrix {res['build']['ours']['matrix_mb']:,.0f} MB), load {load()}", flush=True)
     bm_dir = work / f"bm25s-{n}"
@@ -355,8 +360,8 @@ def bench_size(n, coll, queries, args, lucene, work: Path) -> dict:
         wall, peak, out, _ = run_child_rusage([sys.executable, __file__, "--worker", "bm25s-build",
                                                str(coll), str(bm_dir)])
         res["build"]["bm25s"] = dict(build_s=wall, build_peak_mb=peak, index_mb=dir_mb(bm_dir),
-                                     load=load())
-        print(f"[{n:,}] bm25s: {wall:.0f}s, peak {peak:,.0f} MB, load {load()}", flush=True)
+                                     cpu_s=LAST_CHILD_CPU["cpu_s"], load=load())
+        print(f"[{n:,}] bm25s: {wall:.0f}s ({LAST_CHILD_CPU['cpu_s']:.0f} CPU s), peak {peak:,.0f} MB, load {load()}", flush=True)
     elif args.bm25s:
         print(f"[{n:,}] bm25s: not run — its in-memory build needs ~3.7 GB per 1M passages "
               f"(> --bm25s-max-docs {args.bm25s_max_docs:,})", flush=True)
@@ -370,8 +375,8 @@ def bench_size(n, coll, queries, args, lucene, work: Path) -> dict:
         shutil.rmtree(luc_dir, ignore_errors=True)
         wall, peak = build_lucene(lucene, coll, luc_dir, args.threads)
         res["build"]["lucene"] = dict(build_s=wall, build_peak_mb=peak, index_mb=dir_mb(luc_dir),
-                                      load=load())
-        print(f"[{n:,}] Lucene: {wall:.0f}s, peak {peak:,.0f} MB, index "
+                                      cpu_s=LAST_CHILD_CPU["cpu_s"], load=load())
+        print(f"[{n:,}] Lucene: {wall:.0f}s ({LAST_CHILD_CPU['cpu_s']:.0f} CPU s), peak {peak:,.0f} MB, index "
               f"{res['build']['lucene']['index_mb']:,.0f} MB, load {load()}", flush=True)
 
     workers = {"ours": Worker([sys.executable, __file__, "--worker", "ours", str(ours_dir),
@@ -423,8 +428,9 @@ def fmt(x, spec=",.0f"):
 
 def report(results, args) -> None:
     print("\nBuild, memory and size (each engine in its own process):\n")
-    print("| docs | engine | build s | build peak MB | index MB | search process peak MB | load |")
-    print("|---|---|---|---|---|---|---|")
+    print("| docs | engine | build s (wall) | build CPU s | build peak MB | index MB | "
+          "search process peak MB | load |")
+    print("|---|---|---|---|---|---|---|---|")
     for res in results:
         for engine, b in res["build"].items():
             if "build_s" not in b:
@@ -432,7 +438,8 @@ def report(results, args) -> None:
             peak = fmt(b["build_peak_mb"])
             if "worker_peak_mb" in b:
                 peak += f" (+ {fmt(b['worker_peak_mb'])} per worker)"
-            print(f"| {res['docs']:,} | {engine} | {b['build_s']:.0f} | {peak} | "
+            print(f"| {res['docs']:,} | {engine} | {b['build_s']:.0f} | {fmt(b.get('cpu_s'))} | "
+                  f"{peak} | "
                   f"{fmt(b['index_mb'])} | {fmt(b.get('search_peak_mb'))} | {b['load']} |")
     print(f"\nQueries/second (CPU µs per query) — best of {args.rounds} interleaved rounds; single:"
           f" one query per call on 1 thread; batch: all {args.queries} queries in one call over "

@@ -348,3 +348,15 @@ def test_dpr_tsv_corpus(tmp_path):
     build_index(load(tsv), tmp_path / "w", name="w", show_progress=False)
     hit = BM25Index.load(tmp_path / "w").search(["high priest"], 1, return_text=True)[0]
     assert hit.ids == ["1"] and hit.texts[0].startswith("Aaron Aaron is a prophet")
+
+
+def test_dpr_tokens_fast_path_equals_the_character_rule(scifact_docs):
+    from deepretrieval.core import dpr_match
+
+    every = "".join(chr(c) for c in range(0x110000))
+    assert dpr_match.tokens(every) == dpr_match.tokens_by_char(every)
+    for d in scifact_docs[:2000]:
+        text = d["title"] + " " + d["text"]
+        assert dpr_match.tokens(text) == dpr_match.tokens_by_char(text)
+    for s in ["", " ", "İstanbul ΟΔΟΣ", "AT&T e\u0301t\u00e9 _x_ 1,000", "\ud800a\U0010ffff"]:
+        assert dpr_match.tokens(s) == dpr_match.tokens_by_char(s)

@@ -33,8 +33,41 @@ def _kind(ch: str) -> int:
     return 1
 
 
+class _Kinds(dict):
+    """code point → ``"0"``/``"1"``/``"2"`` (its :func:`_kind`), filled as characters are seen:
+    ``str.translate`` with it maps a text to its kinds at C speed."""
+
+    def __missing__(self, cp: int) -> str:
+        value = self[cp] = "012"[_kind(chr(cp))]
+        return value
+
+
+_KINDS = _Kinds()
+
+
 def tokens(text: str) -> list[str]:
-    """DPR ``SimpleTokenizer`` tokens of NFD-normalised ``text``, lower-cased."""
+    """DPR ``SimpleTokenizer`` tokens of NFD-normalised ``text``, lower-cased. The text is mapped
+    to its characters' kinds (``str.translate``), the token boundaries are found in that with
+    numpy, and the tokens cut from the text: the rule of :func:`tokens_by_char`, several times
+    faster."""
+    import numpy as np
+
+    text = unicodedata.normalize("NFD", text)
+    if not text:
+        return []
+    kind = np.frombuffer(text.translate(_KINDS).encode("ascii"), dtype=np.uint8)
+    run = kind == 50                                   # "2": inside an alphanumeric run
+    prev = np.concatenate(([False], run[:-1]))
+    nxt = np.concatenate((run[1:], [False]))
+    single = np.flatnonzero(kind == 49)                # "1": a one-character token
+    starts = np.concatenate((np.flatnonzero(run & ~prev), single))
+    ends = np.concatenate((np.flatnonzero(run & ~nxt) + 1, single + 1))
+    order = np.argsort(starts, kind="stable")
+    return [text[a:b].lower() for a, b in zip(starts[order].tolist(), ends[order].tolist())]
+
+
+def tokens_by_char(text: str) -> list[str]:
+    """:func:`tokens`, written as the rule reads (the reference the regex is tested against)."""
     text = unicodedata.normalize("NFD", text)
     out: list[str] = []
     i, n = 0, len(text)
