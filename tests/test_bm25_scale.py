@@ -121,7 +121,7 @@ def test_chunked_build_in_workers_equals_one_chunk(scifact_docs, tmp_path):
     build_index(scifact_docs, tmp_path / "one", name="s", workers=0, show_progress=False,
                 chunk_bytes=1 << 40)
     build_index(scifact_docs, tmp_path / "many", name="s", workers=2, show_progress=False,
-                chunk_bytes=300_000)
+                chunk_bytes=300_000, merge_postings=5_000)   # many chunks, many merge ranges
     same_index(tmp_path / "one", tmp_path / "many")
     docs = generated_docs(3000)
     build_index(docs, tmp_path / "g1", name="g", workers=0, show_progress=False, chunk_bytes=1 << 40)
@@ -266,7 +266,7 @@ def test_kernel_choice_is_automatic_and_overridable(scifact_index, monkeypatch):
 def test_shards_merge_into_exactly_one_index(scifact_docs, claims, tmp_path):
     build_index(scifact_docs, tmp_path / "one", name="one", show_progress=False)
     build_index(scifact_docs, tmp_path / "three", name="three", shards=3, workers=2,
-                show_progress=False, chunk_bytes=2_000_000)
+                show_progress=False, chunk_bytes=2_000_000, merge_postings=20_000)
     one, three = load_index_dir(tmp_path / "one"), load_index_dir(tmp_path / "three")
     meta = json.loads((tmp_path / "three" / "meta.json").read_text())
     assert meta["type"] == "sharded" and len(meta["shards"]) == 3

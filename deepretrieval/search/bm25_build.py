@@ -580,13 +580,14 @@ def build_index(docs: Iterable[dict[str, Any]], out: str | os.PathLike, *, name:
                 k1: float = 0.9, b: float = 0.4, stopwords: str | None = "en",
                 shards: int = 1, memory_mb: int | None = None, workers: int | None = None,
                 total: int | None = None, show_progress: bool = True,
-                chunk_bytes: int | None = None,
+                chunk_bytes: int | None = None, merge_postings: int | None = None,
                 stop_after_chunks: int | None = None) -> Path | None:
     """Build a BM25 index directory (format 2) at ``out`` from BEIR-style document dicts
     (``_id``, ``title``, ``text``), resumably (work folder ``<out>.partial``). With ``shards`` >
     1, ``out`` is a sharded index (``meta.json`` type ``sharded``) whose shards use the global
     statistics. ``total`` (the number of documents, when known) gives the progress bar its ETA.
-    ``chunk_bytes`` overrides the chunk size the memory budget gives (tests). Returns ``out``
+    ``chunk_bytes`` and ``merge_postings`` override the chunk size and the merge buffer the
+    memory budget gives (tests). Returns ``out``
     (None when ``stop_after_chunks`` stopped it early, as an interrupted build would)."""
     from deepretrieval.search.bm25 import FORMAT_VERSION, INDEX_TYPE
 
@@ -600,6 +601,8 @@ def build_index(docs: Iterable[dict[str, Any]], out: str | os.PathLike, *, name:
     plan = BuildPlan.from_settings(memory_mb, workers)
     if chunk_bytes is not None:
         plan.chunk_bytes = int(chunk_bytes)
+    if merge_postings is not None:
+        plan.merge_postings = int(merge_postings)
     t_start = time.perf_counter()
     n = build_chunks(docs, work, stopwords=stopwords, plan=plan, total=total,
                      show_progress=show_progress, stop_after_chunks=stop_after_chunks)
