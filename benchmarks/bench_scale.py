@@ -235,7 +235,17 @@ def ours_build(coll: str, out: str, n: str, shards: str = "1") -> int:
     from deepretrieval.search.bm25_build import build_index
 
     t0 = time.perf_counter()
-    build_index(read_collection(coll), out, name="scale", total=int(n),
+    log = open(f"{out}.progress.log", "a")
+
+    def logged(docs):
+        for i, d in enumerate(docs, 1):
+            if i % 500_000 == 0:
+                log.write(f"{time.strftime('%H:%M:%S')} read {i:,} passages, "
+                          f"{time.perf_counter() - t0:.0f}s, load {load()}\n")
+                log.flush()
+            yield d
+
+    build_index(logged(read_collection(coll)), out, name="scale", total=int(n),
                 shards=int(shards), show_progress=settings.progress_enabled())
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     me = resource.getrusage(resource.RUSAGE_SELF)
@@ -499,8 +509,9 @@ def main(argv=None) -> int:
     try:
         corpus = work / f"corpus-v{args.vocab}-z{args.zipf:g}-p{args.part_docs}"
         t0 = time.perf_counter()
-        file_total = max([n for n in sizes if n <= args.lucene_max_docs] or [min(sizes)])
-        queries = generate(corpus, file_total, args.part_docs, args.queries, args.vocab, args.zipf)
+        file_total = max([n for n in sizes if n <= args.lucene_max_docs] or [0])
+        queries = generate(corpus, file_total or min(args.part_docs, min(sizes)), args.part_docs,
+                           args.queries, args.vocab, args.zipf)
         print(f"# corpus ready ({time.perf_counter() - t0:.0f}s, {dir_mb(corpus):,.0f} MB "
               f"gzipped)", flush=True)
         for n in sizes:

@@ -125,8 +125,10 @@ def tokenize_chunk(texts: list[str], stopwords: frozenset[str] | list[str], stem
     tok_words, tok_docs = [], []
     for s in range(0, n, batch):
         found = _SPLIT(_SEP.join([t.lower() for t in texts[s:s + batch]]))
-        get = words.setdefault
-        ids = np.array([get(w, len(words)) for w in found], dtype=np.int32)
+        for w in dict.fromkeys(found):   # the batch's distinct words, new ones numbered
+            if w not in words:
+                words[w] = len(words)
+        ids = np.fromiter(map(words.__getitem__, found), dtype=np.int32, count=len(found))
         sep = ids == 0
         doc = np.cumsum(sep, dtype=np.int32) + s
         keep = ~sep
