@@ -145,6 +145,7 @@ class BM25Index(StoredDocs):
         self._parallel = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None  # reused by every parallel kernel call
         self._pool_threads = 0
+        self._local = threading.local()  # per-thread kernel scratch buffers
         self.threads = settings.get_int("DEEPRETRIEVAL_BM25_THREADS", os.cpu_count() or 1)
 
     # ---- building -------------------------------------------------------------------------
@@ -275,8 +276,9 @@ class BM25Index(StoredDocs):
             fn = bm25_kernels.exhaustive_kernel()
 
             def run(a: int, b: int):
-                return fn(flat, ptr[a:b + 1], k, self.data, self.indices, self.indptr,
-                          self.num_docs)
+                acc, touched = self._scratch()
+                return fn(flat, ptr[a:b + 1], k, self.data, self.indices, self.indptr, acc,
+                          touched)
 
         n = len(batch)
         # large batches are split over the cores (the kernel releases the GIL); small ones, and
@@ -296,6 +298,15 @@ class BM25Index(StoredDocs):
                 self._parallel.release()
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         return run(0, n)
+
+    def _scratch(self) -> tuple[np.ndarray, np.ndarray]:
+        """This thread's accumulator (float32 zeros) and touched-list buffers for the exhaustive
+        kernel, kept between calls (the kernel leaves the accumulator zeroed)."""
+        local = self._local
+        if getattr(local, "acc", None) is None:  # first use in this thread
+            local.acc = np.zeros(self.num_docs, dtype=np.float32)
+            local.touched = np.empty(self.num_docs, dtype=np.int32)
+        return local.acc, local.touched
 
     def search(self, queries: list[str], k: int, *, return_text: bool = False,
                options: dict[str, Any] | None = None, kernel: str | None = None

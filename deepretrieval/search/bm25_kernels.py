@@ -36,10 +36,11 @@ def exhaustive_kernel():
     numba = _numba()
 
     @numba.njit(nogil=True, cache=True)
-    def search_batch(flat, ptr, k, data, indices, indptr, num_docs):  # pragma: no cover - jitted
+    def search_batch(flat, ptr, k, data, indices, indptr, acc, touched):  # pragma: no cover
+        # acc: float32 zeros, one per document (left all zero again on return); touched: int32
+        # scratch of the same length — both reused across calls (allocating and zeroing them
+        # per call costs more than a small query at millions of documents)
         nq = len(ptr) - 1
-        acc = np.zeros(num_docs, dtype=np.float32)
-        touched = np.empty(num_docs, dtype=np.int64)
         out_docs = np.full((nq, k), -1, dtype=np.int64)
         out_scores = np.zeros((nq, k), dtype=np.float32)
         for q in range(nq):
@@ -51,7 +52,7 @@ def exhaustive_kernel():
                         touched[n] = d
                         n += 1
                     acc[d] += data[j]
-            cand = touched[:n].copy()
+            cand = touched[:n].astype(np.int64)
             scores = np.empty(n, dtype=np.float32)
             for i in range(n):
                 scores[i] = acc[cand[i]]
