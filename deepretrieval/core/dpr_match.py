@@ -22,6 +22,8 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
+import numpy as np
+
 
 def _kind(ch: str) -> int:
     """2: part of an alphanumeric run; 1: a one-character token; 0: a separator."""
@@ -50,8 +52,6 @@ def tokens(text: str) -> list[str]:
     to its characters' kinds (``str.translate``), the token boundaries are found in that with
     numpy, and the tokens cut from the text: the rule of :func:`tokens_by_char`, several times
     faster."""
-    import numpy as np
-
     text = unicodedata.normalize("NFD", text)
     if not text:
         return []

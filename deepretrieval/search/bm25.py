@@ -32,11 +32,13 @@ from typing import Any
 import numpy as np
 
 from deepretrieval.core import dpr_match, settings
-from deepretrieval.core.docstore import StringColumn, column_exists
+from deepretrieval.core.docstore import StringColumn
 from deepretrieval.core.io import atomic_dir, read_json_lines_gz
 from deepretrieval.core.results import SearchResult, StoredDocs
-from deepretrieval.search import bm25_kernels
+from deepretrieval.search.bm25_kernels import exhaustive_kernel, maxscore_kernel
 from deepretrieval.search.bm25_build import (
+    FORMAT_VERSION,
+    INDEX_TYPE,
     SPLITTER,
     build_index,
     doc_text,
@@ -44,8 +46,6 @@ from deepretrieval.search.bm25_build import (
     stopword_list,
 )
 
-INDEX_TYPE = "bm25"
-FORMAT_VERSION = 2
 TOPK_MODES = ("auto", "exhaustive", "pruned")
 #: ``auto`` uses the pruned kernel up to this k on collections of at least PRUNE_MIN_DOCS
 PRUNE_MAX_K = 100
@@ -267,13 +267,13 @@ class BM25Index(StoredDocs):
         flat = np.fromiter((t for toks in batch for t in toks), dtype=np.int64, count=int(ptr[-1]))
         kernel = kernel or self.kernel_for(k)
         if kernel == "pruned":
-            fn = bm25_kernels.maxscore_kernel()
+            fn = maxscore_kernel()
 
             def run(a: int, b: int):
                 return fn(flat, ptr[a:b + 1], k, self.data, self.indices, self.indptr,
                           self.term_max, self.block_max, self.block_ptr, 128)
         else:
-            fn = bm25_kernels.exhaustive_kernel()
+            fn = exhaustive_kernel()
 
             def run(a: int, b: int):
                 acc, touched = self._scratch()

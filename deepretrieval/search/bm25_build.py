@@ -34,9 +34,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -45,11 +47,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import Stemmer  # PyStemmer
+from bm25s.stopwords import STOPWORDS_EN
+from tqdm.auto import tqdm
 
 from deepretrieval.core import settings
-from deepretrieval.core.docstore import StringColumnWriter, column_exists
+from deepretrieval.core.docstore import StringColumn, StringColumnWriter, column_exists
 from deepretrieval.core.io import atomic_dir, write_atomic
 
+INDEX_TYPE = "bm25"
+#: the on-disk format this module writes (format 1: bm25s's files, still read by BM25Index)
+FORMAT_VERSION = 2
 SPLITTER = r"(?u)\b\w\w+\b"
 _SPLIT = re.compile(SPLITTER).findall
 #: between two documents' lower-cased texts when a batch is split at once: upper-case letters
@@ -69,13 +77,11 @@ def stopword_list(stopwords: str | None) -> list[str]:
     if stopwords is None:
         return []
     if stopwords in ("en", "english"):
-        from bm25s.stopwords import STOPWORDS_EN
         return list(STOPWORDS_EN)
     raise ValueError(f"unknown stopword set {stopwords!r} (known: {list(STOPWORD_SETS)} or None)")
 
 
 def english_stemmer():
-    import Stemmer  # PyStemmer (a core dependency)
     return Stemmer.Stemmer("english").stemWord
 
 
@@ -258,7 +264,6 @@ class BuildPlan:
 
 
 def _progress(total: int | None, desc: str, unit: str, show: bool):
-    from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, unit=unit, disable=not show, smoothing=0.05,
                 dynamic_ncols=True, mininterval=1.0)
 
@@ -330,7 +335,6 @@ def build_chunks(docs: Iterable[dict[str, Any]], work: Path, *, stopwords: str |
                 return
             else:
                 if pool is None:
-                    import multiprocessing
                     # fork: the workers need nothing but this module (and no __main__ guard)
                     pool = ProcessPoolExecutor(plan.workers,
                                                mp_context=multiprocessing.get_context("fork"))
@@ -376,8 +380,6 @@ def build_chunks(docs: Iterable[dict[str, Any]], work: Path, *, stopwords: str |
 
 
 def _check_unique_ids(work: Path, chunks: list[Path]) -> None:
-    from deepretrieval.core.docstore import StringColumn
-
     hashes = np.concatenate([np.load(d / "idhash.npy") for d in chunks])
     order = np.argsort(hashes, kind="stable")
     same = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
@@ -591,8 +593,6 @@ def build_index(docs: Iterable[dict[str, Any]], out: str | os.PathLike, *, name:
     ``chunk_bytes`` and ``merge_postings`` override the chunk size and the merge buffer the
     memory budget gives (tests). Returns ``out``
     (None when ``stop_after_chunks`` stopped it early, as an interrupted build would)."""
-    from deepretrieval.search.bm25 import FORMAT_VERSION, INDEX_TYPE
-
     if shards < 1:
         raise ValueError(f"shards must be >= 1 (got {shards})")
     if not (k1 >= 0 and 0 <= b <= 1):
@@ -634,7 +634,6 @@ def build_index(docs: Iterable[dict[str, Any]], out: str | os.PathLike, *, name:
              shards == 1) for i in range(shards)]
     todo = [j for j in jobs if not (Path(j[1]) / "meta.json").exists()]
     if shards > 1 and plan.workers > 1 and len(todo) > 1:
-        import multiprocessing
         with ProcessPoolExecutor(min(plan.workers, len(todo)),
                                  mp_context=multiprocessing.get_context("forkserver")) as pool:
             list(pool.map(_write_shard, todo))
@@ -655,7 +654,6 @@ def build_index(docs: Iterable[dict[str, Any]], out: str | os.PathLike, *, name:
                  "bm25_params": params}, indent=2))
     shutil.rmtree(work, ignore_errors=True)
     if show_progress:
-        import sys
         print(f"BM25 index: {n:,} documents, {len(vocab):,} terms, {shards} shard(s), "
               f"{time.perf_counter() - t_start:.1f}s", file=sys.stderr, flush=True)
     return out
