@@ -82,13 +82,20 @@ def word_table(vocab: int, zipf: float):
     return words, p / p.sum(), len(STOPWORDS_EN)
 
 
-def part_tokens(part: int, n_docs: int, p: np.ndarray):
+def part_tokens(part: int, n_docs: int, p: np.ndarray, block: int = 50_000):
+    """(lengths of all passages, then the token ids of each block of ``block`` passages): one
+    random stream per part, drawn block by block (the same numbers as one draw for the part)."""
     rng = np.random.default_rng([7, part])
     lengths = rng.poisson(100, size=n_docs).clip(10)
     cdf = np.cumsum(p)
-    tokens = np.searchsorted(cdf, rng.random(int(lengths.sum())) * cdf[-1], side="right")
-    tokens = np.minimum(tokens, len(p) - 1).astype(np.int32)
-    return tokens, np.concatenate([[0], np.cumsum(lengths)])
+
+    def blocks():
+        for lo in range(0, n_docs, block):
+            m = int(lengths[lo:lo + block].sum())
+            toks = np.searchsorted(cdf, rng.random(m) * cdf[-1], side="right")
+            yield np.minimum(toks, len(p) - 1).astype(np.int32)
+
+    return lengths, blocks()
 
 
 _ASSEMBLE = None
@@ -117,20 +124,19 @@ def _assembler():
 
 def part_passages(part: int, n_docs: int, words, p, block: int = 50_000):
     """The passages of one part, as lists of strings per block of ``block`` (deterministic)."""
-    tokens, offsets = part_tokens(part, n_docs, p)
+    lengths, blocks = part_tokens(part, n_docs, p, block)
     wb = [w.encode() + b" " for w in words]
     lens = np.array([len(w) for w in wb], dtype=np.int64)
     table = np.frombuffer(b"".join(wb), dtype=np.uint8)
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
     assemble = _assembler()
-    for lo in range(0, n_docs, block):
+    for lo, toks in zip(range(0, n_docs, block), blocks):
         hi = min(n_docs, lo + block)
-        toks = tokens[offsets[lo]:offsets[hi]]
         total = int(lens[toks].sum())
         text = assemble(toks, table, starts, lens, total).tobytes().decode("ascii")
-        # each passage ends with a space: split on the passage boundaries by word counts
-        cum = np.concatenate([[0], np.cumsum(lens[toks])])[offsets[lo:hi + 1] - offsets[lo]]
-        c = cum.tolist()
+        # each passage ends with a space: cut at the passage boundaries
+        offsets = np.concatenate([[0], np.cumsum(lengths[lo:hi])])
+        c = np.concatenate([[0], np.cumsum(lens[toks])])[offsets].tolist()
         yield [text[c[i]:c[i + 1] - 1] for i in range(hi - lo)]
 
 
@@ -180,7 +186,9 @@ def generate(folder: Path, total: int, part_docs: int, n_queries: int, vocab: in
     qfile = folder / f"queries-{n_queries}.json"
     if not qfile.exists():
         n0 = min(total, part_docs)
-        tokens, offsets = part_tokens(0, n0, p)
+        lengths, blocks = part_tokens(0, n0, p, block=n0)
+        tokens = next(blocks)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
         rng = np.random.default_rng(11)
         queries = []
         for _ in range(n_queries):
