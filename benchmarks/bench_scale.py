@@ -476,6 +476,41 @@ def report(results, args) -> None:
                   f"{format(r['ours_qps'] / bm, '.2f') + 'x' if bm else '-'} | {r['load']} |")
 
 
+def plot(results, path: str) -> None:
+    """Queries/second (k=10 and 1000, batch) and memory against the corpus size, per engine."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = sorted(results, key=lambda r: r["docs"])
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    styles = {"ours": "-o", "ours-exhaustive": ":o", "bm25s": ":^", "lucene": "--s"}
+    for k in (10, 1000):
+        for engine, style in styles.items():
+            pts = [(r["docs"], row[f"{engine}_qps"]) for r in results for row in r["rows"]
+                   if row["k"] == k and row["mode"] == "batch" and f"{engine}_qps" in row]
+            if pts:
+                a1.plot(*zip(*pts), style, label=f"{engine} k={k}")
+    a1.set(xscale="log", yscale="log", xlabel="passages", ylabel="queries/second (batch)",
+           title="BM25 throughput vs corpus size")
+    a1.legend(fontsize=7)
+    for engine, style in styles.items():
+        pts = [(r["docs"], r["build"][engine]["build_peak_mb"]) for r in results
+               if "build_peak_mb" in r["build"].get(engine, {})]
+        if pts:
+            a2.plot(*zip(*pts), style, label=f"{engine} build peak")
+        pts = [(r["docs"], r["build"][engine]["search_peak_mb"]) for r in results
+               if "search_peak_mb" in r["build"].get(engine, {})]
+        if pts:
+            a2.plot(*zip(*pts), style, alpha=0.5, label=f"{engine} search process peak")
+    a2.set(xscale="log", yscale="log", xlabel="passages", ylabel="peak RSS (MB)",
+           title="Memory vs corpus size")
+    a2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot written to {path}")
+
+
 def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 2 and sys.argv[1] == "--worker":
         kind, rest = sys.argv[2], sys.argv[3:]
@@ -502,7 +537,19 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the indexes")
     ap.add_argument("--json", default=None, help="write the figures here after each size")
     ap.add_argument("--tiny", action="store_true", help="smoke size (2,000 + 3,000 passages)")
+    ap.add_argument("--plot", default=None, help="write the growth plot (PNG) here")
+    ap.add_argument("--report-from", default=None,
+                    help="comma-separated --json files of earlier runs: print their tables (and "
+                         "--plot) without running anything")
     args = ap.parse_args(argv)
+    if args.report_from:
+        if args.tiny:
+            args.queries, args.rounds = 50, 1
+        results = [r for f in args.report_from.split(",") for r in json.loads(Path(f).read_text())]
+        report(sorted(results, key=lambda r: r["docs"]), args)
+        if args.plot:
+            plot(results, args.plot)
+        return 0
     if args.tiny:
         args.sizes, args.part_docs, args.queries, args.rounds = "2000,3000", 1000, 50, 1
         args.vocab = 5000
@@ -533,6 +580,8 @@ def main(argv=None) -> int:
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
+    if args.plot:
+        plot(results, args.plot)
     return 0
 
 
