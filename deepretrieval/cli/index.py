@@ -84,8 +84,11 @@ def cmd_index(args) -> int:
     total = count_lines(corpus) if show and corpus.is_file() else None
     if total is not None and corpus.name.endswith((".tsv", ".tsv.gz")):
         total -= 1  # the header line
+    stat = corpus.stat()
+    source = f"{corpus.resolve()} {stat.st_size} {stat.st_mtime_ns}"
     build_index(docs, out, name=args.name, k1=args.k1, b=args.b, shards=args.shards,
-                memory_mb=args.memory_mb, workers=args.workers, total=total, show_progress=show)
+                memory_mb=args.memory_mb, workers=args.workers, total=total, show_progress=show,
+                source=source)
     n = json.loads((out / "meta.json").read_text())["num_docs"]
     shards = f" in {args.shards} shards" if args.shards > 1 else ""
     print(f"indexed {n} documents{shards} → {out}")

@@ -270,15 +270,19 @@ def _progress(total: int | None, desc: str, unit: str, show: bool):
 
 def build_chunks(docs: Iterable[dict[str, Any]], work: Path, *, stopwords: str | None,
                  plan: BuildPlan, total: int | None = None, show_progress: bool = True,
-                 stop_after_chunks: int | None = None) -> int:
+                 stop_after_chunks: int | None = None, source: str | None = None) -> int:
     """Phase 1 (resumable): columns and chunk postings under ``work``; returns the number of
     documents. ``stop_after_chunks`` ends the phase early (tests of the resume path)."""
     work.mkdir(parents=True, exist_ok=True)
     state_file = work / "build.json"
-    state = {"stopwords": stopwords, "stem": "english", "splitter": SPLITTER}
+    state = {"stopwords": stopwords, "stem": "english", "splitter": SPLITTER, "source": source}
     done = _chunk_dirs(work)
     if state_file.exists() and json.loads(state_file.read_text()) != state:
-        shutil.rmtree(work / "chunks", ignore_errors=True)   # another analysis: start over
+        # another corpus or analysis: start over
+        if show_progress:
+            print(f"{work}: left by a build of another corpus or analysis; starting over",
+                  file=sys.stderr, flush=True)
+        shutil.rmtree(work / "chunks", ignore_errors=True)
         done = []
     write_atomic(state_file, json.dumps(state))
     vocab = _Vocab()
@@ -585,11 +589,12 @@ def build_index(docs: Iterable[dict[str, Any]], out: str | os.PathLike, *, name:
                 shards: int = 1, memory_mb: int | None = None, workers: int | None = None,
                 total: int | None = None, show_progress: bool = True,
                 chunk_bytes: int | None = None, merge_postings: int | None = None,
-                stop_after_chunks: int | None = None) -> Path | None:
+                stop_after_chunks: int | None = None, source: str | None = None) -> Path | None:
     """Build a BM25 index directory (format 2) at ``out`` from BEIR-style document dicts
     (``_id``, ``title``, ``text``), resumably (work folder ``<out>.partial``). With ``shards`` >
     1, ``out`` is a sharded index (``meta.json`` type ``sharded``) whose shards use the global
-    statistics. ``total`` (the number of documents, when known) gives the progress bar its ETA.
+    statistics. ``source`` names the corpus (e.g. its path, size and mtime): a work folder left
+    by a build of another source is started over instead of resumed. ``total`` (the number of documents, when known) gives the progress bar its ETA.
     ``chunk_bytes`` and ``merge_postings`` override the chunk size and the merge buffer the
     memory budget gives (tests). Returns ``out``
     (None when ``stop_after_chunks`` stopped it early, as an interrupted build would)."""
@@ -607,7 +612,8 @@ def build_index(docs: Iterable[dict[str, Any]], out: str | os.PathLike, *, name:
         plan.merge_postings = int(merge_postings)
     t_start = time.perf_counter()
     n = build_chunks(docs, work, stopwords=stopwords, plan=plan, total=total,
-                     show_progress=show_progress, stop_after_chunks=stop_after_chunks)
+                     show_progress=show_progress, stop_after_chunks=stop_after_chunks,
+                     source=source)
     if n < 0:
         return None
     chunks = _chunk_dirs(work)
