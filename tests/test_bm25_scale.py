@@ -361,3 +361,27 @@ def test_dpr_tokens_fast_path_equals_the_character_rule(scifact_docs):
         assert dpr_match.tokens(text) == dpr_match.tokens_by_char(text)
     for s in ["", " ", "İstanbul ΟΔΟΣ", "AT&T e\u0301t\u00e9 _x_ 1,000", "\ud800a\U0010ffff"]:
         assert dpr_match.tokens(s) == dpr_match.tokens_by_char(s)
+
+
+def test_has_answer_pre_check_never_changes_the_answer(scifact_docs):
+    """has_answer rules passages out by a substring pre-check before tokenising; it must agree
+    with the plain token rule everywhere (Greek final sigma, combining marks, punctuation)."""
+    import random
+
+    from deepretrieval.core import dpr_match
+
+    def plain(passage, answer):
+        hay, needle = dpr_match.tokens_by_char(passage), dpr_match.tokens_by_char(answer)
+        return any(hay[i:i + len(needle)] == needle for i in range(len(hay) - len(needle) + 1))
+
+    rng = random.Random(0)
+    pool = list("ΣσςΟΔ' -.aA&İi\u0301\u0307éZ1")
+    for _ in range(20000):
+        p = "".join(rng.choice(pool) for _ in range(rng.randint(0, 12)))
+        a = "".join(rng.choice(pool) for _ in range(rng.randint(1, 4)))
+        assert dpr_match.has_answer(p, [a]) == plain(p, a), (p, a)
+    texts = [d["title"] + " " + d["text"] for d in scifact_docs[:300]]
+    answers = ["cancer", "T cells", "vitamin D", "p53", "Alzheimer's disease", "2", "β-cell"]
+    for t in texts:
+        for a in answers:
+            assert dpr_match.has_answer(t, [a]) == plain(t, a), (a, t[:60])

@@ -96,11 +96,34 @@ def contains(hay: Sequence[str], needle: Sequence[str]) -> bool:
     m = len(needle)
     if m == 0:
         return True
-    first = needle[0]
-    for i in range(len(hay) - m + 1):
-        if hay[i] == first and tuple(hay[i:i + m]) == tuple(needle):
+    hay, needle = tuple(hay), tuple(needle)
+    first, i = needle[0], 0
+    last = len(hay) - m
+    while i <= last:
+        try:
+            i = hay.index(first, i, last + 1)  # C speed
+        except ValueError:
+            return False
+        if hay[i:i + m] == needle:
             return True
+        i += 1
     return False
+
+
+@lru_cache(maxsize=4096)
+def _answer_tokens(answer: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """An answer's tokens, and the same folded for the substring pre-check (see
+    :func:`_folded`)."""
+    toks = tuple(tokens(answer))
+    return toks, tuple(t.replace("ς", "σ") for t in toks)
+
+
+def _folded(passage: str) -> str:
+    """The passage NFD-normalised, lower-cased character by character (``str.lower`` plus
+    ς → σ: Python's only context-dependent lower-casing is Greek final sigma). Every token of
+    the passage, folded the same way, is a substring of it: an answer token that is not cannot
+    match, so most passages are ruled out without being tokenised."""
+    return unicodedata.normalize("NFD", passage).lower().replace("ς", "σ")
 
 
 def has_answer(passage: str, answers: Iterable[str]) -> bool:
@@ -110,11 +133,14 @@ def has_answer(passage: str, answers: Iterable[str]) -> bool:
     (as in pyserini) — callers that accept loose input convert answers to ``str`` first."""
     if not isinstance(passage, str):
         raise TypeError(f"passage must be a string, not {type(passage).__name__}")
-    hay = _passage_tokens(passage)
+    folded = None
     for answer in answers:
         if not isinstance(answer, str):
             raise TypeError(f"answer must be a string, not {type(answer).__name__}")
-        if contains(hay, tokens(answer)):
+        toks, folded_toks = _answer_tokens(answer)
+        if folded is None:
+            folded = _folded(passage)
+        if all(t in folded for t in folded_toks) and contains(_passage_tokens(passage), toks):
             return True
     return False
 
