@@ -68,8 +68,8 @@ _SEP = f" {_SEP_WORD} "
 STOPWORD_SETS = ("en",)
 DEFAULT_MEMORY_MB = 1024
 _BASE_MB = 300           # interpreter, numpy, the pool: what a build costs before any chunk
-_WORKER_BYTES_PER_TEXT_BYTE = 6   # worker peak per byte of chunk text (measured: ~4-5)
-_MERGE_BYTES_PER_POSTING = 64     # merge buffer peak per posting (int/float temporaries)
+_WORKER_BYTES_PER_TEXT_BYTE = 12  # worker peak per byte of chunk text (measured: ~11 at 1M)
+_MERGE_BYTES_PER_POSTING = 128    # merge buffer per posting (measured peak ~80: temporaries)
 
 
 def stopword_list(stopwords: str | None) -> list[str]:
