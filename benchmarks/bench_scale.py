@@ -407,9 +407,8 @@ def bench_size(n, coll, queries, args, lucene, work: Path) -> dict:
     try:
         for k in args.ks:
             for mode, threads in (("single", 1), ("batch", args.threads)):
-                plan = [("ours", "ours", {})]
-                if k <= 100:
-                    plan.append(("ours-exhaustive", "ours", {"kernel": "exhaustive"}))
+                plan = [("ours", "ours", {}),
+                        ("ours-exhaustive", "ours", {"kernel": "exhaustive"})]
                 plan += [(e, e, {}) for e in ("bm25s", "lucene") if e in workers]
                 best: dict[str, dict] = {}
                 for _ in range(args.rounds):

@@ -252,11 +252,12 @@ def test_pruned_kernel_equals_exhaustive_with_ties_and_document_order(tmp_path):
 def test_kernel_choice_is_automatic_and_overridable(scifact_index, monkeypatch):
     assert scifact_index.kernel_for(10) == "exhaustive"        # 5,183 docs: small collection
     monkeypatch.setattr("deepretrieval.search.bm25.PRUNE_MIN_DOCS", 1000)
-    assert scifact_index.kernel_for(10) == "pruned" and scifact_index.kernel_for(1000) == "exhaustive"
+    assert scifact_index.kernel_for(10) == "pruned" and scifact_index.kernel_for(1000) == "pruned"
+    assert scifact_index.kernel_for(3000) == "exhaustive"
     monkeypatch.setenv("DEEPRETRIEVAL_BM25_TOPK", "exhaustive")
     assert scifact_index.kernel_for(10) == "exhaustive"
     monkeypatch.setenv("DEEPRETRIEVAL_BM25_TOPK", "pruned")
-    assert scifact_index.kernel_for(1000) == "pruned"
+    assert scifact_index.kernel_for(3000) == "pruned"
     monkeypatch.setenv("DEEPRETRIEVAL_BM25_TOPK", "fast")
     with pytest.raises(ValueError, match="DEEPRETRIEVAL_BM25_TOPK"):
         scifact_index.search(["x"], 3)

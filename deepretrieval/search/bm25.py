@@ -48,7 +48,9 @@ from deepretrieval.search.bm25_build import (
 
 TOPK_MODES = ("auto", "exhaustive", "pruned")
 #: ``auto`` uses the pruned kernel up to this k on collections of at least PRUNE_MIN_DOCS
-PRUNE_MAX_K = 100
+#: (measured on the 1M generated corpus: pruned 4-6x less CPU than exhaustive at k=3-10, 2.5x at
+#: k=100, ~1.2x at k=1000; exhaustive ~1.1x ahead at k=3000, the evidence depth)
+PRUNE_MAX_K = 1000
 PRUNE_MIN_DOCS = 50_000
 OPTIONS = ("answers",)
 
