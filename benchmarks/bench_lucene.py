@@ -9,11 +9,10 @@ SciFact nDCG@10 of both (trec_eval-style, via pytrec_eval; published BM25-flat L
 Engines (each in its own process, so peak memory is its own; the timed rounds alternate between
 them: ours, Lucene, ours, Lucene, ... and the best round of each is kept):
 
-* **ours**: ``BM25Index`` (bm25s's score matrix + our numba top-k kernel), single calls and one
-  batched ``search`` call;
-* **bm25s**: the same index searched through bm25s's own ``retrieve`` (numba backend), i.e.
-  ``DEEPRETRIEVAL_BM25_KERNEL=0``; same tokenizer and result building, so the difference is the
-  top-k kernel;
+* **ours**: ``BM25Index`` (our streaming build; numba top-k kernels, chosen automatically),
+  single calls and one batched ``search`` call;
+* **bm25s**: bm25s's own index and ``retrieve`` (numba backend), same tokenizer and BM25
+  parameters (built in memory by bm25s; the workers are ``bench_scale.py``'s);
 * **Lucene**: Anserini's ``SimpleSearcher`` (the engine of pyserini's ``LuceneSearcher``), indexed
   with ``IndexCollection`` over JsonCollection files, k1=0.9 b=0.4. Run from the pyserini
   virtualenv (``--pyserini-python``, default ``.venv-pyserini/bin/python`` in the repository); skipped with a
@@ -88,18 +87,16 @@ def ours_worker(index_dir: str, queries_file: str) -> int:
 
     queries = json.loads(Path(queries_file).read_text())
     index = BM25Index.load(index_dir)
-    for kernel in ("1", "0"):  # JIT warm-up of our kernel and of bm25s's numba retrieve
-        os.environ["DEEPRETRIEVAL_BM25_KERNEL"] = kernel
+    for kernel in ("pruned", "exhaustive"):  # JIT warm-up of both kernels
         for k in (10, 1000):
-            index.search(queries[:8], k)
-            index.search(queries[:1], k)
+            index.search(queries[:8], k, kernel=kernel)
+            index.search(queries[:1], k, kernel=kernel)
     print(json.dumps({"ready": True, "peak_rss_mb": peak_rss_mb()}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["op"] == "quit":
             break
         k, want = int(cmd["k"]), bool(cmd.get("ids"))
-        os.environ["DEEPRETRIEVAL_BM25_KERNEL"] = "1" if cmd.get("kernel", True) else "0"
         index.threads = int(cmd.get("threads", 1))
         c0, t0 = time.process_time(), time.perf_counter()
         if cmd["mode"] == "single":
@@ -115,10 +112,11 @@ def ours_worker(index_dir: str, queries_file: str) -> int:
 def ours_build_worker(collection: str, index_dir: str) -> int:
     from deepretrieval.search.bm25 import BM25Index
 
+    from deepretrieval.search.bm25_build import build_index
+
     t0 = time.perf_counter()
-    index = BM25Index.build(read_json_collection(Path(collection)), name="bench",
-                            show_progress=False)
-    index.save(index_dir)
+    build_index(read_json_collection(Path(collection)), index_dir, name="bench",
+                show_progress=False)
     print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}),
           flush=True)
     return 0
@@ -155,12 +153,17 @@ class Worker:
             self.proc.wait(5)
 
 
+LAST_CHILD_CPU: dict[str, float] = {}
+
+
 def run_child_rusage(cmd: list[str], env: dict | None = None) -> tuple[float, float, str, str]:
-    """(wall seconds, peak RSS MB of that child, stdout, stderr)."""
+    """(wall seconds, peak RSS MB of that child, stdout, stderr). The child's CPU seconds (with
+    its own children: user + system) are left in ``LAST_CHILD_CPU["cpu_s"]``."""
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
+        LAST_CHILD_CPU["cpu_s"] = usage.ru_utime + usage.ru_stime
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - t0
         out.seek(0)
@@ -222,11 +225,18 @@ def bench_corpus(label, docs, queries, args, lucene, work: Path, qrels=None, qid
     ours_dir = work / f"{label}-ours"
     wall, peak, _, _ = run_child_rusage([sys.executable, __file__, "--worker", "ours-build",
                                            str(coll), str(ours_dir)])
+    score_mb = sum(p.stat().st_size for p in ours_dir.glob("*.npy")) / 2**20
     build = {"ours": dict(build_s=wall, build_peak_mb=peak, index_mb=dir_mb(ours_dir),
-                          score_mb=dir_mb(ours_dir / "bm25"))}
+                          score_mb=score_mb)}
     print(f"  [{label}] ours: built in {wall:.1f}s, peak {peak:,.0f} MB, index "
           f"{build['ours']['index_mb']:.1f} MB (score matrix {build['ours']['score_mb']:.1f} MB, "
           f"rest: stored texts and ids)", flush=True)
+    bm_dir = work / f"{label}-bm25s"
+    wall, peak, _, _ = run_child_rusage([sys.executable, str(HERE / "bench_scale.py"), "--worker",
+                                         "bm25s-build", str(coll), str(bm_dir)])
+    build["bm25s"] = dict(build_s=wall, build_peak_mb=peak, index_mb=dir_mb(bm_dir),
+                          score_mb=dir_mb(bm_dir / "bm25"))
+    print(f"  [{label}] bm25s: built in {wall:.1f}s, peak {peak:,.0f} MB", flush=True)
     if lucene:
         luc_dir = work / f"{label}-lucene"
         wall, peak = build_lucene(lucene, coll, luc_dir, args.threads)
@@ -237,7 +247,9 @@ def bench_corpus(label, docs, queries, args, lucene, work: Path, qrels=None, qid
     shutil.rmtree(coll)
 
     workers = {"ours": Worker([sys.executable, __file__, "--worker", "ours", str(ours_dir),
-                               str(qfile)])}
+                               str(qfile)]),
+               "bm25s": Worker([sys.executable, str(HERE / "bench_scale.py"), "--worker", "bm25s",
+                                str(bm_dir), str(qfile)])}
     if lucene:
         workers["lucene"] = Worker([args.pyserini_python, str(HERE / "lucene_worker.py"),
                                     str(luc_dir), str(qfile)])
@@ -248,7 +260,7 @@ def bench_corpus(label, docs, queries, args, lucene, work: Path, qrels=None, qid
     try:
         for k in args.ks:
             for mode, threads in modes:
-                plan = [("ours", "ours", dict(kernel=True)), ("bm25s", "ours", dict(kernel=False))]
+                plan = [("ours", "ours", {}), ("bm25s", "bm25s", {})]
                 if lucene:
                     plan.append(("lucene", "lucene", {}))
                 best: dict[str, dict] = {}
@@ -283,7 +295,7 @@ def bench_corpus(label, docs, queries, args, lucene, work: Path, qrels=None, qid
         for engine, ids in ids_at.items():
             quality[engine] = ndcg10(ids, qids, qrels)
     if not args.keep:
-        for p in (ours_dir, work / f"{label}-lucene"):
+        for p in (ours_dir, bm_dir, work / f"{label}-lucene"):
             shutil.rmtree(p, ignore_errors=True)
     return dict(label=label, docs=n_docs, build=build, rows=rows, quality=quality)
 

@@ -253,6 +253,33 @@ def main(argv=None) -> int:
             results.append((f"evidence-sized search k=3000 + text (measured on {m}, scaled "
                             f"x{n / m:.0f})", ev, c.seconds * n / m))
             print(f"  evidence k=3000: {ev:.2f}s per step (scaled)", flush=True)
+            # the evidence reward, both ways: texts shipped and ranked in the reward process
+            # (the previous path), and the answers sent with the search (option `answers`: the
+            # index ranks its own passages). "none": no passage has the answer, all 3,000 are
+            # checked (the worst case); "early": a common word, found in the first ranks.
+            from deepretrieval.tasks.evidence import first_answer_rank
+            for label, answers in (("none", ["zzqx never found"]), ("early", ["cell"])):
+                with CPU(service.proc.pid) as c:
+                    t0 = time.perf_counter()
+                    got = searcher.search("scifact", queries[:m], 3000, return_text=True)
+                    shipped = [first_answer_rank(r.texts, answers, 3000) for r in got]
+                    t_text = (time.perf_counter() - t0) * n / m
+                cpu_text = c.seconds * n / m
+                with CPU(service.proc.pid) as c:
+                    t0 = time.perf_counter()
+                    got = searcher.search("scifact", queries[:m], 3000,
+                                          options={"answers": answers})
+                    ranked = [r.info["first_answer_rank"] for r in got]
+                    t_opt = (time.perf_counter() - t0) * n / m
+                if ranked != shipped:
+                    raise RuntimeError(f"evidence ranks differ ({label}): {ranked[:5]} vs "
+                                       f"{shipped[:5]}")
+                results.append((f"evidence reward ({label}): k=3000 texts to the reward, ranked "
+                                f"there (measured on {m}, scaled)", t_text, cpu_text))
+                results.append((f"evidence reward ({label}): answers sent with the search, "
+                                f"ranked next to the index (same ranks)", t_opt, c.seconds * n / m))
+                print(f"  evidence ({label}): texts {t_text:.2f}s, answers option {t_opt:.2f}s "
+                      f"per step (scaled; ranks identical)", flush=True)
             with CPU(service.proc.pid) as cb:
                 t0 = time.perf_counter()
                 searcher.search("scifact", queries, 3, return_text=True)

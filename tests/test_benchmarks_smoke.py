@@ -27,6 +27,17 @@ def test_bench_lucene_tiny_without_lucene(capsys, tmp_path):
     assert row.count("|") == 10 and row.rstrip().endswith("| - |")  # Lucene column empty
 
 
+def test_bench_scale_tiny_without_lucene(capsys, tmp_path):
+    import bench_scale
+
+    assert bench_scale.main(["--tiny", "--no-lucene", "--ks", "3,1000", "--work-dir",
+                             str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 3,000 | 3 | batch |" in out and "| 2,000 | ours |" in out
+    row = next(line for line in out.splitlines() if line.startswith("| 3,000 | 1000 | single"))
+    assert "| - |" in row  # no Lucene column figure; bm25s is there at this size
+
+
 def test_bench_lucene_skips_lucene_with_a_message_when_its_venv_is_absent(capsys, tmp_path):
     import bench_lucene
 

@@ -63,7 +63,7 @@ def test_return_text(scifact_index):
 
 
 def test_options_are_rejected(scifact_index):
-    with pytest.raises(ValueError, match="no search options"):
+    with pytest.raises(ValueError, match="only the search option"):
         scifact_index.search(["x"], 10, options={"maxdate": "2020/01/01"})
 
 
@@ -125,24 +125,6 @@ def test_cli_index_search_and_prepare(tmp_path, _index_dir):
     assert bad.returncode == 2 and "error:" in bad.stderr
 
 
-def test_topk_kernel_equals_bm25s_scoring(scifact_index, monkeypatch):
-    """Our numba top-k kernel and bm25s's retrieval give the same scores for all 1,109 claims;
-    documents above the k-th score are the same (only exact ties at the cut may differ)."""
-    assert scifact_index.kernel_disabled_reason() is None
-    queries = list(load_queries(collection_dir("scifact")).values())
-    for k in (10, 1000):
-        ours = scifact_index.search(queries, k)
-        monkeypatch.setenv("DEEPRETRIEVAL_BM25_KERNEL", "0")
-        theirs = scifact_index.search(queries, k)
-        monkeypatch.setenv("DEEPRETRIEVAL_BM25_KERNEL", "1")
-        for a, b in zip(ours, theirs):
-            assert a.scores == b.scores
-            if a.scores:
-                cut = a.scores[-1]
-                assert {d for d, s in zip(a.ids, a.scores) if s > cut} == \
-                       {d for d, s in zip(b.ids, b.scores) if s > cut}
-
-
 def test_concurrent_single_query_calls_equal_one_batched_call(scifact_index):
     """Many single-query calls from several threads at once (the service's worker pattern; the
     kernel releases the GIL) give exactly what one batched call gives."""
@@ -161,32 +143,20 @@ def test_concurrent_single_query_calls_equal_one_batched_call(scifact_index):
 
 
 def test_fast_kernel_is_used(scifact_index, monkeypatch):
-    """numba is a core dependency: searches go through our kernel (a bm25s upgrade that changes
-    the score layout fails loudly in Bm25sScores instead of silently falling back)."""
+    """Searches go through our numba kernels; the kernel follows the setting."""
     from deepretrieval.search import bm25
 
-    assert scifact_index.info()["kernel"] is True
+    assert scifact_index.info()["kernel"] is True and scifact_index.info()["topk"] == "auto"
     calls = []
     real = bm25.BM25Index._search_kernel
 
-    def counting(self, batch, k):
-        calls.append(len(batch))
-        return real(self, batch, k)
+    def counting(self, batch, k, kernel=None):
+        calls.append((len(batch), kernel))
+        return real(self, batch, k, kernel)
 
     monkeypatch.setattr(bm25.BM25Index, "_search_kernel", counting)
     scifact_index.search(["bone density", "vitamin d"], 10)
-    assert calls == [2]
-    monkeypatch.setenv("DEEPRETRIEVAL_BM25_KERNEL", "0")
-    assert scifact_index.kernel_disabled_reason() == "DEEPRETRIEVAL_BM25_KERNEL is off"
+    assert calls == [(2, "exhaustive")]
+    monkeypatch.setenv("DEEPRETRIEVAL_BM25_TOPK", "pruned")
     scifact_index.search(["bone density"], 10)
-    assert calls == [2]
-
-
-def test_unsupported_bm25s_layout_is_an_error(scifact_index, monkeypatch):
-    import bm25s
-
-    from deepretrieval.search.bm25 import Bm25sScores
-
-    monkeypatch.setattr(bm25s, "__version__", "0.9.0")
-    with pytest.raises(RuntimeError, match="outside the supported range"):
-        Bm25sScores(scifact_index.retriever)
+    assert calls[-1] == (1, "pruned")

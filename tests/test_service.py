@@ -212,7 +212,7 @@ def test_concurrent_requests_are_coalesced(scifact_index, scifact_queries):
     ({"queries": [1, 2], "topk": 3, "index": "scifact"}, 422, "'queries'"),
     ({"queries": ["q"], "topk": 3, "index": "scifact", "options": [1]}, 422, "'options'"),
     ({"queries": ["q"], "topk": 3, "index": "scifact", "options": {"maxdate": "2020"}}, 422,
-     "BM25 takes no search options"),
+     "BM25 takes only the search option"),
     ({"queries": ["q"], "topk": 3, "index": "scifact", "format": "xml"}, 422, "'format'"),
     ([1, 2], 400, "JSON object"),
 ])

@@ -11,7 +11,7 @@ from deepretrieval.core import settings
 from deepretrieval.core.beir_files import load_corpus
 from deepretrieval.core.results import SearchError
 from deepretrieval.core.sql_text import DEFAULT_TIMEOUT_S
-from deepretrieval.search.bm25 import BM25Index
+from deepretrieval.search.bm25_build import build_index, count_lines
 from deepretrieval.search.dense import ENCODE_CHUNK_DOCS, PRECISIONS, DenseIndex, HNSWParams
 from deepretrieval.search.dense_place import (
     Placement,
@@ -25,14 +25,26 @@ from deepretrieval.search.sql import MAX_TIMEOUT_S, SqliteBackend, write_sqlite_
 
 
 def register(sub) -> None:
-    p = sub.add_parser("index", help="build a BM25 index from a BEIR corpus",
-                       description="Build a BM25 index from a BEIR corpus.jsonl(.gz) and save it "
-                                   "under the index root (or --out).")
-    p.add_argument("--corpus", required=True, help="corpus.jsonl(.gz) or a BEIR folder")
+    p = sub.add_parser("index", help="build a BM25 index from a BEIR corpus or DPR passages",
+                       description="Build a BM25 index from a BEIR corpus.jsonl(.gz) (or DPR's "
+                                   "psgs_w100.tsv(.gz)) and save it under the index root (or "
+                                   "--out). The build streams: memory is bounded by --memory-mb, "
+                                   "not by the corpus; an interrupted build resumes from "
+                                   "<out>.partial when run again.")
+    p.add_argument("--corpus", required=True,
+                   help="corpus.jsonl(.gz), a BEIR folder, or a DPR passage file .tsv(.gz)")
     p.add_argument("--name", required=True, help="index name (how tasks and the service find it)")
     p.add_argument("--out", help="index directory (default: <index root>/<name>)")
     p.add_argument("--k1", type=float, default=0.9)
     p.add_argument("--b", type=float, default=0.4)
+    p.add_argument("--shards", type=int, default=1,
+                   help="split into N shards (contiguous document ranges, global statistics; "
+                        "searched together as one index, or served one per replica)")
+    p.add_argument("--memory-mb", type=int, default=None,
+                   help="memory budget of the build (default: DEEPRETRIEVAL_BM25_BUILD_MB or 1024)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="tokenizer processes (default: DEEPRETRIEVAL_BM25_BUILD_WORKERS or the "
+                        "CPU count)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser(
@@ -101,10 +113,20 @@ def register(sub) -> None:
 
 def cmd_index(args) -> int:
     out = Path(args.out) if args.out else settings.index_dir() / args.name
-    index = BM25Index.build(load_corpus(args.corpus), name=args.name, k1=args.k1, b=args.b,
-                            show_progress=settings.progress_enabled())
-    index.save(out)
-    print(f"indexed {len(index)} documents → {out}")
+    corpus = Path(args.corpus)
+    docs = load_corpus(corpus)  # raises for a missing file before any work
+    show = settings.progress_enabled()
+    total = count_lines(corpus) if show and corpus.is_file() else None
+    if total is not None and corpus.name.endswith((".tsv", ".tsv.gz")):
+        total -= 1  # the header line
+    stat = corpus.stat()
+    source = f"{corpus.resolve()} {stat.st_size} {stat.st_mtime_ns}"
+    build_index(docs, out, name=args.name, k1=args.k1, b=args.b, shards=args.shards,
+                memory_mb=args.memory_mb, workers=args.workers, total=total, show_progress=show,
+                source=source)
+    n = json.loads((out / "meta.json").read_text())["num_docs"]
+    shards = f" in {args.shards} shards" if args.shards > 1 else ""
+    print(f"indexed {n} documents{shards} → {out}")
     return 0
 
 

@@ -53,9 +53,40 @@ def iter_jsonl(path: Path, required: tuple[str, ...] = ("_id",), *,
 
 
 def load_corpus(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Documents (``{"_id", "title", "text"}``) of a BEIR ``corpus.jsonl(.gz)`` (or its folder)
+    or of a DPR passage file (``.tsv(.gz)``: ``id<TAB>text<TAB>title`` with a header line, as
+    DPR's ``psgs_w100.tsv``), read as a stream."""
     path = Path(path)
     file = _find(path, "corpus.jsonl") if path.is_dir() else path
+    if file.name.endswith((".tsv", ".tsv.gz")):
+        return iter_dpr_tsv(file)
     return iter_jsonl(file, required=("_id",))
+
+
+def iter_dpr_tsv(path: Path) -> Iterator[dict[str, Any]]:
+    """DPR's passage TSV (``id``, ``text``, ``title`` columns, csv-quoted as DPR writes it)."""
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    csv.field_size_limit(1 << 30)
+    with _open_text(path) as fh:
+        reader = csv.reader(fh, delimiter="\t")
+        header = next(reader, None)
+        if header is None:
+            return
+        cols = [c.strip().lower() for c in header]
+        if not {"id", "text"} <= set(cols):
+            raise FormatError(f"{path}:1: expected a header with id, text (and title) columns, "
+                              f"got {header[:5]}")
+        i_id, i_text = cols.index("id"), cols.index("text")
+        i_title = cols.index("title") if "title" in cols else None
+        for lineno, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) < len(cols):
+                raise FormatError(f"{path}:{lineno}: expected {len(cols)} tab-separated "
+                                  f"columns, got {len(row)}")
+            yield {"_id": row[i_id], "title": row[i_title] if i_title is not None else "",
+                   "text": row[i_text]}
 
 
 def load_queries(path: str | Path) -> dict[str, str]:

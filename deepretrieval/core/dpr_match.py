@@ -22,6 +22,8 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
+import numpy as np
+
 
 def _kind(ch: str) -> int:
     """2: part of an alphanumeric run; 1: a one-character token; 0: a separator."""
@@ -33,8 +35,39 @@ def _kind(ch: str) -> int:
     return 1
 
 
+class _Kinds(dict):
+    """code point → ``"0"``/``"1"``/``"2"`` (its :func:`_kind`), filled as characters are seen:
+    ``str.translate`` with it maps a text to its kinds at C speed."""
+
+    def __missing__(self, cp: int) -> str:
+        value = self[cp] = "012"[_kind(chr(cp))]
+        return value
+
+
+_KINDS = _Kinds()
+
+
 def tokens(text: str) -> list[str]:
-    """DPR ``SimpleTokenizer`` tokens of NFD-normalised ``text``, lower-cased."""
+    """DPR ``SimpleTokenizer`` tokens of NFD-normalised ``text``, lower-cased. The text is mapped
+    to its characters' kinds (``str.translate``), the token boundaries are found in that with
+    numpy, and the tokens cut from the text: the rule of :func:`tokens_by_char`, several times
+    faster."""
+    text = unicodedata.normalize("NFD", text)
+    if not text:
+        return []
+    kind = np.frombuffer(text.translate(_KINDS).encode("ascii"), dtype=np.uint8)
+    run = kind == 50                                   # "2": inside an alphanumeric run
+    prev = np.concatenate(([False], run[:-1]))
+    nxt = np.concatenate((run[1:], [False]))
+    single = np.flatnonzero(kind == 49)                # "1": a one-character token
+    starts = np.concatenate((np.flatnonzero(run & ~prev), single))
+    ends = np.concatenate((np.flatnonzero(run & ~nxt) + 1, single + 1))
+    order = np.argsort(starts, kind="stable")
+    return [text[a:b].lower() for a, b in zip(starts[order].tolist(), ends[order].tolist())]
+
+
+def tokens_by_char(text: str) -> list[str]:
+    """:func:`tokens`, written as the rule reads (the reference the regex is tested against)."""
     text = unicodedata.normalize("NFD", text)
     out: list[str] = []
     i, n = 0, len(text)
@@ -63,11 +96,34 @@ def contains(hay: Sequence[str], needle: Sequence[str]) -> bool:
     m = len(needle)
     if m == 0:
         return True
-    first = needle[0]
-    for i in range(len(hay) - m + 1):
-        if hay[i] == first and tuple(hay[i:i + m]) == tuple(needle):
+    hay, needle = tuple(hay), tuple(needle)
+    first, i = needle[0], 0
+    last = len(hay) - m
+    while i <= last:
+        try:
+            i = hay.index(first, i, last + 1)  # C speed
+        except ValueError:
+            return False
+        if hay[i:i + m] == needle:
             return True
+        i += 1
     return False
+
+
+@lru_cache(maxsize=4096)
+def _answer_tokens(answer: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """An answer's tokens, and the same folded for the substring pre-check (see
+    :func:`_folded`)."""
+    toks = tuple(tokens(answer))
+    return toks, tuple(t.replace("ς", "σ") for t in toks)
+
+
+def _folded(passage: str) -> str:
+    """The passage NFD-normalised, lower-cased character by character (``str.lower`` plus
+    ς → σ: Python's only context-dependent lower-casing is Greek final sigma). Every token of
+    the passage, folded the same way, is a substring of it: an answer token that is not cannot
+    match, so most passages are ruled out without being tokenised."""
+    return unicodedata.normalize("NFD", passage).lower().replace("ς", "σ")
 
 
 def has_answer(passage: str, answers: Iterable[str]) -> bool:
@@ -77,20 +133,32 @@ def has_answer(passage: str, answers: Iterable[str]) -> bool:
     (as in pyserini) — callers that accept loose input convert answers to ``str`` first."""
     if not isinstance(passage, str):
         raise TypeError(f"passage must be a string, not {type(passage).__name__}")
-    hay = _passage_tokens(passage)
+    folded = None
     for answer in answers:
         if not isinstance(answer, str):
             raise TypeError(f"answer must be a string, not {type(answer).__name__}")
-        if contains(hay, tokens(answer)):
+        toks, folded_toks = _answer_tokens(answer)
+        if folded is None:
+            folded = _folded(passage)
+        if all(t in folded for t in folded_toks) and contains(_passage_tokens(passage), toks):
             return True
     return False
 
 
-def first_answer_rank(passages: Sequence[str], answers: Sequence[str],
+def first_answer_rank(passages: Iterable[str], answers: Sequence[str],
                       depth: int | None = None) -> int | None:
-    """1-based rank of the first passage (within ``depth``) that has one of ``answers``."""
+    """1-based rank of the first passage (within ``depth``) that has one of ``answers``;
+    ``passages`` may be any iterable (it is consumed only up to the first hit)."""
     answers = list(answers)
-    for rank, passage in enumerate(passages if depth is None else passages[:depth], start=1):
+    for rank, passage in enumerate(passages, start=1):
+        if depth is not None and rank > depth:
+            break
         if has_answer(passage, answers):
             return rank
     return None
+
+
+def answer_keys(answers: Iterable[object]) -> list[str]:
+    """The answers the evidence reward matches: as strings, each once, in order, without those
+    that have no token (an empty answer would match every passage)."""
+    return [a for a in dict.fromkeys(str(a) for a in answers) if tokens(a)]

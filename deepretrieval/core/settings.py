@@ -42,13 +42,17 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("DEEPRETRIEVAL_SEARCH_TOKEN", "str", "bearer token of the retrieval service"),
     Setting("DEEPRETRIEVAL_PROGRESS", "bool", "progress bars (default on)"),
     Setting("DEEPRETRIEVAL_BM25_THREADS", "int", "threads of the BM25 top-k kernel"),
-    Setting("DEEPRETRIEVAL_BM25_KERNEL", "bool", "use the numba top-k kernel (default on)"),
     Setting("DEEPRETRIEVAL_DENSE_PLACEMENT", "str", "dense placement for every dense index, "
             "e.g. torch:gpus=0-3 (default: the index's own, else flat)"),
     Setting("DEEPRETRIEVAL_DENSE_RAM_GB", "float", "RAM a dense placement may use (default: "
             "MemAvailable)"),
     Setting("DEEPRETRIEVAL_DENSE_BLOCK_MB", "int", "vectors read per block when building, "
             "loading or streaming a dense index (default 256)"),
+    Setting("DEEPRETRIEVAL_BM25_TOPK", "str",
+            "BM25 top-k kernel: auto (pruned for small k on large indexes), exhaustive, pruned"),
+    Setting("DEEPRETRIEVAL_BM25_BUILD_MB", "int", "BM25 build memory budget in MB (default 1024)"),
+    Setting("DEEPRETRIEVAL_BM25_BUILD_WORKERS", "int",
+            "BM25 build tokenizer processes (default: CPU count; 0: in the main process)"),
     Setting("DEEPRETRIEVAL_DOWNLOAD_CHUNK_BYTES", "int", "download chunk size"),
     Setting("DEEPRETRIEVAL_SEARCH_TIMEOUT", "float", "service client timeout (s)"),
     Setting("DEEPRETRIEVAL_SEARCH_RETRIES", "int", "service client retries"),

@@ -482,8 +482,7 @@ class BooleanIndex:
         self.doc_ids = bm25.doc_ids
         self._ids = np.asarray(self.doc_ids, dtype=object)
         self.analyzer = Analyzer(bm25.tokenizer, extra_terms)
-        s = bm25.retriever.scores
-        self._data, self._indices, self._indptr = s["data"], s["indices"], s["indptr"]
+        self._data, self._indices, self._indptr = bm25.data, bm25.indices, bm25.indptr
         self.num_docs = len(self.doc_ids)
         self.has_dates = bool((dates > 0).any())
 

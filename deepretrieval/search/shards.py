@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from deepretrieval.core import deadline
+from deepretrieval.core import deadline, dpr_match
 from deepretrieval.core.results import Backend, DocumentStore, SearchError, SearchResult
 
 INDEX_TYPE = "sharded"
@@ -97,12 +97,20 @@ class ShardedBackend:
     def search(self, queries: list[str], k: int, *, return_text: bool = False,
                options: dict[str, Any] | None = None) -> list[SearchResult]:
         at = deadline.current()  # the caller's compute deadline holds in the shard threads too
+        options = dict(options or {})
+        # the evidence option ranks the merged list: the shards return texts, the rank is taken
+        # here (a shard's own first answer-bearing rank says nothing about the merged order)
+        answers = options.pop("answers", None)
+        if answers is not None and (not isinstance(answers, list)
+                                    or not all(isinstance(a, str) for a in answers)):
+            raise ValueError("'answers' must be a list of answer strings")
+        shard_text = return_text or answers is not None
 
         def one(s: int) -> list[SearchResult]:
             try:
                 with deadline.deadline_scope(at):
-                    return self.shards[s].search(queries, k, return_text=return_text,
-                                                 options=options)
+                    return self.shards[s].search(queries, k, return_text=shard_text,
+                                                 options=options or None)
             except (ValueError, deadline.DeadlineExceeded):
                 raise  # bad arguments: the same for every shard, reported as such
             except Exception as exc:  # noqa: BLE001 - any shard failure names the shard
@@ -110,7 +118,16 @@ class ShardedBackend:
                                   f"{type(exc).__name__}: {exc}") from exc
 
         per_shard = list(self._pool.map(one, range(len(self.shards))))
-        return merge_results(per_shard, k, self.shard_names)
+        merged = merge_results(per_shard, k, self.shard_names)
+        if answers is not None:
+            keys = dpr_match.answer_keys(answers)
+            for r in merged:
+                if r.error is None:
+                    r.info["first_answer_rank"] = (dpr_match.first_answer_rank(r.texts or [], keys)
+                                                   if keys else None)
+                    if not return_text:
+                        r.texts = r.titles = None
+        return merged
 
     def documents(self, ids: list[str]) -> list[dict[str, str] | None]:
         """Each id's document from the first shard that holds it (None: no shard does); see

@@ -64,7 +64,7 @@ def normalize_answer(text: str) -> str:
 
 def _answer_list(answers: Iterable[str]) -> list[str]:
     # answers without any token ("", "  ") would match every passage: ignored here
-    return [a for a in dict.fromkeys(str(a) for a in answers) if dpr_match.tokens(a)]
+    return dpr_match.answer_keys(answers)
 
 
 def has_answer(passage: str, answers: Iterable[str]) -> bool:
@@ -116,16 +116,19 @@ class EvidenceFamily(Family):
         return ["first_hit_rank"] + [f"hit@{k}" for k in HIT_KS] + ["hit"]
 
     def plan(self, task, value, ground_truth, extra_info, mode) -> SearchPlan:
+        # the gold answers travel with the search: the index ranks its own passages (search
+        # option ``answers``) and no passage text comes back
         return SearchPlan(index=extra_info.get("search_index") or task.index, query=value,
-                          k=task.depth(mode), return_text=True)
+                          k=task.depth(mode),
+                          options={"answers": _answer_list(answers_from_ground_truth(ground_truth))})
 
     def score(self, task, plan, result, ground_truth, extra_info, mode) -> dict[str, float]:
         depth = task.depth(mode)
-        texts = result.texts if result.texts is not None else []
-        if result.ids and result.texts is None:
-            raise ValueError(f"index {plan.index!r} returned no passage texts")
-        rank = first_answer_rank(texts, answers_from_ground_truth(ground_truth), depth)
-        return evidence_metrics(rank, depth)
+        if "first_answer_rank" not in result.info:
+            raise ValueError(f"index {plan.index!r} returned no first_answer_rank for the "
+                             f"'answers' option")
+        rank = result.info["first_answer_rank"]
+        return evidence_metrics(rank if rank is not None and rank <= depth else None, depth)
 
     def empty_metrics(self, task):
         """Nothing searched (bad format): no hit, as if nothing was found within the depth."""

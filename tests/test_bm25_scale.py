@@ -1,0 +1,388 @@
+"""The streaming BM25 build (format 2), its kernels, shards and the evidence option.
+
+* the build's impacts are bm25s's ``lucene`` impacts bit for bit (SciFact, against bm25s itself);
+* a build in many chunks over worker processes equals a one-chunk build (same files);
+* an interrupted build resumes after its last complete chunk and ends equal;
+* the build's peak memory is bounded by its setting, not by the corpus (subprocess, ru_maxrss);
+* the pruned (MaxScore) kernel equals the exhaustive one exactly, ties included;
+* shards built with global statistics merge into exactly one index's results;
+* the ``answers`` option gives the evidence reward's first answer-bearing rank;
+* format-1 indexes (bm25s files) still load and give the same results.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deepretrieval.core.beir_files import load_corpus, load_queries
+from deepretrieval.core.bundled import collection_dir
+from deepretrieval.search import load_index_dir
+from deepretrieval.search.bm25 import BM25Index
+from deepretrieval.search.bm25_build import build_index, tokenize_chunk
+
+MATRIX = ("data", "indices", "indptr", "term_max", "block_max", "block_ptr")
+
+
+@pytest.fixture(scope="module")
+def scifact_docs():
+    return list(load_corpus(collection_dir("scifact")))
+
+
+@pytest.fixture(scope="module")
+def claims():
+    return list(load_queries(collection_dir("scifact")).values())
+
+
+def generated_docs(n: int, vocab: int = 300, seed: int = 0) -> list[dict]:
+    """Zipfian pseudo-words (few distinct words: many exactly tied scores), some titles, some
+    documents of stopwords only (bm25s's empty-document token), non-ASCII text."""
+    rng = np.random.default_rng(seed)
+    words = ["the", "of", "and", "a"] + [f"w{i}x" for i in range(vocab)] + ["café", "naïve"]
+    p = 1.0 / np.arange(1, len(words) + 1)
+    p /= p.sum()
+    docs = []
+    for i in range(n):
+        if i % 97 == 5:
+            text = "the of and a"
+        else:
+            text = " ".join(words[j] for j in rng.choice(len(words), size=int(rng.integers(3, 40)), p=p))
+        docs.append({"_id": f"d{i}", "title": f"Title {i % 7}" if i % 3 == 0 else "", "text": text})
+    return docs
+
+
+def same_index(a: Path, b: Path) -> None:
+    for name in MATRIX:
+        assert np.array_equal(np.load(a / f"{name}.npy"), np.load(b / f"{name}.npy")), name
+    assert json.loads((a / "vocab.json").read_text()) == json.loads((b / "vocab.json").read_text())
+    for col in ("ids", "texts", "titles"):
+        for ext in ("bin", "idx"):
+            fa, fb = a / f"{col}.{ext}", b / f"{col}.{ext}"
+            assert fa.exists() == fb.exists()
+            if fa.exists():
+                assert fa.read_bytes() == fb.read_bytes(), fa
+
+
+# ---- exactness against bm25s -----------------------------------------------------------------
+
+def test_impacts_equal_bm25s_lucene_bit_for_bit(scifact_docs, tmp_path):
+    import bm25s
+    import Stemmer
+    from bm25s.tokenization import Tokenizer
+
+    build_index(scifact_docs, tmp_path / "ours", name="s", show_progress=False)
+    ours = BM25Index.load(tmp_path / "ours")
+    texts = [f"{(d.get('title') or '').strip()} {(d.get('text') or '').strip()}".strip()
+             for d in scifact_docs]
+    tok = Tokenizer(stemmer=Stemmer.Stemmer("english"), stopwords="en", splitter=r"(?u)\b\w\w+\b")
+    ref = bm25s.BM25(k1=0.9, b=0.4, method="lucene")
+    ref.index(tok.tokenize(texts, show_progress=False, return_as="tuple"), show_progress=False)
+    s = ref.scores
+    vocab = tok.get_vocab_dict()
+    assert set(vocab) - {""} == set(ours.tokenizer.vocab) - {""}
+    for stem, sid in vocab.items():
+        a, z = s["indptr"][sid], s["indptr"][sid + 1]
+        g = ours.tokenizer.vocab.get(stem)
+        if g is None:
+            assert a == z
+            continue
+        assert np.array_equal(s["data"][a:z], ours.data[ours.indptr[g]:ours.indptr[g + 1]]), stem
+        assert np.array_equal(s["indices"][a:z], ours.indices[ours.indptr[g]:ours.indptr[g + 1]])
+
+
+def test_tokenizer_equals_bm25s_on_hard_text():
+    import Stemmer
+    from bm25s.tokenization import Tokenizer
+
+    texts = ["Ünïcödé ZZ zz CAFÉS l'été naïvement 3D x2 __init__ ΟΔΟΣ ὀδός İstanbul",
+             "the and of", "", "a", "running RUNS ran runner's", "日本語のテキスト 中文", "ǅemal ß SS"]
+    tok = Tokenizer(stemmer=Stemmer.Stemmer("english"), stopwords="en", splitter=r"(?u)\b\w\w+\b")
+    ref = tok.tokenize(texts, show_progress=False, return_as="tuple")
+    inv = {i: s for s, i in ref.vocab.items()}
+    post = tokenize_chunk(texts, __import__("bm25s").stopwords.STOPWORDS_EN, batch=3)
+    for d, ids in enumerate(ref.ids):
+        expected = {}
+        for t in ids:
+            expected[inv[t]] = expected.get(inv[t], 0) + 1
+        mine = {post.stems[t]: int(f) for t, dd, f in zip(post.terms, post.docs, post.tfs) if dd == d}
+        assert mine == expected, texts[d]
+        assert post.lengths[d] == len(ids)
+
+
+# ---- chunks, workers, resume, memory ----------------------------------------------------------
+
+def test_chunked_build_in_workers_equals_one_chunk(scifact_docs, tmp_path):
+    build_index(scifact_docs, tmp_path / "one", name="s", workers=0, show_progress=False,
+                chunk_bytes=1 << 40)
+    build_index(scifact_docs, tmp_path / "many", name="s", workers=2, show_progress=False,
+                chunk_bytes=300_000, merge_postings=5_000)   # many chunks, many merge ranges
+    same_index(tmp_path / "one", tmp_path / "many")
+    docs = generated_docs(3000)
+    build_index(docs, tmp_path / "g1", name="g", workers=0, show_progress=False, chunk_bytes=1 << 40)
+    build_index(docs, tmp_path / "g2", name="g", workers=2, show_progress=False, chunk_bytes=5_000)
+    same_index(tmp_path / "g1", tmp_path / "g2")
+    index = BM25Index.load(tmp_path / "g2")
+    assert index.titles is not None and index.titles[3] == "Title 3" and index.titles[1] == ""
+    assert index.texts[0].startswith("Title 0 ") and index.doc_ids[2999] == "d2999"
+
+
+def test_interrupted_build_resumes_from_its_chunks(tmp_path):
+    docs = generated_docs(3000, seed=3)
+    build_index(docs, tmp_path / "whole", name="g", workers=0, show_progress=False,
+                chunk_bytes=1 << 40)
+    out = tmp_path / "resumed"
+    assert build_index(docs, out, name="g", workers=2, show_progress=False, chunk_bytes=4_000,
+                       stop_after_chunks=5) is None
+    partial = out.with_name("resumed.partial")
+    kept = sorted(p.name for p in (partial / "chunks").iterdir())
+    assert 1 <= len(kept) <= 5 and not out.exists()
+    seen = []
+    real = tokenize_chunk
+
+    def counting(texts, *a, **kw):
+        seen.append(len(texts))
+        return real(texts, *a, **kw)
+
+    import deepretrieval.search.bm25_build as bb
+    old, bb.tokenize_chunk = bb.tokenize_chunk, counting
+    try:
+        build_index(docs, out, name="g", workers=0, show_progress=False, chunk_bytes=4_000)
+    finally:
+        bb.tokenize_chunk = old
+    assert sum(seen) < len(docs)               # the kept chunks were not tokenized again
+    assert not partial.exists()
+    whole, resumed = BM25Index.load(tmp_path / "whole"), BM25Index.load(out)
+    queries = [d["text"][:40] for d in docs[::50]]
+    for a, b in zip(whole.search(queries, 50), resumed.search(queries, 50)):
+        assert (a.ids, a.scores) == (b.ids, b.scores)
+    assert list(resumed.doc_ids) == [d["_id"] for d in docs]
+
+
+def test_build_errors(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        build_index([], tmp_path / "e", name="e", show_progress=False)
+    with pytest.raises(ValueError, match="not unique: 'x'"):
+        build_index([{"_id": "x", "text": "a b"}, {"_id": "y", "text": "c"}, {"_id": "x", "text": "d"}],
+                    tmp_path / "d", name="d", show_progress=False)
+    with pytest.raises(ValueError, match="unknown stopword set"):
+        build_index([{"_id": "x", "text": "a"}], tmp_path / "s", name="s", stopwords="xx",
+                    show_progress=False)
+
+
+def test_peak_memory_is_bounded_by_the_setting_not_the_corpus(tmp_path):
+    """Two builds with the same 400 MB budget, of 20k and 100k documents of 100 words (5x the
+    text; ~2 vs ~10 chunks of ~5.5 MB): the main process's and the workers' peaks stay under the
+    budget, and the larger corpus adds far less than its extra text."""
+    script = textwrap.dedent("""
+        import json, resource, sys
+        import numpy as np
+        from deepretrieval.search.bm25_build import build_index
+        n, out = int(sys.argv[1]), sys.argv[2]
+        rng = np.random.default_rng(0)
+        words = np.array([f"w{i}" for i in range(20000)])
+        p = 1.0 / np.arange(1, 20001); p /= p.sum()
+        def docs():
+            for lo in range(0, n, 5000):
+                toks = rng.choice(20000, size=(5000, 100), p=p)
+                for j in range(5000):
+                    yield {"_id": str(lo + j), "text": " ".join(words[toks[j]])}
+        build_index(docs(), out, name="m", memory_mb=400, workers=2, show_progress=False)
+        print(json.dumps({"self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                          "workers": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+    """)
+    peaks = {}
+    for n in (20_000, 100_000):
+        proc = subprocess.run([sys.executable, "-c", script, str(n), str(tmp_path / f"m{n}")],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        peaks[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+        text_mb = (tmp_path / f"m{n}" / "texts.bin").stat().st_size / 2**20
+        peaks[n]["text_mb"] = text_mb
+    print(f"peak RSS MB (400 MB budget): {peaks}")
+    small, big = peaks[20_000], peaks[100_000]
+    assert big["text_mb"] > 4 * small["text_mb"]
+    for p in (small, big):
+        assert p["self"] < 400 and p["workers"] < 400, peaks
+    assert big["self"] - small["self"] < 0.5 * (big["text_mb"] - small["text_mb"]) + 40, peaks
+
+
+# ---- kernels ---------------------------------------------------------------------------------
+
+def test_pruned_kernel_equals_exhaustive_on_scifact(scifact_index, claims):
+    index = scifact_index
+    queries = claims + ["cancer cancer cell cell cell", "protein " * 50, "the of zzzqqq"]
+    for k in (1, 3, 10, 100):
+        ex = index.search(queries, k, kernel="exhaustive")
+        pr = index.search(queries, k, kernel="pruned")
+        assert [(r.ids, r.scores) for r in ex] == [(r.ids, r.scores) for r in pr], k
+
+
+def test_pruned_kernel_equals_exhaustive_with_ties_and_document_order(tmp_path):
+    docs = generated_docs(4000, vocab=60, seed=5)
+    build_index(docs, tmp_path / "t", name="t", show_progress=False)
+    index = BM25Index.load(tmp_path / "t")
+    rng = np.random.default_rng(1)
+    queries = [" ".join(f"w{j}x" for j in rng.integers(0, 60, size=int(rng.integers(1, 6))))
+               for _ in range(300)] + ["w1x w1x w2x", "café", "the"]
+    position = {d["_id"]: i for i, d in enumerate(docs)}
+    tied = 0
+    for k in (1, 2, 5, 10, 50):
+        ex = index.search(queries, k, kernel="exhaustive")
+        pr = index.search(queries, k, kernel="pruned")
+        for a, b in zip(ex, pr):
+            assert (a.ids, a.scores) == (b.ids, b.scores)
+            for j in range(1, len(a.ids)):
+                assert a.scores[j - 1] >= a.scores[j]
+                if a.scores[j - 1] == a.scores[j]:
+                    tied += 1
+                    assert position[a.ids[j - 1]] < position[a.ids[j]]
+    assert tied > 100  # the corpus really has ties
+    # which tied documents survive at the k-th place: the lowest-numbered ones
+    full = index.search(queries, 4000, kernel="exhaustive")
+    for q, top, all_ in zip(queries, index.search(queries, 5, kernel="pruned"), full):
+        assert top.ids == all_.ids[:5] and top.scores == all_.scores[:5], q
+
+
+def test_kernel_choice_is_automatic_and_overridable(scifact_index, monkeypatch):
+    assert scifact_index.kernel_for(10) == "exhaustive"        # 5,183 docs: small collection
+    monkeypatch.setattr("deepretrieval.search.bm25.PRUNE_MIN_DOCS", 1000)
+    assert scifact_index.kernel_for(10) == "pruned" and scifact_index.kernel_for(1000) == "pruned"
+    assert scifact_index.kernel_for(3000) == "exhaustive"
+    monkeypatch.setenv("DEEPRETRIEVAL_BM25_TOPK", "exhaustive")
+    assert scifact_index.kernel_for(10) == "exhaustive"
+    monkeypatch.setenv("DEEPRETRIEVAL_BM25_TOPK", "pruned")
+    assert scifact_index.kernel_for(3000) == "pruned"
+    monkeypatch.setenv("DEEPRETRIEVAL_BM25_TOPK", "fast")
+    with pytest.raises(ValueError, match="DEEPRETRIEVAL_BM25_TOPK"):
+        scifact_index.search(["x"], 3)
+
+
+# ---- shards ------------------------------------------------------------------------------------
+
+def test_shards_merge_into_exactly_one_index(scifact_docs, claims, tmp_path):
+    build_index(scifact_docs, tmp_path / "one", name="one", show_progress=False)
+    build_index(scifact_docs, tmp_path / "three", name="three", shards=3, workers=2,
+                show_progress=False, chunk_bytes=2_000_000, merge_postings=20_000)
+    one, three = load_index_dir(tmp_path / "one"), load_index_dir(tmp_path / "three")
+    meta = json.loads((tmp_path / "three" / "meta.json").read_text())
+    assert meta["type"] == "sharded" and len(meta["shards"]) == 3
+    assert three.info()["shards"] == 3
+    for k in (3, 10, 1000):
+        a = one.search(claims, k, return_text=(k == 3))
+        b = three.search(claims, k, return_text=(k == 3))
+        assert [(r.ids, r.scores) for r in a] == [(r.ids, r.scores) for r in b], k
+        if k == 3:
+            assert [r.texts for r in a] == [r.texts for r in b]
+    ranks = [one.search(claims[:50], 500, options={"answers": ["cell", "protein"]}),
+             three.search(claims[:50], 500, options={"answers": ["cell", "protein"]})]
+    assert [r.info for r in ranks[0]] == [r.info for r in ranks[1]]
+    assert {r.info["first_answer_rank"] for r in ranks[0]} - {None}
+
+
+# ---- the evidence option -----------------------------------------------------------------------
+
+def test_answers_option_gives_the_evidence_rank(scifact_index, claims):
+    from deepretrieval.tasks.evidence import first_answer_rank
+
+    answers = [["cancer"], ["vitamin D", "bone"], ["The"], [""], ["zzzz qqqq"], ["T cells"]]
+    for ans in answers:
+        with_text = scifact_index.search(claims[:40], 300, return_text=True)
+        ranked = scifact_index.search(claims[:40], 300, options={"answers": ans})
+        for a, b in zip(with_text, ranked):
+            assert b.texts is None and a.ids == b.ids
+            assert b.info["first_answer_rank"] == first_answer_rank(a.texts, ans, 300)
+    with pytest.raises(ValueError, match="only the search option"):
+        scifact_index.search(["x"], 3, options={"answer": ["x"]})
+    with pytest.raises(ValueError, match="list of answer strings"):
+        scifact_index.search(["x"], 3, options={"answers": "x"})
+
+
+# ---- format 1, DPR TSV -------------------------------------------------------------------------
+
+def test_format_1_index_still_loads(scifact_docs, claims, tmp_path):
+    """An index as the previous version wrote it (bm25s's files, doc_ids.json, texts.jsonl.gz)."""
+    import bm25s
+    import Stemmer
+    from bm25s.tokenization import Tokenizer
+
+    from deepretrieval.core.io import write_json_lines_gz
+
+    docs = scifact_docs[:800]
+    texts = [f"{(d.get('title') or '').strip()} {(d.get('text') or '').strip()}".strip() for d in docs]
+    tok = Tokenizer(stemmer=Stemmer.Stemmer("english"), stopwords="en", splitter=r"(?u)\b\w\w+\b")
+    ret = bm25s.BM25(k1=0.9, b=0.4, method="lucene")
+    ret.index(tok.tokenize(texts, show_progress=False, return_as="tuple"), show_progress=False)
+    old = tmp_path / "v1"
+    ret.save(old / "bm25", show_progress=False)
+    tok.save_vocab(old / "tokenizer")
+    tok.save_stopwords(old / "tokenizer")
+    (old / "doc_ids.json").write_text(json.dumps([d["_id"] for d in docs]))
+    write_json_lines_gz(old / "texts.jsonl.gz", texts)
+    (old / "meta.json").write_text(json.dumps({"type": "bm25", "format": 1, "name": "v1",
+                                               "num_docs": len(docs), "params": {
+                                                   "k1": 0.9, "b": 0.4, "method": "lucene",
+                                                   "stopwords": "en"}}))
+    build_index(docs, tmp_path / "v2", name="v2", show_progress=False)
+    v1, v2 = load_index_dir(old), load_index_dir(tmp_path / "v2")
+    for k in (10, 1000):
+        a, b = v1.search(claims, k, return_text=True), v2.search(claims, k, return_text=True)
+        assert [(r.ids, r.scores, r.texts) for r in a] == [(r.ids, r.scores, r.texts) for r in b]
+
+
+def test_dpr_tsv_corpus(tmp_path):
+    from deepretrieval.core.beir_files import load_corpus as load
+
+    tsv = tmp_path / "psgs_w100.tsv.gz"
+    with gzip.open(tsv, "wt", encoding="utf-8") as f:
+        f.write("id\ttext\ttitle\n")
+        f.write('1\t"Aaron is a prophet, ""high priest"" and brother of Moses."\tAaron\n')
+        f.write("2\tThe Moon orbits the Earth.\tMoon\n")
+    docs = list(load(tsv))
+    assert docs == [{"_id": "1", "title": "Aaron",
+                     "text": 'Aaron is a prophet, "high priest" and brother of Moses.'},
+                    {"_id": "2", "title": "Moon", "text": "The Moon orbits the Earth."}]
+    build_index(load(tsv), tmp_path / "w", name="w", show_progress=False)
+    hit = BM25Index.load(tmp_path / "w").search(["high priest"], 1, return_text=True)[0]
+    assert hit.ids == ["1"] and hit.texts[0].startswith("Aaron Aaron is a prophet")
+
+
+def test_dpr_tokens_fast_path_equals_the_character_rule(scifact_docs):
+    from deepretrieval.core import dpr_match
+
+    every = "".join(chr(c) for c in range(0x110000))
+    assert dpr_match.tokens(every) == dpr_match.tokens_by_char(every)
+    for d in scifact_docs[:2000]:
+        text = d["title"] + " " + d["text"]
+        assert dpr_match.tokens(text) == dpr_match.tokens_by_char(text)
+    for s in ["", " ", "İstanbul ΟΔΟΣ", "AT&T e\u0301t\u00e9 _x_ 1,000", "\ud800a\U0010ffff"]:
+        assert dpr_match.tokens(s) == dpr_match.tokens_by_char(s)
+
+
+def test_has_answer_pre_check_never_changes_the_answer(scifact_docs):
+    """has_answer rules passages out by a substring pre-check before tokenising; it must agree
+    with the plain token rule everywhere (Greek final sigma, combining marks, punctuation)."""
+    import random
+
+    from deepretrieval.core import dpr_match
+
+    def plain(passage, answer):
+        hay, needle = dpr_match.tokens_by_char(passage), dpr_match.tokens_by_char(answer)
+        return any(hay[i:i + len(needle)] == needle for i in range(len(hay) - len(needle) + 1))
+
+    rng = random.Random(0)
+    pool = list("ΣσςΟΔ' -.aA&İi\u0301\u0307éZ1")
+    for _ in range(20000):
+        p = "".join(rng.choice(pool) for _ in range(rng.randint(0, 12)))
+        a = "".join(rng.choice(pool) for _ in range(rng.randint(1, 4)))
+        assert dpr_match.has_answer(p, [a]) == plain(p, a), (p, a)
+    texts = [d["title"] + " " + d["text"] for d in scifact_docs[:300]]
+    answers = ["cancer", "T cells", "vitamin D", "p53", "Alzheimer's disease", "2", "β-cell"]
+    for t in texts:
+        for a in answers:
+            assert dpr_match.has_answer(t, [a]) == plain(t, a), (a, t[:60])
