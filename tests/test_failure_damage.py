@@ -93,7 +93,7 @@ def test_temp_folder_of_a_killed_build_is_cleaned(tmp_path):
 def test_damaged_index_is_detected_with_a_rebuild_message(scifact_index, tmp_path):
     copy = tmp_path / "mine"
     shutil.copytree(scifact_index.path, copy)
-    (copy / "doc_ids.json").unlink()
+    (copy / "ids.idx").unlink()
     register_index("mine_damaged", copy)
     with pytest.raises(DamagedIndex, match="damaged or incomplete.*rebuild"):
         open_index("mine_damaged")
@@ -106,9 +106,9 @@ def test_damaged_builtin_rebuilds_itself(scifact_index, tmp_path, monkeypatch):
     root = tmp_path / "root"
     root.mkdir()
     shutil.copytree(scifact_index.path, root / "scifact")
-    (root / "scifact" / "doc_ids.json").unlink()      # what a cut-short delete used to leave
+    (root / "scifact" / "ids.idx").unlink()      # what a cut-short delete used to leave
     monkeypatch.setenv("DEEPRETRIEVAL_INDEX_DIR", str(root))
     index = open_index("scifact")
     assert len(index) == len(scifact_index)
-    assert (root / "scifact" / "doc_ids.json").is_file()
+    assert (root / "scifact" / "ids.idx").is_file()
     assert index.search(["stem cells"], 3)[0].ids == scifact_index.search(["stem cells"], 3)[0].ids

@@ -203,6 +203,9 @@ def test_profile_resolution(monkeypatch):
         paper_data_source("ctgov_no_reason", {})
 
 
+from deepretrieval.search.answer_ranks import search_ranking_answers  # noqa: E402
+
+
 class FakeSearcher:
     """Our searcher interface over fixed lists; records the calls."""
 
@@ -211,9 +214,14 @@ class FakeSearcher:
 
     def search(self, index, queries, k, return_text=False, options=None):
         self.calls.append((index, list(queries), k, return_text, options))
-        texts = list(self.texts)[:k] if return_text else None
-        return [SearchResult(ids=self.ids[:k], scores=[1.0] * len(self.ids[:k]), texts=texts)
-                for _ in queries]
+
+        def plain(queries, k, *, return_text=False, options=None):
+            texts = list(self.texts)[:k] if return_text else None
+            return [SearchResult(ids=self.ids[:k], scores=[1.0] * len(self.ids[:k]), texts=texts)
+                    for _ in queries]
+
+        # the evidence option `answers`, as a text-returning backend takes it
+        return search_ranking_answers(plain, "fake", queries, k, return_text, options)
 
     async def asearch(self, *args, **kwargs):
         return self.search(*args, **kwargs)

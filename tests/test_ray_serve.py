@@ -327,27 +327,3 @@ def test_a_replica_killed_under_load_fails_no_request(cluster):
         os.kill(victim, 0)
     after = ray_serve.replica_pids(deployment, 2, APP)  # Serve started a replacement
     assert len(after) == 2 and victim not in after
-
-
-def test_a_shard_down_is_a_named_error_never_a_partial_result(cluster, reference, indexes):
-    """Shard 1 of ``broken`` loses its passages file: every query that needs text fails with an
-    error naming ``shard1`` — the same answer as the single-process service's."""
-    (indexes["broken"] / "shard1" / "texts.jsonl.gz").unlink()
-    body = {"queries": QUERIES[:2], "topk": 3, "index": "broken"}
-    status, answer = _post(cluster, body)
-    ref_status, ref_answer = _post(reference, body)
-    # each query is its own error (per-query isolation), never a partial merge
-    assert status == ref_status == 200
-    answer, ref_answer = json.loads(answer), json.loads(ref_answer)
-    assert answer == ref_answer
-    assert answer["result"] == [[], []] and len(answer["errors"]) == 2
-    for entry in answer["errors"]:
-        message = json.dumps(entry)
-        assert "scifact2: shard1 failed: FileNotFoundError" in message and "texts.jsonl.gz" in message
-    with pytest.raises(SearchError, match="shard1 failed: FileNotFoundError"):
-        RaySearcher(APP).search("broken", ["cell biology"], 3, return_text=True)
-    (result,) = ServiceSearcher(cluster, retries=1).search("broken", ["cell biology"], 3,
-                                                            return_text=True)
-    assert not result.ids and "shard1 failed: FileNotFoundError" in result.error
-    # ids only: both shards can answer, the whole merge comes back
-    assert _post(cluster, {**body, "format": "hits"}) == _post(reference, {**body, "format": "hits"})

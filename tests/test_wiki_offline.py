@@ -46,7 +46,7 @@ def test_docs(docs):
 def test_index_builds_and_finds_articles_by_title(index, docs, _index_dir):
     assert index.info()["num_docs"] == 10033
     assert index.info()["params"]["source"] == wo.source_info()
-    assert index.doc_ids == [d["_id"] for d in docs]  # ids are the titles, in title order
+    assert list(index.doc_ids) == [d["_id"] for d in docs]  # ids are the titles, in title order
     titles = ["2001: A Space Odyssey", "Albert Einstein", "Photosynthesis", "The Beatles",
               "Mount Vesuvius", "Yuri Gagarin"]
     results = index.search(titles, 3, return_text=True)
@@ -56,7 +56,7 @@ def test_index_builds_and_finds_articles_by_title(index, docs, _index_dir):
         assert res.texts[0].startswith(title + " ")
     # reopening loads the saved index (same source), with the same ids
     again = wo.bm25_index()
-    assert again.doc_ids == index.doc_ids
+    assert list(again.doc_ids) == list(index.doc_ids)
     assert again.search(titles, 3)[0].ids == results[0].ids
 
 

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deepretrieval.core import dpr_match
 from deepretrieval.core.results import (
     Backend,
     DamagedIndex,
@@ -26,14 +25,14 @@ from deepretrieval.core.results import (
     SearchResult,
     search_sendable,
 )
-from deepretrieval.search.bm25 import BM25Index, answers_option
+from deepretrieval.search.bm25 import BM25Index
 from deepretrieval.search.boolean import BooleanIndex
 from deepretrieval.search.dense import DenseIndex
 from deepretrieval.search.shards import ShardedBackend
 from deepretrieval.search.sql import load_sqlite_index
 
 __all__ = ["Backend", "DamagedIndex", "SearchError", "SearchResult", "LocalSearcher", "load_index_dir",
-           "INDEX_TYPES", "AnswerRanks"]
+           "INDEX_TYPES"]
 
 #: Index types by ``meta.json`` ``type``. Dense indexes import torch/faiss only when opened.
 INDEX_TYPES: dict[str, Callable[[Path], Backend]] = {"bm25": BM25Index.load, "dense": DenseIndex.load,
@@ -41,45 +40,6 @@ INDEX_TYPES: dict[str, Callable[[Path], Backend]] = {"bm25": BM25Index.load, "de
                                                      "boolean": BooleanIndex.load,
                                                      "sharded": lambda p: ShardedBackend.load(
                                                          p, load_index_dir)}
-
-
-#: Index types whose backends take the evidence option ``answers`` themselves (ranked next to
-#: their stored texts); :func:`load_index_dir` gives the text-returning others (dense, Boolean) the
-#: same option through :class:`AnswerRanks`.
-NATIVE_ANSWERS = frozenset({"bm25", "sharded"})
-ANSWER_RANKED = frozenset({"dense", "boolean"})
-
-
-class AnswerRanks:
-    """The search option ``answers`` (gold answers for every query of the call) on a backend that
-    returns passage texts: searches with texts and puts the DPR first answer-bearing rank in
-    ``info["first_answer_rank"]`` (the texts are dropped again unless asked for). Everything
-    else is the wrapped backend's."""
-
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-        self.name = backend.name
-
-    def search(self, queries: list[str], k: int, *, return_text: bool = False,
-               options: dict[str, Any] | None = None) -> list[SearchResult]:
-        options = dict(options or {})
-        if "answers" not in options:
-            return self.backend.search(queries, k, return_text=return_text, options=options or None)
-        keys = answers_option({"answers": options.pop("answers")}, self.name)
-        results = self.backend.search(queries, k, return_text=True, options=options or None)
-        for r in results:
-            if r.error is None:
-                r.info["first_answer_rank"] = (dpr_match.first_answer_rank(r.texts or [], keys)
-                                               if keys else None)
-                if not return_text:
-                    r.texts = r.titles = None
-        return results
-
-    def info(self) -> dict[str, Any]:
-        return self.backend.info()
-
-    def __getattr__(self, name: str) -> Any:  # the wrapped index's attributes (doc_ids, path, ...)
-        return getattr(self.backend, name)
 
 
 def load_index_dir(path: str | os.PathLike) -> Backend:
@@ -97,8 +57,7 @@ def load_index_dir(path: str | os.PathLike) -> Backend:
     if kind not in INDEX_TYPES:
         raise SearchError(f"{path}: unknown index type {kind!r} (known: {sorted(INDEX_TYPES)})")
     try:
-        backend = INDEX_TYPES[kind](path)
-        return AnswerRanks(backend) if kind in ANSWER_RANKED else backend
+        return INDEX_TYPES[kind](path)
     except SearchError:
         raise
     except (OSError, ValueError, KeyError, IndexError, EOFError) as exc:  # a file missing or cut short

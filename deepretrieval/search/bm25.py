@@ -182,6 +182,9 @@ class BM25Index(StoredDocs):
             for item in Path(src).iterdir():
                 if item.is_file():
                     shutil.copy2(item, tmp / item.name)
+            meta = json.loads((tmp / "meta.json").read_text())
+            meta["params"] = self.params  # what the caller set (e.g. the corpus's source)
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         self.path = path
         return path
 

@@ -47,8 +47,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import Stemmer  # PyStemmer
-from bm25s.stopwords import STOPWORDS_EN
 from tqdm.auto import tqdm
 
 from deepretrieval.core import settings
@@ -77,11 +75,15 @@ def stopword_list(stopwords: str | None) -> list[str]:
     if stopwords is None:
         return []
     if stopwords in ("en", "english"):
+        from bm25s.stopwords import STOPWORDS_EN  # only where text is tokenized
+
         return list(STOPWORDS_EN)
     raise ValueError(f"unknown stopword set {stopwords!r} (known: {list(STOPWORD_SETS)} or None)")
 
 
 def english_stemmer():
+    import Stemmer  # PyStemmer: only where text is tokenized (a GPU check never does)
+
     return Stemmer.Stemmer("english").stemWord
 
 

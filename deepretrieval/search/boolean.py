@@ -51,6 +51,7 @@ import numpy as np
 
 from deepretrieval.core.deadline import check as check_deadline
 from deepretrieval.core.io import atomic_dir, read_json_lines_gz, write_json_lines_gz
+from deepretrieval.search.answer_ranks import search_ranking_answers
 from deepretrieval.core.results import SearchResult
 from deepretrieval.search.bm25 import BM25Index
 
@@ -652,6 +653,12 @@ class BooleanIndex:
         return lo, hi, sort
 
     def search(self, queries: list[str], k: int, *, return_text: bool = False,
+               options: dict[str, Any] | None = None) -> list[SearchResult]:
+        """Top-``k`` per query; the evidence option ``answers`` is applied here
+        (:func:`~deepretrieval.search.answer_ranks.search_ranking_answers`)."""
+        return search_ranking_answers(self._search, self.name, queries, k, return_text, options)
+
+    def _search(self, queries: list[str], k: int, *, return_text: bool = False,
                options: dict[str, Any] | None = None) -> list[SearchResult]:
         if k < 1:
             raise ValueError("k must be >= 1")

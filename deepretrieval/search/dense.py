@@ -42,6 +42,7 @@ import numpy as np
 
 from deepretrieval.core import settings
 from deepretrieval.core.io import atomic_dir, atomic_write, write_atomic
+from deepretrieval.search.answer_ranks import search_ranking_answers
 from deepretrieval.core.results import SearchResult, StoredDocs
 from deepretrieval.search.bm25 import collect_titled_docs
 from deepretrieval.search.dense_place import (
@@ -584,6 +585,12 @@ class DenseIndex(StoredDocs):
         return scores, positions
 
     def search(self, queries: list[str], k: int, *, return_text: bool = False,
+               options: dict[str, Any] | None = None) -> list[SearchResult]:
+        """Top-``k`` per query; the evidence option ``answers`` is applied here
+        (:func:`~deepretrieval.search.answer_ranks.search_ranking_answers`)."""
+        return search_ranking_answers(self._search, self.name, queries, k, return_text, options)
+
+    def _search(self, queries: list[str], k: int, *, return_text: bool = False,
                options: dict[str, Any] | None = None) -> list[SearchResult]:
         options = dict(options or {})
         ef_search = options.pop("ef_search", None)
