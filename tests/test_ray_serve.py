@@ -2,7 +2,7 @@
 
 One module-scoped cluster: two BM25 shards over the two halves of the bundled SciFact corpus
 served as the sharded index ``sf2`` (two replicas per shard), the first half alone as the plain
-index ``half``, and a copy of the shards as ``broken`` (one replica each) for the shard-down test.
+index ``half``, and a copy of the shards as ``broken`` (one replica each).
 The single-process service (``create_app`` over a ``ShardedBackend`` of the same shard
 directories) is the reference: every wire format must answer the same bytes.
 """
