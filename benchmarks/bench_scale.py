@@ -65,21 +65,12 @@ def load() -> str:
 # ---- the corpus ------------------------------------------------------------------------------
 
 def word_table(vocab: int, zipf: float):
-    """The benchmarks' pseudo-words (bench_service.generate_corpus: same seed, same order) and
-    their Zipf probabilities."""
-    from bm25s.stopwords import STOPWORDS_EN
+    """The benchmarks' pseudo-words and their Zipf probabilities (bench_service.word_table: the
+    same seed, the same words), and how many stopwords head the list."""
+    from bench_service import word_table as service_words
 
-    rng = np.random.default_rng(0)
-    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
-    words = list(STOPWORDS_EN)
-    seen = set(words)
-    while len(words) < vocab:
-        w = "".join(rng.choice(letters, size=int(rng.integers(4, 11))))
-        if w not in seen:
-            seen.add(w)
-            words.append(w)
-    p = 1.0 / np.arange(1, vocab + 1) ** zipf
-    return words, p / p.sum(), len(STOPWORDS_EN)
+    words, p, n_stop, _ = service_words(vocab, zipf, seed=0)
+    return words, p, n_stop
 
 
 def part_tokens(part: int, n_docs: int, p: np.ndarray, block: int = 50_000):

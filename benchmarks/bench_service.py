@@ -45,8 +45,10 @@ sys.path.insert(0, str(ROOT))
 
 # ---- data ------------------------------------------------------------------------------------
 
-def generate_corpus(n_docs: int, vocab: int, zipf: float, n_queries: int, seed: int = 0):
-    """Docs (BEIR dicts) and queries of the synthetic Zipfian corpus."""
+def word_table(vocab: int, zipf: float, seed: int = 0):
+    """The benchmarks' pseudo-words (the English stopwords first, then random lower-case words),
+    their Zipf probabilities, how many stopwords head the list, and the generator after drawing
+    them (``generate_corpus`` goes on drawing from it)."""
     from bm25s.stopwords import STOPWORDS_EN
 
     rng = np.random.default_rng(seed)
@@ -58,16 +60,21 @@ def generate_corpus(n_docs: int, vocab: int, zipf: float, n_queries: int, seed: 
         if w not in seen:
             seen.add(w)
             words.append(w)
-    words_arr = np.array(words)
     p = 1.0 / np.arange(1, vocab + 1) ** zipf
     p /= p.sum()
+    return words, p, len(STOPWORDS_EN), rng
+
+
+def generate_corpus(n_docs: int, vocab: int, zipf: float, n_queries: int, seed: int = 0):
+    """Docs (BEIR dicts) and queries of the synthetic Zipfian corpus."""
+    words, p, n_stop, rng = word_table(vocab, zipf, seed)
+    words_arr = np.array(words)
     lengths = rng.poisson(100, size=n_docs).clip(10)
     tokens = rng.choice(vocab, size=int(lengths.sum()), p=p)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     docs = [{"_id": f"g{i}", "title": "",
              "text": " ".join(words_arr[tokens[offsets[i]:offsets[i + 1]]])}
             for i in range(n_docs)]
-    n_stop = len(STOPWORDS_EN)
     queries = []
     for _ in range(n_queries):
         d = int(rng.integers(n_docs))
