@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="deepretrieval",
         description="Train LLMs with RL to write search queries; evaluate and serve them.")
     parser.add_argument("--version", action="version", version=f"deepretrieval {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -34,7 +34,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("search", help="search an index from the command line")
     p.add_argument("--index", required=True, help="index name or directory")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--top-k", "-k", dest="k", type=int, default=10,
+                   help="passages to return (default 10)")
     p.add_argument("--text", action="store_true", help="print document text")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("queries", nargs="+")

@@ -34,12 +34,12 @@ def register(sub) -> None:
                                    "agent_<set> (question in extra_info.question); --out is a folder, "
                                    "the file keeps its name.")
     p.add_argument("input", nargs="?", help="input parquet file (or --in)")
-    p.add_argument("--in", dest="inp", help="input parquet file")
+    p.add_argument("--input", "--in", dest="inp", help="input parquet file")
     p.add_argument("--from", dest="source", choices=CONVERT_SOURCES, default="deepretrieval",
                    help="who wrote the rows (default: deepretrieval, the original project)")
     p.add_argument("--out", required=True,
                    help="output parquet file (--from deepretrieval) or folder (--from search-r1)")
-    p.add_argument("--keep_data_source", "--keep-data-source", dest="keep_data_source",
+    p.add_argument("--keep-data-source", "--keep_data_source", dest="keep_data_source",
                    action="store_true", help="keep the original data_source names (--from deepretrieval)")
     p.add_argument("--index", default=None,
                    help=f"--from search-r1: the index the converted rows search (default "
@@ -73,10 +73,10 @@ def _cmd_convert(args) -> int:
 
 
 def add_download_arguments(p) -> None:
-    p.add_argument("--repo_id", "--repo-id", dest="repo_id", default=download.DEFAULT_REPO,
+    p.add_argument("--repo-id", "--repo_id", dest="repo_id", default=download.DEFAULT_REPO,
                    help=f"Hugging Face dataset repository (default: {download.DEFAULT_REPO})")
-    p.add_argument("--output_dir", "--output-dir", dest="output_dir", default="./data",
-                   help="where files land, as <output_dir>/<category>/<dataset>/... (default: ./data)")
+    p.add_argument("--out", "--output-dir", "--output_dir", dest="output_dir", default="./data",
+                   help="where files land, as <out>/<category>/<dataset>/... (default: ./data)")
     p.add_argument("--categories", nargs="+", default=["all"],
                    help=f"categories to download: {', '.join(download.CATEGORIES)} or all (default: all)")
     p.add_argument("--datasets", nargs="+", default=[],
@@ -86,11 +86,11 @@ def add_download_arguments(p) -> None:
     p.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
     p.add_argument("--token", default=None,
                    help="Hugging Face token for private/gated repos (default: HF_TOKEN / saved login)")
-    p.add_argument("--list_only", "--list-only", dest="list_only", action="store_true",
+    p.add_argument("--list-only", "--list_only", dest="list_only", action="store_true",
                    help="list categories and datasets with file counts; download nothing")
-    p.add_argument("--list_files", "--list-files", dest="list_files", action="store_true",
+    p.add_argument("--list-files", "--list_files", dest="list_files", action="store_true",
                    help="list every file in the repository; download nothing")
-    p.add_argument("--no_progress", "--no-progress", dest="no_progress", action="store_true",
+    p.add_argument("--no-progress", "--no_progress", dest="no_progress", action="store_true",
                    help="no per-file progress bars")
 
 

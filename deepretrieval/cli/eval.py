@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--rows", help="task rows (parquet) instead of the task's bundled data")
     p.add_argument("--out", help="run folder (default: runs/eval/<task>-<split>-<model>)")
     p.add_argument("--limit", type=int, help="only the first N rows")
-    p.add_argument("--no-reasoning", action="store_true",
+    p.add_argument("--no-reason", "--no-reasoning", dest="no_reasoning", action="store_true",
                    help="use the task's answer-only variant (<task>_no_reason)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -42,7 +42,7 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n", type=int, default=1, help="completions per row (needs --sampling)")
+    p.add_argument("--num-generations", "--n", dest="n", type=int, default=1, help="completions per row (needs --sampling)")
     p.add_argument("--lenient", action="store_true",
                    help="extract the query leniently (models not trained on the answer format)")
     p.add_argument("--prompt-format", choices=("auto", "original", "ours"), default="auto",
@@ -50,7 +50,7 @@ def register(sub) -> None:
                         "(rows of an original parquet file), as the released checkpoints were trained; "
                         "ours: the task's chat messages; auto (default): original for an original "
                         "checkpoint (DeepRetrieval/... or .../actor/global_step_N) on original rows")
-    p.add_argument("--base-url", help="OpenAI-compatible endpoint for openai:NAME (key: OPENAI_API_KEY)")
+    p.add_argument("--api-url", "--base-url", dest="base_url", help="OpenAI-compatible endpoint for openai:NAME (key: OPENAI_API_KEY)")
     p.add_argument("--api-prefill", choices=("none", "continue"), default="none",
                    help="send the answer prefill for the server to continue (vLLM) or not (default)")
     p.add_argument("--api-extra", help="JSON object merged into every API request body")

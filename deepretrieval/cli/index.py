@@ -66,7 +66,7 @@ def register(sub) -> None:
     p.add_argument("--ef-construction", type=int, default=HNSWParams.ef_construction)
     p.add_argument("--ef-search", type=int, default=HNSWParams.ef_search)
     p.add_argument("--max-seq-length", type=int, help="truncate passages (default: the model's)")
-    p.add_argument("--precision", choices=PRECISIONS, default="float32",
+    p.add_argument("--dtype", "--precision", dest="precision", choices=PRECISIONS, default="float32",
                    help="encoder compute precision (bfloat16 is several times faster on CPUs "
                         "with AMX)")
     p.add_argument("--batch-size", type=int, default=64)

@@ -58,15 +58,15 @@ def register(sub) -> None:
     q.add_argument("--name", required=True, help="collection / index / task name")
     q.add_argument("--dense", metavar="MODEL", help="also build a dense index with this encoder")
     q.add_argument("--out", help="folder for the rows (default: data/<name>)")
-    q.add_argument("--index_dir", "--index-dir", dest="index_dir",
+    q.add_argument("--index-dir", "--index_dir", dest="index_dir",
                    help="folder for the index(es) (default: <index root>/<name>[_dense])")
-    q.add_argument("--no_reason", "--no-reason", dest="no_reason", action="store_true",
+    q.add_argument("--no-reason", "--no_reason", dest="no_reason", action="store_true",
                    help="answer-only task variant NAME_no_reason, with the answer prefilled "
                         "(<answer>{\"query\": \", as scifact_no_reason): the small-model recipe")
-    q.add_argument("--test_fraction", "--test-fraction", dest="test_fraction", type=float,
+    q.add_argument("--test-fraction", "--test_fraction", dest="test_fraction", type=float,
                    help="split the one --qrels file: this share of the queries to test.parquet, "
                         "the rest to train.parquet (stable hash; default 0.2 with --split-by)")
-    q.add_argument("--split_by", "--split-by", dest="split_by", metavar="FIELD",
+    q.add_argument("--split-by", "--split_by", dest="split_by", metavar="FIELD",
                    help="with one --qrels file: split by this field of queries.jsonl (queries "
                         "with the same value stay together; dotted for nested fields, e.g. "
                         "metadata.topic; default _id)")
@@ -86,14 +86,14 @@ def register(sub) -> None:
     q.add_argument("--out", help="folder for the rows (default: data/<name>)")
     q.add_argument("--task", default="spider", help="task (reward table): spider or bird (or "
                                                     "spider_no_reason / bird_no_reason)")
-    q.add_argument("--no_reason", "--no-reason", dest="no_reason", action="store_true",
+    q.add_argument("--no-reason", "--no_reason", dest="no_reason", action="store_true",
                    help="answer-only rows (TASK_no_reason), answer prefilled with <answer>{\"sql\": \"")
-    q.add_argument("--test_fraction", "--test-fraction", dest="test_fraction", type=float, default=0.2,
+    q.add_argument("--test-fraction", "--test_fraction", dest="test_fraction", type=float, default=0.2,
                    help="share of questions without a split that go to test (default 0.2)")
-    q.add_argument("--split_by", "--split-by", dest="split_by", default="question", metavar="FIELD",
+    q.add_argument("--split-by", "--split_by", dest="split_by", default="question", metavar="FIELD",
                    help="field of the question items that decides the split of the questions "
                         "without one; the same value stays in one split (default: question)")
-    q.add_argument("--skip_failing", "--skip-failing", dest="skip_failing", action="store_true",
+    q.add_argument("--skip-failing", "--skip_failing", dest="skip_failing", action="store_true",
                    help="leave out questions whose gold SQL fails (listed) instead of stopping")
     q.set_defaults(func=_cmd_prepare_sql)
 
@@ -104,7 +104,7 @@ def register(sub) -> None:
     q.add_argument("--reviews", required=True, help="JSON list or JSONL of reviews")
     q.add_argument("--engine", default="pubmed", choices=("pubmed", "ctgov"))
     q.add_argument("--out", help="folder for the rows (default: data/<engine>_<file stem>)")
-    q.add_argument("--test_fraction", "--test-fraction", dest="test_fraction", type=float, default=0.2)
+    q.add_argument("--test-fraction", "--test_fraction", dest="test_fraction", type=float, default=0.2)
     q.set_defaults(func=_cmd_prepare_pico)
 
 
@@ -199,7 +199,7 @@ def register(sub) -> None:
                                    "written into the rows (default: the set's evaluation split; "
                                    "'test' for --input)")
     q.add_argument("--index", required=True, help="index the agent searches (extra_info.search_index)")
-    q.add_argument("--topk", type=int, default=qa_sets.DEFAULT_TOPK,
+    q.add_argument("--top-k", "--topk", dest="topk", type=int, default=qa_sets.DEFAULT_TOPK,
                    help=f"passages per search (default {qa_sets.DEFAULT_TOPK})")
     q.add_argument("--max-turns", "--max_turns", dest="max_turns", type=int,
                    default=qa_sets.DEFAULT_MAX_TURNS,

@@ -94,40 +94,63 @@ EVIDENCE_FILTERS = ("clean", "trajectory", "question", "none")
 
 @dataclass
 class ExSearchSettings:
-    """ExSearch settings (defaults: a CPU run of a ~100M model; see docs/exsearch.md)."""
+    """ExSearch settings (defaults: a CPU run of a ~100M model; see docs/exsearch.md). The fields
+    with ``help`` are ``deepretrieval train --engine exsearch``'s flags (``core.flags``)."""
 
     model: str
     output_dir: str
-    iterations: int = 2
-    samples: int = 4                    # K trajectories per question in the E-step
-    temperature: float = 1.0            # E-step sampling
-    top_p: float = 1.0
-    max_new_tokens: int = 64            # per model turn
-    max_turns: int | None = None        # None: the rows' setting
-    top_k: int | None = None
-    weight_temperature: float = 1.0     # tau of the importance weights
+    iterations: int = field(default=2, metadata={"help": "EM iterations"})
+    samples: int = field(default=4, metadata={  # K trajectories per question in the E-step
+        "help": "K trajectories per question", "flag": "--num-generations", "aliases": ("--samples",)})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature"})  # E-step
+    top_p: float = field(default=1.0, metadata={"help": "E-step nucleus sampling"})
+    max_new_tokens: int = field(default=64, metadata={  # per model turn
+        "help": "agentic tasks: new tokens per model turn", "flag": "--turn-tokens"})
+    max_turns: int | None = field(default=None, metadata={
+        "help": "model turns per episode (default: the rows')"})
+    top_k: int | None = field(default=None, metadata={
+        "help": "passages per search (default: the rows')"})
+    weight_temperature: float = field(default=1.0, metadata={
+        "help": "tau of the importance weights softmax(log p(y|x,z) / tau)"})
     min_weight: float = 1e-4            # trajectories weighted below this are not trained on
-    evidence_filter: str = "clean"      # clean | trajectory | question | none (evidence_kept)
-    learning_rate: float = 1e-5
-    warmup_epochs: int = 1
-    epochs: int = 1                     # M-step epochs over the iteration's samples
-    questions_per_step: int = 4         # optimizer step every N questions (all their samples)
-    micro_batch: int = 4                # sequences per forward pass
+    evidence_filter: str = field(default="clean", metadata={  # (evidence_kept)
+        "choices": EVIDENCE_FILTERS,
+        "help": "M-step data: clean (sampled trajectories that retrieved a passage holding the gold "
+                "answer, answered and made no invalid turn), trajectory (retrieved such a passage), "
+                "question (every sample of a question with such a trajectory) or none (every "
+                "sample)"})
+    learning_rate: float = field(default=1e-5, metadata={"help": "learning rate", "flag": "--lr"})
+    warmup_epochs: int = field(default=1, metadata={"help": "warm-up epochs over the seeds"})
+    epochs: int = field(default=1, metadata={"help": "M-step epochs per iteration"})
+    questions_per_step: int = field(default=4, metadata={
+        "help": "questions (with all their samples) per optimizer step"})
+    micro_batch: int = field(default=4, metadata={"help": "sequences per forward pass"})
     max_length: int = 2048              # longer training sequences are skipped (counted)
-    questions_per_iteration: int | None = None  # None: every training question
-    lora: bool = False
-    lora_r: int = 16
+    questions_per_iteration: int | None = field(default=None, metadata={
+        "help": "E-step questions per iteration (default: all; rotates through the rows)"})
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = 32
-    seeds: str = "oracle"               # oracle | teacher | jsonl:PATH | none
+    seeds: str = field(default="oracle", metadata={
+        "help": "warm-up trajectories: oracle (closed world), teacher (--teacher-model, "
+                "--teacher-url), jsonl:PATH, or none"})
     seed_keep: str = "correct"
-    teacher_model: str | None = None
-    teacher_url: str | None = None
-    eval_limit: int | None = None
-    eval_zero_shot: bool = True
-    eval_references: bool = False       # closed-book / naive RAG next to the zero-shot agent
-    gen_batch_size: int = 16
-    seed: int = 0
-    resume: bool = True
+    teacher_model: str | None = field(default=None, metadata={
+        "help": "model name at the teacher endpoint"})
+    teacher_url: str | None = field(default=None, metadata={
+        "help": "OpenAI-compatible base URL of the teacher"})
+    eval_limit: int | None = field(default=None, metadata={
+        "help": "evaluate on the first N test rows only"})
+    eval_zero_shot: bool = field(default=True, metadata={
+        "help": "skip the zero-shot evaluation", "flag": "--no-zero-shot", "negate": True})
+    eval_references: bool = field(default=False, metadata={
+        "help": "closed-book and naive RAG next to the zero-shot agent", "flag": "--references"})
+    gen_batch_size: int = field(default=16, metadata={
+        "help": "sequences per generation batch", "flag": "--batch-size",
+        "aliases": ("--gen-batch-size",)})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    resume: bool = field(default=True, metadata={
+        "help": "start over instead of resuming", "flag": "--no-resume", "negate": True})
     progress: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -34,32 +34,48 @@ METRIC_PREFIX = "deepretrieval/"
 
 @dataclass
 class TRLSettings:
-    """GRPO settings (defaults: the measured CPU recipe for a ~100M model; see docs/training.md)."""
+    """GRPO settings. The fields with ``help`` are ``deepretrieval train --engine trl``'s flags
+    (``core.flags``: spelling, type and default come from here); the rest are library-only (or
+    ``KEY=VALUE`` GRPOConfig fields through ``extra``). Defaults: the ``train`` command's recipe
+    for a ~100M model on CPU (docs/training.md); the quickstarts set their own."""
 
     model: str
     output_dir: str
-    steps: int = 50
-    learning_rate: float = 1e-5
-    prompts_per_step: int = 4
-    num_generations: int = 4
-    max_completion_length: int = 64
-    temperature: float = 0.7
+    steps: int = field(default=100, metadata={"help": "GRPO steps"})
+    learning_rate: float = field(default=1e-5, metadata={"help": "learning rate", "flag": "--lr"})
+    prompts_per_step: int = field(default=4, metadata={"help": "prompts per step"})
+    num_generations: int = field(default=4, metadata={
+        "help": "samples per prompt (the GRPO group)", "aliases": ("--samples",)})
+    max_completion_length: int | None = field(default=None, metadata={
+        "flag": "--max-new-tokens",
+        "help": "longest completion (default: 64; agentic tasks: the whole episode's budget, 512)"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature"})
     top_p: float = 1.0
-    beta: float = 0.0                  # KL coefficient to the reference model (0: no reference copy)
-    lora: bool = False
-    lora_r: int = 16
+    beta: float = field(default=0.0, metadata={"help": "KL coefficient (0: no reference model)"})
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     bf16: bool | None = None           # None: on where supported (CUDA bf16, CPUs with AVX512-BF16/AMX)
-    save_steps: int = 0                # 0: save only at the end
+    save_steps: int = field(default=50, metadata={"help": "save a checkpoint every N steps (0: only "
+                                                          "the final model)"})
     save_total_limit: int | None = 2
-    seed: int = 0
-    report_to: Sequence[str] = ()      # "tensorboard", "wandb"
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    report_to: Sequence[str] = field(default=(), metadata={
+        "help": "also log to tensorboard or wandb (repeatable)", "choices": ("tensorboard", "wandb")})
     use_vllm: bool | None = None       # None: when vllm is installed and a GPU is present
     log_completions: bool = False
-    resume: str | bool | None = None   # True/"last": newest checkpoint in output_dir; or a path
+    resume: str | bool | None = field(default=None, metadata={
+        "help": "resume from the newest checkpoint in --out, or from the given one",
+        "type": str, "nargs": "?", "const": "last", "metavar": "CHECKPOINT"})
     progress: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)  # further GRPOConfig fields
+
+    def completion_budget(self, agentic: bool) -> int:
+        """``max_completion_length``, or its default: 64 tokens, or 512 for a whole episode."""
+        if self.max_completion_length is not None:
+            return self.max_completion_length
+        return 512 if agentic else 64
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -329,7 +345,7 @@ def build_trainer(rows: Sequence[Mapping[str, Any]], settings: TRLSettings, *, s
         per_device_train_batch_size=batch,
         gradient_accumulation_steps=1,
         num_generations=settings.num_generations,
-        max_completion_length=settings.max_completion_length,
+        max_completion_length=settings.completion_budget(rollout is not None),
         temperature=settings.temperature,
         top_p=settings.top_p,
         beta=settings.beta,
