@@ -188,7 +188,7 @@ def test_no_reason_collection_trains_two_trl_steps_with_reward_spread(tmp_path, 
         result = train_trl(rows, TRLSettings(
             model=str(model), output_dir=str(tmp_path / "run"), steps=2, prompts_per_step=2,
             num_generations=4, max_completion_length=24, temperature=1.0, learning_rate=1e-3,
-            progress=False, bf16=False, seed=0), searcher=local_searcher())
+            progress=False, bf16=False, seed=0, save_steps=0), searcher=local_searcher())
     finally:
         torch.set_num_threads(threads)
     steps = [h for h in read_metrics(result.metrics_path) if "loss" in h]

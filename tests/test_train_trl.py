@@ -72,7 +72,7 @@ def warm_model(tmp_path_factory, rows):
 def _settings(model, out, **kw):
     base = dict(model=str(model), output_dir=str(out), steps=3, prompts_per_step=2, num_generations=4,
                 max_completion_length=24, temperature=1.0, learning_rate=1e-3, progress=False,
-                bf16=False, seed=0)
+                bf16=False, seed=0, save_steps=0)
     base.update(kw)
     return TRLSettings(**base)
 

@@ -66,7 +66,7 @@ def rows():
 def _settings(tiny, tmp_path, **kw):
     base = {"model": tiny, "output_dir": str(tmp_path), "steps": 1, "prompts_per_step": 2,
             "num_generations": 2, "max_completion_length": 512, "temperature": 1.0, "bf16": False,
-            "progress": False, "use_vllm": False, "extra": {"gradient_checkpointing": False}}
+            "progress": False, "use_vllm": False, "save_steps": 0, "extra": {"gradient_checkpointing": False}}
     base.update(kw)
     return TRLSettings(**base)
 

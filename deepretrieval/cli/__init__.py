@@ -38,6 +38,7 @@ import importlib  # noqa: E402
 import logging  # noqa: E402
 
 from deepretrieval import __version__  # noqa: E402
+from deepretrieval.cli.vocabulary import show_first_spelling  # noqa: E402
 from deepretrieval.core.results import SearchError  # noqa: E402
 
 
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    show_first_spelling(parser)  # old spellings: accepted, not listed (cli/vocabulary.py)
     return parser
 
 

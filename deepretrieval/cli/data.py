@@ -33,7 +33,7 @@ def register(sub) -> None:
                                    "merged multi-set files too) → rows of the agentic tasks "
                                    "agent_<set> (question in extra_info.question); --out is a folder, "
                                    "the file keeps its name.")
-    p.add_argument("input", nargs="?", help="input parquet file (or --in)")
+    p.add_argument("input", nargs="?", help="input parquet file (or --input)")
     p.add_argument("--input", "--in", dest="inp", help="input parquet file")
     p.add_argument("--from", dest="source", choices=CONVERT_SOURCES, default="deepretrieval",
                    help="who wrote the rows (default: deepretrieval, the original project)")
@@ -52,7 +52,7 @@ CONVERT_SOURCES = ("deepretrieval", "search-r1")
 
 def _cmd_convert(args) -> int:
     if args.input and args.inp and args.input != args.inp:
-        raise ValueError(f"two inputs given ({args.input!r} and --in {args.inp!r}); give one")
+        raise ValueError(f"two inputs given ({args.input!r} and --input {args.inp!r}); give one")
     inp = args.input or args.inp
     if not inp:
         raise ValueError("no input file: `deepretrieval convert [--from SOURCE] IN.parquet --out OUT`")

@@ -28,7 +28,7 @@ def register(sub) -> None:
                     "original_query.jsonl, summary.json, summary.md, comparison.png.")
     p.add_argument("--model", required=True,
                    help="smollm2 (the shipped SmolLM2-135M-Instruct), local folder, hub name, .gguf "
-                        "file, or openai:NAME (with --base-url)")
+                        "file, or openai:NAME (with --api-url)")
     p.add_argument("--task", default=None, help="task name (default: the rows' task, else scifact)")
     p.add_argument("--split", default="test")
     p.add_argument("--rows", help="task rows (parquet) instead of the task's bundled data")
@@ -50,7 +50,8 @@ def register(sub) -> None:
                         "(rows of an original parquet file), as the released checkpoints were trained; "
                         "ours: the task's chat messages; auto (default): original for an original "
                         "checkpoint (DeepRetrieval/... or .../actor/global_step_N) on original rows")
-    p.add_argument("--api-url", "--base-url", dest="base_url", help="OpenAI-compatible endpoint for openai:NAME (key: OPENAI_API_KEY)")
+    p.add_argument("--api-url", "--base-url", dest="base_url", metavar="URL",
+                   help="OpenAI-compatible endpoint for openai:NAME (key: OPENAI_API_KEY)")
     p.add_argument("--api-prefill", choices=("none", "continue"), default="none",
                    help="send the answer prefill for the server to continue (vLLM) or not (default)")
     p.add_argument("--api-extra", help="JSON object merged into every API request body")
@@ -142,7 +143,7 @@ def cmd_eval(args) -> int:
         raise ValueError("--n > 1 needs --sampling")
     if args.model.startswith("openai:") and not args.base_url:
         if not settings.get_str("OPENAI_BASE_URL") and not settings.get_str("OPENAI_API_KEY"):
-            raise ValueError("openai:NAME needs --base-url (or OPENAI_API_KEY for api.openai.com)")
+            raise ValueError("openai:NAME needs --api-url (or OPENAI_API_KEY for api.openai.com)")
     rows, task = _load_rows(args)
     out = args.out or str(Path("runs") / "eval" / f"{task}-{args.split}-{_slug(args.model)}")
     if get_task(task).family.name == "agentic":

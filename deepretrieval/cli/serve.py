@@ -54,7 +54,7 @@ def register(sub) -> None:
                    help=f"queries per request (default {d.max_queries})")
     p.add_argument("--max-query-chars", type=int, default=d.max_query_chars,
                    help=f"characters per query (default {d.max_query_chars})")
-    p.add_argument("--max-k", type=int, default=d.max_k, help=f"largest topk (default {d.max_k})")
+    p.add_argument("--max-k", type=int, default=d.max_k, help=f"largest top-k (default {d.max_k})")
     p.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms,
                    help=f"how long a request waits for others to batch with (default "
                         f"{d.batch_wait_ms:g} ms)")

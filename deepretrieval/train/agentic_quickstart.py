@@ -186,7 +186,7 @@ def run_agentic_quickstart(args) -> int:
         model=model, output_dir=str(out / "train"), steps=args.steps, learning_rate=args.lr,
         prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
         max_completion_length=args.max_new_tokens, temperature=args.temperature, lora=args.lora,
-        seed=args.seed, bf16=False, progress=settings.progress_enabled(),
+        seed=args.seed, bf16=False, save_steps=0, progress=settings.progress_enabled(),
         extra={"gradient_checkpointing": False})
     rollout = AgentRollout(turn_tokens=args.turn_tokens, table=QUICKSTART_TABLE,
                            batch_size=args.eval_batch_size, seed=args.seed)

@@ -251,7 +251,7 @@ def run_quickstart(args) -> int:
             model=model, output_dir=str(out / "train"), steps=args.steps, learning_rate=args.lr,
             prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
             max_completion_length=args.max_new_tokens, temperature=args.temperature,
-            lora=args.lora, seed=args.seed,
+            lora=args.lora, seed=args.seed, save_steps=0,
             progress=settings.progress_enabled())
         result = train_trl(train_rows, trl_settings)
         trained_model, history = str(result.model_dir), result.history
