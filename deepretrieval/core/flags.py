@@ -133,7 +133,7 @@ def flags_of(cls: type) -> list[Flag]:
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             kwargs["required"] = True
         text = meta["help"]
-        dest = dest_of(flag.removeprefix("--no-") if meta.get("negate") else flag)
+        dest = dest_of(flag)  # a --no-X flag: dest no_x holds the field's value (True: not given)
         out.append(Flag(owner=cls, field=f.name, flag=flag, aliases=tuple(meta.get("aliases", ())),
                         dest=dest, default=default, kwargs=kwargs, help=text))
         shown = out[-1].shown_default()
@@ -161,6 +161,10 @@ def add_flags(parser, classes: Iterable[type], *, groups: Mapping[type, Any] | N
     for cls in classes:
         for flag in flags_of(cls):
             first = added.get(flag.flag)
+            clash = [f for f in added.values() if f.dest == flag.dest and f.flag != flag.flag]
+            if clash:
+                raise ValueError(f"{flag.flag} and {clash[0].flag} would share the value "
+                                 f"{flag.dest!r}")
             if first is None:
                 added[flag.flag] = flag
                 where[flag.flag] = (groups or {}).get(cls, parser)
