@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Evaluate a model on BEIR SciFact (test split) against the original-query baseline.
 # usage: scripts/eval/scifact.sh [MODEL] [extra `deepretrieval eval` options]
-#   MODEL: checkpoint folder, hub name, or openai:NAME --base-url URL
+#   MODEL: checkpoint folder, hub name, or openai:NAME --api-url URL
 # env: TASK (default scifact; scifact_no_reason for answer-only models), SPLIT (default test),
 #      ROWS (task rows parquet instead of TASK's bundled rows)
 set -euo pipefail
