@@ -42,7 +42,8 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-generations", "--n", dest="n", type=int, default=1, help="completions per row (needs --sampling)")
+    p.add_argument("--num-generations", "--n", dest="n", type=int, default=1,
+                   help="completions per row (needs --sampling)")
     p.add_argument("--lenient", action="store_true",
                    help="extract the query leniently (models not trained on the answer format)")
     p.add_argument("--prompt-format", choices=("auto", "original", "ours"), default="auto",
