@@ -43,7 +43,7 @@ def register(sub) -> None:
                     "GRPOConfig fields for TRL (e.g. warmup_steps=5).")
     p.add_argument("--engine", choices=("verl", "trl", "exsearch"), default="trl",
                    help="verl (GPUs), trl (GRPO, one machine) or exsearch (agentic tasks: "
-                        "warm-up + EM iterations of weighted fine-tuning, docs/exsearch.md)")
+                        "warm-up + EM iterations of weighted fine-tuning, docs/agentic.md)")
     p.add_argument("--task", required=True, help="task name (deepretrieval tasks)")
     p.add_argument("--config",
                    help="verl preset: ppo (paper), grpo, lora_3b_1gpu, search_r1 (search agents), or "
@@ -430,7 +430,7 @@ def register_quickstart(sub) -> None:
                         "or Boolean (scifact_boolean_no_reason)")
     p.add_argument("--limit", type=int, help="use only the first N train and N test rows (smoke runs)")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-5) [3e-5]")
-    p.add_argument("--temperature", type=float, help="sampling temperature (default 0.7) [1.0]")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default 0.7) [0.7]")
     p.add_argument("--prompts-per-step", type=int, help="default 4 [2]")
     p.add_argument("--num-generations", type=int, help="default 4 [4]")
     p.add_argument("--max-new-tokens", type=int,
