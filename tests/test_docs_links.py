@@ -1,7 +1,8 @@
 """The docs hold together: every relative link in README, ARCHITECTURE, benchmarks/README and
 docs/ resolves to a file (and, for a Markdown target, to one of its headings when it names an
 anchor); every ``docs/*.md`` page the code, tests or configs name exists; every flag of a
-``deepretrieval <command>`` line in those pages is a flag of that command's parser."""
+``deepretrieval <command>`` line in those pages is a flag of that command's parser; every
+repository file they name exists."""
 from __future__ import annotations
 
 import argparse
@@ -119,6 +120,28 @@ def test_docs_pages_named_in_code_exist():
                     missing.append(f"{file.relative_to(ROOT)}:{number}: docs/{m.group(1)}")
     assert checked > 10
     assert not missing, "pages that do not exist:\n" + "\n".join(missing)
+
+
+#: Paths the pages name in other projects (Search-R1's data scripts), not in this repository.
+FOREIGN_PATHS = {"scripts/data_process/nq_search.py"}
+REPO_PATH = re.compile(r"(?<![\w/.])((?:deepretrieval|tests|benchmarks|scripts)/[A-Za-z0-9_./-]+)")
+
+
+def test_repository_paths_in_the_pages_exist():
+    """``deepretrieval/…``, ``tests/…``, ``benchmarks/…`` and ``scripts/…`` files the pages name
+    exist (a metric name such as ``deepretrieval/copy_rate`` has no suffix and is not a path)."""
+    missing, checked = [], 0
+    for page in PAGES:
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            for m in REPO_PATH.finditer(line):
+                path = m.group(1).rstrip(".,:;")
+                if path in FOREIGN_PATHS or not (path.endswith("/") or Path(path).suffix):
+                    continue
+                checked += 1
+                if not (ROOT / path).exists():
+                    missing.append(f"{page.relative_to(ROOT)}:{number}: {path}")
+    assert checked > 100
+    assert not missing, "paths that do not exist:\n" + "\n".join(missing)
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -55,13 +55,13 @@ def register(sub) -> None:
                         "folder; exported to <out>/init_model first)")
     p.add_argument("--data", help="folder with train.parquet and test.parquet (or dev/val.parquet; "
                                   "default: data/<task> "
-                                  "if present, else the bundled rows for BEIR tasks)")
+                                  "if present, else the bundled rows: SciFact, pubmed, closed world)")
     p.add_argument("--out", help="run folder (default runs/<task>-<engine>)")
     p.add_argument("--index", action="append", metavar="NAME[=PATH]",
                    help="index(es) the service serves (default: the task's index)")
     p.add_argument("--search-url", help="use a running retrieval service instead of starting one")
     p.add_argument("--no-service", action="store_true",
-                   help="TRL only: search in this process instead of through the service")
+                   help="TRL and ExSearch: search in this process instead of through the service")
     p.add_argument("--service-host", default="127.0.0.1",
                    help="interface the started service binds (0.0.0.0 for multi-node verl)")
     p.add_argument("--gpus", type=int, help="verl: GPUs per node")
