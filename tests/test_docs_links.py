@@ -2,10 +2,12 @@
 docs/ resolves to a file (and, for a Markdown target, to one of its headings when it names an
 anchor); every ``docs/*.md`` page the code, tests or configs name exists; every flag of a
 ``deepretrieval <command>`` line in those pages is a flag of that command's parser; every
-repository file they name exists."""
+repository file they name exists; the names their Python examples import exist."""
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import re
 import unicodedata
 from pathlib import Path
@@ -142,6 +144,25 @@ def test_repository_paths_in_the_pages_exist():
                     missing.append(f"{page.relative_to(ROOT)}:{number}: {path}")
     assert checked > 100
     assert not missing, "paths that do not exist:\n" + "\n".join(missing)
+
+
+def test_python_examples_import():
+    """``from deepretrieval.… import …`` in the pages' Python examples names what exists."""
+    missing, checked = [], 0
+    for page in PAGES:
+        for block in re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S):
+            for m in re.finditer(r"^\s*from (deepretrieval[\w.]*) import ([^\n#]+)", block, re.M):
+                module = importlib.import_module(m.group(1))
+                for name in (n.strip().split(" as ")[0] for n in m.group(2).strip("() ").split(",")):
+                    if not name:
+                        continue
+                    checked += 1
+                    submodule = hasattr(module, "__path__") and \
+                        importlib.util.find_spec(f"{m.group(1)}.{name}") is not None
+                    if not hasattr(module, name) and not submodule:
+                        missing.append(f"{page.relative_to(ROOT)}: from {m.group(1)} import {name}")
+    assert checked > 10
+    assert not missing, "names the examples import that do not exist:\n" + "\n".join(missing)
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
