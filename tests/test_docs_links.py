@@ -2,10 +2,12 @@
 docs/ resolves to a file (and, for a Markdown target, to one of its headings when it names an
 anchor); every ``docs/*.md`` page the code, tests or configs name exists; every flag of a
 ``deepretrieval <command>`` line in those pages is a flag of that command's parser; every
-repository file they name exists; the names their Python examples import exist."""
+repository file they name exists; the names their Python examples import exist, and so does
+every ``deepretrieval.x.y`` they or the package's docstrings name."""
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import importlib.util
 import re
@@ -163,6 +165,79 @@ def test_python_examples_import():
                         missing.append(f"{page.relative_to(ROOT)}: from {m.group(1)} import {name}")
     assert checked > 10
     assert not missing, "names the examples import that do not exist:\n" + "\n".join(missing)
+
+
+DOTTED = re.compile(r"\bdeepretrieval(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def _module_file(parts: list[str]) -> Path | None:
+    base = ROOT.joinpath(*parts)
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _defined(body: list[ast.stmt]) -> dict[str, ast.AST | None]:
+    """Names a module or class body binds (classes keep their node, to look inside)."""
+    names: dict[str, ast.AST | None] = {}
+    for node in body:
+        if isinstance(node, ast.ClassDef):
+            names[node.name] = node
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names[node.name] = None
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                names[(alias.asname or alias.name).split(".")[0]] = None
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                for leaf in ast.walk(target):
+                    if isinstance(leaf, ast.Name):
+                        names[leaf.id] = None
+        elif isinstance(node, (ast.If, ast.Try)):  # names bound under `if TYPE_CHECKING`, try/except
+            for block in (node.body, node.orelse, *(h.body for h in getattr(node, "handlers", []))):
+                names.update(_defined(block))
+    return names
+
+
+def _resolves(dotted: str) -> bool:
+    """``deepretrieval.a.b.c``, read from the source (nothing imported): the longest prefix that is
+    a module file, then names its body binds (a class's body for a further name)."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        path = _module_file(parts[:i])
+        if path is None:
+            continue
+        rest = parts[i:]
+        if not rest:
+            return True
+        if _module_file(parts[:i + 1]) is not None:
+            return True
+        names = _defined(ast.parse(path.read_text(encoding="utf-8")).body)
+        for name in rest:
+            if name not in names:
+                return False
+            node = names[name]
+            if node is None:  # a function, a value or an imported name: nothing further to check
+                return True
+            names = _defined(node.body)
+        return True
+    return False
+
+
+def test_dotted_names_in_pages_and_docstrings_resolve():
+    """``deepretrieval.module.name`` in the pages and in the package's docstrings, comments and
+    messages names a module or object that exists (stale names were the review's finding)."""
+    files = [*PAGES, *sorted(ROOT.joinpath("deepretrieval").rglob("*.py"))]
+    stale, checked = [], 0
+    for file in files:
+        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            for m in DOTTED.finditer(line):
+                checked += 1
+                if not _resolves(m.group(0)):
+                    stale.append(f"{file.relative_to(ROOT)}:{number}: {m.group(0)}")
+    assert checked > 300
+    assert not stale, "names that do not exist:\n" + "\n".join(stale)
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -47,7 +47,7 @@ def preset_path(preset: str) -> tuple[Path, str]:
                      f"hydra.searchpath [pkg://verl.trainer.config, file://{CONFIG_DIR}])")
 
 
-#: The search service's bearer token (read by ``deepretrieval.search.get_searcher``).
+#: The search service's bearer token (read by ``deepretrieval.catalog.get_searcher``).
 TOKEN_ENV = "DEEPRETRIEVAL_SEARCH_TOKEN"
 
 
