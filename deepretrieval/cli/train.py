@@ -43,7 +43,7 @@ def register(sub) -> None:
                     "GRPOConfig fields for TRL (e.g. warmup_steps=5).")
     p.add_argument("--engine", choices=("verl", "trl", "exsearch"), default="trl",
                    help="verl (GPUs), trl (GRPO, one machine) or exsearch (agentic tasks: "
-                        "warm-up + EM iterations of weighted fine-tuning, docs/exsearch.md)")
+                        "warm-up + EM iterations of weighted fine-tuning, docs/agentic.md)")
     p.add_argument("--task", required=True, help="task name (deepretrieval tasks)")
     p.add_argument("--config",
                    help="verl preset: ppo (paper), grpo, lora_3b_1gpu, search_r1 (search agents), or "
@@ -55,13 +55,13 @@ def register(sub) -> None:
                         "folder; exported to <out>/init_model first)")
     p.add_argument("--data", help="folder with train.parquet and test.parquet (or dev/val.parquet; "
                                   "default: data/<task> "
-                                  "if present, else the bundled rows for BEIR tasks)")
+                                  "if present, else the bundled rows: SciFact, pubmed, closed world)")
     p.add_argument("--out", help="run folder (default runs/<task>-<engine>)")
     p.add_argument("--index", action="append", metavar="NAME[=PATH]",
                    help="index(es) the service serves (default: the task's index)")
     p.add_argument("--search-url", help="use a running retrieval service instead of starting one")
     p.add_argument("--no-service", action="store_true",
-                   help="TRL only: search in this process instead of through the service")
+                   help="TRL and ExSearch: search in this process instead of through the service")
     p.add_argument("--service-host", default="127.0.0.1",
                    help="interface the started service binds (0.0.0.0 for multi-node verl)")
     p.add_argument("--gpus", type=int, help="verl: GPUs per node")
@@ -430,7 +430,7 @@ def register_quickstart(sub) -> None:
                         "or Boolean (scifact_boolean_no_reason)")
     p.add_argument("--limit", type=int, help="use only the first N train and N test rows (smoke runs)")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-5) [3e-5]")
-    p.add_argument("--temperature", type=float, help="sampling temperature (default 0.7) [1.0]")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default 0.7) [0.7]")
     p.add_argument("--prompts-per-step", type=int, help="default 4 [2]")
     p.add_argument("--num-generations", type=int, help="default 4 [4]")
     p.add_argument("--max-new-tokens", type=int,
