@@ -204,7 +204,7 @@ def collection(folder: Path, work: Path, n: int, sizes: list[int]) -> Path:
         os.link(folder / f"part-{part:03d}.jsonl.gz", out / f"part-{part:03d}.jsonl.gz")
         got += size
     if got != n:
-        raise SystemExit(f"size {n:,} does not end on a part boundary (parts of {part_docs:,})")
+        raise SystemExit(f"size {n:,} does not end on a part boundary (parts of {sizes[0]:,})")
     return out
 
 

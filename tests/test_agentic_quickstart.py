@@ -1,6 +1,6 @@
 """The agentic quickstart, shortened, on the tiny model: four systems on the held-out closed-world
 questions, the reference systems are the real evaluations, and the figures reproduce from the
-command the run prints (the real SmolLM2 run is documented in docs/agentic_quickstart.md)."""
+command the run prints (the real SmolLM2 run is documented in docs/experiments/agentic_quickstart.md)."""
 from __future__ import annotations
 
 import json

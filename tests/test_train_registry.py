@@ -51,7 +51,7 @@ def test_train_flags_default_to_the_settings_dataclasses(name):
 
 def test_the_documented_train_defaults():
     """docs/training.md and the README: TRL trains 100 steps and checkpoints every 50 (--resume
-    needs them); ExSearch samples at temperature 0.7 (docs/exsearch.md)."""
+    needs them); ExSearch samples at temperature 0.7 (docs/agentic.md, ExSearch)."""
     args = _train_args()
     trl = values_for(TRLSettings, args)
     assert (trl["steps"], trl["save_steps"], trl["learning_rate"]) == (100, 50, 1e-5)

@@ -146,7 +146,7 @@ def evaluate_agent(model: Any, rows: Sequence[Mapping[str, Any]], *,
 
     ``model``: a generator object (``generate(prompts, decoding, ...)``, e.g. a scripted policy or
     :class:`~deepretrieval.generation.local.TransformersGenerator`) or anything
-    :func:`deepretrieval.generation.local.make_generator` takes (``generator_kw`` go there).
+    :func:`deepretrieval.generation.factory.make_generator` takes (``generator_kw`` go there).
     ``max_new_tokens`` is per turn. ``settings`` overrides the rows' protocol settings."""
     rows = list(rows)
     if not rows:

@@ -6,7 +6,7 @@ Per turn: **one** generation call over every live episode (any generator of
 ``generate(prompts, decoding, ...)``), each turn parsed into an action
 (:mod:`deepretrieval.core.agent_protocol`), then **one** batched search per (index, top-k) over all of
 that turn's queries through the searcher (in-process :class:`~deepretrieval.search.LocalSearcher`
-or the service client — :func:`deepretrieval.search.get_searcher`). A failed search (the whole
+or the service client — :func:`deepretrieval.catalog.get_searcher`). A failed search (the whole
 call, or one query) flags the episode ``search_error`` and ends it with a visible
 ``Search failed:`` block.
 

@@ -115,7 +115,7 @@ def _load_rows(args) -> tuple[list[dict], str]:
     task = args.task
     if args.no_reasoning:
         if not task:
-            raise ValueError("--no-reasoning needs --task")
+            raise ValueError("--no-reason needs --task")
         task = task if task.endswith("_no_reason") else f"{task}_no_reason"
         get_task(task)  # clear error when there is no such variant
     if args.rows:

@@ -77,7 +77,7 @@ def register_quickstart(sub) -> None:
                         "or Boolean (scifact_boolean_no_reason)")
     p.add_argument("--limit", type=int, help="use only the first N train and N test rows (smoke runs)")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-5) [3e-5]")
-    p.add_argument("--temperature", type=float, help="sampling temperature (default 0.7) [1.0]")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default 0.7) [0.7]")
     p.add_argument("--prompts-per-step", type=int, help="default 4 [2]")
     p.add_argument("--num-generations", type=int, help="default 4 [4]")
     p.add_argument("--max-new-tokens", type=int,

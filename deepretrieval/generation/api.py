@@ -70,7 +70,7 @@ class ChatClient:
         self.url = chat_completions_url(base_url)
         self.api_key = api_key if api_key is not None else settings.get_str("OPENAI_API_KEY")
         if not self.api_key and urlparse(self.url).hostname == "api.openai.com":
-            raise ValueError("set OPENAI_API_KEY (or pass --base-url for a local OpenAI-compatible server)")
+            raise ValueError("set OPENAI_API_KEY (or pass --api-url for a local OpenAI-compatible server)")
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.use_cache = use_cache

@@ -92,7 +92,7 @@ def protocol_problem(row: Mapping[str, Any], settings: P.AgentSettings) -> str |
     if settings.protocol == "tags" and (agent_name == TOOL_AGENT_LOOP or P.TOOL_CALL_OPEN in text):
         return ("the row is written for tool calls (agent_name tool_agent or a <tool_call> prompt) "
                 "but its settings say the tag protocol: run such rows in verl's tool_agent with "
-                "the search tool (docs/agentic_verl.md), or write rows whose extra_info.agent."
+                "the search tool (docs/agentic.md, verl), or write rows whose extra_info.agent."
                 "protocol is 'tool' (`deepretrieval prepare closedworld --protocol tool`, or "
                 "agent_rows(..., settings=AgentSettings(protocol='tool')))")
     if settings.protocol == "tool" and agent_name == TAG_AGENT_LOOP:

@@ -11,7 +11,7 @@
 5. print the four systems side by side, what the agent's searches and answers look like before
    and after (example trajectories), write ``results.json`` and ``training_curve.png``.
 
-The recipe (measured: docs/agentic_quickstart.md): the assistant turn is prefilled with
+The recipe (measured: docs/experiments/agentic_quickstart.md): the assistant turn is prefilled with
 ``<search>`` so the first turn is a search; the reward is the answer's token F1 plus a format bonus
 (an answer was given) and a bonus when a retrieved passage contains the gold answer
 (:data:`QUICKSTART_TABLE`), so a good search pays before the answer is exact; short turns, top-2

@@ -21,7 +21,7 @@ The agent's trajectory ``z`` (think, search, record, …) is a latent variable b
   (``evidence_filter="clean"``) only trajectories whose searches retrieved a passage holding the
   gold answer, that answered by themselves and made no invalid turn are weighted and trained on:
   with a weak policy, "the gold answer after passages that do not contain it" teaches guessing,
-  and broken turns teach broken turns (see docs/exsearch.md).
+  and broken turns teach broken turns (see docs/experiments/exsearch.md).
 
 A **warm-up** (the same loss, every seed trajectory of a question weighted equally) on seed
 trajectories — the closed-world oracle, an OpenAI-compatible teacher, or a user JSONL
@@ -94,8 +94,8 @@ EVIDENCE_FILTERS = ("clean", "trajectory", "question", "none")
 
 @dataclass
 class ExSearchSettings:
-    """ExSearch settings (defaults: a CPU run of a ~100M model; see docs/exsearch.md). The fields
-    with ``help`` are ``deepretrieval train --engine exsearch``'s flags (``core.flags``)."""
+    """ExSearch settings (defaults: a CPU run of a ~100M model; see docs/agentic.md, ExSearch). The
+    fields with ``help`` are ``deepretrieval train --engine exsearch``'s flags (``core.flags``)."""
 
     model: str
     output_dir: str

@@ -28,7 +28,7 @@ class TrainJob:
                 "exported to <out>/init_model first)"})
     data: str | None = field(default=None, metadata={
         "help": "folder with train.parquet and test.parquet (or dev/val.parquet; default: "
-                "data/<task> if present, else the bundled rows for BEIR tasks)"})
+                "data/<task> if present, else the bundled rows: SciFact, pubmed, closed world)"})
     out: str | None = field(default=None, metadata={
         "help": "run folder (default: runs/<task>-<engine>)"})
     index: list[str] = field(default_factory=list, metadata={

@@ -281,5 +281,5 @@ register(Trainer("verl", "verl's PPO / GRPO presets on GPUs", (VerlSettings,), r
                  default_model="Qwen/Qwen2.5-3B-Instruct", needs_service=True,
                  imports=("omegaconf",)))
 register(Trainer("exsearch", "ExSearch for agentic tasks: warm-up + EM iterations of weighted "
-                             "fine-tuning (docs/exsearch.md)",
+                             "fine-tuning (docs/agentic.md)",
                  (ExSearchSettings, ExSearchRun), run_exsearch, default_model="smollm2"))

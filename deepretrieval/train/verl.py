@@ -5,7 +5,7 @@ Presets (``deepretrieval/configs/verl``): ``ppo`` (the paper's PPO), ``grpo``, `
 Each composes verl's own ``ppo_trainer`` and adds a task-family group (``family=beir|search_engine|
 evidence|sql|agentic``: prompt/response lengths). The reward is wired through
 ``reward.custom_reward_function`` to :func:`deepretrieval.rewards.compute_score_async`. Agentic
-tasks also get the agent-loop and tool YAML files (:func:`agent_overrides`, docs/agentic_verl.md).
+tasks also get the agent-loop and tool YAML files (:func:`agent_overrides`, docs/agentic.md).
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def preset_path(preset: str) -> tuple[Path, str]:
                      f"hydra.searchpath [pkg://verl.trainer.config, file://{CONFIG_DIR}])")
 
 
-#: The search service's bearer token (read by ``deepretrieval.search.get_searcher``).
+#: The search service's bearer token (read by ``deepretrieval.catalog.get_searcher``).
 TOKEN_ENV = "DEEPRETRIEVAL_SEARCH_TOKEN"
 
 
@@ -86,7 +86,7 @@ def write_agent_loop_config(folder: str | os.PathLike, *, max_turn_tokens: int =
     ``name``/``_target_`` to the loop's constructor."""
     path = (Path(folder) / "agent_loops.yaml").resolve()
     body = [{"name": TAG_AGENT_LOOP, "_target_": AGENT_LOOP_CLASS, "max_turn_tokens": int(max_turn_tokens)}]
-    write_atomic(path, "# written by deepretrieval (train/verl.py); docs/agentic_verl.md\n"
+    write_atomic(path, "# written by deepretrieval (train/verl.py); docs/agentic.md\n"
                  + json.dumps(body, indent=2) + "\n")
     return path
 
@@ -99,7 +99,7 @@ def write_tool_config(folder: str | os.PathLike, index: str | None = None) -> Pa
     config = {"type": "native", **({"index": index} if index else {})}
     body = {"tools": [{"class_name": SEARCH_TOOL_CLASS, "config": config,
                        "tool_schema": search_tool_schema()}]}
-    write_atomic(path, "# written by deepretrieval (train/verl.py); docs/agentic_verl.md\n"
+    write_atomic(path, "# written by deepretrieval (train/verl.py); docs/agentic.md\n"
                  + json.dumps(body, indent=2) + "\n")
     return path
 
@@ -151,7 +151,7 @@ def build_overrides(task_name: str, *, model: str, train_files: str, val_files: 
         # token. verl 0.9.1 passes ``ray_kwargs.ray_init`` to ray.init *unresolved*
         # (OmegaConf.to_container without resolve), so an ``${oc.env:...}`` interpolation would
         # reach the workers as literal text: the value itself is written. It is therefore on the
-        # trainer's command line and in Hydra's saved overrides (docs/profiles.md, multi-node).
+        # trainer's command line and in Hydra's saved overrides (docs/training.md, multi-node).
         items.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.DEEPRETRIEVAL_SEARCH_URL={search_url}")
         token = search_token if search_token is not None else settings.get_str(TOKEN_ENV)
         if token:

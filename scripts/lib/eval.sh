@@ -58,10 +58,10 @@ api_eval() {
   esac
   local args=(--model "openai:$name" --lenient)
   if [[ "$provider" == claude ]]; then
-    args+=(--base-url "${ANTHROPIC_BASE_URL:-https://api.anthropic.com/v1/}")
+    args+=(--api-url "${ANTHROPIC_BASE_URL:-https://api.anthropic.com/v1/}")
     export OPENAI_API_KEY="${ANTHROPIC_API_KEY:-${OPENAI_API_KEY:-}}"
   elif [[ -n "${OPENAI_BASE_URL:-}" ]]; then
-    args+=(--base-url "$OPENAI_BASE_URL")
+    args+=(--api-url "$OPENAI_BASE_URL")
   fi
   local rows="${ROWS:-}"
   [[ -z "$rows" && -n "$original_rows" && -f "$original_rows" ]] && rows=$original_rows
