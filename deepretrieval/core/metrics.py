@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 
-def _judgments(relevant) -> list[tuple[str, object]]:
+def _judgments(relevant) -> list[tuple[str, Any]]:
     """``relevant`` as (doc id, grade) pairs in their listed order, repeats kept, grades as given."""
     if isinstance(relevant, Mapping):
         return [(str(doc), grade) for doc, grade in relevant.items()]
@@ -24,7 +25,8 @@ def _judgments(relevant) -> list[tuple[str, object]]:
             for item in relevant]
 
 
-def as_qrels(relevant: Mapping[str, float] | Iterable[str] | Iterable[tuple[str, float]]) -> dict[str, float]:
+def as_qrels(relevant: Mapping[str, float] | Iterable[str] | Iterable[tuple[str, float]]
+             ) -> dict[str, float]:
     """doc id → grade (a document listed twice keeps its last grade)."""
     return {doc: float(grade) for doc, grade in _judgments(relevant)}
 

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 _HEADERS = ("Assistant:", "<|im_start|>assistant")
 PUBMED_MINDATE = "1970/01/01"
-#: What the original's ``run_sql`` returns: the statement's rows (or raises its error).
+#: How the engine runs SQL: ``run_sql(sql, db_path)`` → the statement's rows (raises its error).
 RunSQL = Callable[[Any, str], list]
 
 #: Where the original raised, the paper profile returns (rule id → what it does).
