@@ -248,12 +248,8 @@ def _msmarco_recall_tiers(module, ids, targets, metrics) -> float:
 
 def _answer_evidence(module, answer, gt, extra, backend, metrics, label):
     query = _query_of(answer)
-    passages = list(_search(backend, query, module.train_depth, return_text=True).texts or [])
-    rank = module.train_depth + 1
-    for i, passage in enumerate(passages):
-        if dpr_match.has_answer(passage, label):
-            rank = i + 1
-            break
+    passages = _search(backend, query, module.train_depth, return_text=True).texts or []
+    rank = dpr_match.first_answer_rank(passages, label) or module.train_depth + 1
     metrics["first_hit_rank"] = float(rank)
     return module.table.answer_score(rank)
 
