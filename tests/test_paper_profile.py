@@ -96,6 +96,23 @@ def test_defined_scores_where_the_original_raised(cases, case_id, score, rule):
     assert outcome.got == pytest.approx(score) and outcome.rule == rule and rule in RAISE_RULES
 
 
+def test_the_engine_searches_through_the_core_backend(cases):
+    """One name, one meaning: the recorded cases and the real searches are both core Backends
+    returning SearchResult; the paper modules' tables are core RewardTables."""
+    from deepretrieval.core.results import Backend
+    from deepretrieval.core.tables import RewardTable
+    from deepretrieval.paper.check import CaseBackend
+    from deepretrieval.paper.engine import SearcherIndex
+
+    case = cases["orig-0000"]
+    backend = CaseBackend(case)
+    assert isinstance(backend, Backend) and isinstance(SearcherIndex(object(), "pubmed"), Backend)
+    (result,) = backend.search(["anything"], 3)
+    assert isinstance(result, SearchResult) and result.ids == backend.search(["other"], 3)[0].ids
+    assert backend.calls == [3, 3]
+    assert all(isinstance(m.table, RewardTable) for m in PAPER_MODULES.values())
+
+
 def test_dispatch_matches_the_original_trainer(cases):
     for case in cases.values():
         if case["main_ppo_dispatch"] == "NotImplementedError":
