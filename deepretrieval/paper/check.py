@@ -136,16 +136,17 @@ def replay_case(case: Mapping[str, Any], db_root: Path = BUNDLED_DB_ROOT) -> Cas
     ours = paper_module_name(case["data_source"])
     dispatch_ok = dispatch in (None, "NotImplementedError") or ours == dispatch
     extra = dict(case.get("extra") or {})
-    copy = None
+    copy: SQLiteCopy | None = None
+    run_sql = None
     try:
         if module.kind == "sql":
             copy = SQLiteCopy(Path(db_root) / extra["db_path"])
+            db_copy = copy.path
+            run_sql = lambda sql, _db_path: run_sql_on_copy(sql, db_copy)  # noqa: E731
         backend = CaseBackend(case)
-        db_copy = copy.path if copy else None
         result: PaperResult = paper_score(case["data_source"], case["solution_str"],
                                           _ground_truth(case), extra, backend=backend,
-                                          run_sql=lambda sql, _db_path: run_sql_on_copy(sql, db_copy),
-                                          module=module)
+                                          run_sql=run_sql, module=module)
     except Exception as exc:  # noqa: BLE001 - reported as a disagreement
         return CaseOutcome(**base, got=None, error=f"{type(exc).__name__}: {exc}", dispatch_ok=dispatch_ok)
     finally:
