@@ -11,12 +11,9 @@ from deepretrieval.catalog import AmbiguousTask, bundled_rows, collection_name_c
 from deepretrieval.cli.agent import agent_settings
 from deepretrieval.core import settings
 from deepretrieval.data import qa_sets
-from deepretrieval.data.byo import (
-    parse_qrels_args,
-    prepare_beir,
-    prepare_pico,
-    prepare_sql,
-)
+from deepretrieval.data.byo_beir import parse_qrels_args, prepare_beir
+from deepretrieval.data.byo_pico import prepare_pico
+from deepretrieval.data.byo_sql import prepare_sql
 from deepretrieval.data.closed_world import SPLITS, closed_world_rows
 from deepretrieval.data.download import DownloadError
 from deepretrieval.data.rows import write_parquet

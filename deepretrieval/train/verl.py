@@ -24,7 +24,7 @@ from deepretrieval.core.agent_protocol import search_tool_schema
 from deepretrieval.core.io import write_atomic
 from deepretrieval.data.rows import write_parquet
 from deepretrieval.tasks.agentic import AGENTIC, TAG_AGENT_LOOP
-from deepretrieval.train.paper_presets import paper_run_overrides
+from deepretrieval.paper.presets import paper_run_overrides
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "verl"
 PRESETS = ("ppo", "grpo", "lora_3b_1gpu", "search_r1")
@@ -127,7 +127,7 @@ def build_overrides(task_name: str, *, model: str, train_files: str, val_files: 
                     search_url: str | None = None, search_token: str | None = None,
                     preset: str | None = None, extra: Sequence[str] = ()) -> list[str]:
     """Hydra overrides for one run (user ``extra`` overrides come last and win). With
-    ``preset="ppo"`` the task's original-script values (``paper_presets.PAPER_RUNS``) follow
+    ``preset="ppo"`` the task's original-script values (``deepretrieval.paper.presets.PAPER_RUNS``) follow
     the family defaults."""
     task = get_task(task_name)
     out = Path(out_dir).resolve()
