@@ -24,11 +24,8 @@ from deepretrieval.catalog import bundled_rows, get_task, open_index
 from deepretrieval.core import settings
 from deepretrieval.core.io import save_figure, write_atomic
 from deepretrieval.data.rows import write_parquet
-from deepretrieval.evaluation.harness import (
-    evaluate_model,
-    original_query_baseline,
-    summarize,
-)
+from deepretrieval.evaluation.scoring import original_query_baseline, summarize
+from deepretrieval.evaluation.single_shot import evaluate_model
 from deepretrieval.train import verl as verl_launcher
 from deepretrieval.train.export import export_checkpoint
 from deepretrieval.generation.models import resolve_model
