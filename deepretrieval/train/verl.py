@@ -296,11 +296,11 @@ def launch(task_name: str, *, model: str, train_files: str | os.PathLike, val_fi
     every node, through Ray's runtime env) and ``env`` what this launcher passes to ``main_ppo``
     (:meth:`~deepretrieval.train.service.ManagedService.env`). ``preset``: a preset or YAML file
     (default: :func:`default_preset`). Returns ``main_ppo``'s exit code (0 for ``dry_run``)."""
-    from omegaconf import OmegaConf
-
     if not search_url:
         raise ValueError("verl's reward workers search through the retrieval service: give its URL "
                          "(deepretrieval train starts one; or pass --search-url)")
+    from omegaconf import OmegaConf
+
     task = get_task(task_name)
     preset = preset or default_preset(task)
     out = Path(out_dir)
