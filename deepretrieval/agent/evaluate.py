@@ -18,7 +18,6 @@ trajectory: ``generations.jsonl`` (the model, appended batch by batch: a rerun r
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -39,8 +38,6 @@ from deepretrieval.generation.factory import make_generator
 from deepretrieval.rewards import score_batch
 from deepretrieval.tasks.agentic import CLOSED_BOOK, NAIVE_RAG, blocks_hold_answer
 from deepretrieval.tasks.evidence import answers_from_ground_truth
-
-log = logging.getLogger(__name__)
 
 REFERENCE_FILES = {CLOSED_BOOK: "closed_book.jsonl", NAIVE_RAG: "naive_rag.jsonl"}
 CLOSED_BOOK_SYSTEM = ("Answer the question. Give only the short final answer inside "

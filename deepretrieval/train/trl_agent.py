@@ -32,7 +32,6 @@ EM, F1, hit, searches, turns, answered share and finish reasons are logged as
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,8 +46,6 @@ from deepretrieval.core.tables import RewardTable
 from deepretrieval.generation.decoding import Decoding
 from deepretrieval.tasks.agentic import AGENTIC
 from deepretrieval.train.trl_engine import TRLRewardAdapter, render_messages
-
-log = logging.getLogger(__name__)
 
 #: Metrics averaged per step (besides the finish-reason shares).
 LOGGED = ("score", "em", "f1", "hit", "n_search", "turns", "budget", "format_ok", "search_error")
