@@ -7,12 +7,12 @@ import urllib.request
 
 import pytest
 
-pytest.importorskip("omegaconf")
+from deepretrieval.catalog import bundled_rows
+from deepretrieval.data.rows import write_parquet
+from deepretrieval.train import quickstart
+from deepretrieval.train import verl as launcher
 
-from deepretrieval.catalog import bundled_rows  # noqa: E402
-from deepretrieval.data.rows import write_parquet  # noqa: E402
-from deepretrieval.train import quickstart  # noqa: E402
-from deepretrieval.train import verl as launcher  # noqa: E402
+pytest.importorskip("omegaconf")
 
 RAY_URL_KEY = "ray_kwargs.ray_init.runtime_env.env_vars.DEEPRETRIEVAL_SEARCH_URL"
 

@@ -28,7 +28,12 @@ from typing import Any, Protocol
 
 from deepretrieval.core import settings as env_settings
 from deepretrieval.core.io import DeferredJson, append_json_lines, write_atomic
-from deepretrieval.evaluation.report import GENERATIONS, json_default, json_lines, write_report
+from deepretrieval.evaluation.report import (
+    GENERATIONS,
+    json_default,
+    json_lines,
+    write_report,
+)
 
 log = logging.getLogger(__name__)
 

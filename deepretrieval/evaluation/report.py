@@ -73,10 +73,10 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
                     f"prompt: {report.get('prompt_format', 'ours')}"
                     if dec else "- systems from several run folders (settings: each run's summary.md)")
     lines = [f"# {report.get('task')} / {report.get('split')}: {report.get('name')}", "", run_settings,
-             "- `score` is the task's reward (same function as training); `*_paper` columns (where the "
-             "task has them) are the paper's metric variants next to the standard ones; "
-             "`format_error_rate` counts outputs with no usable query, `strict_format_error_rate` "
-             "outputs that break the strict answer format, `search_error_rate` failed searches.",
+             ("- `score` is the task's reward (same function as training); `*_paper` columns (where the "
+              "task has them) are the paper's metric variants next to the standard ones; "
+              "`format_error_rate` counts outputs with no usable query, `strict_format_error_rate` "
+              "outputs that break the strict answer format, `search_error_rate` failed searches."),
              "", table, ""]
     return "\n".join(lines)
 
