@@ -11,11 +11,8 @@ from deepretrieval.catalog import bundled_rows, get_task, read_rows
 from deepretrieval.cli.agent import cmd_eval_agent
 from deepretrieval.cli.inputs import print_report, texts_or_stdin
 from deepretrieval.core import settings
-from deepretrieval.evaluation.harness import (
-    compare_runs,
-    evaluate_model,
-    summary_markdown,
-)
+from deepretrieval.evaluation.report import compare_runs, summary_markdown
+from deepretrieval.evaluation.single_shot import evaluate_model
 from deepretrieval.generation.api import LLMAPIError
 from deepretrieval.rewrite import QueryRewriter
 

@@ -20,7 +20,6 @@ from deepretrieval.catalog import (
     read_rows,
 )
 from deepretrieval.core import settings
-from deepretrieval.core.io import write_atomic
 from deepretrieval.data import search_r1
 from deepretrieval.data.rows import write_parquet
 from deepretrieval.tasks.agentic import AGENTIC
@@ -295,38 +294,11 @@ def _init_model(args, model: str, out: Path) -> str:
 
 
 def _train_verl(args, task, model, out: Path, url: str | None, service) -> int:
-    from omegaconf import OmegaConf
-
-    args.config = args.config or launcher.default_preset(task)
     model = _init_model(args, model, out)
     train, test = _rows_files(task.name, args.data, out, args.dry_run)
-    if train.is_file() and test.is_file():
-        train, test, stripped = launcher.without_prefill(train, test, out)
-        if stripped:
-            print(f"note: verl cannot prefill the assistant turn; {task.name} rows rewritten without "
-                  f"the prefill ({train.parent}) — the model writes the whole <answer>…</answer>")
-    overrides = launcher.build_overrides(task.name, model=model, train_files=str(train),
-                                         val_files=str(test), out_dir=str(out), n_gpus=args.gpus,
-                                         nnodes=args.nodes, search_url=url, preset=args.config,
-                                         extra=args.overrides)
-    config = launcher.compose(args.config, overrides)
-    cmd = launcher.command(args.config, overrides)
-    write_atomic(out / "verl_config.yaml", OmegaConf.to_yaml(config))
-    print("verl command:\n  " + launcher.format_command(cmd))
-    print("key settings:")
-    for key, value in launcher.summary(config).items():
-        print(f"  {key} = {value}")
-    print(f"composed config: {out / 'verl_config.yaml'}")
-    if args.dry_run:
-        print("dry run: not training")
-        return 0
-    env = service.env() if service else {}
-    log_path = out / "train.log"
-    code = launcher.run(cmd, env=env, log_path=log_path)
-    print(f"verl exited with code {code}\ncheckpoints: {out / 'checkpoints'}\nlog: {log_path}\n"
-          f"validation generations: {out / 'validation'}\n"
-          f"export: deepretrieval export {out / 'checkpoints'} --out {out / 'model'}")
-    return code
+    return launcher.launch(task.name, model=model, train_files=train, val_files=test, out_dir=out,
+                           search_url=url, env=service.env() if service else {}, preset=args.config,
+                           n_gpus=args.gpus, nnodes=args.nodes, extra=args.overrides, dry_run=args.dry_run)
 
 
 def _train_trl(args, task, model, out: Path) -> int:

@@ -6,6 +6,8 @@ Each composes verl's own ``ppo_trainer`` and adds a task-family group (``family=
 evidence|sql|agentic``: prompt/response lengths). The reward is wired through
 ``reward.custom_reward_function`` to :func:`deepretrieval.rewards.compute_score_async`. Agentic
 tasks also get the agent-loop and tool YAML files (:func:`agent_overrides`, docs/agentic.md).
+:func:`launch` is the one launch path (the training command and the quickstart), always with the
+retrieval service.
 """
 from __future__ import annotations
 
@@ -279,3 +281,52 @@ def summary(config: Any) -> dict[str, Any]:
             "trainer.n_gpus_per_node", "trainer.nnodes", REWARD_PATH_KEY, REWARD_NAME_KEY,
             "trainer.default_local_dir"]
     return {k: get(k) for k in keys}
+
+
+def launch(task_name: str, *, model: str, train_files: str | os.PathLike, val_files: str | os.PathLike,
+           out_dir: str | os.PathLike, search_url: str, env: Mapping[str, str] | None = None,
+           preset: str | None = None, n_gpus: int | None = None, nnodes: int | None = None,
+           extra: Sequence[str] = (), dry_run: bool = False) -> int:
+    """The one way a verl run starts (``deepretrieval train --engine verl``, the quickstart's verl
+    engine): rows without the prefill verl cannot send (:func:`without_prefill`), the overrides
+    (:func:`build_overrides`), the composed config written to ``<out_dir>/verl_config.yaml`` and
+    printed with the command, then ``main_ppo`` with its log in ``<out_dir>/train.log``.
+
+    Always with the retrieval service: ``search_url`` is where verl's reward workers search (on
+    every node, through Ray's runtime env) and ``env`` what this launcher passes to ``main_ppo``
+    (:meth:`~deepretrieval.train.service.ManagedService.env`). ``preset``: a preset or YAML file
+    (default: :func:`default_preset`). Returns ``main_ppo``'s exit code (0 for ``dry_run``)."""
+    if not search_url:
+        raise ValueError("verl's reward workers search through the retrieval service: give its URL "
+                         "(deepretrieval train starts one; or pass --search-url)")
+    from omegaconf import OmegaConf
+
+    task = get_task(task_name)
+    preset = preset or default_preset(task)
+    out = Path(out_dir)
+    train, test = Path(train_files), Path(val_files)
+    if train.is_file() and test.is_file():
+        train, test, stripped = without_prefill(train, test, out)
+        if stripped:
+            print(f"note: verl cannot prefill the assistant turn; {task.name} rows rewritten without "
+                  f"the prefill ({train.parent}) — the model writes the whole <answer>…</answer>")
+    overrides = build_overrides(task.name, model=model, train_files=str(train), val_files=str(test),
+                                out_dir=str(out), n_gpus=n_gpus, nnodes=nnodes, search_url=search_url,
+                                preset=preset, extra=extra)
+    config = compose(preset, overrides)
+    cmd = command(preset, overrides)
+    write_atomic(out / "verl_config.yaml", OmegaConf.to_yaml(config))
+    print("verl command:\n  " + format_command(cmd))
+    print("key settings:")
+    for key, value in summary(config).items():
+        print(f"  {key} = {value}")
+    print(f"composed config: {out / 'verl_config.yaml'}")
+    if dry_run:
+        print("dry run: not training")
+        return 0
+    log_path = out / "train.log"
+    code = run(cmd, env=env, log_path=log_path)
+    print(f"verl exited with code {code}\ncheckpoints: {out / 'checkpoints'}\nlog: {log_path}\n"
+          f"validation generations: {out / 'validation'}\n"
+          f"export: deepretrieval export {out / 'checkpoints'} --out {out / 'model'}")
+    return code
