@@ -299,13 +299,16 @@ def test_tiny_model_policy_masks_its_injected_blocks(cfg, tiny, tok, rows):
 def test_response_budget_ends_the_episode_visibly(cfg, tok, rows):
     # a budget of less than one search result
     _, out = _run_loop(cfg, tok, OracleServer(tok), rows[0], {"temperature": 1.0}, response_length=60)
-    assert len(out.response_ids) == len(out.response_mask) == 60
-    assert out.extra_fields["agent_finish"] == "length"
+    # the runner's rule (TokenBudget): the episode ends with the budget block, inside the budget
+    assert len(out.response_ids) == len(out.response_mask) <= 60
+    assert out.extra_fields["agent_finish"] == "budget"
     from deepretrieval.rewards import compute_score
     text = tok.decode(out.response_ids, skip_special_tokens=True)
+    assert text.rstrip().endswith("</information>")
+    assert P.AgentSettings().budget_message in text  # the whole block fits
     scored = compute_score(rows[0]["data_source"], text, rows[0]["reward_model"]["ground_truth"],
                            rows[0]["extra_info"])
-    assert scored["format_ok"] is False and scored["score"] == 0.0
+    assert scored["format_ok"] is False and scored["score"] == 0.0 and scored["budget"] == 1.0
 
 
 def test_search_through_the_service_client(cfg, tok, rows, run_dir):
@@ -360,8 +363,8 @@ def test_stop_strings_per_rollout_engine(cfg, tok):
         c.actor_rollout_ref.rollout.name = name
         return _loop(c, tok, None)
 
-    assert asyncio.run(build("sglang")).stop_params == {"stop": list(P.stop_strings("tags")),
-                                                       "no_stop_trim": True}
+    # (the stop strings themselves are the row's protocol's, asked per episode)
+    assert asyncio.run(build("sglang")).keep_stop == {"no_stop_trim": True}
     from hydra.errors import InstantiationException
     with pytest.raises(InstantiationException, match="rollout.name='trtllm'"):  # hydra wraps it
         asyncio.run(build("trtllm"))

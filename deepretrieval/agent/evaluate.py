@@ -40,7 +40,7 @@ from deepretrieval.evaluation.harness import (
     summarize,
     write_report,
 )
-from deepretrieval.generation.decoding import Decoding
+from deepretrieval.generation.decoding import Decoding, Generator
 from deepretrieval.generation.factory import make_generator
 from deepretrieval.rewards import score_batch
 from deepretrieval.tasks.agentic import CLOSED_BOOK, NAIVE_RAG, blocks_hold_answer
@@ -156,9 +156,9 @@ def evaluate_agent(model: Any, rows: Sequence[Mapping[str, Any]], *,
         raise ValueError(f"rows mix several tasks {sources}; evaluate one task at a time")
     decoding = Decoding(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
                         top_p=top_p, seed=seed)
-    generator = model if hasattr(model, "generate") else None
+    generator = model if isinstance(model, Generator) else None
     if generator is not None:
-        system = name or str(getattr(generator, "name", type(generator).__name__))
+        system = name or str(generator.name)
     else:
         system = name or (Path(model).name if Path(str(model)).exists() else str(model))
     episodes = episodes_from_rows(rows, settings=settings)  # validates rows and settings early

@@ -31,7 +31,7 @@ from deepretrieval.core.answer import (
 )
 from deepretrieval.core.io import DeferredJson, append_json_lines, save_figure, write_atomic
 from deepretrieval.data.original import original_prompt
-from deepretrieval.generation.decoding import Decoding, Prompt, stop_rules
+from deepretrieval.generation.decoding import Decoding, Generator, Prompt, stop_rules
 from deepretrieval.generation.factory import make_generator
 from deepretrieval.rewards import score_batch
 from deepretrieval.tasks import ORIGINAL_QUERY
@@ -307,9 +307,9 @@ def evaluate_model(model: Any, rows: Sequence[Mapping[str, Any]], *, out_dir: st
                         top_p=top_p, seed=seed, n=n)
 
     generator = None
-    if hasattr(model, "generate") and hasattr(model, "uses_prefill"):
+    if isinstance(model, Generator):
         generator = model
-        system = name or str(getattr(generator, "name", type(model).__name__))
+        system = name or str(generator.name)
         prefill_used = bool(generator.uses_prefill)
     elif isinstance(model, (str, os.PathLike)):  # loaded only when rows are left to generate
         system = name or (Path(model).name if Path(model).exists() else str(model))
