@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from deepretrieval.core.protocols.answer import SINGLE_SHOT
 from deepretrieval.core.protocols.base import AgentProtocol, Rollout
+from deepretrieval.core.protocols.functions import FUNCTIONS
 from deepretrieval.core.protocols.tags import TAGS
 from deepretrieval.core.protocols.tool import TOOL
 
 #: Name → rollout. The single-shot rollout first, then the agent protocols (the first is the default).
-ROLLOUTS: dict[str, Rollout] = {r.name: r for r in (SINGLE_SHOT, TAGS, TOOL)}
+ROLLOUTS: dict[str, Rollout] = {r.name: r for r in (SINGLE_SHOT, TAGS, TOOL, FUNCTIONS)}
 
 
 def protocol_names() -> tuple[str, ...]:
