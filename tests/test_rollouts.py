@@ -48,8 +48,7 @@ def test_rows_name_their_loop_and_refuse_another_protocol(rollout):
 
 
 def test_the_next_turn_is_laid_out_by_the_protocol():
-    settings = {name: P.AgentSettings(protocol=name) for name in protocol_names()}
-    for name, s in settings.items():
+    for s in (P.AgentSettings(protocol=name) for name in protocol_names()):
         ep = Episode(s.rollout.messages("Q?"), "closedworld", s, prefill="<think>")
         ep.advance(s.rollout.write_search(["a"]))
         ep.receive([("a", None, "down")])  # a failed search ends the episode visibly

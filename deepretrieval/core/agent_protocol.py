@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from deepretrieval.core.protocols import agent_protocol, protocol_names
+from deepretrieval.core.protocols import agent_protocol, protocol_names  # noqa: F401 - re-exported
 from deepretrieval.core.protocols.base import (  # noqa: F401 - the protocol vocabulary, one import
     ANSWER_CLOSE,
     ANSWER_OPEN,

@@ -118,6 +118,25 @@ def _segment_tokens(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
+class TurnTokens:
+    """The response tokens of one turn's segments as the loop appends them: a model turn keeps the
+    sampled ids (:func:`model_turn_tokens`), an injected block is tokenised on its own.
+    :meth:`count` is the response length with the turn's segments (the token budget's count)."""
+
+    def __init__(self, tokenizer, sampled: Sequence[int], logprobs: Sequence[float] | None,
+                 used: int, first: int):
+        self.tokenizer, self.sampled, self.logprobs = tokenizer, sampled, logprobs
+        self.used, self.first = used, first
+
+    def tokens(self, seg: Segment) -> tuple[list[int], list[float] | None, int]:
+        if seg.injected:
+            return _segment_tokens(self.tokenizer, seg.text), None, 0
+        return model_turn_tokens(self.tokenizer, self.sampled, self.logprobs, seg.text)
+
+    def count(self, episode: Episode) -> int:
+        return self.used + sum(len(self.tokens(s)[0]) for s in episode.segments[self.first:])
+
+
 class SearchAgentLoop(AgentLoopBase):
     """verl agent loop for the tag protocol (registered as ``deepretrieval_agent`` by the YAML
     the launcher writes). ``max_turn_tokens``: generation budget of one model turn."""
@@ -181,16 +200,10 @@ class SearchAgentLoop(AgentLoopBase):
                 search_s += timing["search"]
                 episode.receive(search_replies(episode.index, list(queries), outcome))
 
-            def turn_tokens(seg: Segment) -> tuple[list[int], list[float] | None, int]:
-                if seg.injected:
-                    return _segment_tokens(tok, seg.text), None, 0
-                return model_turn_tokens(tok, out.token_ids, out.log_probs, seg.text)
-
-            used = len(response_ids)
-            budget.fit(episode, first_new, lambda ep: used + sum(
-                len(turn_tokens(seg)[0]) for seg in ep.segments[first_new:]))
+            turn = TurnTokens(tok, out.token_ids, out.log_probs, len(response_ids), first_new)
+            budget.fit(episode, first_new, turn.count)
             for seg in episode.segments[first_new:]:
-                ids, lps, n_re = turn_tokens(seg)
+                ids, lps, n_re = turn.tokens(seg)
                 retokenized += n_re
                 response_ids.extend(ids)
                 response_mask.extend([0 if seg.injected else 1] * len(ids))
