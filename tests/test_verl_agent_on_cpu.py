@@ -311,6 +311,29 @@ def test_response_budget_ends_the_episode_visibly(cfg, tok, rows):
     assert scored["format_ok"] is False and scored["score"] == 0.0 and scored["budget"] == 1.0
 
 
+class OracleWithTail:
+    """The generator twin of :class:`OracleServer` for the episode runner."""
+
+    name, uses_prefill = "oracle+tail", True
+
+    def generate(self, prompts, decoding, **kw):
+        return [[OraclePolicy().turn(p) + " and then more"] for p in prompts]
+
+
+@pytest.mark.parametrize("budget", [40, 90, 160, 1000])
+def test_the_budget_rule_is_the_runners(cfg, tok, rows, budget):
+    """One token-budget rule (agent.runner.TokenBudget): under the same budget the verl loop and
+    the episode runner (TRL's rollout) end the same episode the same way, text for text."""
+    row = next(r for r in rows if r["extra_info"]["hops"] == 2)
+    loop, out = _run_loop(cfg, tok, OracleServer(tok), row, {"temperature": 1.0}, response_length=budget)
+    (ep,) = episodes_from_rows([row])
+    EpisodeRunner(OracleWithTail(), decoding=Decoding(max_new_tokens=500), token_budget=budget,
+                  tokenizer=tok).run([ep])
+    assert (loop.episode.finish, loop.episode.text) == (ep.finish, ep.text)
+    assert len(out.response_ids) <= budget and out.extra_fields["agent_finish"] == ep.finish
+    assert (ep.finish == "budget") == (budget < 1000)
+
+
 def test_search_through_the_service_client(cfg, tok, rows, run_dir):
     """With DEEPRETRIEVAL_SEARCH_URL set (as the launcher sets it for every Ray worker) the loop
     searches through the retrieval service: the same episodes, token for token."""
