@@ -71,6 +71,8 @@ def test_turns_parse_into_actions():
     for text, error in invalid.items():
         action = FUNCTIONS.parse_turn(text)
         assert (action.kind, action.error) == ("invalid", error), text
+    # the model is told how this protocol acts, not to write tags
+    assert "answer tool" in FUNCTIONS.invalid_message and SETTINGS.invalid_text == FUNCTIONS.invalid_message
     # writing and reading are inverses
     assert FUNCTIONS.parse_turn(FUNCTIONS.write_search(["a b", "c"])).queries == ("a b", "c")
     assert FUNCTIONS.parse_turn(FUNCTIONS.write_answer("x y")).answer == "x y"

@@ -31,6 +31,13 @@ def test_every_protocol_reads_back_what_it_writes(rollout):
     assert P.injected_blocks(reply) and P.model_text(reply).strip() == ""
     assert any(reply.strip().startswith(s) for s in rollout.stop_strings())
     assert rollout.messages("Q?")[0] == {"role": "system", "content": rollout.system_prompt()}
+    # a turn without a valid action gets the protocol's reply (rows may set their own)
+    for settings, told in ((P.AgentSettings(protocol=rollout.name), rollout.invalid_message),
+                           (P.AgentSettings(protocol=rollout.name, invalid_message="Try again."), "Try again.")):
+        ep = Episode(rollout.messages("Q?"), "closedworld", settings)
+        assert ep.advance("<tool_call>{not json</tool_call>") == () and not ep.done
+        assert P.injected_blocks(ep.text) == [told]
+        assert P.trajectory_stats(ep.text, settings).n_invalid == 1
 
 
 @pytest.mark.parametrize("rollout", PROTOCOLS, ids=lambda r: r.name)

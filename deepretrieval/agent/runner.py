@@ -176,7 +176,7 @@ class Episode:
         elif last:
             self.finish = "max_turns"
         else:
-            self._add_env(self._note(s.invalid_message), turn)
+            self._add_env(self._note(s.invalid_text), turn)
         return ()
 
     def receive(self, replies: Sequence[tuple[str, SearchResult | None, str | None]]) -> None:

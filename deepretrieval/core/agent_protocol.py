@@ -75,16 +75,15 @@ class AgentSettings:
     ``max_turns - 1`` searches). ``top_k``: passages per search. ``max_result_chars``: the rendered
     passages of one search are cut to this many characters. ``max_action_chars``: longest query.
     ``max_calls_per_turn``: tool protocol, searches run for one turn (the first ones; later calls
-    of the turn get no response).
+    of the turn get no response). ``invalid_message``: the reply to a turn without a valid action
+    (None: the protocol's own, :attr:`invalid_text`).
     """
 
     protocol: str = "tags"
     max_turns: int = 4
     top_k: int = 3
     max_result_chars: int = 2000
-    invalid_message: str = ("That turn had no action. To search, write the query between the "
-                            "search tags; to finish, write the final answer between the answer "
-                            "tags.")
+    invalid_message: str | None = None  # None: the protocol's (AgentProtocol.invalid_message)
     refusal_message: str = "No searches are left. The episode ends without an answer."
     last_turn_note: str = "This is your last turn: give your final answer now."
     no_results_message: str = "No passages found."
@@ -106,6 +105,11 @@ class AgentSettings:
     def rollout(self) -> AgentProtocol:
         """The protocol object :attr:`protocol` names."""
         return agent_protocol(self.protocol)
+
+    @property
+    def invalid_text(self) -> str:
+        """The reply to an invalid turn: :attr:`invalid_message`, else the protocol's."""
+        return self.rollout.invalid_message if self.invalid_message is None else self.invalid_message
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -212,7 +216,7 @@ def classify_block(content: str, settings: AgentSettings) -> str:
         return "search_error"
     if content and settings.budget_message.startswith(content):
         return "budget"
-    if content.startswith(settings.invalid_message.strip()):
+    if content.startswith(settings.invalid_text.strip()):
         return "invalid"
     if content.startswith(settings.refusal_message.strip()):
         return "refused"

@@ -133,12 +133,16 @@ class AgentProtocol(Rollout):
 
     ``verl_agent_loop``: the verl agent loop its rows name (``agent_name``), or None when no verl
     agent loop speaks it. ``calls_tools``: the model calls tools as ``<tool_call>`` JSON.
+    ``invalid_message``: what the model is told after a turn without a valid action.
     """
 
     episodic = True
     single_message: bool = True
     verl_agent_loop: str | None = None
     calls_tools: bool = False
+    #: The environment's reply to a turn without a valid action (rows may set their own).
+    invalid_message: str = ("That turn had no action. To search, write the query between the "
+                            "search tags; to finish, write the final answer between the answer tags.")
 
     # ---- a model turn ----------------------------------------------------------------------
     def parse_turn(self, text: object) -> Action:

@@ -60,6 +60,8 @@ class FunctionsProtocol(AgentProtocol):
     verl_agent_loop = None
     calls_tools = True
     tools = (SEARCH_TOOL_NAME, ANSWER_TOOL_NAME)
+    invalid_message = ("That turn made no valid tool call. To search, call the search tool with a "
+                       "query; to finish, call the answer tool, alone, with the final answer.")
 
     def parse_turn(self, text: object) -> Action:
         if not isinstance(text, str):
