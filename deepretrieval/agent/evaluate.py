@@ -33,7 +33,7 @@ from deepretrieval.catalog import get_searcher
 from deepretrieval.core import agent_protocol as P
 from deepretrieval.evaluation.harness import Reference, evaluate
 from deepretrieval.evaluation.scoring import summarize
-from deepretrieval.generation.decoding import Decoding
+from deepretrieval.generation.decoding import Decoding, Generator
 from deepretrieval.generation.factory import make_generator
 from deepretrieval.rewards import score_batch
 from deepretrieval.tasks.agentic import CLOSED_BOOK, NAIVE_RAG, blocks_hold_answer
@@ -179,8 +179,8 @@ def evaluate_agent(model: Any, rows: Sequence[Mapping[str, Any]], *,
         raise ValueError("no rows to evaluate")
     decoding = Decoding(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
                         top_p=top_p, seed=seed)
-    if hasattr(model, "generate"):
-        system = name or str(getattr(model, "name", type(model).__name__))
+    if isinstance(model, Generator):
+        system = name or str(model.name)
         model_id = system
         generator = functools.cache(lambda: model)
     else:

@@ -142,7 +142,7 @@ def cmd_eval(args) -> int:
             raise ValueError("openai:NAME needs --base-url (or OPENAI_API_KEY for api.openai.com)")
     rows, task = _load_rows(args)
     out = args.out or str(Path("runs") / "eval" / f"{task}-{args.split}-{_slug(args.model)}")
-    if get_task(task).family.name == "agentic":
+    if get_task(task).rollout.episodic:
         return cmd_eval_agent(args, rows, out)
     extra_body = None
     if args.api_extra:

@@ -22,7 +22,6 @@ from deepretrieval.catalog import (
 from deepretrieval.core import settings
 from deepretrieval.data import search_r1
 from deepretrieval.data.rows import write_parquet
-from deepretrieval.tasks.agentic import AGENTIC
 from deepretrieval.train import agentic_quickstart, trl_agent
 from deepretrieval.train import quickstart as quickstart_mod
 from deepretrieval.train import verl as launcher
@@ -304,7 +303,7 @@ def _train_verl(args, task, model, out: Path, url: str | None, service) -> int:
 def _train_trl(args, task, model, out: Path) -> int:
 
     train, _test = _rows_files(task.name, args.data, out, args.dry_run)
-    agentic = trl_agent.is_agentic(task.name)
+    agentic = task.rollout.episodic
     budget = args.max_new_tokens or (512 if agentic else 64)
     trl_settings = TRLSettings(
         model=model, output_dir=str(out), steps=args.steps, learning_rate=args.lr,
@@ -335,7 +334,7 @@ def _train_trl(args, task, model, out: Path) -> int:
 
 
 def _train_exsearch(args, task, model, out: Path) -> int:
-    if task.family is not AGENTIC:
+    if not task.rollout.episodic:
         raise ValueError(f"--engine exsearch trains search agents: {task.name} is not an agentic "
                          f"task (agent_closedworld, agent_nq, ...)")
     if args.overrides:

@@ -31,7 +31,7 @@ from deepretrieval.evaluation.scoring import (
     score_queries,
     summarize,
 )
-from deepretrieval.generation.decoding import Decoding, Prompt, stop_rules
+from deepretrieval.generation.decoding import Decoding, Generator, Prompt, stop_rules
 from deepretrieval.generation.factory import make_generator
 from deepretrieval.tasks import ORIGINAL_QUERY
 
@@ -183,8 +183,8 @@ def evaluate_model(model: Any, rows: Sequence[Mapping[str, Any]], *, out_dir: st
     decoding = Decoding(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
                         top_p=top_p, seed=seed, n=n)
 
-    if hasattr(model, "generate") and hasattr(model, "uses_prefill"):
-        system = name or str(getattr(model, "name", type(model).__name__))
+    if isinstance(model, Generator):
+        system = name or str(model.name)
         prefill_used = bool(model.uses_prefill)
         generator = functools.cache(lambda: model)
     elif isinstance(model, (str, os.PathLike)):  # loaded only when rows are left to generate

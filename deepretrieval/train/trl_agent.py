@@ -40,19 +40,13 @@ from deepretrieval.agent.runner import (
     EpisodeRunner,
     episodes_from_rows,
 )
-from deepretrieval.catalog import get_task
 from deepretrieval.core import agent_protocol as P
 from deepretrieval.core.tables import RewardTable
 from deepretrieval.generation.decoding import Decoding
-from deepretrieval.tasks.agentic import AGENTIC
 from deepretrieval.train.trl_engine import TRLRewardAdapter, render_messages
 
 #: Metrics averaged per step (besides the finish-reason shares).
 LOGGED = ("score", "em", "f1", "hit", "n_search", "turns", "budget", "format_ok", "search_error")
-
-
-def is_agentic(task_name: str) -> bool:
-    return get_task(task_name).family is AGENTIC
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -66,7 +60,8 @@ def _end_id(tokenizer) -> int:
 
 
 def tag_completion(tokenizer, ep: Episode) -> tuple[list[int], list[int]]:
-    """Completion ids and env mask of a tag-protocol episode (see the module docstring)."""
+    """Completion ids and env mask of a single-message episode (tag protocol; see the module
+    docstring)."""
     ids, mask = ep.token_ids(tokenizer)
     ended_by_model = ep.finish != "budget" and (not ep.segments or not ep.segments[-1].injected)
     if ended_by_model or not ids:
@@ -75,7 +70,8 @@ def tag_completion(tokenizer, ep: Episode) -> tuple[list[int], list[int]]:
 
 
 def tool_completion(tokenizer, ep: Episode) -> tuple[list[int], list[int]]:
-    """Completion ids and env mask of a tool-protocol episode: the chat template's rendering of
+    """Completion ids and env mask of an episode laid out as messages (tool-call protocols): the
+    chat template's rendering of
     the messages after the prompt, message by message (a template whose rendering of a longer
     conversation does not extend the shorter one cannot be masked this way: ValueError)."""
     messages = [dict(m) for m in ep.messages]
@@ -185,7 +181,7 @@ class AgentRollout:
         prompt_ids, completion_ids, env_mask = [], [], []
         for ep in episodes:
             prompt_ids.append(_encode(tok, render_messages(tok, ep.messages, ep.prefill)))
-            ids, mask = (tag_completion(tok, ep) if ep.settings.protocol == "tags"
+            ids, mask = (tag_completion(tok, ep) if ep.rollout.single_message
                          else tool_completion(tok, ep))
             if len(ids) > budget + 1:  # the runner keeps episodes within the budget
                 raise RuntimeError(f"episode of {len(ids)} tokens over the budget {budget + 1}")

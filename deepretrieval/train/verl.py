@@ -25,7 +25,7 @@ from deepretrieval.core import settings
 from deepretrieval.core.agent_protocol import search_tool_schema
 from deepretrieval.core.io import write_atomic
 from deepretrieval.data.rows import write_parquet
-from deepretrieval.tasks.agentic import AGENTIC, TAG_AGENT_LOOP
+from deepretrieval.tasks.agentic import TAG_AGENT_LOOP
 from deepretrieval.paper.presets import paper_run_overrides
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "verl"
@@ -67,7 +67,7 @@ def family_for(task) -> str:
 def default_preset(task) -> str:
     """The preset ``deepretrieval train --engine verl`` uses without ``--config``: ``search_r1``
     for agentic tasks (the paper's PPO settings are for single-shot query writing), else ``ppo``."""
-    return "search_r1" if task.family is AGENTIC else "ppo"
+    return "search_r1" if task.rollout.episodic else "ppo"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,6 +76,10 @@ def default_preset(task) -> str:
 #: Where verl 0.9.1 reads the agent-loop registry file and the tool file (rollout.yaml).
 AGENT_LOOP_CONFIG_KEY = "actor_rollout_ref.rollout.agent.agent_loop_config_path"
 TOOL_CONFIG_KEY = "actor_rollout_ref.rollout.multi_turn.tool_config_path"
+#: The loop rows without ``agent_name`` run in (verl: ``single_turn_agent``): ours, which runs the
+#: single-message protocols and refuses the others by name (a protocol no verl loop speaks writes
+#: rows without ``agent_name``).
+DEFAULT_AGENT_LOOP_KEY = "actor_rollout_ref.rollout.agent.default_agent_loop"
 #: Classes verl instantiates by path (``hydra.utils.instantiate`` / ``get_tool_class``).
 AGENT_LOOP_CLASS = "deepretrieval.train.verl_agent.SearchAgentLoop"
 SEARCH_TOOL_CLASS = "deepretrieval.train.verl_agent.SearchTool"
@@ -112,7 +116,8 @@ def agent_overrides(out_dir: str | os.PathLike, index: str | None = None) -> lis
     and return the overrides that point verl at them (``index``: the tool's default index)."""
     folder = Path(out_dir).resolve() / AGENT_DIR
     return [f"{AGENT_LOOP_CONFIG_KEY}={write_agent_loop_config(folder)}",
-            f"{TOOL_CONFIG_KEY}={write_tool_config(folder, index)}"]
+            f"{TOOL_CONFIG_KEY}={write_tool_config(folder, index)}",
+            f"{DEFAULT_AGENT_LOOP_KEY}={TAG_AGENT_LOOP}"]
 
 
 def check_overrides(overrides: Sequence[str]) -> None:
@@ -142,7 +147,7 @@ def build_overrides(task_name: str, *, model: str, train_files: str, val_files: 
              f"trainer.validation_data_dir={out / 'validation'}"]
     if preset == "ppo":
         items += paper_run_overrides(task.name)
-    if task.family is AGENTIC:
+    if task.rollout.episodic:
         items += agent_overrides(out, task.index)
     if n_gpus is not None:
         items.append(f"trainer.n_gpus_per_node={n_gpus}")
