@@ -55,10 +55,10 @@ def every_rank_scores(ranked, qrels, depth=1000):
 
 
 def our_scores(ranked, qrels, depth=1000):
-    from deepretrieval.core.metrics import ndcg_at_k, ndcg_paper_at_k, recall_at_k
+    from deepretrieval.core.metrics import ndcg_at_k, recall_at_k
 
     return [ndcg_at_k(ranked, qrels, depth), ndcg_at_k(ranked, qrels, 10),
-            ndcg_paper_at_k(ranked, qrels, depth), recall_at_k(ranked, qrels, 100),
+            ndcg_at_k(ranked, qrels, depth, ideal="listed"), recall_at_k(ranked, qrels, 100),
             recall_at_k(ranked, qrels, 1000)]
 
 

@@ -7,7 +7,7 @@ itself (the original query). Re-measures notes/boolean-feasibility.md on the rea
 import math, re
 import numpy as np
 from deepretrieval.cli.core import bundled_rows
-from deepretrieval.evaluation.harness import score_queries, summarize
+from deepretrieval.evaluation.scoring import score_queries, summarize
 from deepretrieval.catalog import open_index
 ix = open_index("scifact_boolean")
 rows = bundled_rows("scifact_boolean", "test")

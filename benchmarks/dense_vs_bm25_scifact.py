@@ -28,11 +28,11 @@ def main() -> int:
     if args.index_dir:
         os.environ["DEEPRETRIEVAL_INDEX_DIR"] = args.index_dir
 
-    from deepretrieval.evaluation.harness import format_table
+    from deepretrieval.evaluation.report import format_table
     from deepretrieval.core.beir_files import load_qrels, load_queries
     from deepretrieval.core.bundled import collection_dir
     from deepretrieval.tasks.beir import beir_rows
-    from deepretrieval.evaluation.harness import original_query_baseline, summarize
+    from deepretrieval.evaluation.scoring import original_query_baseline, summarize
     from deepretrieval.catalog import local_searcher, open_index
     from deepretrieval.data.bundled import scifact_dense_index
     from deepretrieval.catalog import get_task

@@ -20,7 +20,7 @@ What it measures (``--json``, default ``$OUT/gpu_check.json`` when ``$OUT`` is s
 2. **The TRL reward path**: the tiny Qwen2 model (``deepretrieval.testing.tiny_model``, built
    offline) generates completions for SciFact prompts on the device; they (plus well-formed
    completions that copy the claim as the query, so that searches happen) are scored by
-   ``RewardLogger`` — the function TRL's GRPOTrainer calls — over a dense SciFact index encoded by
+   ``TRLRewardAdapter`` — the function TRL's GRPOTrainer calls — over a dense SciFact index encoded by
    the same tiny model and placed with ``torch`` on the device.
 
 One table is printed at the end; the exit status is 0 when every step ran and float16 recall@3 is
@@ -183,7 +183,7 @@ def reward_row(args, log, work: Path) -> dict:
     from deepretrieval.core.bundled import collection_dir
     from deepretrieval.search.dense import DenseIndex
     from deepretrieval.testing.tiny_model import tiny_model_path
-    from deepretrieval.train.trl_engine import RewardLogger, render_prompt
+    from deepretrieval.train.trl_engine import TRLRewardAdapter, render_prompt
 
     row: dict = {"step": "TRL reward path"}
     device = f"cuda:{args.gpu_list[0]}" if args.device == "cuda" else "cpu"
@@ -222,7 +222,7 @@ def reward_row(args, log, work: Path) -> dict:
         completions.append('<think>t</think>\n<answer>{"query": %s}</answer>'
                            % json.dumps(r["extra_info"]["query"]))
     batch = [r for r in rows for _ in range(args.generations)] + rows
-    reward = RewardLogger()
+    reward = TRLRewardAdapter()
     t0 = time.perf_counter()
     scores = reward(prompts=prompts, completions=completions,
                     data_source=[r["data_source"] for r in batch],

@@ -19,7 +19,7 @@ Task names (``data_source``) resolve as follows:
 
 :func:`resolve_name` is that order, and it also decides the profile a name is scored by (``paper``
 only for original names, never for an agentic spelling or a user collection):
-:func:`get_task` and the reward's profile (:mod:`deepretrieval.profiles`) both read it.
+:func:`get_task` and the reward's profile (:mod:`deepretrieval.paper.profile`) both read it.
 
 Index names resolve: registered in this process (:func:`register_index`) or in
 ``DEEPRETRIEVAL_INDEXES`` → under the index root (``DEEPRETRIEVAL_INDEX_DIR``) → built in

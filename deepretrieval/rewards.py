@@ -6,7 +6,7 @@ contract (``reward.custom_reward_function.path=pkg://deepretrieval.rewards`` and
 — or ``compute_score_async`` — as ``.name``). It returns a dict with ``score`` and the task's
 metrics and never raises for anything the model wrote. ``table=NAME`` scores with another of the
 task family's reward tables (e.g. ``agent_sub_em``, ``agent_em_verl``); ``profile=`` picks the
-scoring profile (:mod:`deepretrieval.profiles`).
+scoring profile (:mod:`deepretrieval.paper.profile`).
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from typing import Any
 from deepretrieval.catalog import TABLES, family_entry, get_searcher, get_table, get_task
 from deepretrieval.core.results import SearchError
 from deepretrieval.core.tables import RewardTable, with_overrides
-from deepretrieval.paper_rewards import score_sample
-from deepretrieval.profiles import resolve_profile
+from deepretrieval.paper.engine import score_sample
+from deepretrieval.paper.profile import resolve_profile
 from deepretrieval.tasks.base import SearchPlan
 
 __all__ = [
@@ -204,7 +204,7 @@ class _Batch:
 
 def _paper(item: tuple, kw: Mapping[str, Any], value: str | None, searcher) -> dict | None:
     """The ``paper`` profile's result for one item, or None when the default profile scores it
-    (see :mod:`deepretrieval.profiles` for how the profile is chosen)."""
+    (see :mod:`deepretrieval.paper.profile` for how the profile is chosen)."""
 
     data_source, solution_str, ground_truth, extra_info = item
     if resolve_profile(data_source, extra_info, kw.get("profile")) != "paper":

@@ -27,7 +27,7 @@ from deepretrieval.core.answer import (
     salvage_truncated_value,
 )
 from deepretrieval.generation.api import OpenAIChatGenerator, served_models
-from deepretrieval.generation.decoding import Decoding, Prompt, stop_rules
+from deepretrieval.generation.decoding import Decoding, Generator, Prompt, stop_rules
 from deepretrieval.generation.factory import make_generator
 
 
@@ -46,15 +46,15 @@ class QueryRewriter:
     """Rewrite queries with a model trained on ``task``.
 
     ``model``: local folder / hub name / ``.gguf`` file, or the served model name when ``api_url``
-    is given (``None``: the first model the server lists). ``generator``: any object with the
-    generator interface of :mod:`deepretrieval.generation.local` (overrides ``model``)."""
+    is given (``None``: the first model the server lists). ``generator``: any
+    :class:`~deepretrieval.generation.decoding.Generator` (overrides ``model``)."""
 
     def __init__(self, model: str | Any = None, task: str = "scifact", *, api_url: str | None = None,
                  api_key: str | None = None, api_prefill: str = "continue", max_new_tokens: int = 256,
                  batch_size: int = 8, greedy: bool = True, temperature: float = 1.0, top_p: float = 1.0,
                  seed: int = 0, fallback: bool = True, backend: str = "auto", device: str | None = None,
                  dtype: str | None = None, tokenizer: Any = None, cache_dir: str | os.PathLike | None = None,
-                 use_cache: bool = False, generator: Any = None, **generator_kw: Any):
+                 use_cache: bool = False, generator: Generator | None = None, **generator_kw: Any):
 
         self.task = get_task(task)
         self.batch_size = max(1, batch_size)
@@ -73,7 +73,7 @@ class QueryRewriter:
         else:
             self.generator = make_generator(model, backend=backend, tokenizer=tokenizer, device=device,
                                             dtype=dtype, **generator_kw)
-        self.prefill_used = bool(getattr(self.generator, "uses_prefill", True))
+        self.prefill_used = bool(self.generator.uses_prefill)
 
     def messages(self, query: str, **fields: Any) -> list[dict[str, str]]:
         """The task's chat messages for ``query`` (what the model is sent)."""

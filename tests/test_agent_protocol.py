@@ -153,7 +153,7 @@ def test_compute_score_search_error_refusal_invalid_and_tables():
     err = "<search>q</search>" + P.information(P.search_error_content("backend down"))
     m = compute_score("agent_nq", err, gt)
     assert m["search_error"] and m["score"] == TABLES["agent_em"].error
-    traj = ("nothing" + P.information(s.invalid_message) + "<search>q</search>"
+    traj = ("nothing" + P.information(s.invalid_text) + "<search>q</search>"
             + P.information(s.refusal_message))
     m = compute_score("agent_nq", traj, gt)
     assert m["n_search"] == 0.0 and m["turns"] == 2.0 and not m["format_ok"]

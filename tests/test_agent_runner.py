@@ -125,7 +125,7 @@ def test_invalid_action_gets_the_message_and_continues():
     ep = run_rows(Script({"A": ["I think it is gold.", "<answer>gold</answer>"]}), rows_for(["A"]),
                   Recorder())[0]
     assert ep.finish == "answer" and ep.turns == 2 and ep.n_search == 0
-    assert P.injected_blocks(ep.text) == [s.invalid_message]
+    assert P.injected_blocks(ep.text) == [s.invalid_text]
     m = compute_score("agent_nq", ep.text, {"target": ["gold"]})
     assert m["em"] == 1.0 and m["n_search"] == 0.0 and m["turns"] == 2.0
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from deepretrieval.cli import main
-from deepretrieval.data import byo
+from deepretrieval.data import byo_beir, byo_pico, byo_sql
 from deepretrieval.core.beir_files import FormatError
 from deepretrieval.catalog import read_rows
 from deepretrieval.rewards import compute_score
@@ -220,7 +220,7 @@ def test_clashing_collection_is_an_error_naming_both_meanings(tmp_path, monkeypa
     monkeypatch.setenv("DEEPRETRIEVAL_INDEX_DIR", str(tmp_path / "indexes"))
     monkeypatch.setattr(catalog, "_RESOLVED", {})  # names resolved earlier in this process
     files = write_collection(tmp_path / "src")
-    byo.prepare_beir(corpus=files["corpus"], queries=files["queries"],
+    byo_beir.prepare_beir(corpus=files["corpus"], queries=files["queries"],
                      qrels={"train": files["train"], "test": files["test"]}, name="nfcorpus_test",
                      out=tmp_path / "rows", show_progress=False)
     both = ("original DeepRetrieval data_source name → task over index 'nfcorpus'",
@@ -393,7 +393,7 @@ def test_malformed_beir_input(tmp_path, _index_dir, capsys, target, lineno, text
     _corrupt(files[target], lineno, text)
     out = tmp_path / "rows"
     with pytest.raises(FormatError, match=message):
-        byo.prepare_beir(corpus=files["corpus"], queries=files["queries"],
+        byo_beir.prepare_beir(corpus=files["corpus"], queries=files["queries"],
                          qrels={"train": files["train"], "test": files["test"]}, name="broken",
                          out=out, show_progress=False)
     assert main(beir_args(files, "broken", out)) == 2
@@ -408,9 +408,9 @@ def test_missing_files_and_bad_arguments(tmp_path, capsys):
     assert main(beir_args(files, "x", tmp_path / "rows")) == 2
     assert "corpus file" in capsys.readouterr().err
     with pytest.raises(ValueError, match="SPLIT=PATH"):
-        byo.parse_qrels_args(["=a.tsv"])
+        byo_beir.parse_qrels_args(["=a.tsv"])
     with pytest.raises(ValueError, match="given twice"):
-        byo.parse_qrels_args(["a.tsv", "test=b.tsv"])
+        byo_beir.parse_qrels_args(["a.tsv", "test=b.tsv"])
 
 
 def test_failure_late_leaves_nothing_half_written(tmp_path, _index_dir, monkeypatch):
@@ -418,7 +418,7 @@ def test_failure_late_leaves_nothing_half_written(tmp_path, _index_dir, monkeypa
     index and rows are removed and nothing appears under the final names."""
     files = write_collection(tmp_path / "src")
     out = tmp_path / "rows"
-    real = byo.write_parquet
+    real = byo_beir.write_parquet
     calls = []
 
     def failing(rows, path):
@@ -427,9 +427,9 @@ def test_failure_late_leaves_nothing_half_written(tmp_path, _index_dir, monkeypa
             raise OSError("disk full (simulated)")
         return real(rows, path)
 
-    monkeypatch.setattr(byo, "write_parquet", failing)
+    monkeypatch.setattr(byo_beir, "write_parquet", failing)
     with pytest.raises(OSError, match="disk full"):
-        byo.prepare_beir(corpus=files["corpus"], queries=files["queries"],
+        byo_beir.prepare_beir(corpus=files["corpus"], queries=files["queries"],
                          qrels={"train": files["train"], "test": files["test"]}, name="halfway",
                          out=out, show_progress=False)
     assert len(calls) == 2
@@ -478,7 +478,7 @@ def test_malformed_sql_input(tmp_path, items, message, _index_dir):
     qfile = tmp_path / "questions.json"
     qfile.write_text(json.dumps(items))
     with pytest.raises(FormatError, match=message):
-        byo.prepare_sql(db=str(db), questions=str(qfile), name="bad_sql", out=str(tmp_path / "rows"))
+        byo_sql.prepare_sql(db=str(db), questions=str(qfile), name="bad_sql", out=str(tmp_path / "rows"))
     assert not (tmp_path / "rows").exists() and not (_index_dir / "spider" / "bad_sql").exists()
 
 
@@ -488,10 +488,10 @@ def test_sql_not_a_database_and_bad_jsonl(tmp_path):
     qfile = tmp_path / "q.jsonl"
     qfile.write_text('{"question": "q", "sql": "SELECT 1"}\n{"question": \n')
     with pytest.raises(FormatError, match="not a readable SQLite database"):
-        byo.prepare_sql(db=str(notdb), questions=str(qfile), out=str(tmp_path / "rows"))
+        byo_sql.prepare_sql(db=str(notdb), questions=str(qfile), out=str(tmp_path / "rows"))
     db = BUNDLED / "spider" / "database" / "flight_2" / "flight_2.sqlite"
     with pytest.raises(FormatError, match=r"q.jsonl:2: invalid JSON"):
-        byo.prepare_sql(db=str(db), questions=str(qfile), out=str(tmp_path / "rows"))
+        byo_sql.prepare_sql(db=str(db), questions=str(qfile), out=str(tmp_path / "rows"))
     assert not (tmp_path / "rows").exists()
 
 
@@ -611,7 +611,7 @@ def test_malformed_pico_input(tmp_path, change, message):
     rfile = tmp_path / "reviews.json"
     rfile.write_text(json.dumps(items))
     with pytest.raises(FormatError, match=message):
-        byo.prepare_pico(reviews=str(rfile), out=str(tmp_path / "rows"))
+        byo_pico.prepare_pico(reviews=str(rfile), out=str(tmp_path / "rows"))
     assert not (tmp_path / "rows").exists()
 
 
@@ -620,4 +620,4 @@ def test_pico_ctgov_ids_checked(tmp_path):
     rfile = tmp_path / "r.jsonl"
     rfile.write_text("\n".join(json.dumps(i) for i in items) + "\n")
     with pytest.raises(FormatError, match=r"r.jsonl:1: included id '123' is not a NCT id"):
-        byo.prepare_pico(reviews=str(rfile), engine="ctgov", out=str(tmp_path / "rows"))
+        byo_pico.prepare_pico(reviews=str(rfile), engine="ctgov", out=str(tmp_path / "rows"))

@@ -181,7 +181,7 @@ def test_scifact_dense_task_baseline(scifact_dense):
     from deepretrieval.core.beir_files import load_qrels, load_queries
     from deepretrieval.core.bundled import collection_dir
     from deepretrieval.tasks.beir import beir_rows
-    from deepretrieval.evaluation.harness import original_query_baseline, summarize
+    from deepretrieval.evaluation.scoring import original_query_baseline, summarize
     from deepretrieval.rewards import compute_score
     from deepretrieval.catalog import get_task
     folder = collection_dir("scifact")

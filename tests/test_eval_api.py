@@ -5,7 +5,7 @@ import json
 import pytest
 
 from deepretrieval.catalog import bundled_rows
-from deepretrieval.evaluation.harness import BASELINE_NAME, evaluate_model
+from deepretrieval.evaluation.single_shot import BASELINE_NAME, evaluate_model
 from deepretrieval.generation.api import ChatClient, LLMAPIError, chat_completions_url
 from deepretrieval.testing.openai_server import LoopbackChatServer
 

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 
 from deepretrieval.catalog import bundled_rows
-from deepretrieval.evaluation.harness import (BASELINE_NAME, GENERATIONS, evaluate_model, original_query_baseline,
-                                    summarize)
+from deepretrieval.evaluation.report import GENERATIONS
+from deepretrieval.evaluation.scoring import original_query_baseline, summarize
+from deepretrieval.evaluation.single_shot import BASELINE_NAME, evaluate_model
 from deepretrieval.generation.local import TransformersGenerator
 from deepretrieval.rewards import compute_score
 from deepretrieval.testing.tiny_model import tiny_model_path

@@ -108,7 +108,7 @@ def test_layer_contract():
 
 def test_importing_a_family_registers_nothing():
     """Importing modules has no effect on which tasks exist: only the catalog lists them."""
-    code = ("import deepretrieval.tasks.beir, deepretrieval.data.byo, deepretrieval.data.original;"
+    code = ("import deepretrieval.tasks.beir, deepretrieval.data.byo_beir, deepretrieval.data.original;"
             "import deepretrieval.catalog as c; print(len(c.TASKS))")
     first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     code2 = "import deepretrieval.catalog as c; print(len(c.TASKS))"

@@ -5,8 +5,7 @@ import pytest
 
 from deepretrieval.core.beir_files import load_qrels, load_queries
 from deepretrieval.core.bundled import collection_dir
-from deepretrieval.core.metrics import (first_hit_rank, first_relevant_rank, hit_at_k, ndcg_at_k,
-                                   ndcg_paper_at_k, recall_at_k)
+from deepretrieval.core.metrics import ndcg_at_k, recall_at_k
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
 
@@ -42,23 +41,14 @@ def test_graded_ndcg_equals_trec_eval_and_paper_variant_differs():
     # paper variant: ideal DCG in qrel order (1, 2, 3), not sorted (3, 2, 1)
     dcg = 3 / math.log2(2) + 1 / math.log2(4) + 2 / math.log2(5)
     ideal_listed = 1 / math.log2(2) + 2 / math.log2(3) + 3 / math.log2(4)
-    assert ndcg_paper_at_k(ranked, qrels, 5) == pytest.approx(dcg / ideal_listed)
-    assert ndcg_paper_at_k(ranked, qrels, 5) != pytest.approx(ndcg_at_k(ranked, qrels, 5))
+    assert ndcg_at_k(ranked, qrels, 5, ideal="listed") == pytest.approx(dcg / ideal_listed)
+    assert ndcg_at_k(ranked, qrels, 5, ideal="listed") != pytest.approx(ndcg_at_k(ranked, qrels, 5))
 
 
 def test_binary_paper_variant_equals_standard(scifact_run):
     qids, qrels, results = scifact_run
     for q, r in list(zip(qids, results))[:50]:
-        assert ndcg_paper_at_k(r.ids, qrels[q], 10) == pytest.approx(ndcg_at_k(r.ids, qrels[q], 10))
-
-
-def test_rank_metrics():
-    ranked = ["a", "b", "c", "d"]
-    assert first_relevant_rank(ranked, {"c"}) == 3
-    assert first_relevant_rank(ranked, {"c"}, k=2) is None
-    assert first_relevant_rank(ranked, {"c": 0}) is None  # grade 0 is not relevant
-    assert hit_at_k(ranked, ["d"], 4) == 1.0 and hit_at_k(ranked, ["d"], 3) == 0.0
-    assert first_hit_rank([False, False, True]) == 3 and first_hit_rank([]) is None
+        assert ndcg_at_k(r.ids, qrels[q], 10, ideal="listed") == pytest.approx(ndcg_at_k(r.ids, qrels[q], 10))
 
 
 def test_edge_cases():

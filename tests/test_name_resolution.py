@@ -7,7 +7,7 @@ import pytest
 
 from deepretrieval import catalog, rewards
 from deepretrieval.catalog import AmbiguousTask, get_task, resolve_name
-from deepretrieval.profiles import resolve_profile
+from deepretrieval.paper.profile import resolve_profile
 from deepretrieval.tasks import UnknownTask
 
 SETS = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle")

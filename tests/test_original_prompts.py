@@ -19,7 +19,7 @@ from deepretrieval.cli import main
 from deepretrieval.core.beir_files import load_corpus
 from deepretrieval.core.bundled import collection_dir
 from deepretrieval.data.original import convert_file, original_prompt
-from deepretrieval.evaluation.harness import (
+from deepretrieval.evaluation.single_shot import (
     evaluate_model,
     is_original_checkpoint,
     resolve_prompt_format,

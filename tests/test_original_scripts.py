@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deepretrieval.train.paper_presets import PAPER_RUNS
+from deepretrieval.paper.presets import PAPER_RUNS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -69,7 +69,7 @@ def _opt(argv: list[str], name: str) -> str | None:
 
 
 def test_train_scripts_map_to_their_task(echo):
-    # every script the ppo preset names (paper_presets.PAPER_RUNS) trains that preset's task
+    # every script the ppo preset names (paper.presets.PAPER_RUNS) trains that preset's task
     for task, run in PAPER_RUNS.items():
         argv = echo(f"train/{run.script}", "--dry-run", "trainer.total_epochs=1")
         assert argv[0] == "train" and _opt(argv, "--task") == task, (run.script, argv)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from deepretrieval.train import verl as launcher
-from deepretrieval.train.paper_presets import PAPER_RUNS, transfer_overrides
+from deepretrieval.paper.presets import PAPER_RUNS, transfer_overrides
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "profiles.md"
 

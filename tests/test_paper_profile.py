@@ -15,10 +15,11 @@ import pytest
 
 from deepretrieval.core import dpr_match
 from deepretrieval.cli import main as cli_main
-from deepretrieval.paper_check import load_cases, replay, replay_case
-from deepretrieval.paper_rewards import RAISE_RULES, paper_score
-from deepretrieval.profiles import (PAPER_MODULES, paper_data_source, paper_module_name,
-                                    resolve_profile)
+from deepretrieval.paper.check import load_cases, replay, replay_case
+from deepretrieval.paper.engine import RAISE_RULES, paper_score
+from deepretrieval.paper.modules import PAPER_MODULES, paper_data_source
+from deepretrieval.paper.profile import resolve_profile
+from deepretrieval.tasks.original import paper_module_name
 from deepretrieval.rewards import compute_score
 from deepretrieval.core.results import SearchResult
 
@@ -95,6 +96,23 @@ def test_defined_scores_where_the_original_raised(cases, case_id, score, rule):
     assert outcome.got == pytest.approx(score) and outcome.rule == rule and rule in RAISE_RULES
 
 
+def test_the_engine_searches_through_the_core_backend(cases):
+    """One name, one meaning: the recorded cases and the real searches are both core Backends
+    returning SearchResult; the paper modules' tables are core RewardTables."""
+    from deepretrieval.core.results import Backend
+    from deepretrieval.core.tables import RewardTable
+    from deepretrieval.paper.check import CaseBackend
+    from deepretrieval.paper.engine import SearcherIndex
+
+    case = cases["orig-0000"]
+    backend = CaseBackend(case)
+    assert isinstance(backend, Backend) and isinstance(SearcherIndex(object(), "pubmed"), Backend)
+    (result,) = backend.search(["anything"], 3)
+    assert isinstance(result, SearchResult) and result.ids == backend.search(["other"], 3)[0].ids
+    assert backend.calls == [3, 3]
+    assert all(isinstance(m.table, RewardTable) for m in PAPER_MODULES.values())
+
+
 def test_dispatch_matches_the_original_trainer(cases):
     for case in cases.values():
         if case["main_ppo_dispatch"] == "NotImplementedError":
@@ -107,16 +125,22 @@ def test_dispatch_matches_the_original_trainer(cases):
 # ---- quirks, directly ------------------------------------------------------------------------
 
 class ListBackend:
+    """A core Backend answering every query with the same ids (or passages)."""
+
+    name = "list"
+
     def __init__(self, ids=(), passages=()):
         self.ids, self.texts, self.ks = list(ids), list(passages), []
 
-    def ranked_ids(self, module, query, k, options):
-        self.ks.append(k)
-        return self.ids[:k]
+    def info(self):
+        return {"type": "list"}
 
-    def passages(self, module, query, k):
+    def search(self, queries, k, *, return_text=False, options=None):
         self.ks.append(k)
-        return self.texts[:k]
+        if return_text:
+            return [SearchResult(ids=[str(i) for i in range(len(self.texts[:k]))],
+                                 texts=self.texts[:k]) for _ in queries]
+        return [SearchResult(ids=self.ids[:k]) for _ in queries]
 
 
 def _answer(query, think="plan"):
@@ -154,22 +178,21 @@ def test_paper_quirks_table():
 
 def test_sql_sets_and_bird_error(tmp_path):
     import shutil
-    from deepretrieval.paper_check import BUNDLED_DB_ROOT
-    from deepretrieval.paper_rewards import SQLiteCopy, run_sql_on_copy
+    from deepretrieval.paper.check import BUNDLED_DB_ROOT
+    from deepretrieval.paper.sql import SQLiteCopy, run_sql_on_copy
 
     db = tmp_path / "singer.sqlite"
     shutil.copyfile(BUNDLED_DB_ROOT / "singer" / "singer.sqlite", db)
 
-    class SQLBackend:
-        def run_sql(self, sql, db_path):
-            with SQLiteCopy(db) as copy:
-                return run_sql_on_copy(sql, copy.path)
+    def run_sql(sql, db_path):
+        with SQLiteCopy(db) as copy:
+            return run_sql_on_copy(sql, copy.path)
 
     def sql(module_ds, pred, gold, reasoning=True):
         head = HEADER + "x</think>\n" if reasoning else "<|im_start|>assistant\n"
         text = head + f"<answer>{json.dumps({'sql': pred})}</answer>"
         return paper_score(module_ds, text, {"target": gold}, {"db_path": "singer/singer.sqlite"},
-                           SQLBackend()).score
+                           run_sql=run_sql).score
 
     dup = "SELECT Name FROM singer UNION ALL SELECT Name FROM singer"
     assert sql("spider_train", dup, "SELECT Name FROM singer") == pytest.approx(1.1)  # sets
@@ -322,7 +345,7 @@ def test_dpr_non_string_answer_raises():
 PAPER_SQL_CHILD = """
 import json, os, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
-from deepretrieval.paper_rewards import SQLiteCopy, run_sql_on_copy
+from deepretrieval.paper.sql import SQLiteCopy, run_sql_on_copy
 payloads, db = json.loads(sys.stdin.read())
 out = {"_base_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 for name, sql in payloads.items():
@@ -347,8 +370,8 @@ def test_paper_sql_writes_no_file_and_is_bounded(tmp_path):
     value-length limit, deadline and row / byte caps hold — in a child under a 3 GB address-space
     cap with a 128 MB SQLite heap ceiling."""
     from test_sql_bounds import HEAP_LIMIT, PAYLOADS  # (pytest puts tests/ on sys.path)
-    from deepretrieval.paper_check import BUNDLED_DB_ROOT
-    from deepretrieval.paper_rewards import SQL_OVER_CAPS
+    from deepretrieval.paper.check import BUNDLED_DB_ROOT
+    from deepretrieval.paper.sql import SQL_OVER_CAPS
     from deepretrieval.search.sql import TIME_MARGIN_S
 
     targets = tmp_path / "targets"

@@ -28,7 +28,7 @@ def test_quickstart_tiny_end_to_end(tmp_path, capsys):
     assert [r[""] for r in results["table"]] == ["original query", "zero-shot model", "trained model"]
     # the baseline row is the real original-query evaluation of the same 8 test claims
     from deepretrieval.catalog import bundled_rows
-    from deepretrieval.evaluation.harness import original_query_baseline, summarize
+    from deepretrieval.evaluation.scoring import original_query_baseline, summarize
     base = summarize(original_query_baseline(bundled_rows("scifact_no_reason", "test")[:8]))
     assert results["table"][0]["ndcg@10"] == pytest.approx(base["ndcg@10"])
     assert results["table"][0]["format_error_rate"] == 0
@@ -65,7 +65,7 @@ def test_quickstart_tiny_on_the_boolean_task(tmp_path, capsys):
         assert label in text
     results = json.loads((out / "results.json").read_text())
     from deepretrieval.catalog import bundled_rows
-    from deepretrieval.evaluation.harness import original_query_baseline, summarize
+    from deepretrieval.evaluation.scoring import original_query_baseline, summarize
     rows = bundled_rows("scifact_boolean_no_reason", "test")[:6]
     base = summarize(original_query_baseline(rows))
     assert results["table"][0]["recall"] == pytest.approx(base["recall"])

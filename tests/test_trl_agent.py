@@ -23,7 +23,6 @@ from deepretrieval.generation.decoding import Decoding
 from deepretrieval.rewards import score_batch
 from deepretrieval.train.trl_agent import (
     AgentRollout,
-    render_prompt,
     tag_completion,
     tool_completion,
 )
@@ -31,6 +30,7 @@ from deepretrieval.train.trl_engine import (
     METRIC_PREFIX,
     TRLSettings,
     build_trainer,
+    render_messages as render_prompt,
     train_trl,
 )
 

@@ -299,13 +299,39 @@ def test_tiny_model_policy_masks_its_injected_blocks(cfg, tiny, tok, rows):
 def test_response_budget_ends_the_episode_visibly(cfg, tok, rows):
     # a budget of less than one search result
     _, out = _run_loop(cfg, tok, OracleServer(tok), rows[0], {"temperature": 1.0}, response_length=60)
-    assert len(out.response_ids) == len(out.response_mask) == 60
-    assert out.extra_fields["agent_finish"] == "length"
+    # the runner's rule (TokenBudget): the episode ends with the budget block, inside the budget
+    assert len(out.response_ids) == len(out.response_mask) <= 60
+    assert out.extra_fields["agent_finish"] == "budget"
     from deepretrieval.rewards import compute_score
     text = tok.decode(out.response_ids, skip_special_tokens=True)
+    assert text.rstrip().endswith("</information>")
+    assert P.AgentSettings().budget_message in text  # the whole block fits
     scored = compute_score(rows[0]["data_source"], text, rows[0]["reward_model"]["ground_truth"],
                            rows[0]["extra_info"])
-    assert scored["format_ok"] is False and scored["score"] == 0.0
+    assert scored["format_ok"] is False and scored["score"] == 0.0 and scored["budget"] == 1.0
+
+
+class OracleWithTail:
+    """The generator twin of :class:`OracleServer` for the episode runner."""
+
+    name, uses_prefill = "oracle+tail", True
+
+    def generate(self, prompts, decoding, **kw):
+        return [[OraclePolicy().turn(p) + " and then more"] for p in prompts]
+
+
+@pytest.mark.parametrize("budget", [40, 90, 160, 1000])
+def test_the_budget_rule_is_the_runners(cfg, tok, rows, budget):
+    """One token-budget rule (agent.runner.TokenBudget): under the same budget the verl loop and
+    the episode runner (TRL's rollout) end the same episode the same way, text for text."""
+    row = next(r for r in rows if r["extra_info"]["hops"] == 2)
+    loop, out = _run_loop(cfg, tok, OracleServer(tok), row, {"temperature": 1.0}, response_length=budget)
+    (ep,) = episodes_from_rows([row])
+    EpisodeRunner(OracleWithTail(), decoding=Decoding(max_new_tokens=500), token_budget=budget,
+                  tokenizer=tok).run([ep])
+    assert (loop.episode.finish, loop.episode.text) == (ep.finish, ep.text)
+    assert len(out.response_ids) <= budget and out.extra_fields["agent_finish"] == ep.finish
+    assert (ep.finish == "budget") == (budget < 1000)
 
 
 def test_search_through_the_service_client(cfg, tok, rows, run_dir):
@@ -360,8 +386,8 @@ def test_stop_strings_per_rollout_engine(cfg, tok):
         c.actor_rollout_ref.rollout.name = name
         return _loop(c, tok, None)
 
-    assert asyncio.run(build("sglang")).stop_params == {"stop": list(P.stop_strings("tags")),
-                                                       "no_stop_trim": True}
+    # (the stop strings themselves are the row's protocol's, asked per episode)
+    assert asyncio.run(build("sglang")).keep_stop == {"no_stop_trim": True}
     from hydra.errors import InstantiationException
     with pytest.raises(InstantiationException, match="rollout.name='trtllm'"):  # hydra wraps it
         asyncio.run(build("trtllm"))

@@ -195,7 +195,7 @@ def test_reward_loop_manager_scores_batch_on_ray_cpu_workers(tiny, scifact_parqu
     from verl.protocol import DataProto
 
     from deepretrieval.catalog import bundled_rows
-    from deepretrieval.evaluation.harness import original_query_baseline
+    from deepretrieval.evaluation.scoring import original_query_baseline
     from deepretrieval.train.service import ManagedService
 
     train, test = scifact_parquet

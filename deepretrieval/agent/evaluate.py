@@ -7,18 +7,19 @@ as training); next to it, two reference systems with the same model and decoding
 * **naive RAG**: one search with the question itself (top-k of the row), the passages in the
   prompt, answer directly (one turn; ``n_search`` = 1).
 
+This is the evaluation harness (:func:`deepretrieval.evaluation.harness.evaluate`) with the
+agentic rollout (:class:`EpisodeRollout`) and the two references (:class:`OneTurnReference`): the
+same resume rule, per-row record header and report writer as single-shot evaluation.
 Per question: EM, F1, searches, turns, hit, format and search-error flags; the report (``summary.json``,
-``summary.md``, ``comparison.png``, written by :func:`deepretrieval.evaluation.harness.write_report`) holds
-one row per system. Per-question JSONL with the full trajectory: ``generations.jsonl`` (the model,
-appended batch by batch: a rerun resumes), ``closed_book.jsonl``, ``naive_rag.jsonl``.
+``summary.md``, ``comparison.png``) holds one row per system. Per-question JSONL with the full
+trajectory: ``generations.jsonl`` (the model, appended batch by batch: a rerun resumes),
+``closed_book.jsonl``, ``naive_rag.jsonl``.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
+import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,25 +31,14 @@ from deepretrieval.agent.runner import (
 )
 from deepretrieval.catalog import get_searcher
 from deepretrieval.core import agent_protocol as P
-from deepretrieval.core import settings as env_settings
-from deepretrieval.core.io import DeferredJson, append_json_lines, write_atomic
-from deepretrieval.evaluation.harness import (
-    GENERATIONS,
-    _json_default,
-    _read_jsonl,
-    row_key,
-    summarize,
-    write_report,
-)
-from deepretrieval.generation.decoding import Decoding
+from deepretrieval.evaluation.harness import Reference, evaluate
+from deepretrieval.evaluation.scoring import summarize
+from deepretrieval.generation.decoding import Decoding, Generator
 from deepretrieval.generation.factory import make_generator
 from deepretrieval.rewards import score_batch
 from deepretrieval.tasks.agentic import CLOSED_BOOK, NAIVE_RAG, blocks_hold_answer
 from deepretrieval.tasks.evidence import answers_from_ground_truth
 
-log = logging.getLogger(__name__)
-
-RUN_VERSION = 1
 REFERENCE_FILES = {CLOSED_BOOK: "closed_book.jsonl", NAIVE_RAG: "naive_rag.jsonl"}
 CLOSED_BOOK_SYSTEM = ("Answer the question. Give only the short final answer inside "
                       "<answer> </answer>, for example <answer> Paris </answer>.")
@@ -127,12 +117,46 @@ def _score(rows: Sequence[Mapping[str, Any]], episodes: Sequence[Episode], mode:
     return metrics
 
 
-def _record(i: int, row: Mapping[str, Any], ep: Episode, metrics: dict[str, Any]) -> dict[str, Any]:
-    info = row.get("extra_info") or {}
-    return {"row": i, "key": row_key(row), "query_id": info.get("query_id"),
-            "data_source": row["data_source"], "question": info.get("query"),
+def _body(row: Mapping[str, Any], ep: Episode, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The agentic part of a per-row record (after the harness's header): question, gold answers,
+    prompt, the episode (trajectory, spans, searches, finish) and the metrics."""
+    return {"question": (row.get("extra_info") or {}).get("query"),
             "gold": list(((row.get("reward_model") or {}).get("ground_truth") or {}).get("target") or []),
             "prompt": [dict(m) for m in ep.messages], **ep.to_dict(), "metrics": metrics}
+
+
+class EpisodeRollout:
+    """The harness's rollout for agentic rows: full episodes through the episode runner (same
+    protocol, searcher and reward as training). ``runner``: called for the runner the first time
+    episodes run (so a finished run loads no model). ``settings`` overrides the rows' protocol
+    settings."""
+
+    def __init__(self, name: str, runner: Callable[[], EpisodeRunner], *, mode: str,
+                 settings: P.AgentSettings | None = None):
+        self.name, self.runner, self.mode, self.settings = name, runner, mode, settings
+
+    def run(self, rows: Sequence[Mapping[str, Any]], positions: Sequence[int]) -> list[dict[str, Any]]:
+        episodes = self.runner().run(episodes_from_rows(rows, settings=self.settings))
+        return [_body(r, e, m) for r, e, m in zip(rows, episodes, _score(rows, episodes, self.mode))]
+
+    def summary(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        return summarize([r["metrics"] for r in records])
+
+
+class OneTurnReference(EpisodeRollout):
+    """A reference system played by the same model in one turn: closed-book or naive RAG
+    (``episodes``: builds the one-turn episodes of rows)."""
+
+    def __init__(self, name: str, runner: Callable[[], EpisodeRunner], *, mode: str,
+                 episodes: Callable[[Sequence[Mapping[str, Any]]], list[Episode]]):
+        super().__init__(name, runner, mode=mode)
+        self.episodes = episodes
+
+    def run(self, rows: Sequence[Mapping[str, Any]], positions: Sequence[int]) -> list[dict[str, Any]]:
+        episodes = self.episodes(rows)
+        self.runner().run([e for e in episodes if not e.done])
+        metrics = _score(rows, episodes, self.mode, reference=self.name)
+        return [_body(r, e, m) for r, e, m in zip(rows, episodes, metrics)]
 
 
 def evaluate_agent(model: Any, rows: Sequence[Mapping[str, Any]], *,
@@ -142,7 +166,9 @@ def evaluate_agent(model: Any, rows: Sequence[Mapping[str, Any]], *,
                    mode: str = "val", references: bool = True, plot: bool = True, searcher=None,
                    settings: P.AgentSettings | None = None, progress: bool = True,
                    **generator_kw: Any) -> dict[str, Any]:
-    """Evaluate an agent on agentic task rows; returns the report (also written to ``out_dir``).
+    """Evaluate an agent on agentic task rows; returns the report (also written to ``out_dir``):
+    the harness's (:func:`deepretrieval.evaluation.harness.evaluate`) with :class:`EpisodeRollout`,
+    and closed-book and naive RAG as references (``references``).
 
     ``model``: a generator object (``generate(prompts, decoding, ...)``, e.g. a scripted policy or
     :class:`~deepretrieval.generation.local.TransformersGenerator`) or anything
@@ -151,95 +177,28 @@ def evaluate_agent(model: Any, rows: Sequence[Mapping[str, Any]], *,
     rows = list(rows)
     if not rows:
         raise ValueError("no rows to evaluate")
-    sources = sorted({str(r.get("data_source")) for r in rows})
-    if len(sources) > 1:
-        raise ValueError(f"rows mix several tasks {sources}; evaluate one task at a time")
     decoding = Decoding(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
                         top_p=top_p, seed=seed)
-    generator = model if hasattr(model, "generate") else None
-    if generator is not None:
-        system = name or str(getattr(generator, "name", type(generator).__name__))
+    if isinstance(model, Generator):
+        system = name or str(model.name)
+        model_id = system
+        generator = functools.cache(lambda: model)
     else:
         system = name or (Path(model).name if Path(str(model)).exists() else str(model))
+        model_id = str(model)
+        generator = functools.cache(lambda: make_generator(model, **generator_kw))
     episodes = episodes_from_rows(rows, settings=settings)  # validates rows and settings early
-    config = {"version": RUN_VERSION, "kind": "agentic", "model": str(model) if generator is None else system,
-              "name": system, "decoding": decoding.to_dict(), "extract": "final <answer>",
-              "prefill_used": True, "mode": mode, "task": sources[0],
-              "split": (rows[0].get("extra_info") or {}).get("split"),
-              "agent": episodes[0].settings.to_dict()}
-    out = Path(out_dir) if out_dir is not None else None
-    done: dict[str, dict] = {}
-    # run.json is written with the first finished rows: a failed start leaves nothing
-    run_record = DeferredJson(out / "run.json" if out is not None else None, config)
-
-    if out is not None:
-        run_file = out / "run.json"
-        if not resume:
-            (out / GENERATIONS).unlink(missing_ok=True)
-        elif run_file.exists() and (out / GENERATIONS).exists():
-            old = json.loads(run_file.read_text())
-            diff = [k for k in ("version", "model", "decoding", "mode", "agent") if old.get(k) != config.get(k)]
-            if diff:
-                raise ValueError(f"{out} holds a run with other settings ({', '.join(diff)}); use another "
-                                 f"output folder or start over (--no-resume)")
-        for rec in _read_jsonl(out / GENERATIONS):
-            done.setdefault(rec.get("key"), rec)
-
-    keys = [row_key(r) for r in rows]
-    pending = [i for i, k in enumerate(keys) if k not in done]
     searcher = searcher or get_searcher()
-    if (pending or references) and generator is None:
-        generator = make_generator(model, **generator_kw)
-    runner = EpisodeRunner(generator, searcher, decoding=decoding, batch_size=batch_size)
-    bar = None
-    if pending and env_settings.progress_enabled(progress):
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(rows), initial=len(rows) - len(pending), desc=f"agent {system}", unit="q")
-    try:
-        for start in range(0, len(pending), max(1, batch_size)):
-            idx = pending[start: start + batch_size]
-            eps = runner.run([episodes[i] for i in idx])
-            metrics = _score([rows[i] for i in idx], eps, mode)
-            new = [_record(i, rows[i], ep, m) for i, ep, m in zip(idx, eps, metrics)]
-            for rec in new:
-                done[rec["key"]] = rec
-            if out is not None:
-                run_record.write()
-                append_json_lines(out / GENERATIONS, new, default=_json_default)
-            if bar:
-                bar.update(len(idx))
-    finally:
-        if bar:
-            bar.close()
-
-    records = [done[k] for k in keys]
-    for i, rec in enumerate(records):
-        rec["row"] = i
-    ids = [str((r.get("extra_info") or {}).get("query_id", (r.get("extra_info") or {}).get("index")))
-           for r in rows]
-    report: dict[str, Any] = {**config, "rows": len(rows),
-                              "rows_digest": hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]}
-    systems: dict[str, Any] = {}
-    reference_records: dict[str, list[dict]] = {}
-    if references:
-        for ref, build in ((CLOSED_BOOK, lambda: closed_book_episodes(rows)),
-                           (NAIVE_RAG, lambda: naive_rag_episodes(rows, searcher))):
-            eps = build()
-            runner.run([e for e in eps if not e.done])
-            metrics = _score(rows, eps, mode, reference=ref)
-            reference_records[ref] = [_record(i, r, e, m) for i, (r, e, m) in enumerate(zip(rows, eps, metrics))]
-            systems[ref] = summarize(metrics)
-    report["summary"] = summarize([r["metrics"] for r in records])
-    systems[system] = report["summary"]
-    report["systems"] = systems
-    report["records"] = records
-    report["reference_records"] = reference_records
-    if out is not None:
-        run_record.write()
-        files = write_report({k: v for k, v in report.items() if k != "reference_records"}, out, plot=plot)
-        for ref, recs in reference_records.items():
-            path = out / REFERENCE_FILES[ref]
-            write_atomic(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in recs))
-            files[REFERENCE_FILES[ref].split(".")[0]] = str(path)
-        report["files"] = files
-    return report
+    runner = functools.cache(lambda: EpisodeRunner(generator(), searcher, decoding=decoding,
+                                                   batch_size=batch_size))
+    refs = [Reference(OneTurnReference(CLOSED_BOOK, runner, mode=mode, episodes=closed_book_episodes),
+                      REFERENCE_FILES[CLOSED_BOOK]),
+            Reference(OneTurnReference(NAIVE_RAG, runner, mode=mode,
+                                       episodes=lambda rs: naive_rag_episodes(rs, searcher)),
+                      REFERENCE_FILES[NAIVE_RAG])] if references else []
+    run_settings = {"kind": "agentic", "model": model_id, "name": system, "decoding": decoding.to_dict(),
+                    "extract": "final <answer>", "prefill_used": True, "mode": mode,
+                    "agent": episodes[0].settings.to_dict()}
+    return evaluate(EpisodeRollout(system, runner, mode=mode, settings=settings), rows,
+                    settings=run_settings, references=refs, out_dir=out_dir, batch_size=batch_size,
+                    resume=resume, progress=progress, plot=plot)

@@ -1,16 +1,17 @@
 """The episode runner: a batch of agentic episodes advanced turn by turn (training, evaluation,
 serving and ExSearch sampling all use it).
 
-Per turn: **one** generation call over every live episode (any generator of
-:mod:`deepretrieval.generation.local`, an OpenAI-compatible endpoint, or a scripted policy — anything with
-``generate(prompts, decoding, ...)``), each turn parsed into an action
+Per turn: **one** generation call over every live episode (any
+:class:`~deepretrieval.generation.decoding.Generator`: transformers, vLLM, an OpenAI-compatible
+endpoint, or a scripted policy), each turn parsed into an action
 (:mod:`deepretrieval.core.agent_protocol`), then **one** batched search per (index, top-k) over all of
 that turn's queries through the searcher (in-process :class:`~deepretrieval.search.LocalSearcher`
 or the service client — :func:`deepretrieval.catalog.get_searcher`). A failed search (the whole
 call, or one query) flags the episode ``search_error`` and ends it with a visible
 ``Search failed:`` block.
 
-Token budget (training: the completion length a trainer accepts): with ``token_budget`` and a
+Token budget (:class:`TokenBudget`, the one rule every rollout loop applies; training: the
+completion length a trainer accepts): with ``token_budget`` and a
 tokenizer, an episode whose trajectory would pass the budget ends there, visibly — a search result
 that does not fit is replaced by the settings' ``budget_message`` block, a model turn that does not
 fit is cut — with finish reason ``budget``, so a trainer never truncates a completion (and drops
@@ -25,21 +26,21 @@ injected), so :meth:`Episode.injected_spans` gives the character spans of inject
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from deepretrieval.catalog import get_searcher, get_task
 from deepretrieval.core import agent_protocol as P
 from deepretrieval.core.results import SearchError, SearchResult
-from deepretrieval.generation.decoding import Decoding, Prompt, StopRule
-from deepretrieval.tasks.agentic import AGENTIC, protocol_problem, settings_for
+from deepretrieval.generation.decoding import Decoding, Generator, Prompt, StopRule
+from deepretrieval.tasks.agentic import settings_for
 
 log = logging.getLogger(__name__)
 
 #: What a failed search raises (the whole call): reported per episode as ``search_error``.
 SEARCH_FAILURES = (SearchError, ValueError, OSError)
-FINISH_REASONS = ("answer", "no_answer", "max_turns", "search_error", "budget")
+FINISH_REASONS = P.FINISH_REASONS
 
 
 @dataclass
@@ -79,6 +80,11 @@ class Episode:
         return "".join(s.text for s in self.segments)
 
     @property
+    def rollout(self) -> P.AgentProtocol:
+        """The episode's protocol object."""
+        return self.settings.rollout
+
+    @property
     def turns(self) -> int:
         return sum(not s.injected for s in self.segments)
 
@@ -95,7 +101,7 @@ class Episode:
 
     @property
     def answer(self) -> str | None:
-        return P.final_answer(self.text)
+        return self.rollout.final_answer(self.text)
 
     @property
     def records(self) -> list[str]:
@@ -129,12 +135,9 @@ class Episode:
 
     def prompt(self) -> Prompt:
         """What the model is given for its next turn."""
-        if self.settings.protocol == "tags":
-            return Prompt.of(self.messages, self.prefill + self.text)
-        msgs = [dict(m) for m in self.messages]
-        for s in self.segments:
-            msgs.append({"role": "tool" if s.injected else "assistant", "content": s.content})
-        return Prompt.of(msgs, "")
+        msgs, prefix = self.rollout.turn_input(
+            self.messages, self.prefill, [(s.text, s.content, s.injected) for s in self.segments])
+        return Prompt.of(msgs, prefix)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record (trajectory, spans, searches, finish)."""
@@ -156,8 +159,9 @@ class Episode:
         turn = self.turns + 1
         # the first turn continues the prefill (e.g. "<search>"): parse the two together; the
         # trajectory keeps only what the model wrote (the prefill is part of the prompt)
-        pre = self.prefill if turn == 1 and s.protocol == "tags" else ""
-        action = P.parse_turn(pre + text, s.protocol)
+        rollout = self.rollout
+        pre = self.prefill if turn == 1 and rollout.single_message else ""
+        action = rollout.parse_turn(pre + text)
         if pre and action.text.startswith(pre):
             action = replace(action, text=action.text[len(pre):])
         self._add_model(action, turn)
@@ -172,7 +176,7 @@ class Episode:
         elif last:
             self.finish = "max_turns"
         else:
-            self._add_env(self._note(s.invalid_message), turn)
+            self._add_env(self._note(s.invalid_text), turn)
         return ()
 
     def receive(self, replies: Sequence[tuple[str, SearchResult | None, str | None]]) -> None:
@@ -204,8 +208,7 @@ class Episode:
         self.segments.append(Segment(action.text, False, action.text, turn))
 
     def _add_env(self, content: str, turn: int) -> None:
-        wrap = P.information if self.settings.protocol == "tags" else P.tool_response
-        self.segments.append(Segment(wrap(content), True, content, turn))
+        self.segments.append(Segment(self.rollout.wrap(content), True, content, turn))
 
 
 def episodes_from_rows(rows: Sequence[Mapping[str, Any]], *, repeat: int = 1,
@@ -217,11 +220,11 @@ def episodes_from_rows(rows: Sequence[Mapping[str, Any]], *, repeat: int = 1,
     out = []
     for row in rows:
         task = get_task(row["data_source"])
-        if task.family is not AGENTIC:
+        if not task.rollout.episodic:
             raise ValueError(f"row of task {task.name!r} is not an agentic task row")
         info = row.get("extra_info") or {}
         s = settings_for(task, info)
-        problem = protocol_problem(row, s)
+        problem = s.rollout.row_problem(row)
         if problem:
             raise ValueError(f"{row['data_source']} row {info.get('index', '?')}: {problem}")
         if settings is not None:
@@ -236,17 +239,79 @@ def episodes_from_rows(rows: Sequence[Mapping[str, Any]], *, repeat: int = 1,
     return out
 
 
+class TokenBudget:
+    """The token-budget rule (one for every rollout loop: :class:`EpisodeRunner` — the TRL
+    rollout's and evaluation's — and the verl agent loop): an episode whose trajectory would pass
+    ``tokens`` ends there, visibly, with finish ``budget``. The room the budget block
+    (``settings.budget_message`` wrapped by the protocol) needs is kept free while the episode goes
+    on; a turn that takes the trajectory past the rest has its injected replies replaced by that
+    block, and a model turn that does not fit before it is cut. So a trainer never truncates a
+    completion (and drops its answer) silently."""
+
+    def __init__(self, tokens: int, tokenizer):
+        if tokenizer is None or tokens < 1:
+            raise ValueError("a token budget needs a tokenizer and a positive number of tokens")
+        self.tokens = tokens
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def count(self, ep: Episode) -> int:
+        """Tokens of the trajectory, tokenised segment by segment (:meth:`Episode.token_ids`)."""
+        return len(ep.token_ids(self.tokenizer)[0])
+
+    def reserve(self, ep: Episode) -> int:
+        """Tokens of the budget block, kept free so that an episode can always end visibly."""
+        return len(self.encode(ep.rollout.wrap(ep.settings.budget_message)))
+
+    def room(self, ep: Episode, used: int) -> int:
+        """New tokens the next model turn may take when the trajectory holds ``used`` tokens."""
+        return self.tokens - self.reserve(ep) - used
+
+    def fit(self, ep: Episode, mark: int, count: Callable[[Episode], int] | None = None) -> bool:
+        """End ``ep`` with finish ``budget`` when this turn (its segments from ``mark`` on) took
+        the trajectory past the budget (less the reserve while the episode goes on); True when it
+        did. ``count``: the trajectory's tokens as the caller lays them out (default
+        :meth:`count`; the verl loop keeps the sampled ids of a model turn)."""
+        count = count or self.count
+        reserve = self.reserve(ep)
+        if count(ep) <= self.tokens - (0 if ep.done else reserve):
+            return False
+        model = next(i for i in range(mark, len(ep.segments)) if not ep.segments[i].injected)
+        del ep.segments[model + 1:]
+        ep.finish = "budget"
+        for s in ep.searches:
+            if s["turn"] == ep.turns and s["error"] is None:
+                s["error"] = "results over the token budget"
+        room = self.tokens - reserve
+        if count(ep) > room:  # the model's own turn is too long: keep what fits
+            seg = ep.segments[model]
+            ids = self.encode(seg.text)
+            keep = max(0, len(ids) - (count(ep) - room))
+            while True:  # decoding and re-encoding can merge differently: step back until it fits
+                text = self.tokenizer.decode(ids[:keep], skip_special_tokens=False)
+                ep.segments[model] = Segment(text, False, text, seg.turn)
+                if keep == 0 or count(ep) <= room:
+                    break
+                keep -= 1
+        note = ep.settings.budget_message
+        while note:  # (only a budget smaller than the block itself cuts it)
+            if count(ep) + len(self.encode(ep.rollout.wrap(note))) <= self.tokens:
+                ep._add_env(note, ep.turns)
+                break
+            note = note[: len(note) // 2]
+        return True
+
+
 class EpisodeRunner:
     """Runs episodes to the end. ``decoding``: per-turn decoding (``max_new_tokens`` is per turn;
     ``n`` must be 1: repeat episodes for several samples); the protocol's stop strings are added."""
 
-    def __init__(self, generator, searcher=None, *, decoding: Decoding | None = None,
+    def __init__(self, generator: Generator, searcher=None, *, decoding: Decoding | None = None,
                  batch_size: int = 16, progress: bool = False, token_budget: int | None = None,
                  tokenizer=None):
-        if token_budget is not None and (tokenizer is None or token_budget < 1):
-            raise ValueError("a token budget needs a tokenizer and a positive number of tokens")
-        self.token_budget = token_budget
-        self.tokenizer = tokenizer
+        self.budget = TokenBudget(token_budget, tokenizer) if token_budget is not None else None
         self.generator = generator
         self.searcher = searcher
         self.decoding = decoding or Decoding(max_new_tokens=256)
@@ -264,17 +329,17 @@ class EpisodeRunner:
             raise ValueError(f"episodes mix protocols {sorted(protocols)}; run them separately")
         if not episodes:
             return episodes
-        protocol = protocols.pop()
+        rollout = episodes[0].rollout
         decoding = Decoding(**{**self.decoding.__dict__,
-                               "stops": tuple(StopRule(s) for s in P.stop_strings(protocol))})
+                               "stops": tuple(StopRule(s) for s in rollout.stop_strings())})
         searcher = self.searcher or get_searcher()
         live = [ep for ep in episodes if not ep.done]
         turn = 0
         while live:
             turn += 1
             turn_decoding = decoding
-            if self.token_budget is not None:  # no turn longer than the room any episode has left
-                room = max(self.token_budget - self._reserve(ep) - self._n_tokens(ep) for ep in live)
+            if self.budget is not None:  # no turn longer than the room any episode has left
+                room = max(self.budget.room(ep, self.budget.count(ep)) for ep in live)
                 turn_decoding = Decoding(**{**decoding.__dict__,
                                             "max_new_tokens": max(1, min(decoding.max_new_tokens, room))})
             outputs = self.generator.generate([ep.prompt() for ep in live], turn_decoding,
@@ -293,55 +358,13 @@ class EpisodeRunner:
                 if queries:
                     searching.append((ep, queries))
             n_queries = self._search(searcher, searching)
-            if self.token_budget is not None:
+            if self.budget is not None:
                 for ep in live:
-                    self._fit(ep, marks[id(ep)])
+                    self.budget.fit(ep, marks[id(ep)])
             live = [ep for ep in live if not ep.done]
             if self.progress:
                 log.info("turn %d: %d searches, %d episodes still running", turn, n_queries, len(live))
         return episodes
-
-    def _n_tokens(self, ep: Episode) -> int:
-        return len(ep.token_ids(self.tokenizer)[0])
-
-    def _reserve(self, ep: Episode) -> int:
-        """Tokens of the budget block, kept free so that an episode can always end visibly."""
-        wrap = P.information if ep.settings.protocol == "tags" else P.tool_response
-        return len(self.tokenizer(wrap(ep.settings.budget_message), add_special_tokens=False)["input_ids"])
-
-    def _fit(self, ep: Episode, mark: int) -> None:
-        """End ``ep`` with finish ``budget`` when this turn (its segments from ``mark`` on) took
-        the trajectory past the token budget (less the room the budget block needs while the
-        episode goes on): this turn's injected replies are replaced by the ``budget_message``
-        block, and a model turn that does not fit before it is cut."""
-        budget, reserve = self.token_budget, self._reserve(ep)
-        if self._n_tokens(ep) <= budget - (0 if ep.done else reserve):
-            return
-        model = next(i for i in range(mark, len(ep.segments)) if not ep.segments[i].injected)
-        del ep.segments[model + 1:]
-        ep.finish = "budget"
-        for s in ep.searches:
-            if s["turn"] == ep.turns and s["error"] is None:
-                s["error"] = "results over the token budget"
-        room = budget - reserve
-        used = self._n_tokens(ep)
-        if used > room:  # the model's own turn is too long: keep what fits
-            seg = ep.segments[model]
-            ids = self.tokenizer(seg.text, add_special_tokens=False)["input_ids"]
-            keep = max(0, len(ids) - (used - room))
-            text = self.tokenizer.decode(ids[:keep], skip_special_tokens=False)
-            while keep > 0 and self._n_tokens(ep) - len(ids) + len(
-                    self.tokenizer(text, add_special_tokens=False)["input_ids"]) > room:
-                keep -= 1  # decoding and re-encoding can merge differently
-                text = self.tokenizer.decode(ids[:keep], skip_special_tokens=False)
-            ep.segments[model] = Segment(text, False, text, seg.turn)
-        note = ep.settings.budget_message
-        while note:  # (only a budget smaller than the block itself cuts it)
-            wrap = P.information if ep.settings.protocol == "tags" else P.tool_response
-            if self._n_tokens(ep) + len(self.tokenizer(wrap(note), add_special_tokens=False)["input_ids"]) <= budget:
-                ep._add_env(note, ep.turns)
-                return
-            note = note[: len(note) // 2]
 
     def _search(self, searcher, searching: list[tuple[Episode, tuple[str, ...]]]) -> int:
         groups: dict[tuple[str, int], list[tuple[Episode, str]]] = {}
@@ -404,7 +427,7 @@ def search_replies(index: str, queries: Sequence[str], outcome: Sequence[SearchR
     return out
 
 
-def run_rows(generator, rows: Sequence[Mapping[str, Any]], searcher=None, *, repeat: int = 1,
+def run_rows(generator: Generator, rows: Sequence[Mapping[str, Any]], searcher=None, *, repeat: int = 1,
              decoding: Decoding | None = None, batch_size: int = 16,
              settings: P.AgentSettings | None = None, progress: bool = False) -> list[Episode]:
     """Run one (or ``repeat``) episode per agentic task row."""

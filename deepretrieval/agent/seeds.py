@@ -80,11 +80,17 @@ def filter_seeds(episodes: Sequence[Episode], keep: str = "correct",
     return out, {"kept": len(out), "dropped": counts}
 
 
+def _single_message(ep: Episode, where: str) -> None:
+    if not ep.rollout.single_message:
+        raise ValueError(f"{where}: seed trajectories are one assistant message with <information> "
+                         f"blocks (the tag protocol's text); the {ep.settings.protocol!r} protocol "
+                         f"lays turns out as messages: prepare the rows with --protocol tags")
+
+
 def _check_tags(rows: Sequence[Mapping[str, Any]]) -> list[Episode]:
     episodes = episodes_from_rows(rows)
-    if any(ep.settings.protocol != "tags" for ep in episodes):
-        raise ValueError("seed trajectories are written in the tag protocol; prepare the rows "
-                         "with --protocol tags")
+    for ep in episodes:
+        _single_message(ep, "rows")
     return episodes
 
 
@@ -113,6 +119,7 @@ class _TolerantTeacher:
     def __init__(self, inner: OpenAIChatGenerator):
         self.inner = inner
         self.name = inner.name
+        self.uses_prefill = inner.uses_prefill
         self.failed: dict[str, str] = {}
 
     def generate(self, prompts, decoding, *, batch_size: int = 8, seed_offset: int = 0,
@@ -217,8 +224,7 @@ def jsonl_seeds(path: str | os.PathLike, task, *, keep: str = "correct"
             row = agent_rows(task, [{"id": item.get("id", f"seed-{n}"), "question": item["question"],
                                      "answers": [str(a) for a in answers]}], "train")[0]
             ep = episodes_from_rows([row])[0]
-            if ep.settings.protocol != "tags":
-                raise ValueError(f"task {task.name} uses the tool protocol; seed files are tag protocol")
+            _single_message(ep, f"task {task.name}")
             messages = item.get("messages") or ep.messages
             try:
                 episodes.append(episode_from_text(messages, item["trajectory"], index=ep.index,

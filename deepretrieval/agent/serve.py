@@ -15,10 +15,10 @@ from deepretrieval.catalog import get_task
 from deepretrieval.core import agent_protocol as P
 from deepretrieval.core import settings as env_settings
 from deepretrieval.generation.api import OpenAIChatGenerator, served_models
-from deepretrieval.generation.decoding import Decoding
+from deepretrieval.generation.decoding import Decoding, Generator
 from deepretrieval.generation.factory import make_generator
 from deepretrieval.service.client import ServiceSearcher
-from deepretrieval.tasks.agentic import AGENTIC, settings_for
+from deepretrieval.tasks.agentic import settings_for
 
 
 class SearchAgent:
@@ -40,11 +40,11 @@ class SearchAgent:
                  task: str = "agent_closedworld", index: str | None = None,
                  settings: P.AgentSettings | None = None, max_new_tokens: int = 256,
                  greedy: bool = True, temperature: float = 1.0, seed: int = 0,
-                 generator: Any = None, device: str | None = None, dtype: str | None = None,
+                 generator: Generator | None = None, device: str | None = None, dtype: str | None = None,
                  **generator_kw: Any):
 
         self.task = get_task(task)
-        if self.task.family is not AGENTIC:
+        if not self.task.rollout.episodic:
             raise ValueError(f"task {task!r} is not an agentic task (agent_<set>)")
         self.settings = settings or settings_for(self.task)
         self.index = index or self.task.index
@@ -70,7 +70,7 @@ class SearchAgent:
         for q in questions:
             if not isinstance(q, str) or not q.strip():
                 raise ValueError("questions must be non-empty strings")
-            out.append(Episode(P.messages(q, self.settings.protocol), self.index, self.settings))
+            out.append(Episode(self.settings.rollout.messages(q), self.index, self.settings))
         return out
 
     def ask_batch(self, questions: Sequence[str]) -> list[Episode]:

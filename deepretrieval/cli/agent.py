@@ -8,6 +8,7 @@ from deepretrieval.agent.evaluate import evaluate_agent
 from deepretrieval.agent.serve import SearchAgent
 from deepretrieval.catalog import get_task
 from deepretrieval.cli.inputs import print_report, texts_or_stdin
+from deepretrieval.core.protocols import protocol_names
 from deepretrieval.generation.api import LLMAPIError
 from deepretrieval.tasks.agentic import settings_for
 
@@ -27,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--search-url", help="retrieval service (default: DEEPRETRIEVAL_SEARCH_URL)")
     p.add_argument("--task", default="agent_closedworld", help="agentic task the agent was trained on")
     p.add_argument("--index", help="index to search (default: the task's)")
-    p.add_argument("--protocol", choices=("tags", "tool"), help="agent protocol (default: the task's)")
+    p.add_argument("--protocol", choices=protocol_names(), help="agent protocol (default: the task's)")
     p.add_argument("--max-turns", type=int)
     p.add_argument("--top-k", type=int)
     p.add_argument("--max-new-tokens", type=int, default=256, help="per turn")

@@ -16,12 +16,8 @@ from deepretrieval.catalog import (
     read_rows,
 )
 from deepretrieval.core import settings
-from deepretrieval.evaluation.harness import (
-    baseline_queries,
-    format_table,
-    score_queries,
-    summarize,
-)
+from deepretrieval.evaluation.report import format_table
+from deepretrieval.evaluation.scoring import baseline_queries, score_queries, summarize
 from deepretrieval.search import LocalSearcher
 
 

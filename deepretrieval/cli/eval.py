@@ -11,11 +11,8 @@ from deepretrieval.catalog import bundled_rows, get_task, read_rows
 from deepretrieval.cli.agent import cmd_eval_agent
 from deepretrieval.cli.inputs import print_report, texts_or_stdin
 from deepretrieval.core import settings
-from deepretrieval.evaluation.harness import (
-    compare_runs,
-    evaluate_model,
-    summary_markdown,
-)
+from deepretrieval.evaluation.report import compare_runs, summary_markdown
+from deepretrieval.evaluation.single_shot import evaluate_model
 from deepretrieval.generation.api import LLMAPIError
 from deepretrieval.rewrite import QueryRewriter
 
@@ -147,7 +144,7 @@ def cmd_eval(args) -> int:
             raise ValueError("openai:NAME needs --api-url (or OPENAI_API_KEY for api.openai.com)")
     rows, task = _load_rows(args)
     out = args.out or str(Path("runs") / "eval" / f"{task}-{args.split}-{_slug(args.model)}")
-    if get_task(task).family.name == "agentic":
+    if get_task(task).rollout.episodic:
         return cmd_eval_agent(args, rows, out)
     extra_body = None
     if args.api_extra:

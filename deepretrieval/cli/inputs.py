@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from deepretrieval.evaluation.harness import summary_markdown
+from deepretrieval.evaluation.report import summary_markdown
 
 
 def texts_or_stdin(items: list[str], what: str) -> list[str]:

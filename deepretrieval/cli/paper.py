@@ -4,8 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from deepretrieval.paper_check import BUNDLED_DB_ROOT, load_cases, replay
-from deepretrieval.paper_rewards import RAISE_RULES
+from deepretrieval.paper.check import BUNDLED_DB_ROOT, load_cases, replay
+from deepretrieval.paper.engine import RAISE_RULES
 
 
 def register(sub) -> None:

@@ -10,13 +10,11 @@ from pathlib import Path
 from deepretrieval.catalog import AmbiguousTask, bundled_rows, collection_name_clashes, get_task
 from deepretrieval.cli.agent import agent_settings
 from deepretrieval.core import settings
+from deepretrieval.core.protocols import protocol_names
 from deepretrieval.data import qa_sets
-from deepretrieval.data.byo import (
-    parse_qrels_args,
-    prepare_beir,
-    prepare_pico,
-    prepare_sql,
-)
+from deepretrieval.data.byo_beir import parse_qrels_args, prepare_beir
+from deepretrieval.data.byo_pico import prepare_pico
+from deepretrieval.data.byo_sql import prepare_sql
 from deepretrieval.data.closed_world import SPLITS, closed_world_rows
 from deepretrieval.data.download import DownloadError
 from deepretrieval.data.rows import write_parquet
@@ -172,7 +170,7 @@ def register(sub) -> None:
     q.add_argument("--out", default="data/agent_closedworld",
                    help="output folder (default: data/agent_closedworld)")
     q.add_argument("--task", default="agent_closedworld", help="task (e.g. agent_closedworld_f1)")
-    q.add_argument("--protocol", choices=("tags", "tool"), help="agent protocol (default: tags)")
+    q.add_argument("--protocol", choices=protocol_names(), help="agent protocol (default: tags)")
     q.add_argument("--max-turns", type=int)
     q.add_argument("--top-k", type=int)
     q.set_defaults(func=cmd_prepare_closedworld)
@@ -346,7 +344,7 @@ def cmd_prepare_bird(args) -> int:
 
 def cmd_prepare_closedworld(args) -> int:
     task = get_task(args.task)
-    if task.family.name != "agentic" or task.options.get("dataset") != "closedworld":
+    if not task.rollout.episodic or task.options.get("dataset") != "closedworld":
         raise ValueError(f"task {args.task!r} is not a closed-world agentic task (agent_closedworld, "
                          f"agent_closedworld_f1)")
     settings = agent_settings(args.task, args)

@@ -1,9 +1,10 @@
 """Retrieval metrics.
 
 Standard definitions follow trec_eval (``recall_k``, ``ndcg_cut_k``: linear gains, log2 discount,
-ideal ranking = all judged documents sorted by grade). The DeepRetrieval paper's nDCG variant is
-offered separately as :func:`ndcg_paper_at_k`. ``relevant`` arguments are mappings doc id → grade
-(grades <= 0 count as non-relevant) or any iterable of relevant ids (grade 1).
+ideal ranking = all judged documents sorted by grade). The DeepRetrieval paper's nDCG variants are
+parameters of :func:`ndcg_at_k` (``ideal="listed"``; ``dedup=False`` for the original reward
+modules' arithmetic). ``relevant`` arguments are mappings doc id → grade (grades <= 0 count as
+non-relevant), (doc id, grade) pairs in their listed order, or any iterable of relevant ids (grade 1).
 
 trec_eval does not take a run's order as given: it sorts each query's documents by score
 descending and breaks ties by document id **descending** (string comparison). :func:`trec_order`
@@ -13,12 +14,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 
-def as_qrels(relevant: Mapping[str, float] | Iterable[str]) -> dict[str, float]:
+def _judgments(relevant) -> list[tuple[str, Any]]:
+    """``relevant`` as (doc id, grade) pairs in their listed order, repeats kept, grades as given."""
     if isinstance(relevant, Mapping):
-        return {str(doc): float(grade) for doc, grade in relevant.items()}
-    return {str(doc): 1.0 for doc in relevant}
+        return [(str(doc), grade) for doc, grade in relevant.items()]
+    return [(str(item[0]), item[1]) if isinstance(item, tuple) else (str(item), 1.0)
+            for item in relevant]
+
+
+def as_qrels(relevant: Mapping[str, float] | Iterable[str] | Iterable[tuple[str, float]]
+             ) -> dict[str, float]:
+    """doc id → grade (a document listed twice keeps its last grade)."""
+    return {doc: float(grade) for doc, grade in _judgments(relevant)}
 
 
 def trec_order(ranked: Sequence[str], scores: Sequence[float] | None) -> list[str]:
@@ -64,41 +74,32 @@ def _ranked_dcg(docs: list[str], qrels: Mapping[str, float]) -> float:
     return sum(g / math.log2(rank + 2) for rank, g in hits)
 
 
-def ndcg_at_k(ranked: Sequence[str], relevant, k: int) -> float:
-    """trec_eval ``ndcg_cut_k``: linear gains, ideal DCG from all judged grades sorted descending."""
+def ndcg_at_k(ranked: Sequence[str], relevant, k: int, *, ideal: str = "sorted",
+              dedup: bool = True) -> float:
+    """nDCG@k with linear gains and a log2 discount.
+
+    ``ideal``: ``"sorted"`` (trec_eval ``ndcg_cut_k``) takes the ideal DCG from the judged grades
+    sorted descending; ``"listed"`` (the DeepRetrieval variant) takes them in the order they are
+    listed, so nDCG can exceed 1 (equal to ``"sorted"`` for binary judgments).
+    ``dedup``: True counts a document once (its first rank) and only positive grades; False is the
+    original DeepRetrieval reward modules' arithmetic (``ideal="listed"`` only): both lists are
+    taken as given — a document retrieved twice gains twice, the ideal DCG takes the first ``k``
+    listed judgments (a repeated one again, every grade with its document's last grade)."""
+    if ideal not in ("sorted", "listed"):
+        raise ValueError(f"unknown ideal ranking {ideal!r}; known: ['listed', 'sorted']")
+    if not dedup:
+        if ideal != "listed":
+            raise ValueError("dedup=False is the original reward modules' arithmetic, which "
+                             "takes the ideal DCG in listed order: use ideal='listed'")
+        listed = _judgments(relevant)
+        grade = dict(listed)
+        best = _dcg([grade[doc] for doc, _ in listed[:k]])
+        if not best > 0:  # NaN too, as the original's ``ideal > 0`` test
+            return 0.0
+        return _dcg([grade.get(str(doc), 0) for doc in ranked[:k]]) / best
     qrels = as_qrels(relevant)
-    ideal = _dcg(sorted((g for g in qrels.values() if g > 0), reverse=True)[:k])
-    if ideal <= 0:
+    positive = [g for g in qrels.values() if g > 0]
+    best = _dcg((sorted(positive, reverse=True) if ideal == "sorted" else positive)[:k])
+    if best <= 0:
         return 0.0
-    return _ranked_dcg(_dedup(ranked, k), qrels) / ideal
-
-
-def ndcg_paper_at_k(ranked: Sequence[str], relevant, k: int) -> float:
-    """The DeepRetrieval variant: linear gains, ideal DCG taken in the order the qrels are listed
-    (not sorted by grade). Equals :func:`ndcg_at_k` for binary judgments."""
-    qrels = as_qrels(relevant)
-    ideal = _dcg([g for g in qrels.values() if g > 0][:k])
-    if ideal <= 0:
-        return 0.0
-    return _ranked_dcg(_dedup(ranked, k), qrels) / ideal
-
-
-def first_relevant_rank(ranked: Sequence[str], relevant, k: int | None = None) -> int | None:
-    """1-based rank of the first relevant document within the first ``k``; None when absent."""
-    positives = {d for d, g in as_qrels(relevant).items() if g > 0}
-    for rank, doc in enumerate(ranked if k is None else ranked[:k], start=1):
-        if str(doc) in positives:
-            return rank
-    return None
-
-
-def hit_at_k(ranked: Sequence[str], relevant, k: int) -> float:
-    return 1.0 if first_relevant_rank(ranked, relevant, k) is not None else 0.0
-
-
-def first_hit_rank(flags: Iterable[bool]) -> int | None:
-    """1-based position of the first true flag (e.g. 'passage contains an answer'); None if none."""
-    for rank, flag in enumerate(flags, start=1):
-        if flag:
-            return rank
-    return None
+    return _ranked_dcg(_dedup(ranked, k), qrels) / best

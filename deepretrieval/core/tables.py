@@ -54,7 +54,7 @@ class RewardTable:
     def total(self, format_ok: bool, answer_score: float) -> float:
         if not format_ok:
             return float(self.format_bad)
-        if self.positive_only and answer_score <= 0:
+        if self.positive_only and not answer_score > 0:  # NaN too
             return 0.0
         return float(self.format_ok + answer_score)
 

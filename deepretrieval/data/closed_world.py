@@ -217,11 +217,23 @@ _FACTS = {
 }
 
 
+def _protocol_of(prompt) -> P.AgentProtocol:
+    """The registered protocol whose system prompt the prompt's is; a prompt with another system
+    text (e.g. verl's own tool prompt): tool calls when it lists tools, else tags."""
+    system = "\n".join(m["content"] for m in prompt.messages if m["role"] == "system")
+    for name in P.protocol_names():
+        rollout = P.agent_protocol(name)
+        if system == rollout.system_prompt():
+            return rollout
+    return P.agent_protocol("tool" if "<tools>" in system else "tags")
+
+
 class OraclePolicy:
     """A scripted agent that searches for each entity of the question's chain, reads the next
     entity off the retrieved passages and answers: EM 1 when retrieval returns the passages.
-    Speaks both protocols (tags, or hermes tool calls when the system prompt lists tools).
-    Answers ``unknown`` when a passage it needs was not retrieved."""
+    Speaks every registered protocol (told by the prompt's system message, :func:`_protocol_of`)
+    through the protocol's own writers. Answers ``unknown`` when a passage it needs was not
+    retrieved."""
 
     uses_prefill = True
     name = "oracle"
@@ -231,39 +243,34 @@ class OraclePolicy:
         return [[self.turn(p)] * decoding.n for p in prompts]
 
     def turn(self, prompt) -> str:
-
-        tool = any("<tools>" in m["content"] for m in prompt.messages if m["role"] == "system")
-        if tool:
-            observed = "\n".join(m["content"] for m in prompt.messages if m["role"] == "tool")
+        rollout = _protocol_of(prompt)
+        if rollout.single_message:
+            observed = P.injected_blocks(prompt.prefill)
         else:
-            observed = "\n".join(P.injected_blocks(prompt.prefill))
+            observed = [m["content"] for m in prompt.messages if m["role"] == "tool"]
         plan = _plan(_question_of(prompt.messages))
         if plan is None:
-            return self._answer("unknown", tool)
+            return self._answer("unknown", rollout)
         entity, steps = plan
-        n_searched = (sum(m["role"] == "tool" for m in prompt.messages) if tool
-                      else len(P.injected_blocks(prompt.prefill)))
         # follow the chain as far as the observed passages allow
         for i, relation in enumerate(steps):
-            m = _FACTS[relation](entity).search(observed)
+            m = _FACTS[relation](entity).search("\n".join(observed))
             if m is None:
-                if n_searched > i:  # searched for it and did not find it
-                    return self._answer("unknown", tool)
-                return self._search(entity, tool)
+                if len(observed) > i:  # searched for it and did not find it
+                    return self._answer("unknown", rollout)
+                return self._search(entity, rollout)
             entity = m.group(1).strip()
-        return self._answer(entity, tool)
+        return self._answer(entity, rollout)
 
     @staticmethod
-    def _search(entity: str, tool: bool) -> str:
-        if tool:
-            call = json.dumps({"name": "search", "arguments": {"query": entity}})
-            return f"<tool_call>\n{call}\n</tool_call>"
-        return f"<think>I need to look up {entity}.</think>\n<search>{entity}</search>"
+    def _search(entity: str, rollout: P.AgentProtocol) -> str:
+        think = f"<think>I need to look up {entity}.</think>\n" if rollout.single_message else ""
+        return think + rollout.write_search([entity])
 
     @staticmethod
-    def _answer(value: str, tool: bool) -> str:
-        return (f"<answer>{value}</answer>" if tool
-                else f"<think>The passages give the answer.</think>\n<answer>{value}</answer>")
+    def _answer(value: str, rollout: P.AgentProtocol) -> str:
+        think = "<think>The passages give the answer.</think>\n" if rollout.single_message else ""
+        return think + rollout.write_answer(value)
 
 
 class ClosedBookGuess:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 
@@ -67,6 +67,24 @@ class Decoding:
                 "temperature": None if self.greedy else self.temperature,
                 "top_p": None if self.greedy else self.top_p, "seed": self.seed, "n": self.n,
                 "stops": [[s.text, s.suffix] for s in self.stops]}
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """What every generator implements — :class:`~deepretrieval.generation.local.TransformersGenerator`,
+    :class:`~deepretrieval.generation.local.VLLMGenerator`,
+    :class:`~deepretrieval.generation.api.OpenAIChatGenerator`, and scripted policies (the closed
+    world's oracle, tests). ``name``: how reports call it. ``uses_prefill``: whether the assistant
+    prefill of a prompt reaches the model (an API without continuation drops it, so the answer
+    parser must not put it back). ``generate``: ``decoding.n`` completions per prompt (the text
+    after the prefill, stop rules applied), in order; ``seed_offset`` shifts the per-prompt seeds
+    of sampled decoding."""
+
+    name: str
+    uses_prefill: bool
+
+    def generate(self, prompts: Sequence[Prompt], decoding: Decoding, *, batch_size: int = 8,
+                 seed_offset: int = 0, progress: bool = False) -> list[list[str]]: ...
 
 
 def stop_rules(prefill: str = "", answer_key: str = "query") -> tuple[StopRule, ...]:

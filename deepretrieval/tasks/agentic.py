@@ -55,8 +55,7 @@ from deepretrieval.tasks.evidence import (
 )
 
 #: verl agent-loop names the rows ask for (the tag-protocol loop is registered under this name).
-TAG_AGENT_LOOP = "deepretrieval_agent"
-TOOL_AGENT_LOOP = "tool_agent"
+TAG_AGENT_LOOP, TOOL_AGENT_LOOP = P.TAG_AGENT_LOOP, P.TOOL_AGENT_LOOP
 METRICS = ("em", "f1", "sub_em", "cover_em", "em_unicode", "f1_unicode", "answer_spam",
            "n_search", "turns", "hit", "budget")
 #: verl's ``search_r1_like_qa_em``: more answer tags than this (opening or closing) is answer spam.
@@ -78,27 +77,6 @@ def settings_for(task: Task, extra_info: Mapping[str, Any] | None = None) -> P.A
     """The protocol settings of a row: the task's defaults, then the row's ``extra_info``."""
     base = P.AgentSettings(**dict(task.options.get("agent") or {}))
     return P.AgentSettings.from_extra_info(extra_info, base)
-
-
-def protocol_problem(row: Mapping[str, Any], settings: P.AgentSettings) -> str | None:
-    """Why a row cannot run under ``settings.protocol`` (its prompt or its verl agent loop says
-    the other protocol), or None. E.g. verl's own Search-R1 rows (``agent_name: tool_agent``, a
-    ``<tool_call>`` prompt) run in verl's ``tool_agent`` with the ``search`` tool, not in the tag
-    protocol's episode loop."""
-    agent_name = row.get("agent_name")
-    prompt = row.get("prompt")
-    text = " ".join(str(m.get("content", "")) for m in prompt if isinstance(m, Mapping)) \
-        if isinstance(prompt, list) else str(prompt or "")
-    if settings.protocol == "tags" and (agent_name == TOOL_AGENT_LOOP or P.TOOL_CALL_OPEN in text):
-        return ("the row is written for tool calls (agent_name tool_agent or a <tool_call> prompt) "
-                "but its settings say the tag protocol: run such rows in verl's tool_agent with "
-                "the search tool (docs/agentic.md, verl), or write rows whose extra_info.agent."
-                "protocol is 'tool' (`deepretrieval prepare closedworld --protocol tool`, or "
-                "agent_rows(..., settings=AgentSettings(protocol='tool')))")
-    if settings.protocol == "tool" and agent_name == TAG_AGENT_LOOP:
-        return (f"the row asks for the tag-protocol loop ({TAG_AGENT_LOOP}) but its settings say "
-                f"the tool protocol; write the rows again with one protocol")
-    return None
 
 
 def passages_of(block: str) -> list[str]:
@@ -126,8 +104,11 @@ class AgenticFamily(Family):
     def metric_keys(self, task):
         return list(METRICS)
 
+    def rollout(self, task):
+        return settings_for(task).rollout
+
     def messages(self, task, fields):
-        return P.messages(fields["query"], settings_for(task).protocol)
+        return settings_for(task).rollout.messages(fields["query"])
 
     def parse(self, task, text):
         # the format (a final answer) is judged while scoring, so that searches and turns are
@@ -244,7 +225,7 @@ def agent_rows(task: Task, examples: Sequence[Mapping[str, Any]], split: str, *,
     
     settings = settings or settings_for(task)
     index = search_index or task.index
-    agent_name = TAG_AGENT_LOOP if settings.protocol == "tags" else TOOL_AGENT_LOOP
+    rollout = settings.rollout
     other = {k: v for k, v in settings.to_dict().items()
              if k not in ("max_turns", "top_k") and v != getattr(P.AgentSettings(), k)}
     rows = []
@@ -258,7 +239,8 @@ def agent_rows(task: Task, examples: Sequence[Mapping[str, Any]], split: str, *,
         if other:
             extra["agent"] = other
         row = task.row(split, i, {"query": ex["question"]}, {"target": answers}, **extra)
-        row["prompt"] = P.messages(ex["question"], settings.protocol)
-        row["agent_name"] = agent_name
+        row["prompt"] = rollout.messages(ex["question"])
+        if rollout.verl_agent_loop is not None:
+            row["agent_name"] = rollout.verl_agent_loop
         rows.append(row)
     return rows

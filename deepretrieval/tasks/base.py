@@ -11,17 +11,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from deepretrieval.core.answer import ParsedAnswer, parse_answer
+from deepretrieval.core.answer import ParsedAnswer
+from deepretrieval.core.protocols import SINGLE_SHOT, Rollout
+from deepretrieval.core.protocols.answer import FORMAT_ANSWER_ONLY, FORMAT_REASONING  # noqa: F401
 from deepretrieval.core.tables import RewardTable, with_overrides
-
-FORMAT_REASONING = (
-    "Think about the request first, inside <think> </think>. Then give your final answer inside "
-    "<answer> </answer> as JSON with the key \"{key}\", for example: "
-    "<think>...</think>\n<answer>{{\"{key}\": \"...\"}}</answer>")
-FORMAT_ANSWER_ONLY = (
-    "Give only your final answer inside <answer> </answer> as JSON with the key \"{key}\", for "
-    "example: <answer>{{\"{key}\": \"...\"}}</answer>")
-
 
 #: Name of the default reference system (each row's original query) in reports.
 ORIGINAL_QUERY = "original query"
@@ -43,6 +36,11 @@ class Family:
 
     def metric_keys(self, task: "Task") -> list[str]:
         raise NotImplementedError
+
+    def rollout(self, task: "Task") -> Rollout:
+        """How the task's rows are rolled out: the single-shot answer by default (the agentic
+        family: the agent protocol of the task's settings)."""
+        return SINGLE_SHOT
 
     def empty_metrics(self, task: "Task") -> dict[str, float]:
         """Metrics reported when nothing was searched (bad format): zeros by default."""
@@ -74,13 +72,13 @@ class Family:
     def messages(self, task: "Task", fields: Mapping[str, Any]) -> list[dict[str, str]]:
         """Chat messages of one example: the task's system text with the answer-format
         instruction, then the user message."""
-        fmt = (FORMAT_REASONING if task.reasoning else FORMAT_ANSWER_ONLY).format(key=task.answer_key)
-        return [{"role": "system", "content": f"{task.system} {fmt}"},
+        system = SINGLE_SHOT.system_prompt(task.system, task.answer_key, task.reasoning)
+        return [{"role": "system", "content": system},
                 {"role": "user", "content": self.user_message(task, fields)}]
 
     def parse(self, task: "Task", text: str) -> ParsedAnswer:
         """Strict format check of a completion (prefill already put back)."""
-        return parse_answer(text, task.answer_key, reasoning=task.reasoning)
+        return SINGLE_SHOT.parse_turn(text, task.answer_key, task.reasoning)
 
     def reference_queries(self, task: "Task", rows: list[Mapping[str, Any]]) -> tuple[str, list[Any]]:
         """(name, query per row) of the reference system evaluated next to a model: by default
@@ -104,6 +102,12 @@ class Task:
     prefill: str = ""                 # assistant-turn prefix given to the model before generating
     options: Mapping[str, Any] = field(default_factory=dict)  # family-specific settings
     description: str = ""
+
+    @property
+    def rollout(self) -> Rollout:
+        """How this task's rows are rolled out (:mod:`deepretrieval.core.protocols`):
+        ``task.rollout.episodic`` tells an agentic task from a single-shot one."""
+        return self.family.rollout(self)
 
     def depth(self, mode: str) -> int:
         return self.train_depth if mode == "train" else self.val_depth

@@ -6,7 +6,7 @@ from typing import Any
 
 from deepretrieval.core.beir_files import load_qrels, load_queries
 from deepretrieval.core.bundled import COLLECTIONS, collection_dir
-from deepretrieval.core.metrics import ndcg_at_k, ndcg_paper_at_k, recall_at_k, trec_order
+from deepretrieval.core.metrics import ndcg_at_k, recall_at_k, trec_order
 from deepretrieval.core.tables import RewardTable
 from deepretrieval.tasks.base import Family, SearchPlan, Task
 
@@ -54,10 +54,10 @@ class BeirFamily(Family):
         ranked = trec_order(result.ids, result.scores)
         depth = task.depth(mode)
         variant = task.options.get("ndcg", "trec")
-        return {"ndcg": (ndcg_paper_at_k(result.ids, qrels, depth) if variant == "paper"
-                         else ndcg_at_k(ranked, qrels, depth)),
+        paper = ndcg_at_k(result.ids, qrels, depth, ideal="listed")
+        return {"ndcg": paper if variant == "paper" else ndcg_at_k(ranked, qrels, depth),
                 "ndcg@10": ndcg_at_k(ranked, qrels, 10),
-                "ndcg_paper": ndcg_paper_at_k(result.ids, qrels, depth),
+                "ndcg_paper": paper,
                 "recall@100": recall_at_k(ranked, qrels, 100),
                 "recall@1000": recall_at_k(ranked, qrels, 1000)}
 

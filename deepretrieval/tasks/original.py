@@ -113,7 +113,7 @@ def parse_name(data_source: str) -> OriginalName | None:
 
 #: The original trainer's reward dispatch (``main_ppo._select_rm_score_fn``): substring tests, in
 #: order. (substring, module, {sub-substring: module}) — the first substring contained wins. The
-#: module names are the keys of :data:`deepretrieval.profiles.PAPER_MODULES`.
+#: module names are the keys of :data:`deepretrieval.paper.modules.PAPER_MODULES`.
 DISPATCH: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
     ("screening", "screening.py", ()),
     ("pubmed", "pubmed.py", ()),

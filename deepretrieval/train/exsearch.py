@@ -268,9 +268,10 @@ def trajectory_pieces(episode: Episode) -> list[tuple[str, str]]:
 def prompt_text(tokenizer, episode: Episode) -> str:
     """The chat template's rendering of the episode's messages + generation prompt + prefill:
     exactly what the generator showed the model."""
-    if episode.settings.protocol != "tags":
-        raise ValueError("ExSearch trains tag-protocol episodes (one assistant message); prepare "
-                         "the rows with --protocol tags")
+    if not episode.rollout.single_message:
+        raise ValueError(f"ExSearch trains episodes that are one assistant message (the tag "
+                         f"protocol), not the {episode.settings.protocol!r} protocol's messages; "
+                         f"prepare the rows with --protocol tags")
     return tokenizer.apply_chat_template([dict(m) for m in episode.messages], tokenize=False,
                                          add_generation_prompt=True) + episode.prefill
 

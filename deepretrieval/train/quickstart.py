@@ -24,13 +24,11 @@ from deepretrieval.catalog import bundled_rows, get_task, open_index
 from deepretrieval.core import settings
 from deepretrieval.core.io import save_figure, write_atomic
 from deepretrieval.data.rows import write_parquet
-from deepretrieval.evaluation.harness import (
-    evaluate_model,
-    original_query_baseline,
-    summarize,
-)
+from deepretrieval.evaluation.scoring import original_query_baseline, summarize
+from deepretrieval.evaluation.single_shot import evaluate_model
 from deepretrieval.train import verl as verl_launcher
 from deepretrieval.train.export import export_checkpoint
+from deepretrieval.train.service import ManagedService
 from deepretrieval.generation.models import resolve_model
 from deepretrieval.train.trl_engine import TRLSettings, is_copy, train_trl
 
@@ -174,28 +172,28 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _train_verl(model: str, train_rows, test_rows, out: Path, args) -> tuple[str, list[dict]]:
-    """GPU path: verl GRPO preset on the same rows, then export the last actor checkpoint."""
+    """GPU path: verl GRPO preset on the same rows, through the one verl launch path with the
+    retrieval service (started here for the task's index), then export the last actor checkpoint."""
     import torch
     if not torch.cuda.is_available():
         raise ValueError("--engine verl needs a GPU machine (verl cannot train on CPU); use --engine trl")
     train = write_parquet(train_rows, out / "data" / "train.parquet")
     test = write_parquet(test_rows, out / "data" / "test.parquet")
-    train, test, _ = verl_launcher.without_prefill(train, test, out)
-    overrides = verl_launcher.build_overrides(
-        args.task, model=model, train_files=str(train), val_files=str(test), out_dir=str(out / "verl"),
-        n_gpus=torch.cuda.device_count(),
-        extra=[f"trainer.total_training_steps={args.steps}", "trainer.save_freq=" + str(args.steps),
-               "trainer.test_freq=-1", "trainer.val_before_train=false",
-               f"data.train_batch_size={args.prompts_per_step * 4}",
-               f"actor_rollout_ref.actor.ppo_mini_batch_size={args.prompts_per_step * 4}",
-               f"actor_rollout_ref.rollout.n={args.num_generations}",
-               f"actor_rollout_ref.actor.optim.lr={args.lr}",
-               f"actor_rollout_ref.rollout.temperature={args.temperature}"])
-    cmd = verl_launcher.command("grpo", overrides)
-    code = verl_launcher.run(cmd, log_path=out / "verl" / "train.log")
+    run_dir = out / "verl"
+    with ManagedService([get_task(args.task).index], log_path=run_dir / "service.log") as service:
+        code = verl_launcher.launch(
+            args.task, model=model, train_files=train, val_files=test, out_dir=run_dir,
+            search_url=service.url, env=service.env(), preset="grpo", n_gpus=torch.cuda.device_count(),
+            extra=[f"trainer.total_training_steps={args.steps}", "trainer.save_freq=" + str(args.steps),
+                   "trainer.test_freq=-1", "trainer.val_before_train=false",
+                   f"data.train_batch_size={args.prompts_per_step * 4}",
+                   f"actor_rollout_ref.actor.ppo_mini_batch_size={args.prompts_per_step * 4}",
+                   f"actor_rollout_ref.rollout.n={args.num_generations}",
+                   f"actor_rollout_ref.actor.optim.lr={args.lr}",
+                   f"actor_rollout_ref.rollout.temperature={args.temperature}"])
     if code:
-        raise RuntimeError(f"verl exited with code {code}; see {out / 'verl' / 'train.log'}")
-    model_dir = export_checkpoint(out / "verl" / "checkpoints", out / "verl" / "model")
+        raise RuntimeError(f"verl exited with code {code}; see {run_dir / 'train.log'}")
+    model_dir = export_checkpoint(run_dir / "checkpoints", run_dir / "model")
     return str(model_dir), []
 
 

@@ -23,9 +23,7 @@ from typing import Any
 from deepretrieval.catalog import get_task, read_rows
 from deepretrieval.core import settings
 from deepretrieval.core.flags import pick
-from deepretrieval.core.io import write_atomic
 from deepretrieval.generation.models import resolve_model
-from deepretrieval.tasks.agentic import AGENTIC
 from deepretrieval.train import trl_agent
 from deepretrieval.train import verl as launcher
 from deepretrieval.train.exsearch import ExSearchSettings, train_exsearch
@@ -145,40 +143,15 @@ class VerlSettings:
 
 
 def run_verl(job: TrainJob, launch: Launch, values: Mapping[str, Any]) -> int:
-    from omegaconf import OmegaConf
-
     verl = VerlSettings(**pick(VerlSettings, values))
     task, out = launch.task, launch.out
-    preset = verl.config or launcher.default_preset(task)
     model = init_model(job, launch.model, out)
     train, test = rows_files(task.name, job.data, out, job.dry_run)
-    if train.is_file() and test.is_file():
-        train, test, stripped = launcher.without_prefill(train, test, out)
-        if stripped:
-            print(f"note: verl cannot prefill the assistant turn; {task.name} rows rewritten without "
-                  f"the prefill ({train.parent}) — the model writes the whole <answer>…</answer>")
-    overrides = launcher.build_overrides(task.name, model=model, train_files=str(train),
-                                         val_files=str(test), out_dir=str(out), n_gpus=verl.gpus,
-                                         nnodes=verl.nodes, search_url=launch.url, preset=preset,
-                                         extra=job.overrides)
-    config = launcher.compose(preset, overrides)
-    cmd = launcher.command(preset, overrides)
-    write_atomic(out / "verl_config.yaml", OmegaConf.to_yaml(config))
-    print("verl command:\n  " + launcher.format_command(cmd))
-    print("key settings:")
-    for key, value in launcher.summary(config).items():
-        print(f"  {key} = {value}")
-    print(f"composed config: {out / 'verl_config.yaml'}")
-    if job.dry_run:
-        print("dry run: not training")
-        return 0
-    env = launch.service.env() if launch.service else {}
-    log_path = out / "train.log"
-    code = launcher.run(cmd, env=env, log_path=log_path)
-    print(f"verl exited with code {code}\ncheckpoints: {out / 'checkpoints'}\nlog: {log_path}\n"
-          f"validation generations: {out / 'validation'}\n"
-          f"export: deepretrieval export {out / 'checkpoints'} --out {out / 'model'}")
-    return code
+    return launcher.launch(task.name, model=model, train_files=train, val_files=test, out_dir=out,
+                           search_url=launch.url,
+                           env=launch.service.env() if launch.service else {}, preset=verl.config,
+                           n_gpus=verl.gpus, nnodes=verl.nodes, extra=job.overrides,
+                           dry_run=job.dry_run)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +168,7 @@ class TRLRollout:
 def run_trl(job: TrainJob, launch: Launch, values: Mapping[str, Any]) -> int:
     task, out = launch.task, launch.out
     train, _test = rows_files(task.name, job.data, out, job.dry_run)
-    agentic = trl_agent.is_agentic(task.name)
+    agentic = task.rollout.episodic
     rollout_settings = TRLRollout(**pick(TRLRollout, values))
     trl_settings = TRLSettings(model=launch.model, output_dir=str(out),
                                extra=key_values(job.overrides), progress=settings.progress_enabled(),
@@ -239,7 +212,7 @@ class ExSearchRun:
 
 def run_exsearch(job: TrainJob, launch: Launch, values: Mapping[str, Any]) -> int:
     task, out = launch.task, launch.out
-    if task.family is not AGENTIC:
+    if not task.rollout.episodic:
         raise ValueError(f"--engine exsearch trains search agents: {task.name} is not an agentic "
                          f"task (agent_closedworld, agent_nq, ...)")
     if job.overrides:

@@ -32,40 +32,21 @@ EM, F1, hit, searches, turns, answered share and finish reasons are logged as
 """
 from __future__ import annotations
 
-import logging
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from deepretrieval.agent.runner import (
-    FINISH_REASONS,
     Episode,
     EpisodeRunner,
     episodes_from_rows,
 )
-from deepretrieval.catalog import get_task
 from deepretrieval.core import agent_protocol as P
 from deepretrieval.core.tables import RewardTable
 from deepretrieval.generation.decoding import Decoding
-from deepretrieval.rewards import score_batch
-from deepretrieval.tasks.agentic import AGENTIC
-from deepretrieval.train.trl_engine import METRIC_PREFIX
-
-log = logging.getLogger(__name__)
+from deepretrieval.train.trl_engine import TRLRewardAdapter, render_messages
 
 #: Metrics averaged per step (besides the finish-reason shares).
 LOGGED = ("score", "em", "f1", "hit", "n_search", "turns", "budget", "format_ok", "search_error")
-
-
-def is_agentic(task_name: str) -> bool:
-    return get_task(task_name).family is AGENTIC
-
-
-def render_prompt(tokenizer, messages: Sequence[Mapping[str, str]], prefill: str = "") -> str:
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("the tokenizer has no chat template; use a chat (instruct) model")
-    return tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
-                                         add_generation_prompt=True) + prefill
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -79,7 +60,8 @@ def _end_id(tokenizer) -> int:
 
 
 def tag_completion(tokenizer, ep: Episode) -> tuple[list[int], list[int]]:
-    """Completion ids and env mask of a tag-protocol episode (see the module docstring)."""
+    """Completion ids and env mask of a single-message episode (tag protocol; see the module
+    docstring)."""
     ids, mask = ep.token_ids(tokenizer)
     ended_by_model = ep.finish != "budget" and (not ep.segments or not ep.segments[-1].injected)
     if ended_by_model or not ids:
@@ -88,11 +70,12 @@ def tag_completion(tokenizer, ep: Episode) -> tuple[list[int], list[int]]:
 
 
 def tool_completion(tokenizer, ep: Episode) -> tuple[list[int], list[int]]:
-    """Completion ids and env mask of a tool-protocol episode: the chat template's rendering of
+    """Completion ids and env mask of an episode laid out as messages (tool-call protocols): the
+    chat template's rendering of
     the messages after the prompt, message by message (a template whose rendering of a longer
     conversation does not extend the shorter one cannot be masked this way: ValueError)."""
     messages = [dict(m) for m in ep.messages]
-    previous = render_prompt(tokenizer, messages)
+    previous = render_messages(tokenizer, messages)
     ids: list[int] = []
     mask: list[int] = []
     segments = ep.segments
@@ -126,57 +109,6 @@ def tool_completion(tokenizer, ep: Episode) -> tuple[list[int], list[int]]:
     return ids, mask
 
 
-class AgentReward:
-    """TRL reward function for agentic rollouts: scores the ``trajectory`` column with the row's
-    task, or with ``table`` (e.g. a shaped table for small models); keeps per-step means for the
-    log (:meth:`drain`, called by the trainer's ``log``)."""
-
-    __name__ = "deepretrieval_agent"
-
-    def __init__(self, table: RewardTable | None = None):
-        self.table = table
-        self.pending: dict[str, list[float]] = {}
-        self.last_metrics: list[dict] = []
-
-    def __call__(self, prompts=None, completions=None, trajectory=None, finish=None,
-                 data_source=None, reward_model=None, extra_info=None, agent_passages=None,
-                 **_: Any) -> list[float]:
-        if trajectory is None:
-            raise ValueError("agentic rewards need the rollout's trajectory column (AgentRollout)")
-        n = len(trajectory)
-        extra = extra_info or [None] * n
-        # the rollout's record of real searches (the `hit` metric reads it, never the text)
-        record = agent_passages or [None] * n
-        items = [(data_source[i], trajectory[i], (reward_model[i] or {}).get("ground_truth"),
-                  {**(extra[i] or {}), P.RETRIEVED_KEY: record[i]} if record[i] is not None else extra[i])
-                 for i in range(n)]
-        metrics = score_batch(items, mode="train")
-        scores = [m["score"] if self.table is None else self.table.score_of(m) for m in metrics]
-        for m, s in zip(metrics, scores):
-            m["score"] = s
-        self.last_metrics = metrics
-        step: dict[str, list[float]] = {}
-        for m in metrics:
-            for key in LOGGED:
-                value = m.get(key)
-                if isinstance(value, (bool, int, float)) and not (isinstance(value, float) and math.isnan(value)):
-                    step.setdefault(key, []).append(float(value))
-        for key, values in step.items():
-            self.pending.setdefault(key, []).append(sum(values) / len(values))
-        if "format_ok" in step:
-            fmt = step["format_ok"]
-            self.pending.setdefault("format_error_rate", []).append(1 - sum(fmt) / len(fmt))
-        for reason in FINISH_REASONS:
-            share = sum(f == reason for f in (finish or [])) / max(n, 1)
-            self.pending.setdefault(f"finish_{reason}", []).append(share)
-        return scores
-
-    def drain(self) -> dict[str, float]:
-        out = {METRIC_PREFIX + k: sum(v) / len(v) for k, v in self.pending.items() if v}
-        self.pending.clear()
-        return out
-
-
 class AgentRollout:
     """TRL ``rollout_func`` running agentic episodes (see the module docstring).
 
@@ -196,7 +128,8 @@ class AgentRollout:
         self.policy = policy
         self.batch_size = batch_size
         self.seed = seed
-        self.reward = AgentReward(table)
+        self.reward = TRLRewardAdapter(table=table, text_column="trajectory", mode="train", logged=LOGGED,
+                                       copy_rate=False, name="deepretrieval_agent")
         self.tokenizer = None
         self._rows: dict[str, Mapping[str, Any]] = {}
         self.last_episodes: list[Episode] = []
@@ -208,7 +141,7 @@ class AgentRollout:
         self.tokenizer = tokenizer
         out = []
         for ep, row in zip(episodes_from_rows(rows), rows):
-            text = render_prompt(tokenizer, ep.messages, ep.prefill)
+            text = render_messages(tokenizer, ep.messages, ep.prefill)
             self._rows.setdefault(text, row)
             out.append({"prompt": text, "data_source": row["data_source"],
                         "reward_model": dict(row.get("reward_model") or {}),
@@ -247,8 +180,8 @@ class AgentRollout:
         self.last_episodes = episodes
         prompt_ids, completion_ids, env_mask = [], [], []
         for ep in episodes:
-            prompt_ids.append(_encode(tok, render_prompt(tok, ep.messages, ep.prefill)))
-            ids, mask = (tag_completion(tok, ep) if ep.settings.protocol == "tags"
+            prompt_ids.append(_encode(tok, render_messages(tok, ep.messages, ep.prefill)))
+            ids, mask = (tag_completion(tok, ep) if ep.rollout.single_message
                          else tool_completion(tok, ep))
             if len(ids) > budget + 1:  # the runner keeps episodes within the budget
                 raise RuntimeError(f"episode of {len(ids)} tokens over the budget {budget + 1}")

@@ -2,8 +2,9 @@
 
 Prompts are rendered with the model's chat template and the task's assistant prefill (e.g.
 ``<answer>{"query": "``) appended as text, so the model continues the prefilled answer; the reward
-(:class:`deepretrieval.rewards.TRLReward`, one batched search per step) puts the prefill back before
-the strict format check (``Task.parse``). Every metric key of the task is logged per step as
+(:class:`TRLRewardAdapter` over :class:`deepretrieval.rewards.TRLReward`, one batched search per
+step; the same adapter scores agentic trajectories, :mod:`deepretrieval.train.trl_agent`) puts the
+prefill back before the strict format check (``Task.parse``). Every metric key of the task is logged per step as
 ``deepretrieval/<key>`` (console, ``metrics.jsonl`` and tensorboard/wandb when asked), together
 with ``deepretrieval/format_error_rate`` and ``deepretrieval/copy_rate`` (share of answers that
 repeat the original query).
@@ -21,8 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deepretrieval.agent.runner import FINISH_REASONS
 from deepretrieval.catalog import get_task, row_prefill
+from deepretrieval.core.agent_protocol import RETRIEVED_KEY
 from deepretrieval.core.io import write_atomic
+from deepretrieval.core.tables import RewardTable
 from deepretrieval.rewards import TRLReward
 from deepretrieval.train.export import save_hf, save_merged
 from deepretrieval.train.service import interrupt_received
@@ -104,17 +108,20 @@ def bf16_supported() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def render_prompt(tokenizer, row: Mapping[str, Any]) -> str:
-    """The row's chat messages through the tokenizer's chat template, plus the assistant prefill."""
-    messages = row["prompt"]
+def render_messages(tokenizer, messages: str | Sequence[Mapping[str, str]], prefill: str = "") -> str:
+    """Chat messages through the tokenizer's chat template (a raw prompt string as it is), plus
+    the assistant prefill the model continues."""
     if isinstance(messages, str):
-        text = messages
-    else:
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("the tokenizer has no chat template; use a chat (instruct) model")
-        text = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
-                                             add_generation_prompt=True)
-    return text + row_prefill(row)
+        return messages + prefill
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the tokenizer has no chat template; use a chat (instruct) model")
+    return tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
+                                         add_generation_prompt=True) + prefill
+
+
+def render_prompt(tokenizer, row: Mapping[str, Any]) -> str:
+    """A task row's prompt for the policy: its messages and its prefill (:func:`render_messages`)."""
+    return render_messages(tokenizer, row["prompt"], row_prefill(row))
 
 
 _NORM = re.compile(r"[\W_]+", re.UNICODE)
@@ -129,38 +136,78 @@ def is_copy(query: str | None, original: str | None) -> bool:
     return bool(query) and normalize_query(query) == normalize_query(original)
 
 
-class RewardLogger:
-    """TRL reward function: :class:`~deepretrieval.rewards.TRLReward` plus per-step metric means."""
+class TRLRewardAdapter:
+    """The one TRL reward function, single-shot and agentic: scores each rollout's text with its
+    row's task (:class:`deepretrieval.rewards.TRLReward` over :func:`~deepretrieval.rewards.score_batch`),
+    or with ``table``, and keeps per-step means for the log (:meth:`drain`, called by the
+    trainer's ``log``).
 
-    __name__ = "deepretrieval"
+    ``text_column``: what is scored, ``"completions"`` (single-shot: the completion continues the
+    row's prefill) or a column the rollout returns (agentic: ``"trajectory"``). A rollout's
+    ``agent_passages`` column (its record of real searches) goes into each row's ``extra_info``;
+    its ``finish`` column adds the per-step share of each finish reason (``finish_<reason>``).
+    Logged per step as ``deepretrieval/<key>``: the mean of every numeric metric (only those in
+    ``logged`` when given), ``format_error_rate`` and, with ``copy_rate``, the share of answers
+    that repeat the row's original query. ``mode``: the reward's mode (None: from each row's
+    split); ``name``: the reward's name in TRL's logs (``rewards/<name>/mean``)."""
 
-    def __init__(self, searcher=None):
-        self.reward = TRLReward(searcher=searcher)
+    def __init__(self, *, searcher=None, table: RewardTable | None = None, text_column: str = "completions",
+                 mode: str | None = None, logged: Sequence[str] | None = None, copy_rate: bool = True,
+                 name: str = "deepretrieval"):
+        self.scorer = TRLReward(searcher=searcher, **({"mode": mode} if mode is not None else {}))
+        self.table, self.text_column, self.copy_rate = table, text_column, copy_rate
+        self.logged = tuple(logged) if logged is not None else None
+        self.__name__ = name
         self.pending: dict[str, list[float]] = {}
+        self.last_metrics: list[dict] = []
 
-    def __call__(self, prompts=None, completions=None, **columns) -> list[float]:
+    def __call__(self, prompts=None, completions=None, data_source=None, reward_model=None,
+                 extra_info=None, finish=None, **columns) -> list[float]:
         if interrupt_received() is not None:
             raise KeyboardInterrupt(f"signal {interrupt_received()}")
-        scores = self.reward(prompts=prompts, completions=completions, **columns)
-        metrics = self.reward.last_metrics
-        means: dict[str, list[float]] = {}
+        texts = completions if self.text_column == "completions" else columns.get(self.text_column)
+        if texts is None:
+            raise ValueError(f"this reward scores the rollout's {self.text_column!r} column, which the "
+                             f"batch does not have (agentic rewards: the column AgentRollout returns)")
+        n = len(texts)
+        extra = list(extra_info or [None] * n)
+        passages = columns.get(RETRIEVED_KEY)
+        if passages is not None:  # the rollout's record of real searches (the `hit` metric reads it)
+            extra = [{**(e or {}), RETRIEVED_KEY: p} if p is not None else e for e, p in zip(extra, passages)]
+        scores = self.scorer(prompts=prompts, completions=texts, data_source=data_source,
+                             reward_model=reward_model, extra_info=extra)
+        metrics = self.scorer.last_metrics
+        if self.table is not None:
+            scores = [self.table.score_of(m) for m in metrics]
+            for m, s in zip(metrics, scores):
+                m["score"] = s
+        self.last_metrics = metrics
+        self._log_step(metrics, texts, data_source, extra, finish)
+        return scores
+
+    def _log_step(self, metrics, texts, data_source, extra, finish) -> None:
+        step: dict[str, list[float]] = {}
         for m in metrics:
             for key, value in m.items():
+                if self.logged is not None and key not in self.logged:
+                    continue
                 if isinstance(value, (bool, int, float)) and not (isinstance(value, float) and math.isnan(value)):
-                    means.setdefault(key, []).append(float(value))
-        extra = columns.get("extra_info") or [None] * len(completions)
-        copies = []
-        for i, completion in enumerate(completions):
-            info = extra[i] or {}
-            parsed = get_task(columns["data_source"][i]).parse(completion, info)
-            copies.append(float(parsed.ok and is_copy(parsed.value, info.get("query"))))
-        for key, values in means.items():
+                    step.setdefault(key, []).append(float(value))
+        for key, values in step.items():
             self.pending.setdefault(key, []).append(sum(values) / len(values))
-        if "format_ok" in means:
-            fmt = means["format_ok"]
+        if "format_ok" in step:
+            fmt = step["format_ok"]
             self.pending.setdefault("format_error_rate", []).append(1 - sum(fmt) / len(fmt))
-        self.pending.setdefault("copy_rate", []).append(sum(copies) / max(len(copies), 1))
-        return scores
+        if self.copy_rate:
+            copies = []
+            for text, source, info in zip(texts, data_source, extra):
+                parsed = get_task(source).parse(text, info or {})
+                copies.append(float(parsed.ok and is_copy(parsed.value, (info or {}).get("query"))))
+            self.pending.setdefault("copy_rate", []).append(sum(copies) / max(len(copies), 1))
+        if finish is not None:
+            for reason in FINISH_REASONS:
+                share = sum(f == reason for f in finish) / max(len(finish), 1)
+                self.pending.setdefault(f"finish_{reason}", []).append(share)
 
     def drain(self) -> dict[str, float]:
         out = {METRIC_PREFIX + k: sum(v) / len(v) for k, v in self.pending.items() if v}
@@ -174,7 +221,7 @@ def _trainer_class():
     class DeepRetrievalGRPOTrainer(GRPOTrainer):
         """GRPO with the task metrics merged into every log record."""
 
-        reward_logger: RewardLogger | None = None
+        reward_logger: TRLRewardAdapter | None = None
         metrics_path: Path | None = None
         history_logger: Any = None
 
@@ -372,7 +419,7 @@ def build_trainer(rows: Sequence[Mapping[str, Any]], settings: TRLSettings, *, s
                                  lora_dropout=settings.lora_dropout, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
     model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=torch.float32)
-    reward = RewardLogger(searcher=searcher) if rollout is None else rollout.reward
+    reward = TRLRewardAdapter(searcher=searcher) if rollout is None else rollout.reward
     metrics_path = out / "metrics.jsonl"
     if not resume and metrics_path.exists():
         metrics_path.unlink()

@@ -6,6 +6,8 @@ Each composes verl's own ``ppo_trainer`` and adds a task-family group (``family=
 evidence|sql|agentic``: prompt/response lengths). The reward is wired through
 ``reward.custom_reward_function`` to :func:`deepretrieval.rewards.compute_score_async`. Agentic
 tasks also get the agent-loop and tool YAML files (:func:`agent_overrides`, docs/agentic.md).
+:func:`launch` is the one launch path (the training command and the quickstart), always with the
+retrieval service.
 """
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ from deepretrieval.core import settings
 from deepretrieval.core.agent_protocol import search_tool_schema
 from deepretrieval.core.io import write_atomic
 from deepretrieval.data.rows import write_parquet
-from deepretrieval.tasks.agentic import AGENTIC, TAG_AGENT_LOOP
-from deepretrieval.train.paper_presets import paper_run_overrides
+from deepretrieval.tasks.agentic import TAG_AGENT_LOOP
+from deepretrieval.paper.presets import paper_run_overrides
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "verl"
 PRESETS = ("ppo", "grpo", "lora_3b_1gpu", "search_r1")
@@ -65,7 +67,7 @@ def family_for(task) -> str:
 def default_preset(task) -> str:
     """The preset ``deepretrieval train --engine verl`` uses without ``--config``: ``search_r1``
     for agentic tasks (the paper's PPO settings are for single-shot query writing), else ``ppo``."""
-    return "search_r1" if task.family is AGENTIC else "ppo"
+    return "search_r1" if task.rollout.episodic else "ppo"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,6 +76,10 @@ def default_preset(task) -> str:
 #: Where verl 0.9.1 reads the agent-loop registry file and the tool file (rollout.yaml).
 AGENT_LOOP_CONFIG_KEY = "actor_rollout_ref.rollout.agent.agent_loop_config_path"
 TOOL_CONFIG_KEY = "actor_rollout_ref.rollout.multi_turn.tool_config_path"
+#: The loop rows without ``agent_name`` run in (verl: ``single_turn_agent``): ours, which runs the
+#: single-message protocols and refuses the others by name (a protocol no verl loop speaks writes
+#: rows without ``agent_name``).
+DEFAULT_AGENT_LOOP_KEY = "actor_rollout_ref.rollout.agent.default_agent_loop"
 #: Classes verl instantiates by path (``hydra.utils.instantiate`` / ``get_tool_class``).
 AGENT_LOOP_CLASS = "deepretrieval.train.verl_agent.SearchAgentLoop"
 SEARCH_TOOL_CLASS = "deepretrieval.train.verl_agent.SearchTool"
@@ -110,7 +116,8 @@ def agent_overrides(out_dir: str | os.PathLike, index: str | None = None) -> lis
     and return the overrides that point verl at them (``index``: the tool's default index)."""
     folder = Path(out_dir).resolve() / AGENT_DIR
     return [f"{AGENT_LOOP_CONFIG_KEY}={write_agent_loop_config(folder)}",
-            f"{TOOL_CONFIG_KEY}={write_tool_config(folder, index)}"]
+            f"{TOOL_CONFIG_KEY}={write_tool_config(folder, index)}",
+            f"{DEFAULT_AGENT_LOOP_KEY}={TAG_AGENT_LOOP}"]
 
 
 def check_overrides(overrides: Sequence[str]) -> None:
@@ -127,7 +134,7 @@ def build_overrides(task_name: str, *, model: str, train_files: str, val_files: 
                     search_url: str | None = None, search_token: str | None = None,
                     preset: str | None = None, extra: Sequence[str] = ()) -> list[str]:
     """Hydra overrides for one run (user ``extra`` overrides come last and win). With
-    ``preset="ppo"`` the task's original-script values (``paper_presets.PAPER_RUNS``) follow
+    ``preset="ppo"`` the task's original-script values (``deepretrieval.paper.presets.PAPER_RUNS``) follow
     the family defaults."""
     task = get_task(task_name)
     out = Path(out_dir).resolve()
@@ -140,7 +147,7 @@ def build_overrides(task_name: str, *, model: str, train_files: str, val_files: 
              f"trainer.validation_data_dir={out / 'validation'}"]
     if preset == "ppo":
         items += paper_run_overrides(task.name)
-    if task.family is AGENTIC:
+    if task.rollout.episodic:
         items += agent_overrides(out, task.index)
     if n_gpus is not None:
         items.append(f"trainer.n_gpus_per_node={n_gpus}")
@@ -279,3 +286,52 @@ def summary(config: Any) -> dict[str, Any]:
             "trainer.n_gpus_per_node", "trainer.nnodes", REWARD_PATH_KEY, REWARD_NAME_KEY,
             "trainer.default_local_dir"]
     return {k: get(k) for k in keys}
+
+
+def launch(task_name: str, *, model: str, train_files: str | os.PathLike, val_files: str | os.PathLike,
+           out_dir: str | os.PathLike, search_url: str, env: Mapping[str, str] | None = None,
+           preset: str | None = None, n_gpus: int | None = None, nnodes: int | None = None,
+           extra: Sequence[str] = (), dry_run: bool = False) -> int:
+    """The one way a verl run starts (``deepretrieval train --engine verl``, the quickstart's verl
+    engine): rows without the prefill verl cannot send (:func:`without_prefill`), the overrides
+    (:func:`build_overrides`), the composed config written to ``<out_dir>/verl_config.yaml`` and
+    printed with the command, then ``main_ppo`` with its log in ``<out_dir>/train.log``.
+
+    Always with the retrieval service: ``search_url`` is where verl's reward workers search (on
+    every node, through Ray's runtime env) and ``env`` what this launcher passes to ``main_ppo``
+    (:meth:`~deepretrieval.train.service.ManagedService.env`). ``preset``: a preset or YAML file
+    (default: :func:`default_preset`). Returns ``main_ppo``'s exit code (0 for ``dry_run``)."""
+    if not search_url:
+        raise ValueError("verl's reward workers search through the retrieval service: give its URL "
+                         "(deepretrieval train starts one; or pass --search-url)")
+    from omegaconf import OmegaConf
+
+    task = get_task(task_name)
+    preset = preset or default_preset(task)
+    out = Path(out_dir)
+    train, test = Path(train_files), Path(val_files)
+    if train.is_file() and test.is_file():
+        train, test, stripped = without_prefill(train, test, out)
+        if stripped:
+            print(f"note: verl cannot prefill the assistant turn; {task.name} rows rewritten without "
+                  f"the prefill ({train.parent}) — the model writes the whole <answer>…</answer>")
+    overrides = build_overrides(task.name, model=model, train_files=str(train), val_files=str(test),
+                                out_dir=str(out), n_gpus=n_gpus, nnodes=nnodes, search_url=search_url,
+                                preset=preset, extra=extra)
+    config = compose(preset, overrides)
+    cmd = command(preset, overrides)
+    write_atomic(out / "verl_config.yaml", OmegaConf.to_yaml(config))
+    print("verl command:\n  " + format_command(cmd))
+    print("key settings:")
+    for key, value in summary(config).items():
+        print(f"  {key} = {value}")
+    print(f"composed config: {out / 'verl_config.yaml'}")
+    if dry_run:
+        print("dry run: not training")
+        return 0
+    log_path = out / "train.log"
+    code = run(cmd, env=env, log_path=log_path)
+    print(f"verl exited with code {code}\ncheckpoints: {out / 'checkpoints'}\nlog: {log_path}\n"
+          f"validation generations: {out / 'validation'}\n"
+          f"export: deepretrieval export {out / 'checkpoints'} --out {out / 'model'}")
+    return code

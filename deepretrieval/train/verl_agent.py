@@ -28,8 +28,10 @@ model-written ``<information>``, an end-of-turn token) is dropped, and when the 
 inside a token the few remaining characters are re-tokenised (mask 1, log-prob 0.0, counted in
 ``extra_fields["agent_retokenized"]``). Injected text is tokenised segment by segment exactly as
 :meth:`Episode.token_ids` does, mask 0. The response never exceeds ``rollout.response_length``:
-when the budget runs out the episode stops there (``agent_finish = "length"``; without an answer
-it scores as a bad format — visible, never a silent drop).
+it is the episode's token budget under the runner's one rule
+(:class:`~deepretrieval.agent.runner.TokenBudget`): a turn that would pass it ends the episode
+visibly with the budget block and ``agent_finish = "budget"`` (runs before the rule was shared
+wrote ``length``, which nothing reads back); without an answer it scores as a bad format — visible, never a silent drop.
 """
 from __future__ import annotations
 
@@ -46,6 +48,8 @@ from verl.utils.profiler import simple_timer
 from deepretrieval.agent.runner import (
     SEARCH_FAILURES,
     Episode,
+    Segment,
+    TokenBudget,
     episodes_from_rows,
     search_replies,
 )
@@ -82,10 +86,12 @@ def episode_for_sample(kwargs: Mapping[str, Any]) -> Episode:
     row = {"data_source": str(kwargs["data_source"]), "prompt": _plain(kwargs["raw_prompt"]),
            "extra_info": _plain(kwargs.get("extra_info") or {})}
     (episode,) = episodes_from_rows([row])
-    if episode.settings.protocol != "tags":
+    rollout = episode.rollout
+    if not rollout.single_message:
+        loop = (f"its agent loop is verl's {rollout.verl_agent_loop!r}" if rollout.verl_agent_loop
+                else "no verl agent loop speaks it")
         raise ValueError(f"row of {row['data_source']!r} uses the {episode.settings.protocol!r} "
-                         f"protocol: its agent loop is {P.SEARCH_TOOL_NAME!r} via verl's tool_agent, "
-                         "not deepretrieval_agent")
+                         f"protocol: {loop}, not {P.TAG_AGENT_LOOP} (single-message protocols only)")
     return episode
 
 
@@ -112,6 +118,25 @@ def _segment_tokens(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
+class TurnTokens:
+    """The response tokens of one turn's segments as the loop appends them: a model turn keeps the
+    sampled ids (:func:`model_turn_tokens`), an injected block is tokenised on its own.
+    :meth:`count` is the response length with the turn's segments (the token budget's count)."""
+
+    def __init__(self, tokenizer, sampled: Sequence[int], logprobs: Sequence[float] | None,
+                 used: int, first: int):
+        self.tokenizer, self.sampled, self.logprobs = tokenizer, sampled, logprobs
+        self.used, self.first = used, first
+
+    def tokens(self, seg: Segment) -> tuple[list[int], list[float] | None, int]:
+        if seg.injected:
+            return _segment_tokens(self.tokenizer, seg.text), None, 0
+        return model_turn_tokens(self.tokenizer, self.sampled, self.logprobs, seg.text)
+
+    def count(self, episode: Episode) -> int:
+        return self.used + sum(len(self.tokens(s)[0]) for s in episode.segments[self.first:])
+
+
 class SearchAgentLoop(AgentLoopBase):
     """verl agent loop for the tag protocol (registered as ``deepretrieval_agent`` by the YAML
     the launcher writes). ``max_turn_tokens``: generation budget of one model turn."""
@@ -129,40 +154,30 @@ class SearchAgentLoop(AgentLoopBase):
         if engine not in KEEP_STOP:
             raise ValueError(f"the deepretrieval agent loop stops turns with stop strings, which it "
                              f"knows how to ask of {sorted(KEEP_STOP)}, not rollout.name={engine!r}")
-        self.stop_params = {"stop": list(P.stop_strings("tags")), **KEEP_STOP[engine]}
+        self.keep_stop = KEEP_STOP[engine]
 
     async def run(self, sampling_params: dict[str, Any], priority: int = 0, **kwargs) -> AgentLoopOutput:
         episode = episode_for_sample(kwargs)
         tok = self.tokenizer
+        stop_params = {"stop": list(episode.rollout.stop_strings()), **self.keep_stop}
         prompt_ids = await self.ct_build_initial_tokens(list(episode.messages))
         if episode.prefill:  # part of the prompt: the model continues after it
             prompt_ids = list(prompt_ids) + _segment_tokens(tok, episode.prefill)
         searcher = self.searcher or get_searcher()
+        budget = TokenBudget(self.response_length, tok)
         request_id = uuid4().hex
         response_ids: list[int] = []
         response_mask: list[int] = []
         logprobs: list[float] = []
         retokenized = 0
-        length_cut = False
         metrics: dict[str, Any] = {}
         generate_s = search_s = 0.0
 
-        def append(ids: list[int], mask: int, lps: list[float] | None = None) -> bool:
-            """Append within the response budget; False when the budget cut it."""
-            room = self.response_length - len(response_ids)
-            take = ids[:max(0, room)]
-            response_ids.extend(take)
-            response_mask.extend([mask] * len(take))
-            logprobs.extend((lps or [0.0] * len(ids))[:len(take)])
-            return len(take) == len(ids)
-
         while not episode.done:
-            room = self.response_length - len(response_ids)
-            if room <= 0:
-                length_cut = True
-                break
-            params = {**sampling_params, "max_tokens": min(self.max_turn_tokens, room),
-                      **self.stop_params}
+            # the runner's rule (TokenBudget): the budget block always fits after this turn
+            params = {**sampling_params, **stop_params,
+                      "max_tokens": max(1, min(self.max_turn_tokens,
+                                               budget.room(episode, len(response_ids))))}
             timing: dict[str, float] = {}
             with simple_timer("generate", timing):
                 out = await self.server_manager.generate(request_id=request_id,
@@ -174,10 +189,6 @@ class SearchAgentLoop(AgentLoopBase):
             text = tok.decode(out.token_ids, skip_special_tokens=False)
             first_new = len(episode.segments)
             queries = episode.advance(text)
-            model_seg, *env_segs = episode.segments[first_new:]
-            ids, lps, n_re = model_turn_tokens(tok, out.token_ids, out.log_probs, model_seg.text)
-            retokenized += n_re
-            fits = append(ids, 1, lps)
             if queries:
                 with simple_timer("search", timing):
                     try:
@@ -188,18 +199,20 @@ class SearchAgentLoop(AgentLoopBase):
                         outcome = exc
                 search_s += timing["search"]
                 episode.receive(search_replies(episode.index, list(queries), outcome))
-                env_segs = episode.segments[first_new + 1:]
-            for seg in env_segs:
-                fits = fits and append(_segment_tokens(tok, seg.text), 0)
-            if not fits:
-                length_cut = True
-                break
+
+            turn = TurnTokens(tok, out.token_ids, out.log_probs, len(response_ids), first_new)
+            budget.fit(episode, first_new, turn.count)
+            for seg in episode.segments[first_new:]:
+                ids, lps, n_re = turn.tokens(seg)
+                retokenized += n_re
+                response_ids.extend(ids)
+                response_mask.extend([0 if seg.injected else 1] * len(ids))
+                logprobs.extend(lps if lps is not None else [0.0] * len(ids))
 
         metrics["generate_sequences"] = generate_s
         metrics["tool_calls"] = search_s
         metrics.setdefault("num_preempted", -1)
-        finish = "length" if length_cut and not episode.done else episode.finish
-        extra = {"agent_finish": finish, "agent_turns": episode.turns,
+        extra = {"agent_finish": episode.finish, "agent_turns": episode.turns,
                  "agent_n_search": episode.n_search, "agent_search_error": episode.search_error,
                  "agent_retokenized": retokenized, "turn_scores": [], "tool_rewards": [],
                  P.RETRIEVED_KEY: episode.passages}

@@ -1,4 +1,5 @@
-"""Replay recorded original rewards under the ``paper`` profile, case by case.
+"""Replay recorded original rewards under the ``paper`` profile, case by case
+(``deepretrieval paper-check``, :mod:`deepretrieval.cli.paper`).
 
 A case file is JSONL in the format of ``tests/data/original_rewards/`` (see its README): every
 case carries the inputs of one call of an original ``compute_score``, the content of the fake
@@ -8,6 +9,7 @@ of the case's database.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from collections import Counter, defaultdict
@@ -19,13 +21,11 @@ from typing import Any
 import numpy as np
 
 from deepretrieval.core.bundled import bundled_path
-from deepretrieval.paper_rewards import (
-    PaperResult,
-    SQLiteCopy,
-    paper_score,
-    run_sql_on_copy,
-)
-from deepretrieval.profiles import PAPER_MODULES, paper_module_name
+from deepretrieval.core.results import SearchResult
+from deepretrieval.paper.engine import PaperResult, paper_score
+from deepretrieval.paper.modules import PAPER_MODULES
+from deepretrieval.paper.sql import SQLiteCopy, run_sql_on_copy
+from deepretrieval.tasks.original import paper_module_name
 
 #: Spider databases bundled with the package (``<db_id>/<db_id>.sqlite``).
 BUNDLED_DB_ROOT = bundled_path("spider", "database")
@@ -46,32 +46,35 @@ def expand_list(value: Any, kind: str) -> list:
 
 
 class CaseBackend:
-    """The case's fake back-end: the first ``k`` entries of its list (k < 0: all); SQL on a copy
-    of the case database."""
+    """The case's fake back-end as a :class:`~deepretrieval.core.results.Backend`: whatever the
+    query, the first ``k`` entries (k < 0: all) of its ``ranked_ids``, or of its ``passages`` when
+    texts are asked for. ``calls`` records each depth asked for."""
 
-    def __init__(self, case: Mapping[str, Any], db_root: Path, db_copy: Path | None = None):
+    name = "recorded case"
+
+    def __init__(self, case: Mapping[str, Any]):
         self.stub = case.get("search_stub") or {}
-        self.db_root = Path(db_root)
-        self.db_copy = db_copy
         self.calls: list[int] = []
 
-    def _first(self, items: list, k: int) -> list:
-        self.calls.append(k)
-        return items if k < 0 else items[:k]
+    def info(self) -> dict[str, Any]:
+        return {"type": "recorded case", "stub": sorted(self.stub)}
 
-    def ranked_ids(self, module, query, k, options):
-        return self._first(expand_list(self.stub["ranked_ids"], "ranked_ids"), k)
-
-    def passages(self, module, query, k):
-        return self._first(expand_list(self.stub["passages"], "passages"), k)
-
-    def run_sql(self, sql, db_path):
-        return run_sql_on_copy(sql, self.db_copy)
+    def search(self, queries: list, k: int, *, return_text: bool = False,
+               options: dict[str, Any] | None = None) -> list[SearchResult]:
+        out = []
+        kind = "passages" if return_text else "ranked_ids"
+        for _ in queries:
+            items = expand_list(self.stub[kind], kind)
+            self.calls.append(k)
+            items = items if k < 0 else items[:k]
+            if return_text:
+                out.append(SearchResult(ids=[str(r) for r in range(1, len(items) + 1)], texts=items))
+            else:
+                out.append(SearchResult(ids=items))
+        return out
 
 
 def load_cases(path: str | Path) -> list[dict[str, Any]]:
-    import gzip
-
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     cases = []
@@ -133,14 +136,17 @@ def replay_case(case: Mapping[str, Any], db_root: Path = BUNDLED_DB_ROOT) -> Cas
     ours = paper_module_name(case["data_source"])
     dispatch_ok = dispatch in (None, "NotImplementedError") or ours == dispatch
     extra = dict(case.get("extra") or {})
-    copy = None
+    copy: SQLiteCopy | None = None
+    run_sql = None
     try:
         if module.kind == "sql":
             copy = SQLiteCopy(Path(db_root) / extra["db_path"])
-        backend = CaseBackend(case, db_root, copy.path if copy else None)
+            db_copy = copy.path
+            run_sql = lambda sql, _db_path: run_sql_on_copy(sql, db_copy)  # noqa: E731
+        backend = CaseBackend(case)
         result: PaperResult = paper_score(case["data_source"], case["solution_str"],
                                           _ground_truth(case), extra, backend=backend,
-                                          module=module)
+                                          run_sql=run_sql, module=module)
     except Exception as exc:  # noqa: BLE001 - reported as a disagreement
         return CaseOutcome(**base, got=None, error=f"{type(exc).__name__}: {exc}", dispatch_ok=dispatch_ok)
     finally:

@@ -1,21 +1,9 @@
-"""Scoring profiles: ``default`` (this project's choices) and ``paper`` (the original DeepRetrieval).
-
-A profile is data. ``default`` is what :mod:`deepretrieval.rewards` does with its ``TABLES``.
-``paper`` is :data:`PAPER_MODULES`: for every reward module of the original code (pat-jj/
-DeepRetrieval @ 001a563, ``code/verl/utils/reward_score*/``) the parse style, the score table, the
-depth rule, the nDCG variant, the target layout and the result comparison it used; the engine that
-applies them is :mod:`deepretrieval.paper_rewards`. ``docs/profiles.md`` lists every difference.
-
-Which profile scores a sample (first match wins):
-
-1. an explicit ``profile=`` keyword of ``compute_score`` / ``TRLReward`` (verl:
-   ``reward.custom_reward_function.reward_kwargs.profile``);
-2. ``extra_info["profile"]`` of the row;
-3. the environment variable ``DEEPRETRIEVAL_PROFILE`` (the CLI's ``--profile`` sets it);
-4. the name's own profile, :func:`deepretrieval.catalog.resolve_name` (the same function that
-   picks the task): ``paper`` for the original's names (``scifact_train``, ``nq_serini``,
-   ``spider_train``, ``screening``, ...), ``default`` for defined task names (``pubmed``,
-   ``scifact``), agentic spellings (verl's ``searchR1_<set>``, ``agent_*``) and user collections.
+"""The ``paper`` profile's data: every reward module of the original DeepRetrieval code (pat-jj/
+DeepRetrieval @ 001a563, ``code/verl/utils/reward_score*/``) as a :class:`PaperModule` — its
+:class:`~deepretrieval.core.tables.RewardTable` (format scores, tiers, answer-failure score) and
+the original's quirks (parse style, depth rule, target layout, result comparison). The engine that
+applies them is :mod:`deepretrieval.paper.engine`; ``docs/profiles.md`` lists every difference
+from the ``default`` profile.
 """
 from __future__ import annotations
 
@@ -24,90 +12,70 @@ from dataclasses import dataclass
 from typing import Any
 
 from deepretrieval.catalog import TASKS as _TASKS
-from deepretrieval.catalog import resolve_name
-from deepretrieval.core import settings
-from deepretrieval.tasks.original import DISPATCH, paper_module_name
+from deepretrieval.core.tables import RewardTable
+from deepretrieval.tasks.original import paper_module_name
 
-__all__ = ["DISPATCH", "PAPER_MODULES", "PROFILES", "PaperModule", "check_profile",
-           "paper_data_source", "paper_module", "paper_module_name", "resolve_profile"]
+__all__ = ["NO_PAPER_REWARD", "OUR_NAMES", "PAPER_MODULES", "PaperModule", "paper_data_source",
+           "paper_module"]
 
-PROFILES = ("default", "paper")
-ENV_VAR = "DEEPRETRIEVAL_PROFILE"
-
-
-def check_profile(name: Any) -> str:
-    if name not in PROFILES:
-        raise ValueError(f"unknown scoring profile {name!r}; known: {list(PROFILES)}")
-    return name
-
-
-def resolve_profile(data_source: str, extra_info: Mapping[str, Any] | None = None,
-                    profile: str | None = None) -> str:
-    """The profile that scores one sample (see the module docstring for the order)."""
-    if profile is not None:
-        return check_profile(profile)
-    if isinstance(extra_info, Mapping) and extra_info.get("profile") not in (None, ""):
-        return check_profile(extra_info["profile"])
-    env = settings.get_str(ENV_VAR)
-    if env:
-        return check_profile(env)
-    return resolve_name(data_source).profile
-
-
-# ---------------------------------------------------------------------------------------------
-# the paper profile: one entry per original reward module
 
 @dataclass(frozen=True)
 class PaperModule:
-    """How one original reward module scores (all values are the original's)."""
+    """How one original reward module scores (all values are the original's).
+
+    ``table``: format scores (``format_ok`` / ``format_bad``), the answer score of a failed answer
+    step (``error``), ``positive_only`` (total = format + answer only when answer > 0, else 0) and,
+    for the tiered kinds, the tiers on ``table.metric`` (search engine: recall ``>=``; evidence:
+    first answer-bearing rank ``<=``; SQL: execution match, ``otherwise`` = the mismatch score)."""
 
     name: str                     # original module, e.g. "scifact.py", "reward_score_dense/nfcorpus.py"
     kind: str                     # search_engine | beir | msmarco_ndcg | msmarco_tiers | evidence | sql | screening
+    table: RewardTable
     reasoning: bool = True        # structure check requires <think></think> before <answer>
     json_check: bool = False      # format also needs a JSON answer holding the key (BEIR, msmarco, SQL)
     key: str = "query"
-    format_ok: float = 1.0
-    format_bad: float = -4.0
-    tiers: tuple[tuple[float, float], ...] = ()   # (bound, answer score), first met wins
-    otherwise: float = 0.0        # answer score when no tier is met
-    error: float = 0.0            # answer score when the answer step fails
-    positive_only: bool = False   # total = format_ok + answer only when answer > 0, else 0
     train_depth: int = 1000       # depth on splits whose name holds neither "test" nor "val"
     val_depth: int = 10
     target: str = "list"          # "str": str(target) single id (scifact) | "graded": target + score
     keyed_results: bool = False   # BM25 wrapper returns results keyed by the query (needs hashable)
     date_filter: str | None = None  # "always" (pmd_no_reason) | "publication" (pubmed.py)
-    mismatch: float = 0.0         # SQL: answer score of a result mismatch
     sql_error_nonsyntax: float = 0.0  # SQL: answer score of an error without "syntax" in it
     index: str = ""               # our index name for the real search backend
 
 
 _SE_TIERS = ((0.7, 5), (0.5, 4), (0.4, 3), (0.3, 1), (0.1, 0.5), (0.05, 0.1))
 _EV_TIERS = ((5, 5), (20, 4), (50, 2), (100, 1), (1000, 0.5), (3000, 0.1))
+#: BEIR and msmarco.py: format 0.1 / -2, nDCG as the answer score, total 0 unless it is positive.
+_NDCG = RewardTable("ndcg", linear=True, format_ok=0.1, format_bad=-2, error=-2, positive_only=True)
 
 
 def _se(name, **kw):
-    return PaperModule(name=name, kind="search_engine", tiers=_SE_TIERS, otherwise=-3.5,
-                       error=-4, train_depth=3000, val_depth=3000, **kw)
+    table = RewardTable("recall", tiers=_SE_TIERS, otherwise=-3.5, format_ok=1, format_bad=-4,
+                        error=-4)
+    return PaperModule(name=name, kind="search_engine", table=table, train_depth=3000,
+                       val_depth=3000, **kw)
 
 
 def _beir(name, depth, target="graded", dense=False):
     dataset = name.split("/")[-1][:-3]
-    return PaperModule(name=name, kind="beir", json_check=True, format_ok=0.1, format_bad=-2,
-                       error=-2, positive_only=True, train_depth=depth, target=target,
-                       keyed_results=not dense, index=f"{dataset}{'-dense' if dense else ''}")
+    return PaperModule(name=name, kind="beir", table=_NDCG, json_check=True, train_depth=depth,
+                       target=target, keyed_results=not dense,
+                       index=f"{dataset}{'-dense' if dense else ''}")
 
 
 def _ev(name, reasoning=True, squad=False):
-    return PaperModule(name=name, kind="evidence", reasoning=reasoning, tiers=_EV_TIERS,
-                       otherwise=-2.5 if squad else -3.5, error=-3 if squad else -4,
+    table = RewardTable("first_hit_rank", tiers=_EV_TIERS, compare="<=",
+                        otherwise=-2.5 if squad else -3.5, format_ok=1, format_bad=-4,
+                        error=-3 if squad else -4)
+    return PaperModule(name=name, kind="evidence", table=table, reasoning=reasoning,
                        train_depth=3000, val_depth=3000, index="wikipedia")
 
 
 def _sql(name, reasoning=True, bird=False, nonsyntax=0.0):
-    return PaperModule(name=name, kind="sql", reasoning=reasoning, json_check=True, key="sql",
-                       format_ok=0.1, format_bad=-2, positive_only=True, tiers=((1.0, 1.0),),
-                       mismatch=0.3 if bird else 0.0, sql_error_nonsyntax=nonsyntax)
+    table = RewardTable("exec_match", tiers=((1.0, 1.0),), otherwise=0.3 if bird else 0.0,
+                        format_ok=0.1, format_bad=-2, positive_only=True)
+    return PaperModule(name=name, kind="sql", table=table, reasoning=reasoning, json_check=True,
+                       key="sql", sql_error_nonsyntax=nonsyntax)
 
 
 #: Every original reward module, keyed by its file name under ``code/verl/utils/``.
@@ -126,19 +94,23 @@ PAPER_MODULES: dict[str, PaperModule] = {m.name: m for m in (
     _beir("msmarco_beir.py", 1000),
     _beir("reward_score_dense/msmarco_beir.py", 1000, dense=True),
     _beir("fiqa.py", 1000),
-    PaperModule(name="msmarco.py", kind="msmarco_ndcg", json_check=True, format_ok=0.1,
-                format_bad=-2, error=-2, positive_only=True, train_depth=10, val_depth=10,
-                target="msmarco", index="msmarco-passage"),
-    PaperModule(name="msmarco_.py", kind="msmarco_tiers", json_check=True, format_ok=1,
-                format_bad=-4, error=-4, positive_only=True, train_depth=3000, val_depth=10,
-                target="msmarco", otherwise=-3.5, index="msmarco-passage"),
+    PaperModule(name="msmarco.py", kind="msmarco_ndcg", table=_NDCG, json_check=True,
+                train_depth=10, val_depth=10, target="msmarco", index="msmarco-passage"),
+    # recall tiers on three depths (code: engine._msmarco_recall_tiers); -3.5 below them
+    PaperModule(name="msmarco_.py", kind="msmarco_tiers",
+                table=RewardTable("recall", otherwise=-3.5, format_ok=1, format_bad=-4, error=-4,
+                                  positive_only=True),
+                json_check=True, train_depth=3000, val_depth=10, target="msmarco",
+                index="msmarco-passage"),
     _ev("nq_serini.py"), _ev("triviaqa.py"), _ev("squad.py", squad=True),
     _ev("nq_no_reason.py", reasoning=False), _ev("tqa_no_reason.py", reasoning=False),
     _ev("squad_no_reason.py", reasoning=False, squad=True),
     _sql("spider.py"), _sql("bird.py", bird=True),
     _sql("spider_no_reason.py", reasoning=False),
     _sql("bird_no_reason.py", reasoning=False, bird=True, nonsyntax=0.1),
-    PaperModule(name="screening.py", kind="screening", format_ok=1, format_bad=-2, error=-1.5),
+    PaperModule(name="screening.py", kind="screening",
+                table=RewardTable("eligibility", linear=True, format_ok=1, format_bad=-2,
+                                  error=-1.5)),
 )}
 
 def paper_module(data_source: str, extra_info: Mapping[str, Any] | None = None) -> PaperModule:
