@@ -68,7 +68,7 @@ def main() -> int:
         results = boolean.search(queries, args.depth)
         errors = sum(r.error is not None for r in results)
         hits = sum(len(r.ids) for r in results) / len(results)
-        tb = best(lambda: boolean.search(queries, args.depth), args.repeat)
+        tb = best(lambda q=queries: boolean.search(q, args.depth), args.repeat)
         tm = best(lambda: bm25.search(claims, args.depth), args.repeat)
         qb, qm = len(queries) / tb, len(claims) / tm
         note = f" ({errors} malformed)" if errors else ""

@@ -110,8 +110,6 @@ def ours_worker(index_dir: str, queries_file: str) -> int:
 
 
 def ours_build_worker(collection: str, index_dir: str) -> int:
-    from deepretrieval.search.bm25 import BM25Index
-
     from deepretrieval.search.bm25_build import build_index
 
     t0 = time.perf_counter()

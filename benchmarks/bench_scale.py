@@ -456,7 +456,7 @@ def report(results, args) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for res in results:
         for r in res["rows"]:
-            def cell(e):
+            def cell(e, r=r):
                 q = r.get(f"{e}_qps")
                 return "-" if q is None else f"{q:,.0f} ({r[f'{e}_cpu_us']:,.0f} µs)"
             luc, bm = r.get("lucene_qps"), r.get("bm25s_qps")

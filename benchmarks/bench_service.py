@@ -303,7 +303,7 @@ def main(argv=None) -> int:
         stop_server(proc)
 
     if not args.no_rank_bm25:
-        for name, (index, _, queries, docs_fn) in corpora.items():
+        for name, (_index, _, queries, docs_fn) in corpora.items():
             docs = docs_fn()
             for row in rows:
                 if row["corpus"] == name:

@@ -4,8 +4,7 @@ itself (the original query). Re-measures notes/boolean-feasibility.md on the rea
 
     PYTHONPATH=. python benchmarks/boolean_policies.py
 """
-import math, re
-import numpy as np
+import re
 from deepretrieval.cli.core import bundled_rows
 from deepretrieval.evaluation.scoring import score_queries, summarize
 from deepretrieval.catalog import open_index

@@ -134,7 +134,7 @@ def dense_rows(args, log) -> list[dict]:
             if cuda:
                 row["gpu_after_load_gb"] = {g: m["allocated_gb"] for g, m in gpu_memory(used).items()}
 
-            def burst():
+            def burst(index=index):
                 scores, pos = index.search_vectors(queries[:args.burst], args.k)
                 id_arr = index._doc_ids_arr  # noqa: SLF001 - what search() does with positions
                 return [id_arr[p[p >= 0]].tolist() for p in pos], pos

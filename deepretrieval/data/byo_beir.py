@@ -73,7 +73,7 @@ def read_corpus(path: str | os.PathLike) -> list[dict[str, Any]]:
     such as Cranfield judge some): :func:`empty_documents` lists them for a warning."""
     path = need_file(path, "corpus")
     docs, seen = [], set()
-    for lineno, doc in enumerate(_jsonl_with_lines(path, ("_id",)), start=1):
+    for doc in _jsonl_with_lines(path, ("_id",)):
         obj, line = doc
         text = obj.get("text")
         title = obj.get("title", "")

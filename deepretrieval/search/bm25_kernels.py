@@ -111,12 +111,12 @@ def maxscore_kernel():
     @numba.njit(nogil=True, cache=True)
     def _sift_down(hs, hd, size, i):  # pragma: no cover - jitted
         while True:
-            l = 2 * i + 1
-            if l >= size:
+            left = 2 * i + 1
+            if left >= size:
                 return
-            w = l
-            r = l + 1
-            if r < size and _worse(hs[r], hd[r], hs[l], hd[l]):
+            w = left
+            r = left + 1
+            if r < size and _worse(hs[r], hd[r], hs[left], hd[left]):
                 w = r
             if _worse(hs[w], hd[w], hs[i], hd[i]):
                 hs[w], hs[i] = hs[i], hs[w]

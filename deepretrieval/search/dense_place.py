@@ -762,7 +762,7 @@ def build_faiss_index(placement: Placement, source: VectorSource, progress=None)
         sample = source.sample(int(p.train_rows or source.num_rows))
         index.train(sample)
         del sample
-    for start, block in source.blocks():
+    for _start, block in source.blocks():
         index.add(block)
         if progress is not None:
             progress(len(block))
