@@ -315,6 +315,7 @@ def run_single_shot(args) -> int:
     plot = frame.curve(history, original_reward=base_train.get("score"),
                        original_metric=base_train.get("recall" if boolean else "ndcg"),
                        metric="recall" if boolean else "ndcg",
+                       metric_label=f"recall@{task.train_depth}" if boolean else f"nDCG@{task.train_depth}",
                        title=f"GRPO on SciFact ({args.task})")
     results = {"task": args.task, "model": args.model, "model_path": model, "engine": args.engine,
                "steps": args.steps, "train_rows": len(train_rows), "test_rows": n,

@@ -97,10 +97,11 @@ def format_table(table: Sequence[dict], columns: Sequence[tuple[str, str]], *,
 
 def plot_curve(history: list[dict], path: Path, original_reward: float | None = None,
                metric: str = "ndcg", title: str = "GRPO on SciFact",
-               original_metric: float | None = None) -> Path | None:
+               original_metric: float | None = None, metric_label: str | None = None) -> Path | None:
     """Two panels per GRPO step: the mean reward (with the original query's mean reward on the
     training rows as a dotted line) and the reward metric (with the original query's level),
     plus the format-error rate. None when the history has no step with a reward."""
+    label = metric_label or metric
     logged = [h for h in history if "reward" in h]
     if not logged:
         return None
@@ -119,13 +120,13 @@ def plot_curve(history: list[dict], path: Path, original_reward: float | None = 
     top.set_ylabel("mean reward")
     top.legend(loc="best", fontsize=8)
     if all(v is not None for v in values):
-        bottom.plot(steps, values, marker=".", color="tab:green", label=f"{metric} (policy samples)")
+        bottom.plot(steps, values, marker=".", color="tab:green", label=f"{label} (policy samples)")
     if original_metric is not None and not math.isnan(original_metric):
         bottom.axhline(original_metric, color="tab:gray", linestyle=":",
                        label=f"original query ({original_metric:.3f})")
     if all(v is not None for v in fmt):
-        bottom.plot(steps, fmt, color="tab:red", linestyle="--", label="format-error rate")
-    bottom.set_ylabel(metric)
+        bottom.plot(steps, fmt, color="tab:red", linestyle="--", marker=".", label="format-error rate")
+    bottom.set_ylabel(label)
     bottom.set_xlabel("GRPO step")
     bottom.legend(loc="best", fontsize=8)
     top.set_title(f"DeepRetrieval quickstart: {title}")
