@@ -19,7 +19,11 @@ def tiny(tmp_path_factory):
 def test_quickstart_tiny_on_the_default_boolean_task(tiny, tmp_path, capsys):
     from deepretrieval.catalog import bundled_rows
     from deepretrieval.cli import main
-    from deepretrieval.evaluation.harness import original_query_baseline, score_queries, summarize
+    from deepretrieval.evaluation.harness import (
+        original_query_baseline,
+        score_queries,
+        summarize,
+    )
 
     out = tmp_path / "qsb"
     code = main(["quickstart", "--model", str(tiny), "--steps", "1", "--limit", "6",

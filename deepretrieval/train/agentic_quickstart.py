@@ -32,7 +32,8 @@ from deepretrieval.core.tables import RewardTable
 from deepretrieval.data.closed_world import closed_world_rows
 from deepretrieval.tasks.agentic import CLOSED_BOOK, NAIVE_RAG
 from deepretrieval.generation.models import resolve_model
-from deepretrieval.train.quickstart_frame import Frame, command_line as frame_command, format_table
+from deepretrieval.train.quickstart_frame import Frame, format_table
+from deepretrieval.train.quickstart_frame import command_line as frame_command
 from deepretrieval.train.trl_agent import AgentRollout
 from deepretrieval.train.trl_engine import TRLSettings, train_trl
 
@@ -134,13 +135,13 @@ def run_agentic_quickstart(args) -> int:
     eval_kw = {"max_new_tokens": args.turn_tokens, "batch_size": args.eval_batch_size, "greedy": True,
                "seed": args.seed, "resume": False, "plot": False, "progress": settings.progress_enabled()}
     frame.step(f"Closed-book, naive RAG and the zero-shot agent ({args.model}) on the test "
-                   "questions …")
+               "questions …")
     t = time.time()
     zero = evaluate_agent(model, test_rows, out_dir=out / "eval_zero_shot", name=ZERO_SHOT, **eval_kw)
     print(f"    done in {time.time() - t:.0f}s")
 
     frame.step(f"Agentic GRPO (TRL rollout_func, injected tokens masked): {args.steps} steps × "
-                   f"{args.prompts_per_step} questions × {args.num_generations} episodes …")
+               f"{args.prompts_per_step} questions × {args.num_generations} episodes …")
     t = time.time()
     trl_settings = TRLSettings(
         model=model, output_dir=str(out / "train"), steps=args.steps, learning_rate=args.lr,
