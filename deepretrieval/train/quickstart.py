@@ -209,8 +209,8 @@ def _train_trl(model: str, train_rows, out: Path, args) -> tuple[str, list[dict]
         prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
         max_completion_length=args.max_new_tokens, temperature=args.temperature,
         lora=args.lora, seed=args.seed, progress=settings.progress_enabled(),
-        # a 135M model fits in memory: recomputing activations only cost time (~2x per step, same
-        # gradients)
+        # a 135M model fits in memory: recomputing activations (TRL's default) only costs time
+        # (about 2x per step on a 2-core CPU; the same rewards in a seeded pilot)
         extra={"gradient_checkpointing": False})
     result = train_trl(train_rows, trl_settings)
     return str(result.model_dir), result.history
