@@ -120,6 +120,7 @@ VOCABULARY: tuple[Concept, ...] = (
     # --- models, generation, APIs -------------------------------------------------------------
     _c("--max-new-tokens", "longest completion in tokens"),
     _c("--eval-max-new-tokens", "longest completion while evaluating (quickstart)"),
+    _c("--eval-split", "held-out rows to evaluate on: the test split or a validation split held out of train (quickstart)"),
     _c("--turn-tokens", "new tokens per agent turn"),
     _c("--temperature", "sampling temperature"),
     _c("--top-p", "nucleus sampling"),

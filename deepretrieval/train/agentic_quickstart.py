@@ -19,25 +19,21 @@ passages, at most 2 searches. ``results.json`` records the command that reproduc
 """
 from __future__ import annotations
 
-import json
-import math
 import re
-import shlex
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from deepretrieval.agent.evaluate import evaluate_agent
 from deepretrieval.catalog import get_task, open_index
 from deepretrieval.core import agent_protocol as P
 from deepretrieval.core import settings
-from deepretrieval.core.io import write_atomic
 from deepretrieval.core.tables import RewardTable
 from deepretrieval.data.closed_world import closed_world_rows
 from deepretrieval.tasks.agentic import CLOSED_BOOK, NAIVE_RAG
 from deepretrieval.generation.models import resolve_model
-from deepretrieval.train.quickstart import plot_curve, set_threads
+from deepretrieval.train.quickstart_frame import Frame, format_table
+from deepretrieval.train.quickstart_frame import command_line as frame_command
 from deepretrieval.train.trl_agent import AgentRollout
 from deepretrieval.train.trl_engine import TRLSettings, train_trl
 
@@ -103,23 +99,6 @@ def behaviour(records: list[dict], rows: list[dict]) -> dict[str, float]:
             "top_first_query_share": common[0][1] / n if common else 0.0}
 
 
-def _format_table(table: list[dict]) -> str:
-    head = "".ljust(18) + "".join(label.rjust(11) for _, label in COLUMNS)
-    lines = [head, "-" * len(head)]
-    for row in table:
-        cells = [str(row[""]).ljust(18)]
-        for key, _ in COLUMNS:
-            v = row.get(key)
-            if v is None or (isinstance(v, float) and math.isnan(v)):
-                cells.append("—".rjust(11))
-            elif key == "format_error_rate":
-                cells.append(f"{v:.0%}".rjust(11))
-            else:
-                cells.append(f"{v:.3f}".rjust(11))
-        lines.append("".join(cells))
-    return "\n".join(lines)
-
-
 def _examples(rows, zero: list[dict], trained: list[dict], k: int = 3) -> list[dict]:
     out = []
     for row, z, t in list(zip(rows, zero, trained))[:k]:
@@ -129,40 +108,22 @@ def _examples(rows, zero: list[dict], trained: list[dict], k: int = 3) -> list[d
     return out
 
 
-def _say(step: int, total: int, text: str) -> None:
-    print(f"[{step}/{total}] {text}", flush=True)
-
-
 def command_line(args) -> str:
     """The command that reproduces this run (every figure-bearing option spelled out)."""
-    parts = ["deepretrieval", "quickstart", "--agentic", "--model", args.model, "--out", args.out,
-             "--steps", args.steps, "--lr", args.lr, "--temperature", args.temperature,
-             "--prompts-per-step", args.prompts_per_step, "--num-generations", args.num_generations,
-             "--max-new-tokens", args.max_new_tokens, "--turn-tokens", args.turn_tokens,
-             "--max-turns", args.max_turns, "--seed", args.seed, "--threads", args.threads]
-    if args.limit:
-        parts += ["--limit", args.limit]
-    if args.train_limit:
-        parts += ["--train-limit", args.train_limit]
-    if args.lora:
-        parts.append("--lora")
-    if args.no_plot:
-        parts.append("--no-plot")
-    return " ".join(shlex.quote(str(p)) for p in parts)
+    return frame_command(args, OPTIONS, FLAGS, lead=("deepretrieval", "quickstart", "--agentic"))
+
+
+OPTIONS = ("model", "out", "steps", "lr", "temperature", "prompts_per_step", "num_generations",
+           "max_new_tokens", "turn_tokens", "max_turns", "seed", "threads", "limit", "train_limit")
+FLAGS = ("lora", "no_plot")
 
 
 def run_agentic_quickstart(args) -> int:
     """The agentic quickstart with the options of ``deepretrieval quickstart --agentic``."""
-    t_start = time.time()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    total = 5
-    threads = set_threads(args.threads)
-    command = command_line(args)
-    print(f"DeepRetrieval agentic quickstart → {out.resolve()}  (torch threads: {threads})\n"
-          f"    reproduce: {command}", flush=True)
+    frame = Frame(args, title="agentic quickstart", steps=5, command=command_line(args))
+    out = frame.out
 
-    _say(1, total, "Indexing the closed-world corpus (BM25, generated, seed 0) …")
+    frame.step("Indexing the closed-world corpus (BM25, generated, seed 0) …")
     t = time.time()
     index = open_index(get_task(TASK).index)
     train_rows = quickstart_rows("train", max_turns=args.max_turns, limit=args.train_limit)
@@ -173,14 +134,14 @@ def run_agentic_quickstart(args) -> int:
     model = resolve_model(args.model)
     eval_kw = {"max_new_tokens": args.turn_tokens, "batch_size": args.eval_batch_size, "greedy": True,
                "seed": args.seed, "resume": False, "plot": False, "progress": settings.progress_enabled()}
-    _say(2, total, f"Closed-book, naive RAG and the zero-shot agent ({args.model}) on the test "
-                   "questions …")
+    frame.step(f"Closed-book, naive RAG and the zero-shot agent ({args.model}) on the test "
+               "questions …")
     t = time.time()
     zero = evaluate_agent(model, test_rows, out_dir=out / "eval_zero_shot", name=ZERO_SHOT, **eval_kw)
     print(f"    done in {time.time() - t:.0f}s")
 
-    _say(3, total, f"Agentic GRPO (TRL rollout_func, injected tokens masked): {args.steps} steps × "
-                   f"{args.prompts_per_step} questions × {args.num_generations} episodes …")
+    frame.step(f"Agentic GRPO (TRL rollout_func, injected tokens masked): {args.steps} steps × "
+               f"{args.prompts_per_step} questions × {args.num_generations} episodes …")
     t = time.time()
     trl_settings = TRLSettings(
         model=model, output_dir=str(out / "train"), steps=args.steps, learning_rate=args.lr,
@@ -194,15 +155,16 @@ def run_agentic_quickstart(args) -> int:
     train_seconds = time.time() - t
     print(f"    trained in {train_seconds:.0f}s → {result.model_dir}")
 
-    _say(4, total, "The trained agent on the test questions …")
+    frame.step("The trained agent on the test questions …")
     trained = evaluate_agent(str(result.model_dir), test_rows, out_dir=out / "eval_trained",
                              name=TRAINED, references=False, **eval_kw)
 
-    _say(5, total, f"Results ({len(test_rows)} held-out closed-world questions, greedy)")
+    frame.step(f"Results ({len(test_rows)} held-out closed-world questions, greedy)")
     systems = {CLOSED_BOOK: zero["systems"][CLOSED_BOOK], NAIVE_RAG: zero["systems"][NAIVE_RAG],
                ZERO_SHOT: zero["summary"], TRAINED: trained["summary"]}
     table = [{"": name, **{k: s.get(k) for k, _ in COLUMNS}} for name, s in systems.items()]
-    print(_format_table(table))
+    print(format_table(table, COLUMNS, percent=("format_error_rate",), digits=3, first=18, width=11,
+                       percent_digits=0))
     before = behaviour(zero["records"], test_rows)
     after = behaviour(trained["records"], test_rows)
     print("\nwhat the agent does        zero-shot   trained")
@@ -217,19 +179,14 @@ def run_agentic_quickstart(args) -> int:
         print(f"\n  Q: {ex['question']}  (gold: {ex['gold'][0]})")
         print("  zero-shot: " + " ".join(ex["zero_shot"].split())[:300])
         print("  trained:   " + " ".join(ex["trained"].split())[:300])
-    plot = None if args.no_plot else plot_curve(result.history, out / "training_curve.png",
-                                                metric="f1", title="agentic GRPO on the closed world")
-    results = {"task": TASK, "model": args.model, "model_path": model, "command": command,
-               "steps": args.steps, "threads": threads, "train_rows": len(train_rows),
+    plot = frame.curve(result.history, metric="f1", title="agentic GRPO on the closed world")
+    results = {"task": TASK, "model": args.model, "model_path": model,
+               "steps": args.steps, "train_rows": len(train_rows),
                "test_rows": len(test_rows), "reward_table": QUICKSTART_TABLE.__dict__,
                "agent": quickstart_settings(args.max_turns).to_dict(), "prefill": P.SEARCH_OPEN,
                "turn_tokens": args.turn_tokens, "completion_budget": args.max_new_tokens,
-               "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - t_start, 1),
+               "train_seconds": round(train_seconds, 1),
                "table": table, "systems": systems, "behaviour": {ZERO_SHOT: before, TRAINED: after},
-               "examples": examples, "trained_model": str(result.model_dir),
-               "training_curve": str(plot) if plot else None, "history": result.history}
-    write_atomic(out / "results.json", json.dumps(results, indent=2, default=str))
-    print(f"\nresults: {out / 'results.json'}" + (f"\ntraining curve: {plot}" if plot else "")
-          + f"\ntrained model: {result.model_dir}\ntotal time: {time.time() - t_start:.0f}s")
-    return 0
+               "examples": examples, "trained_model": str(result.model_dir), "history": result.history}
+    return frame.finish(results, trained_model=str(result.model_dir), plot=plot)
 

