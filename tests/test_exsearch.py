@@ -117,7 +117,15 @@ def test_evidence_filter_keeps_only_trajectories_that_retrieved_the_answer(rows)
     assert X.retrieved_answer(broken) and X.retrieved_answer(out_of_turns)
     assert X.evidence_kept([a, broken, out_of_turns, guess], "clean") == [a]
     assert X.evidence_kept([a, broken, out_of_turns, guess], "trajectory") == [a, broken, out_of_turns]
-    with pytest.raises(ValueError, match="known: clean, trajectory, question, none"):
+    # correct: clean, and the episode's own answer is right (not only the gold pasted after it)
+    last = a.segments[-1]
+    wrong_answer = replace(a, segments=[*a.segments[:-1], replace(
+        last, text=last.text[:last.text.rfind("<answer>")] + "<answer>Nobody</answer>")])
+    assert wrong_answer.answer == "Nobody"
+    assert X.retrieved_answer(wrong_answer) and wrong_answer.finish == "answer"
+    assert X.evidence_kept([a, wrong_answer, broken, guess], "clean") == [a, wrong_answer]
+    assert X.evidence_kept([a, wrong_answer, broken, guess], "correct") == [a]
+    with pytest.raises(ValueError, match="known: correct, clean, trajectory, question, none"):
         X.evidence_kept(eps, "best")
     with pytest.raises(ValueError, match="evidence_filter"):
         X.ExSearchSettings(model="m", output_dir="o", evidence_filter="best")
@@ -317,3 +325,23 @@ def test_an_iteration_whose_samples_found_no_evidence_trains_on_nothing(tiny, ro
     assert stage["examples"] == 0 and stage["step_losses"] == [] and stage["loss_before"] is None
     before, after = _model_state_of(tiny), _model_state(result.model_dir)
     assert all(torch.equal(before[k], after[k]) for k in after)
+
+
+def test_replay_trains_an_iteration_on_the_seeds_when_its_samples_are_filtered_out(tiny, rows, tmp_path):
+    """``replay``: the M-step of an iteration also trains on the seed trajectories of its
+    questions (weight ``replay / n`` per seed); with the random tiny model no sample survives the
+    filter, so the iteration's steps are the replayed seeds alone and they move the weights."""
+    settings = _settings(tiny, tmp_path / "r", evidence_filter="correct", seeds="oracle",
+                         warmup_epochs=1, replay=0.5, mstep_learning_rate=1e-3)
+    result = X.train_exsearch(rows[:2], rows[4:5], settings)
+    stage = json.loads((tmp_path / "r" / "stages" / "iter-1" / "stage.json").read_text())
+    assert stage["estep"]["episodes_kept"] == 0 and stage["examples"] == 0
+    assert stage["replay"]["examples"] == 2 and stage["replay"]["questions"] == 2
+    assert stage["examples_trained"] == 2 and len(stage["step_losses"]) == 1
+    warm = _model_state(tmp_path / "r" / "stages" / "warmup" / "model")
+    after = _model_state(result.model_dir)
+    assert any(not torch.equal(warm[k], after[k]) for k in after)
+    with pytest.raises(ValueError, match="replay needs seed"):
+        X.ExSearchSettings(model="m", output_dir="o", seeds="none", replay=1.0)
+    with pytest.raises(ValueError, match="mstep_learning_rate"):
+        X.ExSearchSettings(model="m", output_dir="o", mstep_learning_rate=0)

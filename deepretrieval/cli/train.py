@@ -98,10 +98,15 @@ def register(sub) -> None:
     x.add_argument("--weight-temperature", type=float, default=1.0,
                    help="tau of the importance weights softmax(log p(y|x,z) / tau) (default 1)")
     x.add_argument("--evidence-filter", choices=EVIDENCE_FILTERS, default="clean",
-                   help="M-step data: clean (sampled trajectories that retrieved a passage "
+                   help="M-step data: correct (clean samples whose own answer is right), clean (sampled trajectories that retrieved a passage "
                         "holding the gold answer, answered and made no invalid turn; default), "
                         "trajectory (retrieved such a passage), question (every sample of a "
                         "question with such a trajectory) or none (every sample)")
+    x.add_argument("--replay", type=float, default=0.0,
+                   help="replay the seed trajectories of each iteration's questions in its M-step "
+                        "with this total weight per question (default 0: off)")
+    x.add_argument("--mstep-lr", type=float,
+                   help="learning rate of the M-steps (default: --lr, which the warm-up uses)")
     x.add_argument("--seeds", default="oracle",
                    help="warm-up trajectories: oracle (closed world), teacher (--teacher-model, "
                         "--teacher-url), jsonl:PATH, or none (default oracle)")
@@ -373,8 +378,8 @@ def _train_exsearch(args, task, model, out: Path) -> int:
         model=model, output_dir=str(out), iterations=args.iterations, samples=args.samples,
         temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.turn_tokens,
         max_turns=args.max_turns, top_k=args.top_k, weight_temperature=args.weight_temperature,
-        evidence_filter=args.evidence_filter,
-        learning_rate=args.lr, warmup_epochs=args.warmup_epochs, epochs=args.epochs,
+        evidence_filter=args.evidence_filter, replay=args.replay,
+        learning_rate=args.lr, mstep_learning_rate=args.mstep_lr, warmup_epochs=args.warmup_epochs, epochs=args.epochs,
         questions_per_step=args.questions_per_step, micro_batch=args.micro_batch,
         questions_per_iteration=args.questions_per_iteration, lora=args.lora, lora_r=args.lora_r,
         seeds=args.seeds, teacher_model=args.teacher_model, teacher_url=args.teacher_url,

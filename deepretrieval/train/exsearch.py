@@ -83,13 +83,13 @@ STAGES_DIR = "stages"
 RESUME_KEYS = ("model", "samples", "temperature", "top_p", "max_new_tokens", "weight_temperature",
                "learning_rate", "warmup_epochs", "epochs", "questions_per_step", "lora", "seeds",
                "seed", "questions_per_iteration", "max_turns", "top_k", "min_weight", "max_length",
-               "evidence_filter", "micro_batch")
+               "evidence_filter", "micro_batch", "replay", "mstep_learning_rate")
 #: What a resumed run must train and evaluate on: the rows as given (after ``--task``,
 #: ``--data``, ``--limit``, ``--max-hops``), fingerprinted. Key → what the message names.
 RESUME_DATA = {"train_rows": "the training rows (--task, --data, --limit, --max-hops)",
                "eval_rows": "the evaluation rows (--task, --data, --eval-limit, --max-hops)"}
 #: ``evidence_filter`` values: which sampled trajectories the M-step may train on.
-EVIDENCE_FILTERS = ("clean", "trajectory", "question", "none")
+EVIDENCE_FILTERS = ("correct", "clean", "trajectory", "question", "none")
 
 
 @dataclass
@@ -109,6 +109,8 @@ class ExSearchSettings:
     min_weight: float = 1e-4            # trajectories weighted below this are not trained on
     evidence_filter: str = "clean"      # clean | trajectory | question | none (evidence_kept)
     learning_rate: float = 1e-5
+    mstep_learning_rate: float | None = None  # the M-steps' lr (None: learning_rate)
+    replay: float = 0.0                 # seed trajectories replayed in each M-step, weight per question
     warmup_epochs: int = 1
     epochs: int = 1                     # M-step epochs over the iteration's samples
     questions_per_step: int = 4         # optimizer step every N questions (all their samples)
@@ -142,8 +144,13 @@ class ExSearchSettings:
             raise ValueError("temperature must be > 0 (the E-step samples)")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
-        if self.learning_rate <= 0:
-            raise ValueError("learning_rate must be > 0")
+        if self.learning_rate <= 0 or (self.mstep_learning_rate is not None
+                                       and self.mstep_learning_rate <= 0):
+            raise ValueError("learning_rate and mstep_learning_rate must be > 0")
+        if self.replay < 0:
+            raise ValueError("replay must be >= 0")
+        if self.replay > 0 and self.seeds == "none":
+            raise ValueError("replay needs seed trajectories (seeds must not be none)")
         if self.questions_per_step < 1 or self.micro_batch < 1:
             raise ValueError("questions_per_step and micro_batch must be >= 1")
         if self.evidence_filter not in EVIDENCE_FILTERS:
@@ -606,6 +613,7 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
         with (atomic_dir(target) if main else tempfile.TemporaryDirectory()) as tmp_name:
             tmp = Path(tmp_name)
             samples: list[Example] = []
+            replayed: list[Example] = []
             if name != "zero-shot":
                 if name == "warmup":
                     if hook:
@@ -637,12 +645,19 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
                         # steps only over the questions the evidence filter kept (a distributed
                         # run keeps every process's share so that all take the same steps)
                         questions = {e.group for e in samples}
+                    if settings.replay > 0:
+                        replayed, replay_report = replay_examples(tokenizer, rows, settings, searcher)
+                        info["replay"] = {**replay_report, "examples": len(replayed),
+                                          "questions": len({e.group for e in replayed})}
+                        questions |= {e.group for e in replayed}
                     epochs = settings.epochs
                 info["skipped_too_long"] = skipped
-                train_on = [e for e in samples if e.weight >= settings.min_weight]
+                train_on = [e for e in samples if e.weight >= settings.min_weight] + replayed
                 info["examples"] = len(samples)
                 info["examples_trained"] = len(train_on)
-                model, optimizer = _prepare(model, settings, accelerator)
+                model, optimizer = _prepare(model, settings, accelerator,
+                                            lr=settings.learning_rate if name == "warmup"
+                                            else settings.mstep_learning_rate or settings.learning_rate)
                 info["loss_before"] = mean_weighted_loss(model, samples, pad_id, settings.micro_batch) \
                     if samples else None
                 steps = fit(model, train_on, pad_id, accelerator=accelerator, optimizer=optimizer,
@@ -711,7 +726,7 @@ def _iteration_rows(rows, settings: ExSearchSettings, iteration: int, n: int):
     return [rows[(start + i) % n] for i in range(per)]
 
 
-def _prepare(model, settings: ExSearchSettings, accelerator):
+def _prepare(model, settings: ExSearchSettings, accelerator, *, lr: float):
     import torch
 
     if settings.lora:
@@ -719,7 +734,7 @@ def _prepare(model, settings: ExSearchSettings, accelerator):
         model = get_peft_model(model, LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=settings.learning_rate, weight_decay=0.0)
+                                  lr=lr, weight_decay=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     return model, optimizer
 
@@ -743,6 +758,10 @@ def evidence_kept(episodes: Sequence[Episode], how: str,
     """The episodes the M-step may learn from under ``evidence_filter`` = ``how`` (``found``:
     :func:`retrieved_answer` of each episode, when the caller has already computed it):
 
+    * ``correct`` — ``clean`` trajectories whose own final answer is right (exact match): the
+      M-step reinforces only what the policy already got right from its evidence, never the gold
+      answer pasted after a search that stopped short (the measured failure of ``clean``:
+      docs/exsearch.md);
     * ``clean`` — trajectories that retrieved a passage holding a gold answer, ended with their
       own final answer (not the turn or token budget) and made no invalid turn: the M-step then
       learns only well-formed turns that lead to evidence and an answer;
@@ -757,9 +776,12 @@ def evidence_kept(episodes: Sequence[Episode], how: str,
         return list(episodes)
     if found is None:
         found = [retrieved_answer(ep) for ep in episodes]
-    if how == "clean":
-        return [ep for ep, f in zip(episodes, found)
-                if f and ep.finish == "answer" and all(a.kind != "invalid" for a in ep.actions)]
+    if how in ("clean", "correct"):
+        clean = [ep for ep, f in zip(episodes, found)
+                 if f and ep.finish == "answer" and all(a.kind != "invalid" for a in ep.actions)]
+        if how == "clean":
+            return clean
+        return [ep for ep in clean if exact_match(ep.answer, gold_answers(ep.row))]
     if how == "trajectory":
         return [ep for ep, f in zip(episodes, found) if f]
     with_evidence = {_group(ep.row) for ep, f in zip(episodes, found) if f}
@@ -800,6 +822,22 @@ def e_step(model, tokenizer, rows, settings: ExSearchSettings, searcher,
              "mean_loglik": sum(logliks) / max(len(logliks), 1) if logliks else None,
              "max_weight_mean": _mean_max_weight(examples)}
     return examples, skipped, stats
+
+
+def replay_examples(tokenizer, rows, settings: ExSearchSettings, searcher
+                    ) -> tuple[list[Example], dict[str, Any]]:
+    """The warm-up's seed trajectories of ``rows``, weighted ``settings.replay / n`` per question
+    (``n`` = its seeds), replayed in an M-step beside the sampled ones: the seeds anchor the
+    behaviour the warm-up taught (one search per hop) while the policy learns from its samples."""
+    episodes, report = _seed_episodes(settings, rows, searcher)
+    examples, skipped = make_examples(tokenizer, episodes, replace_answer=False,
+                                      max_length=settings.max_length)
+    sizes: dict[str, int] = {}
+    for e in examples:
+        sizes[e.group] = sizes.get(e.group, 0) + 1
+    for e in examples:
+        e.weight = settings.replay / sizes[e.group]
+    return examples, {"seeds": report, "skipped_too_long": skipped}
 
 
 def _mean_max_weight(examples: Sequence[Example]) -> float | None:
