@@ -8,7 +8,9 @@ from deepretrieval.agent.runner import run_rows
 from deepretrieval.catalog import bundled_rows
 from deepretrieval.core import agent_protocol as P
 from deepretrieval.data.closed_world import OraclePolicy
-from deepretrieval.train import exsearch as X
+from deepretrieval.train.exsearch import examples as XE
+from deepretrieval.train.exsearch import loop as X
+from deepretrieval.train.exsearch import objective as XO
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -31,7 +33,7 @@ def rows():
 def test_weights_sum_to_one_per_question_and_favour_the_best_supported():
     logliks = [-5.0, -1.0, -3.0, -2.0, -0.5, -7.0]
     groups = ["a", "a", "a", "b", "b", "c"]
-    w = X.importance_weights(logliks, groups)
+    w = XO.importance_weights(logliks, groups)
     for g in "abc":
         assert math.isclose(sum(x for x, gg in zip(w, groups) if gg == g), 1.0, rel_tol=1e-12)
     assert max(w[:3]) == w[1] and w[1] > w[2] > w[0]
@@ -41,23 +43,23 @@ def test_weights_sum_to_one_per_question_and_favour_the_best_supported():
     z = math.exp(-5) + math.exp(-1) + math.exp(-3)
     assert math.isclose(w[1], math.exp(-1) / z, rel_tol=1e-12)
     # temperature: larger flattens, smaller sharpens, the order stays
-    flat = X.importance_weights(logliks, groups, temperature=10.0)
-    sharp = X.importance_weights(logliks, groups, temperature=0.1)
+    flat = XO.importance_weights(logliks, groups, temperature=10.0)
+    sharp = XO.importance_weights(logliks, groups, temperature=0.1)
     assert sharp[1] > w[1] > flat[1] > 1 / 3
     assert flat[1] > flat[2] > flat[0]
 
 
 def test_weights_edge_cases():
-    w = X.importance_weights([-math.inf, -2.0, -math.inf, -math.inf], ["a", "a", "b", "b"])
+    w = XO.importance_weights([-math.inf, -2.0, -math.inf, -math.inf], ["a", "a", "b", "b"])
     assert w == [0.0, 1.0, 0.5, 0.5]
-    w = X.importance_weights([-1e6, -1e6 - 1], ["a", "a"])   # no underflow
+    w = XO.importance_weights([-1e6, -1e6 - 1], ["a", "a"])   # no underflow
     assert math.isclose(w[0], 1 / (1 + math.exp(-1)))
     with pytest.raises(ValueError):
-        X.importance_weights([1.0], ["a"], temperature=0)
+        XO.importance_weights([1.0], ["a"], temperature=0)
     with pytest.raises(ValueError):
-        X.importance_weights([float("nan")], ["a"])
+        XO.importance_weights([float("nan")], ["a"])
     with pytest.raises(ValueError):
-        X.importance_weights([1.0, 2.0], ["a"])
+        XO.importance_weights([1.0, 2.0], ["a"])
 
 
 # ---- masks ---------------------------------------------------------------------------------
@@ -68,7 +70,7 @@ def _oracle_episodes(rows, n=3):
 
 def test_gold_answer_replaces_the_final_answer(rows):
     ep = _oracle_episodes(rows, 1)[0]
-    pieces = X.gold_pieces(ep, "Gold Name")
+    pieces = XE.gold_pieces(ep, "Gold Name")
     text = "".join(t for t, _ in pieces)
     assert text.endswith("<answer>Gold Name</answer>")
     assert P.final_answer(text) == "Gold Name"
@@ -83,7 +85,7 @@ def test_gold_answer_replaces_the_final_answer(rows):
         Segment(P.information("Doc 1: passage"), True),
         Segment("<think>y</think><search>again</search>", False),
         Segment(P.information(ep.settings.refusal_message), True)])
-    text = "".join(t for t, _ in X.gold_pieces(cut, "G"))
+    text = "".join(t for t, _ in XE.gold_pieces(cut, "G"))
     assert text.endswith("<think>y</think><answer>G</answer>")
     assert ep.settings.refusal_message not in text and "again" not in text
 
@@ -137,24 +139,24 @@ def test_masked_tokens_contribute_exactly_zero_loss(tiny, rows):
     tok = AutoTokenizer.from_pretrained(tiny)
     model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
     eps = _oracle_episodes(rows, 2)
-    examples, skipped = X.make_examples(tok, eps, replace_answer=True, max_length=4096)
+    examples, skipped = XE.make_examples(tok, eps, replace_answer=True, max_length=4096)
     assert skipped == 0 and len(examples) == 2
     ex = examples[0]
-    prompt_ids = tok(X.prompt_text(tok, eps[0]), add_special_tokens=False)["input_ids"]
+    prompt_ids = tok(XE.prompt_text(tok, eps[0]), add_special_tokens=False)["input_ids"]
     assert ex.input_ids[:len(prompt_ids)] == prompt_ids
-    assert all(lab == X.IGNORE for lab in ex.labels[:len(prompt_ids)])
+    assert all(lab == XE.IGNORE for lab in ex.labels[:len(prompt_ids)])
     # labels are -100 exactly on prompt + injected tokens (the runner's own token mask)
     _, traj_mask = eps[0].token_ids(tok)
     n_injected = sum(1 for m in traj_mask if m == 0)
     assert n_injected > 0
-    n_ignored = sum(1 for lab in ex.labels if lab == X.IGNORE)
+    n_ignored = sum(1 for lab in ex.labels if lab == XE.IGNORE)
     injected_ids = sum(len(tok(t, add_special_tokens=False)["input_ids"])
-                       for t, k in X.gold_pieces(eps[0], eps[0].row["reward_model"]["ground_truth"]["target"][0])
+                       for t, k in XE.gold_pieces(eps[0], eps[0].row["reward_model"]["ground_truth"]["target"][0])
                        if k == "injected")
     assert injected_ids == n_injected and n_ignored == len(prompt_ids) + n_injected
 
     # gradient of the loss w.r.t. the logits: zero on every position whose target is masked
-    ids, labels, _, attention = X._batch(examples, tok.pad_token_id, "cpu")
+    ids, labels, _, attention = XO._batch(examples, tok.pad_token_id, "cpu")
     with torch.no_grad():
         base = model(input_ids=ids, attention_mask=attention).logits
     leaf = base.clone().requires_grad_(True)
@@ -175,10 +177,10 @@ def test_masked_tokens_contribute_exactly_zero_loss(tiny, rows):
         loss[0] = value
         value.backward()
 
-    X.weighted_loss(Fixed(), examples, tok.pad_token_id, n_questions=1, micro_batch=8,
+    XO.weighted_loss(Fixed(), examples, tok.pad_token_id, n_questions=1, micro_batch=8,
                     backward=backward)
     grad = leaf.grad[:, :-1].abs().sum(-1)          # position t predicts token t+1
-    target_masked = labels[:, 1:] == X.IGNORE
+    target_masked = labels[:, 1:] == XE.IGNORE
     assert torch.all(grad[target_masked] == 0)
     assert torch.all(grad[~target_masked] > 0)
     # and the value is the mean token NLL over model-written tokens only
@@ -227,9 +229,9 @@ def test_one_iteration_changes_weights_and_lowers_the_weighted_loss(tiny, rows, 
     # interrupted in the middle of the M-step, then resumed: the same result
     def crash(stage, phase, step):
         if phase == "mstep" and step == 1:
-            raise X.Interrupt("simulated crash")
+            raise XO.Interrupt("simulated crash")
 
-    with pytest.raises(X.Interrupt):
+    with pytest.raises(XO.Interrupt):
         X.train_exsearch(rows[:3], rows[4:5], _settings(tiny, tmp_path / "b"), hook=crash)
     assert not (tmp_path / "b" / "stages" / "iter-1").exists()   # nothing half-written
     resumed = X.train_exsearch(rows[:3], rows[4:5], _settings(tiny, tmp_path / "b"))

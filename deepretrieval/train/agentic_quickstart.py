@@ -37,12 +37,13 @@ from deepretrieval.core.tables import RewardTable
 from deepretrieval.data.closed_world import closed_world_rows
 from deepretrieval.tasks.agentic import CLOSED_BOOK, NAIVE_RAG
 from deepretrieval.generation.models import resolve_model
+from deepretrieval.train import agentic_recipe as recipe
 from deepretrieval.train.quickstart import plot_curve, set_threads
 from deepretrieval.train.trl_agent import AgentRollout
 from deepretrieval.train.trl_engine import TRLSettings, train_trl
 
 TASK = "agent_closedworld"
-ZERO_SHOT, TRAINED = "zero-shot agent", "trained agent"
+ZERO_SHOT, WARM, TRAINED = "zero-shot agent", "warm start", "trained agent"
 #: The training reward: answer F1, +0.1 for giving an answer, +0.3 when a retrieved passage holds
 #: the gold answer — answered or not, so that a good search pays before the answer format is learnt.
 QUICKSTART_TABLE = RewardTable(metric="f1", linear=True, format_ok=0.1, bonus_metric="hit",
@@ -60,7 +61,8 @@ def quickstart_settings(max_turns: int = 3, top_k: int = 2) -> P.AgentSettings:
 
 def quickstart_rows(split: str, *, prefill: str = P.SEARCH_OPEN, max_turns: int = 3, top_k: int = 2,
                     limit: int | None = None) -> list[dict[str, Any]]:
-    """Closed-world rows of a split with the quickstart's protocol settings and prefill."""
+    """Closed-world rows of a split with the quickstart's protocol settings and prefill ("" for
+    none: the warm start's oracle trajectories open with their own ``<think>``)."""
     rows = closed_world_rows(get_task(TASK), split, settings=quickstart_settings(max_turns, top_k))
     for row in rows:
         row["extra_info"]["prefill"] = prefill
@@ -146,6 +148,8 @@ def command_line(args) -> str:
         parts += ["--train-limit", args.train_limit]
     if args.lora:
         parts.append("--lora")
+    if args.warm_start:
+        parts.append("--warm-start")
     if args.no_plot:
         parts.append("--no-plot")
     return " ".join(shlex.quote(str(p)) for p in parts)
@@ -165,8 +169,9 @@ def run_agentic_quickstart(args) -> int:
     _say(1, total, "Indexing the closed-world corpus (BM25, generated, seed 0) …")
     t = time.time()
     index = open_index(get_task(TASK).index)
-    train_rows = quickstart_rows("train", max_turns=args.max_turns, limit=args.train_limit)
-    test_rows = quickstart_rows("test", max_turns=args.max_turns, limit=args.limit)
+    prefill = "" if args.warm_start else P.SEARCH_OPEN
+    train_rows = quickstart_rows("train", prefill=prefill, max_turns=args.max_turns, limit=args.train_limit)
+    test_rows = quickstart_rows("test", prefill=prefill, max_turns=args.max_turns, limit=args.limit)
     print(f"    {len(index.doc_ids)} passages in {time.time() - t:.1f}s; {len(train_rows)} train "
           f"questions, {len(test_rows)} held-out test questions (1–3 hops)")
 
@@ -178,17 +183,24 @@ def run_agentic_quickstart(args) -> int:
     t = time.time()
     zero = evaluate_agent(model, test_rows, out_dir=out / "eval_zero_shot", name=ZERO_SHOT, **eval_kw)
     print(f"    done in {time.time() - t:.0f}s")
+    start, table_for_grpo, warm = model, QUICKSTART_TABLE, None
+    if args.warm_start:
+        _say(2, total, "Warm start: fine-tuning on the closed world's oracle trajectories …")
+        warm_dir, warm_summary, warm_records = recipe.warm_start(
+            model, train_rows, test_rows, out / "warm_start", turn_tokens=args.turn_tokens,
+            batch_size=args.eval_batch_size, seed=args.seed, progress=settings.progress_enabled())
+        start, table_for_grpo, warm = str(warm_dir), recipe.WARM_TABLE, (warm_summary, warm_records)
 
     _say(3, total, f"Agentic GRPO (TRL rollout_func, injected tokens masked): {args.steps} steps × "
                    f"{args.prompts_per_step} questions × {args.num_generations} episodes …")
     t = time.time()
     trl_settings = TRLSettings(
-        model=model, output_dir=str(out / "train"), steps=args.steps, learning_rate=args.lr,
+        model=start, output_dir=str(out / "train"), steps=args.steps, learning_rate=args.lr,
         prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
         max_completion_length=args.max_new_tokens, temperature=args.temperature, lora=args.lora,
         seed=args.seed, bf16=False, progress=settings.progress_enabled(),
         extra={"gradient_checkpointing": False})
-    rollout = AgentRollout(turn_tokens=args.turn_tokens, table=QUICKSTART_TABLE,
+    rollout = AgentRollout(turn_tokens=args.turn_tokens, table=table_for_grpo,
                            batch_size=args.eval_batch_size, seed=args.seed)
     result = train_trl(train_rows, trl_settings, rollout=rollout)
     train_seconds = time.time() - t
@@ -200,9 +212,16 @@ def run_agentic_quickstart(args) -> int:
 
     _say(5, total, f"Results ({len(test_rows)} held-out closed-world questions, greedy)")
     systems = {CLOSED_BOOK: zero["systems"][CLOSED_BOOK], NAIVE_RAG: zero["systems"][NAIVE_RAG],
-               ZERO_SHOT: zero["summary"], TRAINED: trained["summary"]}
+               ZERO_SHOT: zero["summary"], **({WARM: warm[0]} if warm else {}),
+               TRAINED: trained["summary"]}
     table = [{"": name, **{k: s.get(k) for k, _ in COLUMNS}} for name, s in systems.items()]
     print(_format_table(table))
+    gain = None
+    if warm:
+        gain = recipe.paired_bootstrap([r["metrics"]["em"] for r in warm[1]],
+                                       [r["metrics"]["em"] for r in trained["records"]], seed=args.seed)
+        print(f"\nEM trained − warm start: {gain['diff']:+.3f}, 95 % paired bootstrap interval "
+              f"[{gain['lo']:+.3f}, {gain['hi']:+.3f}] over {gain['n']} questions")
     before = behaviour(zero["records"], test_rows)
     after = behaviour(trained["records"], test_rows)
     print("\nwhat the agent does        zero-shot   trained")
@@ -221,8 +240,9 @@ def run_agentic_quickstart(args) -> int:
                                                 metric="f1", title="agentic GRPO on the closed world")
     results = {"task": TASK, "model": args.model, "model_path": model, "command": command,
                "steps": args.steps, "threads": threads, "train_rows": len(train_rows),
-               "test_rows": len(test_rows), "reward_table": QUICKSTART_TABLE.__dict__,
-               "agent": quickstart_settings(args.max_turns).to_dict(), "prefill": P.SEARCH_OPEN,
+               "test_rows": len(test_rows), "reward_table": table_for_grpo.__dict__,
+               "warm_start": recipe.WARM_START if warm else None, "em_gain_over_warm_start": gain,
+               "agent": quickstart_settings(args.max_turns).to_dict(), "prefill": prefill,
                "turn_tokens": args.turn_tokens, "completion_budget": args.max_new_tokens,
                "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - t_start, 1),
                "table": table, "systems": systems, "behaviour": {ZERO_SHOT: before, TRAINED: after},
