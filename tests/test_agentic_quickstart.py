@@ -57,6 +57,10 @@ def test_agentic_quickstart_reproduces_from_its_printed_command(tmp_path, capsys
     assert again["behaviour"] == results["behaviour"]
 
 
+def _records(folder):
+    return [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
+
+
 def test_warm_start_then_grpo_reports_the_em_gain_with_a_paired_interval(tmp_path, capsys):
     """``--warm-start``: the oracle-trajectory warm start is a row of its own (its evaluation is
     the warm-up stage's, per question), GRPO starts from its model, and the EM gain of the trained
@@ -74,12 +78,11 @@ def test_warm_start_then_grpo_reports_the_em_gain_with_a_paired_interval(tmp_pat
     results = json.loads((out / "results.json").read_text())
     assert [r[""] for r in results["table"]] == SYSTEMS[:3] + ["warm start", "trained agent"]
     assert "--warm-start" in results["command"] and "EM trained − warm start" in text
-    warm = [json.loads(line) for line in
-            open(out / "warm_start" / "stages" / "warmup" / "eval" / "generations.jsonl")]
+    warm = _records(out / "warm_start" / "stages" / "warmup" / "eval")
     assert len(warm) == 3
     assert results["systems"]["warm start"]["em"] == pytest.approx(
         sum(r["metrics"]["em"] for r in warm) / 3)
-    trained = [json.loads(line) for line in open(out / "eval_trained" / "generations.jsonl")]
+    trained = _records(out / "eval_trained")
     gain = results["em_gain_over_warm_start"]
     assert gain["n"] == 3 and gain["lo"] <= gain["diff"] <= gain["hi"]
     assert gain["diff"] == pytest.approx(sum(t["metrics"]["em"] - w["metrics"]["em"]

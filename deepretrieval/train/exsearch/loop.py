@@ -66,7 +66,7 @@ from deepretrieval.agent.seeds import (
 )
 from deepretrieval.catalog import get_task
 from deepretrieval.core import agent_protocol as P
-from deepretrieval.core.io import atomic_dir, write_atomic
+from deepretrieval.core.io import atomic_dir, save_figure, write_atomic
 from deepretrieval.core.qa_metrics import exact_match
 from deepretrieval.generation.decoding import Decoding
 from deepretrieval.generation.local import TransformersGenerator
@@ -232,6 +232,38 @@ def _write_curve(out: Path) -> list[dict[str, Any]]:
     write_atomic(out / "curve.json", json.dumps(rows, indent=2))
     write_atomic(out / "curve.md", _curve_md(curve))
     return curve
+
+
+def plot_stages(curve: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+                title: str = "ExSearch on the closed world") -> Path:
+    """EM and F1 of each stage's evaluation (left axis) and searches per question (right axis),
+    the first trained stage's EM as a dotted level line: what a later stage must stay above."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s["stage"] for s in curve]
+    evals = [s.get("eval") or {} for s in curve]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = range(len(names))
+    ax.plot(xs, [e.get("em") for e in evals], marker="o", label="EM", color="tab:blue")
+    ax.plot(xs, [e.get("f1") for e in evals], marker="s", label="F1", color="tab:green")
+    first = next((e.get("em") for s, e in zip(curve, evals) if s["stage"] != "zero-shot"), None)
+    if first is not None:
+        ax.axhline(first, color="tab:gray", linestyle=":", label=f"first trained stage, EM {first:.3f}")
+    ax.set_xticks(list(xs), names)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("EM / F1 (held-out questions)")
+    ax2 = ax.twinx()
+    ax2.plot(xs, [e.get("n_search") for e in evals], marker="^", linestyle="--", color="tab:red",
+             label="searches per question")
+    ax2.set_ylabel("searches per question")
+    ax2.set_ylim(0, max([e.get("n_search") or 0 for e in evals] + [1]) * 1.2)
+    lines, lines2 = ax.get_legend_handles_labels(), ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower left", fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def _row_settings(rows, settings: ExSearchSettings) -> P.AgentSettings | None:
@@ -438,6 +470,8 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
                      if info.get("loss_before") is not None else "")
                   + f"  ({info['seconds']:.0f}s)", flush=True)
     curve = read_curve(out)
+    if main and curve:
+        plot_stages(curve, out / "curve.png")
     last = next((s["stage"] for s in reversed(curve) if s["stage"] != "zero-shot"), None)
     model_dir = out / STAGES_DIR / last / "model" if last else Path(settings.model)
     return ExSearchResult(out, model_dir, curve, time.time() - t0, main)
