@@ -27,7 +27,7 @@ def test_agentic_quickstart_reproduces_from_its_printed_command(tmp_path, capsys
     text = _run(main, ["quickstart", "--agentic", "--model", str(model), "--steps", "1",
                        "--limit", "4", "--train-limit", "4", "--prompts-per-step", "2",
                        "--num-generations", "2", "--turn-tokens", "8", "--max-new-tokens", "160",
-                       "--eval-batch-size", "8", "--threads", "1", "--no-plot", "--out", str(out)],
+                       "--batch-size", "8", "--threads", "1", "--no-plot", "--out", str(out)],
                 capsys)
     results = json.loads((out / "results.json").read_text())
     assert [r[""] for r in results["table"]] == SYSTEMS
@@ -55,3 +55,36 @@ def test_agentic_quickstart_reproduces_from_its_printed_command(tmp_path, capsys
     again = json.loads((second / "results.json").read_text())
     assert again["table"] == results["table"]
     assert again["behaviour"] == results["behaviour"]
+
+
+def _records(folder):
+    return [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
+
+
+def test_warm_start_then_grpo_reports_the_em_gain_with_a_paired_interval(tmp_path, capsys):
+    """``--warm-start``: the oracle-trajectory warm start is a row of its own (its evaluation is
+    the warm-up stage's, per question), GRPO starts from its model, and the EM gain of the trained
+    agent over it comes with a paired bootstrap interval over the same questions."""
+    from deepretrieval.cli import main
+    from deepretrieval.testing.tiny_model import tiny_model_path
+
+    model = tiny_model_path(tmp_path / "tiny")
+    out = tmp_path / "w"
+    text = _run(main, ["quickstart", "--agentic", "--warm-start", "--model", str(model),
+                       "--steps", "1", "--limit", "3", "--train-limit", "4", "--prompts-per-step", "2",
+                       "--num-generations", "2", "--turn-tokens", "8", "--max-new-tokens", "160",
+                       "--max-turns", "4", "--batch-size", "8", "--threads", "1", "--no-plot",
+                       "--out", str(out)], capsys)
+    results = json.loads((out / "results.json").read_text())
+    assert [r[""] for r in results["table"]] == SYSTEMS[:3] + ["warm start", "trained agent"]
+    assert "--warm-start" in results["command"] and "EM trained − warm start" in text
+    warm = _records(out / "warm_start" / "stages" / "warmup" / "eval")
+    assert len(warm) == 3
+    assert results["systems"]["warm start"]["em"] == pytest.approx(
+        sum(r["metrics"]["em"] for r in warm) / 3)
+    trained = _records(out / "eval_trained")
+    gain = results["em_gain_over_warm_start"]
+    assert gain["n"] == 3 and gain["low"] <= gain["mean"] <= gain["high"]
+    assert gain["mean"] == pytest.approx(sum(t["metrics"]["em"] - w["metrics"]["em"]
+                                             for t, w in zip(trained, warm)) / 3)
+    assert results["warm_start"]["seeds"] == "oracle"

@@ -8,7 +8,9 @@ from deepretrieval.agent.runner import run_rows
 from deepretrieval.catalog import bundled_rows
 from deepretrieval.core import agent_protocol as P
 from deepretrieval.data.closed_world import OraclePolicy
-from deepretrieval.train import exsearch as X
+from deepretrieval.train.exsearch import examples as XE
+from deepretrieval.train.exsearch import loop as X
+from deepretrieval.train.exsearch import objective as XO
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -31,7 +33,7 @@ def rows():
 def test_weights_sum_to_one_per_question_and_favour_the_best_supported():
     logliks = [-5.0, -1.0, -3.0, -2.0, -0.5, -7.0]
     groups = ["a", "a", "a", "b", "b", "c"]
-    w = X.importance_weights(logliks, groups)
+    w = XO.importance_weights(logliks, groups)
     for g in "abc":
         assert math.isclose(sum(x for x, gg in zip(w, groups) if gg == g), 1.0, rel_tol=1e-12)
     assert max(w[:3]) == w[1] and w[1] > w[2] > w[0]
@@ -41,23 +43,23 @@ def test_weights_sum_to_one_per_question_and_favour_the_best_supported():
     z = math.exp(-5) + math.exp(-1) + math.exp(-3)
     assert math.isclose(w[1], math.exp(-1) / z, rel_tol=1e-12)
     # temperature: larger flattens, smaller sharpens, the order stays
-    flat = X.importance_weights(logliks, groups, temperature=10.0)
-    sharp = X.importance_weights(logliks, groups, temperature=0.1)
+    flat = XO.importance_weights(logliks, groups, temperature=10.0)
+    sharp = XO.importance_weights(logliks, groups, temperature=0.1)
     assert sharp[1] > w[1] > flat[1] > 1 / 3
     assert flat[1] > flat[2] > flat[0]
 
 
 def test_weights_edge_cases():
-    w = X.importance_weights([-math.inf, -2.0, -math.inf, -math.inf], ["a", "a", "b", "b"])
+    w = XO.importance_weights([-math.inf, -2.0, -math.inf, -math.inf], ["a", "a", "b", "b"])
     assert w == [0.0, 1.0, 0.5, 0.5]
-    w = X.importance_weights([-1e6, -1e6 - 1], ["a", "a"])   # no underflow
+    w = XO.importance_weights([-1e6, -1e6 - 1], ["a", "a"])   # no underflow
     assert math.isclose(w[0], 1 / (1 + math.exp(-1)))
     with pytest.raises(ValueError):
-        X.importance_weights([1.0], ["a"], temperature=0)
+        XO.importance_weights([1.0], ["a"], temperature=0)
     with pytest.raises(ValueError):
-        X.importance_weights([float("nan")], ["a"])
+        XO.importance_weights([float("nan")], ["a"])
     with pytest.raises(ValueError):
-        X.importance_weights([1.0, 2.0], ["a"])
+        XO.importance_weights([1.0, 2.0], ["a"])
 
 
 # ---- masks ---------------------------------------------------------------------------------
@@ -68,7 +70,7 @@ def _oracle_episodes(rows, n=3):
 
 def test_gold_answer_replaces_the_final_answer(rows):
     ep = _oracle_episodes(rows, 1)[0]
-    pieces = X.gold_pieces(ep, "Gold Name")
+    pieces = XE.gold_pieces(ep, "Gold Name")
     text = "".join(t for t, _ in pieces)
     assert text.endswith("<answer>Gold Name</answer>")
     assert P.final_answer(text) == "Gold Name"
@@ -83,7 +85,7 @@ def test_gold_answer_replaces_the_final_answer(rows):
         Segment(P.information("Doc 1: passage"), True),
         Segment("<think>y</think><search>again</search>", False),
         Segment(P.information(ep.settings.refusal_message), True)])
-    text = "".join(t for t, _ in X.gold_pieces(cut, "G"))
+    text = "".join(t for t, _ in XE.gold_pieces(cut, "G"))
     assert text.endswith("<think>y</think><answer>G</answer>")
     assert ep.settings.refusal_message not in text and "again" not in text
 
@@ -117,7 +119,15 @@ def test_evidence_filter_keeps_only_trajectories_that_retrieved_the_answer(rows)
     assert X.retrieved_answer(broken) and X.retrieved_answer(out_of_turns)
     assert X.evidence_kept([a, broken, out_of_turns, guess], "clean") == [a]
     assert X.evidence_kept([a, broken, out_of_turns, guess], "trajectory") == [a, broken, out_of_turns]
-    with pytest.raises(ValueError, match="known: clean, trajectory, question, none"):
+    # correct: clean, and the episode's own answer is right (not only the gold pasted after it)
+    last = a.segments[-1]
+    wrong_answer = replace(a, segments=[*a.segments[:-1], replace(
+        last, text=last.text[:last.text.rfind("<answer>")] + "<answer>Nobody</answer>")])
+    assert wrong_answer.answer == "Nobody"
+    assert X.retrieved_answer(wrong_answer) and wrong_answer.finish == "answer"
+    assert X.evidence_kept([a, wrong_answer, broken, guess], "clean") == [a, wrong_answer]
+    assert X.evidence_kept([a, wrong_answer, broken, guess], "correct") == [a]
+    with pytest.raises(ValueError, match="known: correct, clean, trajectory, question, none"):
         X.evidence_kept(eps, "best")
     with pytest.raises(ValueError, match="evidence_filter"):
         X.ExSearchSettings(model="m", output_dir="o", evidence_filter="best")
@@ -129,24 +139,24 @@ def test_masked_tokens_contribute_exactly_zero_loss(tiny, rows):
     tok = AutoTokenizer.from_pretrained(tiny)
     model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
     eps = _oracle_episodes(rows, 2)
-    examples, skipped = X.make_examples(tok, eps, replace_answer=True, max_length=4096)
+    examples, skipped = XE.make_examples(tok, eps, replace_answer=True, max_length=4096)
     assert skipped == 0 and len(examples) == 2
     ex = examples[0]
-    prompt_ids = tok(X.prompt_text(tok, eps[0]), add_special_tokens=False)["input_ids"]
+    prompt_ids = tok(XE.prompt_text(tok, eps[0]), add_special_tokens=False)["input_ids"]
     assert ex.input_ids[:len(prompt_ids)] == prompt_ids
-    assert all(lab == X.IGNORE for lab in ex.labels[:len(prompt_ids)])
+    assert all(lab == XE.IGNORE for lab in ex.labels[:len(prompt_ids)])
     # labels are -100 exactly on prompt + injected tokens (the runner's own token mask)
     _, traj_mask = eps[0].token_ids(tok)
     n_injected = sum(1 for m in traj_mask if m == 0)
     assert n_injected > 0
-    n_ignored = sum(1 for lab in ex.labels if lab == X.IGNORE)
+    n_ignored = sum(1 for lab in ex.labels if lab == XE.IGNORE)
     injected_ids = sum(len(tok(t, add_special_tokens=False)["input_ids"])
-                       for t, k in X.gold_pieces(eps[0], eps[0].row["reward_model"]["ground_truth"]["target"][0])
+                       for t, k in XE.gold_pieces(eps[0], eps[0].row["reward_model"]["ground_truth"]["target"][0])
                        if k == "injected")
     assert injected_ids == n_injected and n_ignored == len(prompt_ids) + n_injected
 
     # gradient of the loss w.r.t. the logits: zero on every position whose target is masked
-    ids, labels, _, attention = X._batch(examples, tok.pad_token_id, "cpu")
+    ids, labels, _, attention = XO._batch(examples, tok.pad_token_id, "cpu")
     with torch.no_grad():
         base = model(input_ids=ids, attention_mask=attention).logits
     leaf = base.clone().requires_grad_(True)
@@ -167,10 +177,10 @@ def test_masked_tokens_contribute_exactly_zero_loss(tiny, rows):
         loss[0] = value
         value.backward()
 
-    X.weighted_loss(Fixed(), examples, tok.pad_token_id, n_questions=1, micro_batch=8,
+    XO.weighted_loss(Fixed(), examples, tok.pad_token_id, n_questions=1, micro_batch=8,
                     backward=backward)
     grad = leaf.grad[:, :-1].abs().sum(-1)          # position t predicts token t+1
-    target_masked = labels[:, 1:] == X.IGNORE
+    target_masked = labels[:, 1:] == XE.IGNORE
     assert torch.all(grad[target_masked] == 0)
     assert torch.all(grad[~target_masked] > 0)
     # and the value is the mean token NLL over model-written tokens only
@@ -219,9 +229,9 @@ def test_one_iteration_changes_weights_and_lowers_the_weighted_loss(tiny, rows, 
     # interrupted in the middle of the M-step, then resumed: the same result
     def crash(stage, phase, step):
         if phase == "mstep" and step == 1:
-            raise X.Interrupt("simulated crash")
+            raise XO.Interrupt("simulated crash")
 
-    with pytest.raises(X.Interrupt):
+    with pytest.raises(XO.Interrupt):
         X.train_exsearch(rows[:3], rows[4:5], _settings(tiny, tmp_path / "b"), hook=crash)
     assert not (tmp_path / "b" / "stages" / "iter-1").exists()   # nothing half-written
     resumed = X.train_exsearch(rows[:3], rows[4:5], _settings(tiny, tmp_path / "b"))
@@ -317,3 +327,23 @@ def test_an_iteration_whose_samples_found_no_evidence_trains_on_nothing(tiny, ro
     assert stage["examples"] == 0 and stage["step_losses"] == [] and stage["loss_before"] is None
     before, after = _model_state_of(tiny), _model_state(result.model_dir)
     assert all(torch.equal(before[k], after[k]) for k in after)
+
+
+def test_replay_trains_an_iteration_on_the_seeds_when_its_samples_are_filtered_out(tiny, rows, tmp_path):
+    """``replay``: the M-step of an iteration also trains on the seed trajectories of its
+    questions (weight ``replay / n`` per seed); with the random tiny model no sample survives the
+    filter, so the iteration's steps are the replayed seeds alone and they move the weights."""
+    settings = _settings(tiny, tmp_path / "r", evidence_filter="correct", seeds="oracle",
+                         warmup_epochs=1, replay=0.5, mstep_learning_rate=1e-3)
+    result = X.train_exsearch(rows[:2], rows[4:5], settings)
+    stage = json.loads((tmp_path / "r" / "stages" / "iter-1" / "stage.json").read_text())
+    assert stage["estep"]["episodes_kept"] == 0 and stage["examples"] == 0
+    assert stage["replay"]["examples"] == 2 and stage["replay"]["questions"] == 2
+    assert stage["examples_trained"] == 2 and len(stage["step_losses"]) == 1
+    warm = _model_state(tmp_path / "r" / "stages" / "warmup" / "model")
+    after = _model_state(result.model_dir)
+    assert any(not torch.equal(warm[k], after[k]) for k in after)
+    with pytest.raises(ValueError, match="replay needs seed"):
+        X.ExSearchSettings(model="m", output_dir="o", seeds="none", replay=1.0)
+    with pytest.raises(ValueError, match="mstep_learning_rate"):
+        X.ExSearchSettings(model="m", output_dir="o", mstep_learning_rate=0)

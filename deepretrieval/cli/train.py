@@ -96,6 +96,9 @@ def register_quickstart(sub) -> None:
     p.add_argument("--max-turns", type=int, default=3,
                    help="[agentic] model turns per episode, so at most max-turns - 1 searches (default 3)")
     p.add_argument("--train-limit", type=int, help="[agentic] use only the first N train questions")
+    p.add_argument("--warm-start", action="store_true",
+                   help="[agentic] fine-tune on the oracle trajectories first, then GRPO with an EM "
+                        "reward; EM gain over the warm start with a paired bootstrap interval")
     p.add_argument("--eval-max-new-tokens", type=int,
                    help="longest completion when evaluating (default: Boolean 40, scifact 64)")
     p.add_argument("--batch-size", "--eval-batch-size", dest="eval_batch_size", type=int, default=16)

@@ -32,13 +32,15 @@ from deepretrieval.core.tables import RewardTable
 from deepretrieval.data.closed_world import closed_world_rows
 from deepretrieval.tasks.agentic import CLOSED_BOOK, NAIVE_RAG
 from deepretrieval.generation.models import resolve_model
+from deepretrieval.core.bootstrap import paired_bootstrap
+from deepretrieval.train import agentic_recipe as recipe
 from deepretrieval.train.quickstart_frame import Frame, format_table
 from deepretrieval.train.quickstart_frame import command_line as frame_command
 from deepretrieval.train.trl_agent import AgentRollout
 from deepretrieval.train.trl_engine import TRLSettings, train_trl
 
 TASK = "agent_closedworld"
-ZERO_SHOT, TRAINED = "zero-shot agent", "trained agent"
+ZERO_SHOT, WARM, TRAINED = "zero-shot agent", "warm start", "trained agent"
 #: The training reward: answer F1, +0.1 for giving an answer, +0.3 when a retrieved passage holds
 #: the gold answer — answered or not, so that a good search pays before the answer format is learnt.
 QUICKSTART_TABLE = RewardTable(metric="f1", linear=True, format_ok=0.1, bonus_metric="hit",
@@ -56,7 +58,8 @@ def quickstart_settings(max_turns: int = 3, top_k: int = 2) -> P.AgentSettings:
 
 def quickstart_rows(split: str, *, prefill: str = P.SEARCH_OPEN, max_turns: int = 3, top_k: int = 2,
                     limit: int | None = None) -> list[dict[str, Any]]:
-    """Closed-world rows of a split with the quickstart's protocol settings and prefill."""
+    """Closed-world rows of a split with the quickstart's protocol settings and prefill ("" for
+    none: the warm start's oracle trajectories open with their own ``<think>``)."""
     rows = closed_world_rows(get_task(TASK), split, settings=quickstart_settings(max_turns, top_k))
     for row in rows:
         row["extra_info"]["prefill"] = prefill
@@ -115,19 +118,21 @@ def command_line(args) -> str:
 
 OPTIONS = ("model", "out", "steps", "lr", "temperature", "prompts_per_step", "num_generations",
            "max_new_tokens", "turn_tokens", "max_turns", "seed", "threads", "limit", "train_limit")
-FLAGS = ("lora", "no_plot")
+FLAGS = ("lora", "warm_start", "no_plot")
 
 
 def run_agentic_quickstart(args) -> int:
     """The agentic quickstart with the options of ``deepretrieval quickstart --agentic``."""
-    frame = Frame(args, title="agentic quickstart", steps=5, command=command_line(args))
+    frame = Frame(args, title="agentic quickstart", steps=6 if args.warm_start else 5,
+                  command=command_line(args))
     out = frame.out
 
     frame.step("Indexing the closed-world corpus (BM25, generated, seed 0) …")
     t = time.time()
     index = open_index(get_task(TASK).index)
-    train_rows = quickstart_rows("train", max_turns=args.max_turns, limit=args.train_limit)
-    test_rows = quickstart_rows("test", max_turns=args.max_turns, limit=args.limit)
+    prefill = "" if args.warm_start else P.SEARCH_OPEN
+    train_rows = quickstart_rows("train", prefill=prefill, max_turns=args.max_turns, limit=args.train_limit)
+    test_rows = quickstart_rows("test", prefill=prefill, max_turns=args.max_turns, limit=args.limit)
     print(f"    {len(index.doc_ids)} passages in {time.time() - t:.1f}s; {len(train_rows)} train "
           f"questions, {len(test_rows)} held-out test questions (1–3 hops)")
 
@@ -139,17 +144,24 @@ def run_agentic_quickstart(args) -> int:
     t = time.time()
     zero = evaluate_agent(model, test_rows, out_dir=out / "eval_zero_shot", name=ZERO_SHOT, **eval_kw)
     print(f"    done in {time.time() - t:.0f}s")
+    start, table_for_grpo, warm = model, QUICKSTART_TABLE, None
+    if args.warm_start:
+        frame.step("Warm start: fine-tuning on the closed world's oracle trajectories …")
+        warm_dir, warm_summary, warm_records = recipe.warm_start(
+            model, train_rows, test_rows, out / "warm_start", turn_tokens=args.turn_tokens,
+            batch_size=args.eval_batch_size, seed=args.seed, progress=settings.progress_enabled())
+        start, table_for_grpo, warm = str(warm_dir), recipe.WARM_TABLE, (warm_summary, warm_records)
 
     frame.step(f"Agentic GRPO (TRL rollout_func, injected tokens masked): {args.steps} steps × "
                f"{args.prompts_per_step} questions × {args.num_generations} episodes …")
     t = time.time()
     trl_settings = TRLSettings(
-        model=model, output_dir=str(out / "train"), steps=args.steps, learning_rate=args.lr,
+        model=start, output_dir=str(out / "train"), steps=args.steps, learning_rate=args.lr,
         prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
         max_completion_length=args.max_new_tokens, temperature=args.temperature, lora=args.lora,
         seed=args.seed, bf16=False, save_steps=0, progress=settings.progress_enabled(),
         extra={"gradient_checkpointing": False})
-    rollout = AgentRollout(turn_tokens=args.turn_tokens, table=QUICKSTART_TABLE,
+    rollout = AgentRollout(turn_tokens=args.turn_tokens, table=table_for_grpo,
                            batch_size=args.eval_batch_size, seed=args.seed)
     result = train_trl(train_rows, trl_settings, rollout=rollout)
     train_seconds = time.time() - t
@@ -161,10 +173,16 @@ def run_agentic_quickstart(args) -> int:
 
     frame.step(f"Results ({len(test_rows)} held-out closed-world questions, greedy)")
     systems = {CLOSED_BOOK: zero["systems"][CLOSED_BOOK], NAIVE_RAG: zero["systems"][NAIVE_RAG],
-               ZERO_SHOT: zero["summary"], TRAINED: trained["summary"]}
+               ZERO_SHOT: zero["summary"], **({WARM: warm[0]} if warm else {}),
+               TRAINED: trained["summary"]}
     table = [{"": name, **{k: s.get(k) for k, _ in COLUMNS}} for name, s in systems.items()]
     print(format_table(table, COLUMNS, percent=("format_error_rate",), digits=3, first=18, width=11,
                        percent_digits=0))
+    gain = None
+    if warm:
+        gain = paired_bootstrap([r["metrics"]["em"] for r in trained["records"]],
+                                [r["metrics"]["em"] for r in warm[1]], seed=args.seed)
+        print(f"\nEM trained − warm start: {gain}, paired over {gain.n} questions")
     before = behaviour(zero["records"], test_rows)
     after = behaviour(trained["records"], test_rows)
     print("\nwhat the agent does        zero-shot   trained")
@@ -182,8 +200,10 @@ def run_agentic_quickstart(args) -> int:
     plot = frame.curve(result.history, metric="f1", title="agentic GRPO on the closed world")
     results = {"task": TASK, "model": args.model, "model_path": model,
                "steps": args.steps, "train_rows": len(train_rows),
-               "test_rows": len(test_rows), "reward_table": QUICKSTART_TABLE.__dict__,
-               "agent": quickstart_settings(args.max_turns).to_dict(), "prefill": P.SEARCH_OPEN,
+               "test_rows": len(test_rows), "reward_table": table_for_grpo.__dict__,
+               "warm_start": recipe.WARM_START if warm else None,
+               "em_gain_over_warm_start": gain.to_dict() if gain else None,
+               "agent": quickstart_settings(args.max_turns).to_dict(), "prefill": prefill,
                "turn_tokens": args.turn_tokens, "completion_budget": args.max_new_tokens,
                "train_seconds": round(train_seconds, 1),
                "table": table, "systems": systems, "behaviour": {ZERO_SHOT: before, TRAINED: after},

@@ -1,4 +1,6 @@
-"""ExSearch: a search agent trained by generalised EM instead of RL (arXiv 2505.20128).
+"""ExSearch: a search agent trained by generalised EM instead of RL (arXiv 2505.20128) — the
+settings, the E-step and the staged loop; training sequences in :mod:`.examples`, weights and
+losses in :mod:`.objective`.
 
 The agent's trajectory ``z`` (think, search, record, …) is a latent variable between the question
 ``x`` and the answer ``y``. One iteration:
@@ -40,9 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -66,30 +66,36 @@ from deepretrieval.agent.seeds import (
 )
 from deepretrieval.catalog import get_task
 from deepretrieval.core import agent_protocol as P
-from deepretrieval.core.io import atomic_dir, write_atomic
+from deepretrieval.core.io import atomic_dir, save_figure, write_atomic
 from deepretrieval.core.qa_metrics import exact_match
 from deepretrieval.generation.decoding import Decoding
 from deepretrieval.generation.local import TransformersGenerator
 from deepretrieval.tasks.agentic import blocks_hold_answer
 from deepretrieval.train.export import save_hf
+from deepretrieval.train.exsearch.examples import Example, make_examples, question_key
+from deepretrieval.train.exsearch.objective import (
+    answer_logliks,
+    fit,
+    importance_weights,
+    mean_weighted_loss,
+)
 from deepretrieval.train.trl_engine import bf16_supported
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100
 STAGES_DIR = "stages"
 #: Settings that must match when a run is resumed (the rest — iterations, evaluation size,
 #: progress — may change between runs).
 RESUME_KEYS = ("model", "samples", "temperature", "top_p", "max_new_tokens", "weight_temperature",
                "learning_rate", "warmup_epochs", "epochs", "questions_per_step", "lora", "seeds",
                "seed", "questions_per_iteration", "max_turns", "top_k", "min_weight", "max_length",
-               "evidence_filter", "micro_batch")
+               "evidence_filter", "micro_batch", "replay", "mstep_learning_rate")
 #: What a resumed run must train and evaluate on: the rows as given (after ``--task``,
 #: ``--data``, ``--limit``, ``--max-hops``), fingerprinted. Key → what the message names.
 RESUME_DATA = {"train_rows": "the training rows (--task, --data, --limit, --max-hops)",
                "eval_rows": "the evaluation rows (--task, --data, --eval-limit, --max-hops)"}
 #: ``evidence_filter`` values: which sampled trajectories the M-step may train on.
-EVIDENCE_FILTERS = ("clean", "trajectory", "question", "none")
+EVIDENCE_FILTERS = ("correct", "clean", "trajectory", "question", "none")
 
 
 @dataclass
@@ -115,11 +121,17 @@ class ExSearchSettings:
     min_weight: float = 1e-4            # trajectories weighted below this are not trained on
     evidence_filter: str = field(default="clean", metadata={  # (evidence_kept)
         "choices": EVIDENCE_FILTERS,
-        "help": "M-step data: clean (sampled trajectories that retrieved a passage holding the gold "
-                "answer, answered and made no invalid turn), trajectory (retrieved such a passage), "
-                "question (every sample of a question with such a trajectory) or none (every "
-                "sample)"})
+        "help": "M-step data: correct (clean samples whose own answer is right), clean (sampled "
+                "trajectories that retrieved a passage holding the gold answer, answered and made no "
+                "invalid turn), trajectory (retrieved such a passage), question (every sample of a "
+                "question with such a trajectory) or none (every sample)"})
     learning_rate: float = field(default=1e-5, metadata={"help": "learning rate", "flag": "--lr"})
+    mstep_learning_rate: float | None = field(default=None, metadata={
+        "help": "learning rate of the M-steps (unset: --lr, which the warm-up uses)",
+        "flag": "--mstep-lr"})
+    replay: float = field(default=0.0, metadata={
+        "help": "replay the seed trajectories of each iteration's questions in its M-step with this "
+                "total weight per question (0: off)"})
     warmup_epochs: int = field(default=1, metadata={"help": "warm-up epochs over the seeds"})
     epochs: int = field(default=1, metadata={"help": "M-step epochs per iteration"})
     questions_per_step: int = field(default=4, metadata={
@@ -165,8 +177,13 @@ class ExSearchSettings:
             raise ValueError("temperature must be > 0 (the E-step samples)")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
-        if self.learning_rate <= 0:
-            raise ValueError("learning_rate must be > 0")
+        if self.learning_rate <= 0 or (self.mstep_learning_rate is not None
+                                       and self.mstep_learning_rate <= 0):
+            raise ValueError("learning_rate and mstep_learning_rate must be > 0")
+        if self.replay < 0:
+            raise ValueError("replay must be >= 0")
+        if self.replay > 0 and self.seeds == "none":
+            raise ValueError("replay needs seed trajectories (seeds must not be none)")
         if self.questions_per_step < 1 or self.micro_batch < 1:
             raise ValueError("questions_per_step and micro_batch must be >= 1")
         if self.evidence_filter not in EVIDENCE_FILTERS:
@@ -185,281 +202,6 @@ class ExSearchSettings:
         data = asdict(self)
         data["extra"] = dict(self.extra)
         return data
-
-
-# ---------------------------------------------------------------------------------------------
-# weights
-
-def importance_weights(logliks: Sequence[float], groups: Sequence[Any], temperature: float = 1.0
-                       ) -> list[float]:
-    """Per-group softmax of ``loglik / temperature`` (see the module docstring): the weights of a
-    group sum to 1, a larger log-likelihood gets a larger weight, a group of one gets 1. A
-    trajectory with log-likelihood ``-inf`` gets 0 unless every one of its group is ``-inf``
-    (then they share the weight equally)."""
-    if len(logliks) != len(groups):
-        raise ValueError("one group per log-likelihood")
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0")
-    members: dict[Any, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
-    out = [0.0] * len(logliks)
-    for idx in members.values():
-        scaled = [float(logliks[i]) / temperature for i in idx]
-        if any(math.isnan(s) for s in scaled):
-            raise ValueError("a log-likelihood is NaN")
-        top = max(scaled)
-        if top == -math.inf:
-            for i in idx:
-                out[i] = 1.0 / len(idx)
-            continue
-        exps = [math.exp(s - top) for s in scaled]
-        total = sum(exps)
-        for i, e in zip(idx, exps):
-            out[i] = e / total
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# training examples
-
-@dataclass
-class Example:
-    """One training sequence: ids, labels (-100 on prompt and injected tokens), the positions of
-    the gold answer's tokens, the question it belongs to and its weight."""
-
-    input_ids: list[int]
-    labels: list[int]
-    answer_mask: list[int]
-    group: str
-    weight: float = 1.0
-    loglik: float | None = None
-    record: dict[str, Any] = field(default_factory=dict)
-
-
-def _cut_final_action(text: str) -> str:
-    """A model turn up to (not including) its last action tag (``<answer>`` / ``<search>``)."""
-    cut = max(text.rfind(P.ANSWER_OPEN), text.rfind(P.SEARCH_OPEN))
-    return text if cut < 0 else text[:cut]
-
-
-def gold_pieces(episode: Episode, gold: str) -> list[tuple[str, str]]:
-    """The episode as ``(text, kind)`` pieces with its final answer replaced by ``gold``; kinds:
-    ``model``, ``injected``, ``answer`` (the gold answer's text, scored for ``log p(y|x,z)``).
-    Everything after the last model turn (a refusal, say) is dropped, the last turn's action is
-    cut, and ``<answer>gold</answer>`` follows."""
-    segments = list(episode.segments)
-    while segments and segments[-1].injected:
-        segments.pop()
-    pieces: list[tuple[str, str]] = [(s.text, "injected" if s.injected else "model")
-                                     for s in segments[:-1]]
-    last = _cut_final_action(segments[-1].text) if segments else ""
-    pieces.append((last + P.ANSWER_OPEN, "model"))
-    pieces.append((gold, "answer"))
-    pieces.append((P.ANSWER_CLOSE, "model"))
-    return [(t, k) for t, k in pieces if t]
-
-
-def trajectory_pieces(episode: Episode) -> list[tuple[str, str]]:
-    """A seed episode as it is (its own final answer kept): model / injected pieces."""
-    return [(s.text, "injected" if s.injected else "model") for s in episode.segments if s.text]
-
-
-def prompt_text(tokenizer, episode: Episode) -> str:
-    """The chat template's rendering of the episode's messages + generation prompt + prefill:
-    exactly what the generator showed the model."""
-    if not episode.rollout.single_message:
-        raise ValueError(f"ExSearch trains episodes that are one assistant message (the tag "
-                         f"protocol), not the {episode.settings.protocol!r} protocol's messages; "
-                         f"prepare the rows with --protocol tags")
-    return tokenizer.apply_chat_template([dict(m) for m in episode.messages], tokenize=False,
-                                         add_generation_prompt=True) + episode.prefill
-
-
-def encode(tokenizer, prompt: str, pieces: Sequence[tuple[str, str]], *, eos: bool = True
-           ) -> tuple[list[int], list[int], list[int]]:
-    """``(input_ids, labels, answer_mask)``: the prompt and every piece tokenised on their own
-    (as :meth:`Episode.token_ids` does), labels -100 on prompt and ``injected`` tokens, the
-    tokenizer's end-of-sequence token (the end of the assistant turn) appended as a label."""
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    labels = [IGNORE] * len(ids)
-    answer = [0] * len(ids)
-    for text, kind in pieces:
-        if kind not in ("model", "injected", "answer"):
-            raise ValueError(f"unknown piece kind {kind!r}")
-        seg = tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids += seg
-        labels += [IGNORE] * len(seg) if kind == "injected" else seg
-        answer += [1 if kind == "answer" else 0] * len(seg)
-    if eos and tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-        labels.append(tokenizer.eos_token_id)
-        answer.append(0)
-    return ids, labels, answer
-
-
-def _group(row: Mapping[str, Any] | None) -> str:
-    info = (row or {}).get("extra_info") or {}
-    return str(info.get("query_id") or info.get("index") or info.get("query"))
-
-
-def make_examples(tokenizer, episodes: Sequence[Episode], *, replace_answer: bool,
-                  max_length: int) -> tuple[list[Example], int]:
-    """Examples of episodes (gold answer in place when ``replace_answer``); returns the examples
-    and how many were skipped for being longer than ``max_length`` tokens."""
-    out, skipped = [], 0
-    for ep in episodes:
-        gold = gold_answers(ep.row)[0]
-        pieces = gold_pieces(ep, gold) if replace_answer else trajectory_pieces(ep)
-        ids, labels, answer = encode(tokenizer, prompt_text(tokenizer, ep), pieces)
-        if len(ids) > max_length:
-            skipped += 1
-            continue
-        out.append(Example(ids, labels, answer, _group(ep.row), record={
-            "question": ((ep.row or {}).get("extra_info") or {}).get("query"), "gold": gold,
-            "trajectory": ep.text, "answer": ep.answer, "finish": ep.finish,
-            "n_search": ep.n_search, "queries": [s["query"] for s in ep.searches]}))
-    return out, skipped
-
-
-# ---------------------------------------------------------------------------------------------
-# forward passes
-
-def _batch(examples: Sequence[Example], pad_id: int, device):
-    import torch
-
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    answer = torch.zeros((len(examples), width), dtype=torch.long)
-    attention = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        answer[i, :n] = torch.tensor(e.answer_mask)
-        attention[i, :n] = 1
-    return ids.to(device), labels.to(device), answer.to(device), attention.to(device)
-
-
-def token_logprobs(model, ids, attention, labels):
-    """Log-probability of each label token given the tokens before it: ``[B, T-1]`` (0 where the
-    label is -100), and the mask of scored positions."""
-    import torch
-
-    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
-    target = labels[:, 1:]
-    mask = target != IGNORE
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return logp * mask, mask
-
-
-def answer_logliks(model, examples: Sequence[Example], pad_id: int, *, micro_batch: int = 4
-                   ) -> list[float]:
-    """``log p(y | x, z)`` of each example: the summed log-probability of its gold-answer tokens."""
-    import torch
-
-    device = next(model.parameters()).device
-    out: list[float] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(examples), micro_batch):
-                chunk = examples[start:start + micro_batch]
-                ids, labels, answer, attention = _batch(chunk, pad_id, device)
-                logp, _ = token_logprobs(model, ids, attention, labels)
-                picked = (logp * answer[:, 1:]).sum(-1)
-                out += [float(v) for v in picked]
-    finally:
-        model.train(was_training)
-    return out
-
-
-def weighted_loss(model, examples: Sequence[Example], pad_id: int, *, n_questions: int,
-                  micro_batch: int = 4, backward: Callable | None = None) -> float:
-    """``1/n_questions * sum_i w_i * mean-token NLL_i`` over ``examples`` (labels -100 excluded).
-    With ``backward``, each micro-batch's share is back-propagated (gradients accumulate)."""
-    import torch
-
-    device = next(model.parameters()).device
-    total = 0.0
-    for start in range(0, len(examples), micro_batch):
-        chunk = examples[start:start + micro_batch]
-        ids, labels, _, attention = _batch(chunk, pad_id, device)
-        weights = torch.tensor([e.weight for e in chunk], dtype=torch.float32, device=device)
-        if backward is None:
-            with torch.no_grad():
-                logp, mask = token_logprobs(model, ids, attention, labels)
-        else:
-            logp, mask = token_logprobs(model, ids, attention, labels)
-        nll = -(logp.sum(-1)) / mask.sum(-1).clamp(min=1)
-        loss = (weights * nll).sum() / n_questions
-        if backward is not None:
-            backward(loss)
-        total += float(loss.detach())
-    return total
-
-
-def mean_weighted_loss(model, examples: Sequence[Example], pad_id: int, micro_batch: int = 4) -> float:
-    """The M-step objective over a whole set of examples (no gradients): per question the
-    weighted NLL, averaged over questions."""
-    if not examples:
-        return float("nan")
-    n_questions = len({e.group for e in examples})
-    was = model.training
-    model.eval()
-    try:
-        return weighted_loss(model, examples, pad_id, n_questions=n_questions, micro_batch=micro_batch)
-    finally:
-        model.train(was)
-
-
-class Interrupt(Exception):
-    """Raised by a test hook to simulate a crash in the middle of a stage."""
-
-
-def fit(model, examples: Sequence[Example], pad_id: int, *, accelerator, optimizer, epochs: int,
-        questions_per_step: int, micro_batch: int, seed: int, groups: Sequence[str] | None = None,
-        on_step: Callable[[int], None] | None = None, label: str | None = None) -> list[float]:
-    """Weighted fine-tuning: per epoch, questions shuffled (seeded), one optimizer step per
-    ``questions_per_step`` questions with all their examples. Returns the step losses.
-
-    ``groups``: the questions this process was given (default: those of the examples). Every
-    process of a distributed run is given as many, so all take the same number of steps; a step
-    whose questions left no example runs a zero-loss forward (gradients are still averaged).
-    ``label``: print a progress line per optimizer step under this name."""
-    by_group: dict[str, list[Example]] = {}
-    for e in examples:
-        by_group.setdefault(e.group, []).append(e)
-    groups = sorted(set(groups) if groups is not None else by_group)
-    rng = random.Random(seed)
-    losses: list[float] = []
-    model.train()
-    step = 0
-    total = max(0, epochs) * math.ceil(len(groups) / questions_per_step)
-    started = time.time()
-    for _ in range(max(0, epochs)):
-        order = groups[:]
-        rng.shuffle(order)
-        for start in range(0, len(order), questions_per_step):
-            chosen = order[start:start + questions_per_step]
-            batch = [e for g in chosen for e in by_group.get(g, ())]
-            if not batch:
-                batch = [Example([pad_id, pad_id], [IGNORE, IGNORE], [0, 0], "", 0.0)]
-            optimizer.zero_grad(set_to_none=True)
-            loss = weighted_loss(model, batch, pad_id, n_questions=len(chosen),
-                                 micro_batch=micro_batch, backward=accelerator.backward)
-            optimizer.step()
-            step += 1
-            losses.append(loss)
-            if label:
-                print(f"[exsearch] {label}: step {step}/{total}  weighted loss {loss:.3f}  "
-                      f"({time.time() - started:.0f}s)", flush=True)
-            if on_step is not None:
-                on_step(step)
-    optimizer.zero_grad(set_to_none=True)
-    return losses
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,6 +259,38 @@ def _write_curve(out: Path) -> list[dict[str, Any]]:
     write_atomic(out / "curve.json", json.dumps(rows, indent=2))
     write_atomic(out / "curve.md", _curve_md(curve))
     return curve
+
+
+def plot_stages(curve: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+                title: str = "ExSearch on the closed world") -> Path:
+    """EM and F1 of each stage's evaluation (left axis) and searches per question (right axis),
+    the first trained stage's EM as a dotted level line: what a later stage must stay above."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s["stage"] for s in curve]
+    evals = [s.get("eval") or {} for s in curve]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = range(len(names))
+    ax.plot(xs, [e.get("em") for e in evals], marker="o", label="EM", color="tab:blue")
+    ax.plot(xs, [e.get("f1") for e in evals], marker="s", label="F1", color="tab:green")
+    first = next((e.get("em") for s, e in zip(curve, evals) if s["stage"] != "zero-shot"), None)
+    if first is not None:
+        ax.axhline(first, color="tab:gray", linestyle=":", label=f"first trained stage, EM {first:.3f}")
+    ax.set_xticks(list(xs), names)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("EM / F1 (held-out questions)")
+    ax2 = ax.twinx()
+    ax2.plot(xs, [e.get("n_search") for e in evals], marker="^", linestyle="--", color="tab:red",
+             label="searches per question")
+    ax2.set_ylabel("searches per question")
+    ax2.set_ylim(0, max([e.get("n_search") or 0 for e in evals] + [1]) * 1.2)
+    lines, lines2 = ax.get_legend_handles_labels(), ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower left", fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def _row_settings(rows, settings: ExSearchSettings) -> P.AgentSettings | None:
@@ -630,6 +404,7 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
         with (atomic_dir(target) if main else tempfile.TemporaryDirectory()) as tmp_name:
             tmp = Path(tmp_name)
             samples: list[Example] = []
+            replayed: list[Example] = []
             if name != "zero-shot":
                 if name == "warmup":
                     if hook:
@@ -637,7 +412,7 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
                     share = _shard(train_rows, accelerator)
                     mine, report = _seed_episodes(settings, share, searcher)
                     info["seeds"] = report      # (distributed: the main process's share)
-                    questions = {_group(r) for r in share}
+                    questions = {question_key(r) for r in share}
                     samples, skipped = make_examples(tokenizer, mine, replace_answer=False,
                                                      max_length=settings.max_length)
                     sizes: dict[str, int] = {}
@@ -650,7 +425,7 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
                     iteration = int(name.split("-")[1])
                     rows = _iteration_rows(train_rows, settings, iteration, n_train)
                     rows = _shard(rows, accelerator)
-                    questions = {_group(r) for r in rows}
+                    questions = {question_key(r) for r in rows}
                     if hook:
                         hook(name, "estep", 0)
                     samples, skipped, estats = e_step(model, tokenizer, rows, settings, searcher,
@@ -661,12 +436,19 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
                         # steps only over the questions the evidence filter kept (a distributed
                         # run keeps every process's share so that all take the same steps)
                         questions = {e.group for e in samples}
+                    if settings.replay > 0:
+                        replayed, replay_report = replay_examples(tokenizer, rows, settings, searcher)
+                        info["replay"] = {**replay_report, "examples": len(replayed),
+                                          "questions": len({e.group for e in replayed})}
+                        questions |= {e.group for e in replayed}
                     epochs = settings.epochs
                 info["skipped_too_long"] = skipped
-                train_on = [e for e in samples if e.weight >= settings.min_weight]
+                train_on = [e for e in samples if e.weight >= settings.min_weight] + replayed
                 info["examples"] = len(samples)
                 info["examples_trained"] = len(train_on)
-                model, optimizer = _prepare(model, settings, accelerator)
+                model, optimizer = _prepare(model, settings, accelerator,
+                                            lr=settings.learning_rate if name == "warmup"
+                                            else settings.mstep_learning_rate or settings.learning_rate)
                 info["loss_before"] = mean_weighted_loss(model, samples, pad_id, settings.micro_batch) \
                     if samples else None
                 steps = fit(model, train_on, pad_id, accelerator=accelerator, optimizer=optimizer,
@@ -715,6 +497,8 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
                      if info.get("loss_before") is not None else "")
                   + f"  ({info['seconds']:.0f}s)", flush=True)
     curve = read_curve(out)
+    if main and curve:
+        plot_stages(curve, out / "curve.png")
     last = next((s["stage"] for s in reversed(curve) if s["stage"] != "zero-shot"), None)
     model_dir = out / STAGES_DIR / last / "model" if last else Path(settings.model)
     return ExSearchResult(out, model_dir, curve, time.time() - t0, main)
@@ -735,7 +519,7 @@ def _iteration_rows(rows, settings: ExSearchSettings, iteration: int, n: int):
     return [rows[(start + i) % n] for i in range(per)]
 
 
-def _prepare(model, settings: ExSearchSettings, accelerator):
+def _prepare(model, settings: ExSearchSettings, accelerator, *, lr: float):
     import torch
 
     if settings.lora:
@@ -743,7 +527,7 @@ def _prepare(model, settings: ExSearchSettings, accelerator):
         model = get_peft_model(model, LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=settings.learning_rate, weight_decay=0.0)
+                                  lr=lr, weight_decay=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     return model, optimizer
 
@@ -767,6 +551,10 @@ def evidence_kept(episodes: Sequence[Episode], how: str,
     """The episodes the M-step may learn from under ``evidence_filter`` = ``how`` (``found``:
     :func:`retrieved_answer` of each episode, when the caller has already computed it):
 
+    * ``correct`` — ``clean`` trajectories whose own final answer is right (exact match): the
+      M-step reinforces only what the policy already got right from its evidence, never the gold
+      answer pasted after a search that stopped short (the measured failure of ``clean``:
+      docs/agentic.md, ExSearch);
     * ``clean`` — trajectories that retrieved a passage holding a gold answer, ended with their
       own final answer (not the turn or token budget) and made no invalid turn: the M-step then
       learns only well-formed turns that lead to evidence and an answer;
@@ -781,13 +569,16 @@ def evidence_kept(episodes: Sequence[Episode], how: str,
         return list(episodes)
     if found is None:
         found = [retrieved_answer(ep) for ep in episodes]
-    if how == "clean":
-        return [ep for ep, f in zip(episodes, found)
-                if f and ep.finish == "answer" and all(a.kind != "invalid" for a in ep.actions)]
+    if how in ("clean", "correct"):
+        clean = [ep for ep, f in zip(episodes, found)
+                 if f and ep.finish == "answer" and all(a.kind != "invalid" for a in ep.actions)]
+        if how == "clean":
+            return clean
+        return [ep for ep in clean if exact_match(ep.answer, gold_answers(ep.row))]
     if how == "trajectory":
         return [ep for ep, f in zip(episodes, found) if f]
-    with_evidence = {_group(ep.row) for ep, f in zip(episodes, found) if f}
-    return [ep for ep in episodes if _group(ep.row) in with_evidence]
+    with_evidence = {question_key(ep.row) for ep, f in zip(episodes, found) if f}
+    return [ep for ep in episodes if question_key(ep.row) in with_evidence]
 
 
 def e_step(model, tokenizer, rows, settings: ExSearchSettings, searcher,
@@ -820,10 +611,26 @@ def e_step(model, tokenizer, rows, settings: ExSearchSettings, searcher,
              "mean_searches": sum(ep.n_search for ep in episodes) / max(len(episodes), 1),
              "evidence_filter": settings.evidence_filter,
              "episodes_kept": len(kept),
-             "questions_kept": len({_group(ep.row) for ep in kept}),
+             "questions_kept": len({question_key(ep.row) for ep in kept}),
              "mean_loglik": sum(logliks) / max(len(logliks), 1) if logliks else None,
              "max_weight_mean": _mean_max_weight(examples)}
     return examples, skipped, stats
+
+
+def replay_examples(tokenizer, rows, settings: ExSearchSettings, searcher
+                    ) -> tuple[list[Example], dict[str, Any]]:
+    """The warm-up's seed trajectories of ``rows``, weighted ``settings.replay / n`` per question
+    (``n`` = its seeds), replayed in an M-step beside the sampled ones: the seeds anchor the
+    behaviour the warm-up taught (one search per hop) while the policy learns from its samples."""
+    episodes, report = _seed_episodes(settings, rows, searcher)
+    examples, skipped = make_examples(tokenizer, episodes, replace_answer=False,
+                                      max_length=settings.max_length)
+    sizes: dict[str, int] = {}
+    for e in examples:
+        sizes[e.group] = sizes.get(e.group, 0) + 1
+    for e in examples:
+        e.weight = settings.replay / sizes[e.group]
+    return examples, {"seeds": report, "skipped_too_long": skipped}
 
 
 def _mean_max_weight(examples: Sequence[Example]) -> float | None:
