@@ -4,21 +4,10 @@ import json
 import pytest
 
 from deepretrieval.agent.evaluate import evaluate_agent
-from deepretrieval.catalog import bundled_rows, get_task
 from deepretrieval.data.closed_world import OraclePolicy
 from deepretrieval.tasks.agentic import CLOSED_BOOK, NAIVE_RAG
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from deepretrieval.testing.tiny_model import tiny_model_path
-    return str(tiny_model_path(tmp_path_factory.getbasetemp() / "tiny-models"))
-
-
-@pytest.fixture(scope="module")
-def rows():
-    task = get_task("agent_closedworld")
-    return bundled_rows(task.name, "test")
+pytestmark = pytest.mark.rows("agent_closedworld", "test")
 
 
 def _lines(path):

@@ -12,18 +12,14 @@ from deepretrieval.core.results import SearchError
 from deepretrieval.search.bm25 import BM25Index
 
 
-@pytest.fixture(scope="module")
-def claims():
-    return list(load_queries(collection_dir("scifact")).values())[:50]
-
-
 def test_index_info_and_size(scifact_index):
     info = scifact_index.info()
     assert info["num_docs"] == 5183 and info["type"] == "bm25"
     assert info["scoring"] in ("numba", "numpy")
 
 
-def test_batched_search_equals_one_by_one(scifact_index, claims):
+def test_batched_search_equals_one_by_one(scifact_index, scifact_claims):
+    claims = scifact_claims[:50]
     batched = scifact_index.search(claims, 100)
     for claim, result in zip(claims[:10], batched[:10]):
         single = scifact_index.search([claim], 100)[0]
@@ -31,8 +27,8 @@ def test_batched_search_equals_one_by_one(scifact_index, claims):
         assert single.scores == pytest.approx(result.scores)
 
 
-def test_depth_3000_scores_sorted_and_positive(scifact_index, claims):
-    result = scifact_index.search([claims[0]], 3000)[0]
+def test_depth_3000_scores_sorted_and_positive(scifact_index, scifact_claims):
+    result = scifact_index.search([scifact_claims[0]], 3000)[0]
     assert 0 < len(result.ids) <= 3000
     assert len(set(result.ids)) == len(result.ids)
     assert all(a >= b for a, b in zip(result.scores, result.scores[1:]))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepretrieval.core.beir_files import load_corpus, load_queries
+from deepretrieval.core.beir_files import load_corpus
 from deepretrieval.core.bundled import collection_dir
 from deepretrieval.search import load_index_dir
 from deepretrieval.search.bm25 import BM25Index
@@ -33,11 +33,6 @@ MATRIX = ("data", "indices", "indptr", "term_max", "block_max", "block_ptr")
 @pytest.fixture(scope="module")
 def scifact_docs():
     return list(load_corpus(collection_dir("scifact")))
-
-
-@pytest.fixture(scope="module")
-def claims():
-    return list(load_queries(collection_dir("scifact")).values())
 
 
 def generated_docs(n: int, vocab: int = 300, seed: int = 0) -> list[dict]:
@@ -218,9 +213,9 @@ def test_peak_memory_is_bounded_by_the_setting_not_the_corpus(tmp_path):
 
 # ---- kernels ---------------------------------------------------------------------------------
 
-def test_pruned_kernel_equals_exhaustive_on_scifact(scifact_index, claims):
+def test_pruned_kernel_equals_exhaustive_on_scifact(scifact_index, scifact_claims):
     index = scifact_index
-    queries = claims + ["cancer cancer cell cell cell", "protein " * 50, "the of zzzqqq"]
+    queries = scifact_claims + ["cancer cancer cell cell cell", "protein " * 50, "the of zzzqqq"]
     for k in (1, 3, 10, 100):
         ex = index.search(queries, k, kernel="exhaustive")
         pr = index.search(queries, k, kernel="pruned")
@@ -269,7 +264,7 @@ def test_kernel_choice_is_automatic_and_overridable(scifact_index, monkeypatch):
 
 # ---- shards ------------------------------------------------------------------------------------
 
-def test_shards_merge_into_exactly_one_index(scifact_docs, claims, tmp_path):
+def test_shards_merge_into_exactly_one_index(scifact_docs, scifact_claims, tmp_path):
     build_index(scifact_docs, tmp_path / "one", name="one", show_progress=False)
     build_index(scifact_docs, tmp_path / "three", name="three", shards=3, workers=2,
                 show_progress=False, chunk_bytes=2_000_000, merge_postings=20_000)
@@ -278,26 +273,26 @@ def test_shards_merge_into_exactly_one_index(scifact_docs, claims, tmp_path):
     assert meta["type"] == "sharded" and len(meta["shards"]) == 3
     assert three.info()["shards"] == 3
     for k in (3, 10, 1000):
-        a = one.search(claims, k, return_text=(k == 3))
-        b = three.search(claims, k, return_text=(k == 3))
+        a = one.search(scifact_claims, k, return_text=(k == 3))
+        b = three.search(scifact_claims, k, return_text=(k == 3))
         assert [(r.ids, r.scores) for r in a] == [(r.ids, r.scores) for r in b], k
         if k == 3:
             assert [r.texts for r in a] == [r.texts for r in b]
-    ranks = [one.search(claims[:50], 500, options={"answers": ["cell", "protein"]}),
-             three.search(claims[:50], 500, options={"answers": ["cell", "protein"]})]
+    ranks = [one.search(scifact_claims[:50], 500, options={"answers": ["cell", "protein"]}),
+             three.search(scifact_claims[:50], 500, options={"answers": ["cell", "protein"]})]
     assert [r.info for r in ranks[0]] == [r.info for r in ranks[1]]
     assert {r.info["first_answer_rank"] for r in ranks[0]} - {None}
 
 
 # ---- the evidence option -----------------------------------------------------------------------
 
-def test_answers_option_gives_the_evidence_rank(scifact_index, claims):
+def test_answers_option_gives_the_evidence_rank(scifact_index, scifact_claims):
     from deepretrieval.tasks.evidence import first_answer_rank
 
     answers = [["cancer"], ["vitamin D", "bone"], ["The"], [""], ["zzzz qqqq"], ["T cells"]]
     for ans in answers:
-        with_text = scifact_index.search(claims[:40], 300, return_text=True)
-        ranked = scifact_index.search(claims[:40], 300, options={"answers": ans})
+        with_text = scifact_index.search(scifact_claims[:40], 300, return_text=True)
+        ranked = scifact_index.search(scifact_claims[:40], 300, options={"answers": ans})
         for a, b in zip(with_text, ranked):
             assert b.texts is None and a.ids == b.ids
             assert b.info["first_answer_rank"] == first_answer_rank(a.texts, ans, 300)
@@ -309,7 +304,7 @@ def test_answers_option_gives_the_evidence_rank(scifact_index, claims):
 
 # ---- format 1, DPR TSV -------------------------------------------------------------------------
 
-def test_format_1_index_still_loads(scifact_docs, claims, tmp_path):
+def test_format_1_index_still_loads(scifact_docs, scifact_claims, tmp_path):
     """An index as the previous version wrote it (bm25s's files, doc_ids.json, texts.jsonl.gz)."""
     import bm25s
     import Stemmer
@@ -335,7 +330,8 @@ def test_format_1_index_still_loads(scifact_docs, claims, tmp_path):
     build_index(docs, tmp_path / "v2", name="v2", show_progress=False)
     v1, v2 = load_index_dir(old), load_index_dir(tmp_path / "v2")
     for k in (10, 1000):
-        a, b = v1.search(claims, k, return_text=True), v2.search(claims, k, return_text=True)
+        a = v1.search(scifact_claims, k, return_text=True)
+        b = v2.search(scifact_claims, k, return_text=True)
         assert [(r.ids, r.scores, r.texts) for r in a] == [(r.ids, r.scores, r.texts) for r in b]
 
 

@@ -5,7 +5,6 @@ import math
 import pytest
 
 from deepretrieval.agent.runner import run_rows
-from deepretrieval.catalog import bundled_rows
 from deepretrieval.core import agent_protocol as P
 from deepretrieval.data.closed_world import OraclePolicy
 from deepretrieval.train import exsearch as X
@@ -14,16 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from deepretrieval.testing.tiny_model import tiny_model_path
-    return str(tiny_model_path(tmp_path_factory.getbasetemp() / "tiny-models"))
-
-
-@pytest.fixture(scope="module")
-def rows():
-    return bundled_rows("agent_closedworld", "train")
+pytestmark = pytest.mark.rows("agent_closedworld", "train")
 
 
 # ---- weights -------------------------------------------------------------------------------

@@ -28,12 +28,6 @@ CASES = [("model_load", "SIGINT", False), ("trainer_init", "SIGTERM", False),
          ("generation", "SIGINT", True), ("generation", "SIGTERM", True), ("save", "SIGINT", False)]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from deepretrieval.testing.tiny_model import build_tiny_model
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny")
-
-
 def _port_closed(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)

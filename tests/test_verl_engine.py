@@ -18,12 +18,6 @@ from deepretrieval.train import verl as launcher  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from deepretrieval.testing.tiny_model import build_tiny_model
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
-
-
-@pytest.fixture(scope="module")
 def scifact_parquet(tmp_path_factory):
     from deepretrieval.catalog import bundled_rows
     from deepretrieval.data.rows import write_parquet
