@@ -112,6 +112,7 @@ def test_tokenizer_equals_bm25s_on_hard_text():
 
 # ---- chunks, workers, resume, memory ----------------------------------------------------------
 
+@pytest.mark.slow
 def test_chunked_build_in_workers_equals_one_chunk(scifact_docs, tmp_path):
     build_index(scifact_docs, tmp_path / "one", name="s", workers=0, show_progress=False,
                 chunk_bytes=1 << 40)
@@ -127,6 +128,7 @@ def test_chunked_build_in_workers_equals_one_chunk(scifact_docs, tmp_path):
     assert index.texts[0].startswith("Title 0 ") and index.doc_ids[2999] == "d2999"
 
 
+@pytest.mark.slow
 def test_interrupted_build_resumes_from_its_chunks(tmp_path):
     docs = generated_docs(3000, seed=3)
     build_index(docs, tmp_path / "whole", name="g", workers=0, show_progress=False,
@@ -170,6 +172,7 @@ def test_build_errors(tmp_path):
                     show_progress=False)
 
 
+@pytest.mark.slow
 def test_peak_memory_is_bounded_by_the_setting_not_the_corpus(tmp_path):
     """Two builds with the same 400 MB budget, of 20k and 100k documents of 100 words (5x the
     text; ~2 vs ~10 chunks of ~5.5 MB): the main process's and the workers' peaks stay under the
@@ -264,6 +267,7 @@ def test_kernel_choice_is_automatic_and_overridable(scifact_index, monkeypatch):
 
 # ---- shards ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_shards_merge_into_exactly_one_index(scifact_docs, scifact_claims, tmp_path):
     build_index(scifact_docs, tmp_path / "one", name="one", show_progress=False)
     build_index(scifact_docs, tmp_path / "three", name="three", shards=3, workers=2,

@@ -90,6 +90,7 @@ def test_third_party_info_is_silenced_unless_verbose(capsys):
         logging.getLogger("deepretrieval").setLevel(logging.NOTSET)
 
 
+@pytest.mark.slow
 def test_no_traceback_in_a_real_process(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "deepretrieval.cli", "search", "--index",
                            "no_such_index_xyz", "q"], capture_output=True, text=True,

@@ -18,6 +18,7 @@ def _score(rows, episodes):
                         for r, e in zip(rows, episodes)])
 
 
+@pytest.mark.slow
 def test_deterministic_across_processes():
     code = "from deepretrieval.data.closed_world import generate_world; print(generate_world(0).digest())"
     env = {**os.environ, "PYTHONHASHSEED": "123"}

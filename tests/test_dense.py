@@ -24,6 +24,8 @@ from deepretrieval.search.dense import (DenseIndex, EncoderConfig, HNSWParams, e
 from deepretrieval.data.bundled import scifact_dense_index
 from deepretrieval.train.trl_engine import bf16_supported
 
+pytestmark = pytest.mark.slow
+
 #: bfloat16 only where the CPU has it natively (AVX512-BF16/AMX); emulated it is ~10x slower
 FAST = {"precision": "bfloat16" if bf16_supported() else "float32", "max_seq_length": 64}
 

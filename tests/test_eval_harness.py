@@ -10,7 +10,7 @@ from deepretrieval.evaluation.harness import (BASELINE_NAME, GENERATIONS, evalua
 from deepretrieval.rewards import compute_score
 
 KW = dict(max_new_tokens=16, batch_size=4, progress=False)
-pytestmark = pytest.mark.rows("scifact_no_reason", "test", limit=20)
+pytestmark = [pytest.mark.slow, pytest.mark.rows("scifact_no_reason", "test", limit=20)]
 
 
 @pytest.fixture(scope="module")

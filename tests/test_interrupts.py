@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "interrupt_driver.py"
 READY = re.compile(r"retrieval service ready at http://127\.0\.0\.1:(\d+)")

@@ -113,6 +113,7 @@ def test_byo_rows_score_through_compute_score(trialmind):
     assert main(["baseline", "--task", "trialmind_byo", "--rows", str(out / "test.parquet"), "--json"]) == 0
 
 
+@pytest.mark.slow
 def test_prepare_beir_dense(tmp_path, _index_dir):
     pytest.importorskip("sentence_transformers")
     files = write_collection(tmp_path / "src")
@@ -128,6 +129,7 @@ def test_prepare_beir_dense(tmp_path, _index_dir):
     assert got["format_ok"] and not got["search_error"] and got["ndcg"] > 0
 
 
+@pytest.mark.slow
 def test_no_reason_collection_trains_two_trl_steps_with_reward_spread(tmp_path, _index_dir, warm_tiny):
     """`prepare beir --no_reason` rows carry the answer prefill, so a 2-step TRL run of the
     small-model recipe sees well-formed answers among its samples: reward std > 0 (without the

@@ -28,6 +28,7 @@ def test_original_call_translates_with_the_original_defaults():
     assert original_rewrite_argv(["q", "--task", "scifact"]) is None
 
 
+@pytest.mark.slow
 def test_query_rewrite_script_original_flags(tmp_path):
     def reply(body):
         user = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]

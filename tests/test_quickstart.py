@@ -8,6 +8,8 @@ import pytest
 
 pytest.importorskip("trl")
 
+pytestmark = pytest.mark.slow
+
 
 def test_quickstart_tiny_end_to_end(tmp_path, capsys):
     from deepretrieval.cli import main

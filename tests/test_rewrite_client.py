@@ -121,6 +121,7 @@ def test_cli_rewrite_prints_original_and_rewritten(capsys):
     assert main(["rewrite", CLAIM]) == 2  # neither --model nor --api-url
 
 
+@pytest.mark.slow
 def test_query_rewrite_script(tmp_path):
     env = {**os.environ, "DEEPRETRIEVAL_PROGRESS": "0"}
     with LoopbackChatServer(expand) as server:

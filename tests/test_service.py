@@ -514,6 +514,7 @@ def test_parse_index_specs():
             parse_index_specs(bad)
 
 
+@pytest.mark.slow
 def test_serve_command(scifact_index, tmp_path):
     """``deepretrieval serve`` as the training scripts start it: poll /health, search, stop."""
     with socket.socket() as s:

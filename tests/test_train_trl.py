@@ -14,7 +14,8 @@ from deepretrieval.train.trl_engine import (  # noqa: E402
     METRIC_PREFIX, TRLSettings, is_copy, last_checkpoint, read_metrics, render_prompt, train_trl)
 
 TASK = "scifact_no_reason"
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.rows(TASK, "train", limit=8)]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.rows(TASK, "train", limit=8)]
 
 
 @pytest.fixture(scope="module")

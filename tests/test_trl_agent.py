@@ -36,7 +36,7 @@ from deepretrieval.train.trl_engine import (
 
 TASK = "agent_closedworld"
 # two-hop questions: the oracle searches twice, so there are two injected result blocks
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread"),
               pytest.mark.rows(TASK, "train", where=lambda r: r["extra_info"]["hops"] == 2, limit=4)]
 
 

@@ -28,7 +28,7 @@ from deepretrieval.train import verl as launcher
 
 N_ROWS = 4
 # test split of the closed world: 1-, 2- and 3-hop questions over the built-in index
-pytestmark = pytest.mark.rows("agent_closedworld", "test", limit=N_ROWS)
+pytestmark = [pytest.mark.slow, pytest.mark.rows("agent_closedworld", "test", limit=N_ROWS)]
 
 
 @pytest.fixture(scope="module")

@@ -178,6 +178,7 @@ def test_verl_dataset_reads_our_rows(tiny, scifact_parquet):
     assert len(tokenizer(text)["input_ids"]) <= cfg.data.max_prompt_length
 
 
+@pytest.mark.slow
 def test_reward_loop_manager_scores_batch_on_ray_cpu_workers(tiny, scifact_parquet, scifact_index):
     """Our compute_score_async through verl's RewardLoopManager / RewardLoopWorker (Ray actor) and
     the naive reward manager, searching through the retrieval service like a real run."""
