@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from deepretrieval.agent.runner import run_rows
 from deepretrieval.catalog import bundled_rows, get_task
 from deepretrieval.core.agent_protocol import RETRIEVED_KEY, AgentSettings

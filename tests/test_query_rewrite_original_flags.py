@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from deepretrieval.cli import build_parser
 from deepretrieval.cli.compat import ORIGINAL_MODEL, original_rewrite_argv
 from deepretrieval.testing.openai_server import LoopbackChatServer
