@@ -42,6 +42,7 @@ def test_oracle_report_and_files(rows, tmp_path):
         evaluate_agent(OraclePolicy(), rows[:12], out_dir=tmp_path, plot=False, max_new_tokens=9)
 
 
+@pytest.mark.slow
 def test_tiny_model_closed_book_and_naive_rag(rows, tmp_path, tiny):
     from deepretrieval.generation.local import TransformersGenerator
 

@@ -93,6 +93,7 @@ def _cli(*args, env_dir):
                           text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_baseline_matches_published_bm25(_index_dir):
     out = _cli("baseline", "--task", "scifact", "--split", "test", "--json", env_dir=_index_dir)
     assert out.returncode == 0, out.stderr
@@ -105,6 +106,7 @@ def test_cli_baseline_matches_published_bm25(_index_dir):
     assert "| scifact | test | original query | 300 |" in table.stdout
 
 
+@pytest.mark.slow
 def test_cli_index_search_and_prepare(tmp_path, _index_dir):
     corpus = tmp_path / "corpus.jsonl"
     docs = list(load_corpus(collection_dir("scifact")))[:200]
@@ -138,6 +140,7 @@ def test_concurrent_single_query_calls_equal_one_batched_call(scifact_index):
         assert got == expected[i::4]
 
 
+@pytest.mark.slow
 def test_fast_kernel_is_used(scifact_index, monkeypatch):
     """Searches go through our numba kernels; the kernel follows the setting."""
     from deepretrieval.search import bm25

@@ -66,6 +66,7 @@ def same_index(a: Path, b: Path) -> None:
 
 # ---- exactness against bm25s -----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_impacts_equal_bm25s_lucene_bit_for_bit(scifact_docs, tmp_path):
     import bm25s
     import Stemmer
@@ -308,6 +309,7 @@ def test_answers_option_gives_the_evidence_rank(scifact_index, scifact_claims):
 
 # ---- format 1, DPR TSV -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_format_1_index_still_loads(scifact_docs, scifact_claims, tmp_path):
     """An index as the previous version wrote it (bm25s's files, doc_ids.json, texts.jsonl.gz)."""
     import bm25s

@@ -65,6 +65,7 @@ def test_verl_dry_run_and_script_without_the_verl_extra(tmp_path):
     assert 'pip install -e ".[verl-cpu]"' in _one_error_line(script)
 
 
+@pytest.mark.slow
 def test_baseline_finds_the_rows_prepare_just_wrote(tmp_path):
     """`prepare beir … --name mybeir` then `baseline --task mybeir --split test` said "no bundled
     rows" although the rows were just written."""

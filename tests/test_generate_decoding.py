@@ -53,6 +53,7 @@ def test_greedy_is_deterministic_and_batch_size_independent_of_order(gen):
     assert a == b and len(a) == 3 and all(len(x) == 1 for x in a)
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded(gen):
     d = Decoding(max_new_tokens=12, greedy=False, temperature=1.0, seed=3, n=3)
     a = gen.generate(prompts(), d)

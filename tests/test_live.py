@@ -87,6 +87,7 @@ def test_recorded_esearch_bodies_parse_with_translation_and_warnings():
         _check_page(json.loads((FIXTURES / "Eutils-JSON" / "esearch.baderror.json").read_text()), 0, 20)
 
 
+@pytest.mark.slow
 def test_pubmed_pages_to_depth_3000(fresh):
     fake, _ = fresh
     expected = fake.match(BROAD)

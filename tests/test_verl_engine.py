@@ -128,6 +128,7 @@ def test_invalid_batch_is_rejected_by_verl_validation(tiny, scifact_parquet):
         launcher.validate(cfg)
 
 
+@pytest.mark.slow
 def test_reward_is_wired_where_main_ppo_reads_it(tiny, scifact_parquet):
     """main_ppo (0.9.1) loads the reward from reward.custom_reward_function; the legacy top-level
     custom_reward_function.* keys validate but are ignored. This fails if our configs wire the
@@ -253,6 +254,7 @@ def test_reward_loop_manager_scores_batch_on_ray_cpu_workers(tiny, scifact_parqu
     assert scores[2] == scores[3] == pytest.approx(-2.0)  # BEIR table: bad format
 
 
+@pytest.mark.slow
 def test_export_verl_fsdp_checkpoint_round_trip(tiny, tmp_path):
     """A verl actor checkpoint (FSDP layout, one rank) → `deepretrieval export` (verl's own model
     merger) → a Hugging Face folder that generates exactly what the original weights generate."""

@@ -31,6 +31,7 @@ def _ray_init_env(cfg):
     return env
 
 
+@pytest.mark.slow
 def test_token_reaches_the_ray_workers_runtime_env(monkeypatch, tmp_path):
     _, cfg = _cfg(monkeypatch, tmp_path, "s3cr3t-token")
     env = _ray_init_env(cfg)
