@@ -14,8 +14,8 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from deepretrieval.catalog import TABLES, family_entry, get_searcher, get_table, get_task
 from deepretrieval.core.results import SearchError
@@ -51,7 +51,7 @@ class _Pending:
     extra_info: dict
     mode: str
     base: dict
-    results: list = None              # one slot per plan, filled as the searches finish
+    results: list[Any] = field(init=False)  # one slot per plan, filled as the searches finish
     error: BaseException | str | None = None
     record: Any = None                # a plan that is no search (the family's own record)
 
@@ -91,7 +91,7 @@ def _prepare(data_source: str, solution_str: Any, ground_truth: Any, extra_info:
         if not parsed.ok:
             base["score"] = table.total(False, 0.0)
             return base
-        value = parsed.value
+        value = cast(str, parsed.value)  # a parse that is ok carries its value
     base["format_ok"] = True
     try:
         plan = task.family.plan(task, value, ground_truth, extra, mode)
@@ -147,8 +147,10 @@ class _Batch:
     def __init__(self, items, values, kw, searcher=None):
         items = _items(items)
         values = [None] * len(items) if values is None else list(values)
-        self.out = [_paper(it, kw, v, searcher) or _prepare(*it, kw, value=v)
-                    for it, v in zip(items, values)]
+        # _paper unpacks each item first, so every item has its four fields here
+        self.out: list[dict | _Pending] = [
+            _paper(it, kw, v, searcher) or _prepare(it[0], it[1], it[2], it[3], kw, value=v)
+            for it, v in zip(items, values)]
         self.groups: dict[tuple, list[tuple[int, int]]] = {}   # key → [(completion, plan slot)]
         self._waiting: dict[int, int] = {}                       # completion → searches left
         for i, p in enumerate(self.out):
@@ -167,7 +169,7 @@ class _Batch:
         """(args, kwargs) of the search call for a group (or for some of its ``members``)."""
         index, k, return_text, options = key
         members = self.groups[key] if members is None else members
-        queries = [self.out[i].plans[slot].query for i, slot in members]
+        queries = [cast(_Pending, self.out[i]).plans[slot].query for i, slot in members]
         return (index, queries, k), {"return_text": return_text, "options": json.loads(options) or None}
 
     def finish(self, key, results=None, error: BaseException | None = None,
@@ -180,7 +182,7 @@ class _Batch:
             log.warning("search on %s failed: %s", key[0], error)
             results = [None] * len(members)
         for (i, slot), result in zip(members, results):
-            pending = self.out[i]
+            pending = cast(_Pending, self.out[i])   # a member's searches are not all in yet
             pending.results[slot] = result
             if error is not None and pending.error is None:
                 pending.error = error
@@ -253,7 +255,7 @@ def score_batch(items, searcher=None, values=None, **kw) -> list[dict]:
 
     for key in batch.groups:
         run(key)
-    return batch.out
+    return cast(list[dict], batch.out)  # every completion is finished now
 
 
 async def ascore_batch(items, searcher=None, values=None, **kw) -> list[dict]:
@@ -274,7 +276,7 @@ async def ascore_batch(items, searcher=None, values=None, **kw) -> list[dict]:
         batch.finish(key, results, members=members)
 
     await asyncio.gather(*(run(key) for key in batch.groups))
-    return batch.out
+    return cast(list[dict], batch.out)  # every completion is finished now
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw) -> dict:

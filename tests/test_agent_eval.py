@@ -4,21 +4,10 @@ import json
 import pytest
 
 from deepretrieval.agent.evaluate import evaluate_agent
-from deepretrieval.catalog import bundled_rows, get_task
 from deepretrieval.data.closed_world import OraclePolicy
 from deepretrieval.tasks.agentic import CLOSED_BOOK, NAIVE_RAG
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from deepretrieval.testing.tiny_model import tiny_model_path
-    return str(tiny_model_path(tmp_path_factory.getbasetemp() / "tiny-models"))
-
-
-@pytest.fixture(scope="module")
-def rows():
-    task = get_task("agent_closedworld")
-    return bundled_rows(task.name, "test")
+pytestmark = pytest.mark.rows("agent_closedworld", "test")
 
 
 def _lines(path):
@@ -53,6 +42,7 @@ def test_oracle_report_and_files(rows, tmp_path):
         evaluate_agent(OraclePolicy(), rows[:12], out_dir=tmp_path, plot=False, max_new_tokens=9)
 
 
+@pytest.mark.slow
 def test_tiny_model_closed_book_and_naive_rag(rows, tmp_path, tiny):
     from deepretrieval.generation.local import TransformersGenerator
 

@@ -306,6 +306,7 @@ class Faulty:
         return self.inner.search(index, queries, k, return_text=return_text, options=options)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["tags", "tool"])
 def test_hostile_generator_on_the_boolean_index_loses_no_episode(protocol, _index_dir):
     """A nested Boolean query raised RecursionError out of EpisodeRunner.run (2 of 2 runs, 200

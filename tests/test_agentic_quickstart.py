@@ -10,6 +10,8 @@ import pytest
 
 pytest.importorskip("trl")
 
+pytestmark = pytest.mark.slow
+
 SYSTEMS = ["closed-book", "naive RAG", "zero-shot agent", "trained agent"]
 
 

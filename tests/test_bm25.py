@@ -12,18 +12,14 @@ from deepretrieval.core.results import SearchError
 from deepretrieval.search.bm25 import BM25Index
 
 
-@pytest.fixture(scope="module")
-def claims():
-    return list(load_queries(collection_dir("scifact")).values())[:50]
-
-
 def test_index_info_and_size(scifact_index):
     info = scifact_index.info()
     assert info["num_docs"] == 5183 and info["type"] == "bm25"
     assert info["scoring"] in ("numba", "numpy")
 
 
-def test_batched_search_equals_one_by_one(scifact_index, claims):
+def test_batched_search_equals_one_by_one(scifact_index, scifact_claims):
+    claims = scifact_claims[:50]
     batched = scifact_index.search(claims, 100)
     for claim, result in zip(claims[:10], batched[:10]):
         single = scifact_index.search([claim], 100)[0]
@@ -31,8 +27,8 @@ def test_batched_search_equals_one_by_one(scifact_index, claims):
         assert single.scores == pytest.approx(result.scores)
 
 
-def test_depth_3000_scores_sorted_and_positive(scifact_index, claims):
-    result = scifact_index.search([claims[0]], 3000)[0]
+def test_depth_3000_scores_sorted_and_positive(scifact_index, scifact_claims):
+    result = scifact_index.search([scifact_claims[0]], 3000)[0]
     assert 0 < len(result.ids) <= 3000
     assert len(set(result.ids)) == len(result.ids)
     assert all(a >= b for a, b in zip(result.scores, result.scores[1:]))
@@ -97,6 +93,7 @@ def _cli(*args, env_dir):
                           text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_baseline_matches_published_bm25(_index_dir):
     out = _cli("baseline", "--task", "scifact", "--split", "test", "--json", env_dir=_index_dir)
     assert out.returncode == 0, out.stderr
@@ -109,6 +106,7 @@ def test_cli_baseline_matches_published_bm25(_index_dir):
     assert "| scifact | test | original query | 300 |" in table.stdout
 
 
+@pytest.mark.slow
 def test_cli_index_search_and_prepare(tmp_path, _index_dir):
     corpus = tmp_path / "corpus.jsonl"
     docs = list(load_corpus(collection_dir("scifact")))[:200]
@@ -142,6 +140,7 @@ def test_concurrent_single_query_calls_equal_one_batched_call(scifact_index):
         assert got == expected[i::4]
 
 
+@pytest.mark.slow
 def test_fast_kernel_is_used(scifact_index, monkeypatch):
     """Searches go through our numba kernels; the kernel follows the setting."""
     from deepretrieval.search import bm25

@@ -291,6 +291,7 @@ def generate_queries(records, n: int, seed: int = 0) -> list[str]:
     return [expr(0) for _ in range(n)]
 
 
+@pytest.mark.slow
 def test_equals_brute_force_on_scifact(scifact_bool):
     brute = BruteForce(scifact_bool)
     queries = generate_queries(scifact_bool.records, 240)

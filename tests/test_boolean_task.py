@@ -104,6 +104,7 @@ def test_rows_and_prompt():
     assert task.depth("train") == task.depth("val") == 100
 
 
+@pytest.mark.slow
 def test_cli_baseline_on_the_boolean_task(_index_dir):
     import os
     env = dict(os.environ, DEEPRETRIEVAL_INDEX_DIR=str(_index_dir))

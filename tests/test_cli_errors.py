@@ -14,21 +14,6 @@ import pytest
 from deepretrieval.cli import configure_logging, main
 
 
-@pytest.fixture
-def files(tmp_path):
-    f = {}
-    f["plain"] = tmp_path / "plain.txt"
-    f["plain"].write_text("not a database, not gzip, not parquet\n" * 20)
-    f["badgz"] = tmp_path / "corpus.jsonl.gz"
-    f["badgz"].write_bytes(b"\x1f\x8b\x08\x00garbage" * 10)
-    f["listmeta"] = tmp_path / "listmeta"
-    f["listmeta"].mkdir()
-    (f["listmeta"] / "meta.json").write_text("[1, 2, 3]")
-    f["badjson_corpus"] = tmp_path / "c.jsonl"
-    f["badjson_corpus"].write_text('{"_id": "1", "text": "a"}\n{not json\n')
-    return f
-
-
 CASES = {
     "missing index": ["search", "--index", "no_such_index_xyz", "q"],
     "meta.json is a list": ["search", "--index", "{listmeta}", "q"],
@@ -46,8 +31,8 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_error_line(case, files, tmp_path, capsys):
-    argv = [a.format(tmp=tmp_path, **{k: str(v) for k, v in files.items()}) for a in CASES[case]]
+def test_bad_input_is_one_error_line(case, bad_inputs, tmp_path, capsys):
+    argv = [a.format(tmp=tmp_path, **{k: str(v) for k, v in bad_inputs.items()}) for a in CASES[case]]
     rc = main(argv)   # an exception escaping here is the traceback the user would see
     err = capsys.readouterr().err
     assert rc != 0, (case, err)
@@ -105,6 +90,7 @@ def test_third_party_info_is_silenced_unless_verbose(capsys):
         logging.getLogger("deepretrieval").setLevel(logging.NOTSET)
 
 
+@pytest.mark.slow
 def test_no_traceback_in_a_real_process(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "deepretrieval.cli", "search", "--index",
                            "no_such_index_xyz", "q"], capture_output=True, text=True,

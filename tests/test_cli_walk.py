@@ -4,69 +4,12 @@ no Python traceback (an exception escaping ``main`` is the traceback the user wo
 must leave no output behind (``{out}`` paths are checked after the run)."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 
 from deepretrieval.cli import main
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """Bad (and a few good) inputs, made once; no case writes to them."""
-    from deepretrieval.catalog import bundled_rows
-    from deepretrieval.data.rows import write_parquet
-
-    tmp_path = tmp_path_factory.mktemp("inputs")
-    f = {}
-    f["plain"] = tmp_path / "plain.txt"
-    f["plain"].write_text("not a database, not gzip, not parquet\n" * 20)
-    f["empty"] = tmp_path / "empty.jsonl"
-    f["empty"].write_text("")
-    f["emptydir"] = tmp_path / "emptydir"
-    f["emptydir"].mkdir()
-    f["badgz"] = tmp_path / "corpus.jsonl.gz"
-    f["badgz"].write_bytes(b"\x1f\x8b\x08\x00garbage" * 10)
-    for name, meta in {"listmeta": "[1, 2, 3]", "badmeta": "{not json", "typemeta": '{"type": "nope"}',
-                       "nodbmeta": '{"type": "sqlite", "path": "/no/such/db.sqlite"}',
-                       "notdbmeta": json.dumps({"type": "sqlite", "path": str(f["plain"])}),
-                       "bm25meta": '{"type": "bm25", "name": "x"}',
-                       "strmeta": '"scifact"', "nopathmeta": '{"type": "sqlite"}'}.items():
-        f[name] = tmp_path / name
-        f[name].mkdir()
-        (f[name] / "meta.json").write_text(meta)
-    f["badjson_corpus"] = tmp_path / "c.jsonl"
-    f["badjson_corpus"].write_text('{"_id": "1", "text": "a"}\n{not json\n')
-    f["list_corpus"] = tmp_path / "l.jsonl"
-    f["list_corpus"].write_text('[1, 2]\n')
-    f["noid_corpus"] = tmp_path / "n.jsonl"
-    f["noid_corpus"].write_text('{"text": "no id here"}\n')
-    f["corpus"] = tmp_path / "good.jsonl"
-    f["corpus"].write_text('{"_id": "d1", "title": "t", "text": "heart attack risk"}\n'
-                           '{"_id": "d2", "title": "u", "text": "aspirin and stroke"}\n')
-    rows = bundled_rows("scifact", "test")[:3]
-    f["rows"] = write_parquet(rows, tmp_path / "rows.parquet")
-    data = f["rows"].read_bytes()
-    f["truncated"] = tmp_path / "truncated.parquet"
-    f["truncated"].write_bytes(data[: len(data) // 2])
-    f["garbled"] = tmp_path / "garbled.parquet"
-    f["garbled"].write_bytes(data[:4] + b"\x00" * (len(data) - 8) + data[-4:])
-    f["nocols"] = write_parquet([{"a": 1}, {"a": 2}], tmp_path / "nocols.parquet")
-    f["emptyrows"] = tmp_path / "emptyrows.parquet"
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    pq.write_table(pa.table({"data_source": pa.array([], pa.string())}), f["emptyrows"])
-    f["badrun"] = tmp_path / "badrun"
-    f["badrun"].mkdir()
-    (f["badrun"] / "run.json").write_text("{truncated")
-    f["listrun"] = tmp_path / "listrun"
-    f["listrun"].mkdir()
-    (f["listrun"] / "run.json").write_text("[]")
-    f["badjsonl"] = tmp_path / "export.jsonl"
-    f["badjsonl"].write_text('{"engine": "pubmed"}\nnot json\n')
-    return f
 
 
 NO_SUCH = "/no/such/path"
@@ -226,18 +169,18 @@ def _fill(text: str, values: dict) -> str:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_error_line(case, files, tmp_path, capsys, monkeypatch):
+def test_bad_input_is_one_error_line(case, bad_inputs, tmp_path, capsys, monkeypatch):
     from deepretrieval.search.live.cache import SearchCache
     from deepretrieval.search.sql import bundled_databases
 
-    values = {k: str(v) for k, v in files.items()}
+    values = {k: str(v) for k, v in bad_inputs.items()}
     values["tmp"] = str(tmp_path)
     values["spider_db"] = str(bundled_databases()["spider/singer"])
     values["cache"] = str(tmp_path / "cache.sqlite")
     SearchCache(tmp_path / "cache.sqlite").close()
     (tmp_path / "tdata").mkdir()
     for split in ("train", "test"):
-        shutil.copy(files["rows"], tmp_path / "tdata" / f"{split}.parquet")
+        shutil.copy(bad_inputs["rows"], tmp_path / "tdata" / f"{split}.parquet")
     argv_t, env, gone = CASES[case]
     for key, value in env.items():
         monkeypatch.setenv(key, _fill(value, values))

@@ -24,6 +24,8 @@ from deepretrieval.search.dense import (DenseIndex, EncoderConfig, HNSWParams, e
 from deepretrieval.data.bundled import scifact_dense_index
 from deepretrieval.train.trl_engine import bf16_supported
 
+pytestmark = pytest.mark.slow
+
 #: bfloat16 only where the CPU has it natively (AVX512-BF16/AMX); emulated it is ~10x slower
 FAST = {"precision": "bfloat16" if bf16_supported() else "float32", "max_seq_length": 64}
 
@@ -31,15 +33,6 @@ FAST = {"precision": "bfloat16" if bf16_supported() else "float32", "max_seq_len
 @pytest.fixture(scope="module")
 def scifact_dense():
     return scifact_dense_index(**FAST)
-
-
-@pytest.fixture(scope="module")
-def scifact_queries():
-    """The 300 SciFact test claims (id → text)."""
-    from deepretrieval.core.beir_files import load_qrels, load_queries
-    from deepretrieval.core.bundled import collection_dir
-    queries = load_queries(collection_dir("scifact"))
-    return {qid: queries[qid] for qid in load_qrels(collection_dir("scifact"), "test")}
 
 
 def test_shipped_encoder_loads_offline():
@@ -77,9 +70,9 @@ def test_import_does_not_load_torch():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-def test_flat_equals_brute_force_numpy(scifact_dense, scifact_queries):
+def test_flat_equals_brute_force_numpy(scifact_dense, scifact_test_claims):
     assert len(scifact_dense) == 5183 and scifact_dense.kind == "flat"
-    queries = list(scifact_queries.values())[:100]
+    queries = scifact_test_claims[:100]
     qv = scifact_dense.encode_queries(queries)
     scores = qv @ np.asarray(scifact_dense.embeddings).T
     results = scifact_dense.search(queries, 100)
@@ -95,10 +88,10 @@ def test_flat_equals_brute_force_numpy(scifact_dense, scifact_queries):
                 assert doc == scifact_dense.doc_ids[order[i]]
 
 
-def test_hnsw_recall_at_10_vs_flat(scifact_dense, scifact_queries):
+def test_hnsw_recall_at_10_vs_flat(scifact_dense, scifact_test_claims):
     hnsw = scifact_dense.with_kind("hnsw", HNSWParams(m=16, ef_construction=100, ef_search=100))
     assert hnsw.kind == "hnsw" and type(hnsw.index).__name__ == "IndexHNSWFlat"
-    queries = list(scifact_queries.values())                  # the 300 test claims
+    queries = scifact_test_claims                  # the 300 test claims
     assert len(queries) == 300
     qv = scifact_dense.encode_queries(queries)
     _, exact = scifact_dense.search_vectors(qv, 10)
@@ -107,8 +100,8 @@ def test_hnsw_recall_at_10_vs_flat(scifact_dense, scifact_queries):
     assert recall >= 0.95, recall
 
 
-def test_save_load_round_trip(scifact_dense, scifact_queries, tmp_path):
-    queries = list(scifact_queries.values())[:30]
+def test_save_load_round_trip(scifact_dense, scifact_test_claims, tmp_path):
+    queries = scifact_test_claims[:30]
     # the session index was saved by the built-in factory and reopens by name
     meta = json.loads((scifact_dense.path / "meta.json").read_text())
     assert meta["type"] == "dense" and meta["encoder"] == "minilm"
@@ -217,10 +210,10 @@ def test_cli_index_dense_and_search(tmp_path, capsys):
                      "--name", "x"]) == 2
 
 
-def test_served_by_the_retrieval_service(scifact_dense, scifact_queries):
+def test_served_by_the_retrieval_service(scifact_dense, scifact_test_claims):
     from deepretrieval.service.app import ServerThread, ServiceConfig, create_app
     from deepretrieval.service.client import ServiceSearcher
-    queries = list(scifact_queries.values())[:40]
+    queries = scifact_test_claims[:40]
     app = create_app({"scifact_dense": scifact_dense}, ServiceConfig(batch_wait_ms=5))
     with ServerThread(app) as srv:
         client = ServiceSearcher(srv.url, timeout=60)

@@ -33,6 +33,8 @@ from deepretrieval.search.dense_place import (
     torch_workspace,
 )
 
+pytestmark = pytest.mark.slow
+
 CONFIG = EncoderConfig(model="minilm")
 
 

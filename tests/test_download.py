@@ -17,6 +17,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 SCIFACT = ROOT / "deepretrieval" / "bundled" / "scifact"
 REPO = "DeepRetrieval/datasets"

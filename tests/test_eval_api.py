@@ -10,6 +10,7 @@ from deepretrieval.generation.api import ChatClient, LLMAPIError, chat_completio
 from deepretrieval.testing.openai_server import LoopbackChatServer
 
 ROWS = 12
+pytestmark = pytest.mark.rows("scifact", "test", limit=ROWS)
 
 
 def claim_of(body):
@@ -20,11 +21,6 @@ def claim_of(body):
 def reasoning_echo(body):
     claim = claim_of(body)
     return f"<think>The claim itself is a good query.</think>\n<answer>{json.dumps({'query': claim})}</answer>"
-
-
-@pytest.fixture(scope="module")
-def rows(scifact_index):
-    return bundled_rows("scifact", "test")[:ROWS]
 
 
 @pytest.fixture

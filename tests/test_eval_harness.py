@@ -8,26 +8,10 @@ from deepretrieval.catalog import bundled_rows
 from deepretrieval.evaluation.report import GENERATIONS
 from deepretrieval.evaluation.scoring import original_query_baseline, summarize
 from deepretrieval.evaluation.single_shot import BASELINE_NAME, evaluate_model
-from deepretrieval.generation.local import TransformersGenerator
 from deepretrieval.rewards import compute_score
-from deepretrieval.testing.tiny_model import tiny_model_path
 
 KW = dict(max_new_tokens=16, batch_size=4, progress=False)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(tiny_model_path(tmp_path_factory.getbasetemp() / "tiny-models"))
-
-
-@pytest.fixture(scope="module")
-def gen(tiny):
-    return TransformersGenerator(tiny)
-
-
-@pytest.fixture(scope="module")
-def rows(scifact_index):
-    return bundled_rows("scifact_no_reason", "test")[:20]
+pytestmark = [pytest.mark.slow, pytest.mark.rows("scifact_no_reason", "test", limit=20)]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import math
 import pytest
 
 from deepretrieval.agent.runner import run_rows
-from deepretrieval.catalog import bundled_rows
 from deepretrieval.core import agent_protocol as P
 from deepretrieval.data.closed_world import OraclePolicy
 from deepretrieval.train.exsearch import examples as XE
@@ -16,16 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from deepretrieval.testing.tiny_model import tiny_model_path
-    return str(tiny_model_path(tmp_path_factory.getbasetemp() / "tiny-models"))
-
-
-@pytest.fixture(scope="module")
-def rows():
-    return bundled_rows("agent_closedworld", "train")
+pytestmark = pytest.mark.rows("agent_closedworld", "train")
 
 
 # ---- weights -------------------------------------------------------------------------------
@@ -207,6 +197,7 @@ def _model_state(path):
     return load_file(str(path / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_one_iteration_changes_weights_and_lowers_the_weighted_loss(tiny, rows, tmp_path):
     settings = _settings(tiny, tmp_path / "a")
     result = X.train_exsearch(rows[:3], rows[4:5], settings)
@@ -262,6 +253,7 @@ def _model_state_of(path):
     return _model_state(Path(path))
 
 
+@pytest.mark.slow
 def test_cli_warmup_on_oracle_seeds(tiny, tmp_path, capsys):
     """``train --engine exsearch`` (in-process search): oracle seeds, a warm-up that lowers its
     loss, evaluated; a non-agentic task is a clear error."""
@@ -284,6 +276,7 @@ def test_cli_warmup_on_oracle_seeds(tiny, tmp_path, capsys):
     assert "not an agentic task" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_resume_refuses_changed_rows_task_hops_and_geometry(tiny, tmp_path, capsys):
     """Resuming with --limit, --max-hops, --task or --micro-batch changed was accepted (iteration
     2-3 trained on 2 questions after iteration 1 used 6); each is refused now, naming the setting,
@@ -316,6 +309,7 @@ def test_settings_are_checked():
         X.ExSearchSettings(model="m", output_dir="o", weight_temperature=0)
 
 
+@pytest.mark.slow
 def test_an_iteration_whose_samples_found_no_evidence_trains_on_nothing(tiny, rows, tmp_path):
     """The default filter on the random tiny model (it never searches its way to an answer):
     the iteration keeps no trajectory, takes no optimizer step and leaves the model as it was."""

@@ -4,16 +4,13 @@ import json
 import pytest
 
 from deepretrieval.agent import seeds as S
-from deepretrieval.catalog import bundled_rows, get_task
+from deepretrieval.catalog import get_task
 from deepretrieval.core import agent_protocol as P
 from deepretrieval.data.closed_world import OraclePolicy
 from deepretrieval.generation.decoding import Prompt
 from deepretrieval.testing.openai_server import LoopbackChatServer
 
-
-@pytest.fixture(scope="module")
-def rows():
-    return bundled_rows("agent_closedworld", "train")[:6]
+pytestmark = pytest.mark.rows("agent_closedworld", "train", limit=6)
 
 
 def _question(body):

@@ -8,20 +8,9 @@ from deepretrieval.generation.decoding import Decoding, Prompt, StopRule, apply_
 from deepretrieval.generation.factory import make_generator
 from deepretrieval.generation.local import TransformersGenerator, vllm_available
 from deepretrieval.catalog import get_task
-from deepretrieval.testing.tiny_model import tiny_model_path
 
 TASK = get_task("scifact_no_reason")
 CLAIMS = ["Bone density falls with age.", "Statins lower cholesterol.", "p53 regulates apoptosis."]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_model_path(tmp_path_factory.getbasetemp() / "tiny-models")
-
-
-@pytest.fixture(scope="module")
-def gen(tiny):
-    return TransformersGenerator(str(tiny))
 
 
 def prompts(task=TASK):
@@ -64,6 +53,7 @@ def test_greedy_is_deterministic_and_batch_size_independent_of_order(gen):
     assert a == b and len(a) == 3 and all(len(x) == 1 for x in a)
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded(gen):
     d = Decoding(max_new_tokens=12, greedy=False, temperature=1.0, seed=3, n=3)
     a = gen.generate(prompts(), d)

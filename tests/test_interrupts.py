@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "interrupt_driver.py"
 READY = re.compile(r"retrieval service ready at http://127\.0\.0\.1:(\d+)")
@@ -26,12 +28,6 @@ READY = re.compile(r"retrieval service ready at http://127\.0\.0\.1:(\d+)")
 #: costs seconds (its stop on interrupt is also tested in test_train_scripts)
 CASES = [("model_load", "SIGINT", False), ("trainer_init", "SIGTERM", False),
          ("generation", "SIGINT", True), ("generation", "SIGTERM", True), ("save", "SIGINT", False)]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from deepretrieval.testing.tiny_model import build_tiny_model
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny")
 
 
 def _port_closed(port: int) -> bool:

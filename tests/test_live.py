@@ -15,7 +15,7 @@ import pytest
 from deepretrieval.search.live.ctgov import CTGovBackend
 from deepretrieval.search.live.governor import Backoff, TokenBucket, parse_retry_after
 from deepretrieval.search.live.pubmed import PubMedBackend, normalize_date
-from deepretrieval.testing.fake_engines import FAULTS, FakeCTGov, FakePubMed
+from deepretrieval.testing.fake_engines import FAULTS, FakeCTGov
 
 # recorded NCBI responses (shared/data/pubmed_eutils_fixtures; not bundled: unclear licenses)
 # recorded NCBI responses from the shared data folder beside the checkout (../shared/data), if present
@@ -24,12 +24,6 @@ FIXTURES = Path(os.environ.get("DEEPRETRIEVAL_SHARED_DATA",
 needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"no recorded responses at {FIXTURES}")
 BROAD = "cell OR patients OR study OR effect OR increased OR results"  # most of the fake collection (> 3,000 docs)
 FAST = Backoff(retries=3, base=0.01, cap=0.05)
-
-
-@pytest.fixture(scope="module")
-def pubmed_fake():
-    with FakePubMed() as fake:
-        yield fake
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +87,7 @@ def test_recorded_esearch_bodies_parse_with_translation_and_warnings():
         _check_page(json.loads((FIXTURES / "Eutils-JSON" / "esearch.baderror.json").read_text()), 0, 20)
 
 
+@pytest.mark.slow
 def test_pubmed_pages_to_depth_3000(fresh):
     fake, _ = fresh
     expected = fake.match(BROAD)

@@ -106,6 +106,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_concurrent_writer_processes(tmp_path):
     path = tmp_path / "shared.sqlite"
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(w), "40"],
@@ -135,6 +136,7 @@ KILLED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_process_killed_mid_write_leaves_the_cache_usable(tmp_path):
     path = tmp_path / "killed.sqlite"
     proc = subprocess.Popen([sys.executable, "-c", KILLED, str(path)], stdout=subprocess.PIPE, text=True)

@@ -107,6 +107,7 @@ def test_ctgov_mirror(tmp_path):
     assert set(hits.ids) <= set(index.doc_ids) and "NCT01958021" in hits.ids
 
 
+@pytest.mark.slow
 def test_cli_mirror_and_pubmed_task_on_the_mirror(tmp_path):
     import os
     env = dict(os.environ, DEEPRETRIEVAL_INDEX_DIR=str(tmp_path))
@@ -295,6 +296,7 @@ def test_malformed_input_is_skipped_counted_and_named(source, case, tmp_path):
             mirror.ingest(source, src, tmp_path / "work2", tmp_path / "index2", progress=None, strict=True)
 
 
+@pytest.mark.slow
 def test_cli_malformed_input_one_line_and_strict(tmp_path):
     import os
     env = dict(os.environ, DEEPRETRIEVAL_INDEX_DIR=str(tmp_path / "indexes"))

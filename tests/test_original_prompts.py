@@ -129,14 +129,10 @@ def test_eval_generates_from_the_original_prompt_and_scores_like_the_reward(orig
     assert report2["records"][0]["metrics"]["score"] == pytest.approx(first["metrics"]["score"])
 
 
-def test_local_model_gets_the_raw_prompt_as_is(original_files, tmp_path_factory):
+def test_local_model_gets_the_raw_prompt_as_is(original_files, gen):
     import torch
     from transformers import GenerationConfig
 
-    from deepretrieval.generation.local import TransformersGenerator
-    from deepretrieval.testing.tiny_model import tiny_model_path
-
-    gen = TransformersGenerator(str(tiny_model_path(tmp_path_factory.getbasetemp() / "tiny-models")))
     row = read_rows(original_files["pubmed"])[0]  # PubMed: closed user turn, assistant turn opened
     raw = original_prompt(row)
     prompt = Prompt.of(row["prompt"], row_prefill(row), raw)
@@ -186,14 +182,11 @@ def test_cli_original_prompt_on_rows_without_one_is_a_clear_error(tmp_path, caps
     assert not (tmp_path / "run").exists()  # nothing written
 
 
-def test_cli_eval_with_original_prompts(original_files, tmp_path, tmp_path_factory, capsys, scifact_index):
+def test_cli_eval_with_original_prompts(original_files, tmp_path, tiny, capsys, scifact_index):
     """`deepretrieval eval --rows ORIGINAL.parquet --prompt-format original` with a local model (what
     scripts/eval/*.sh run with ROWS, or with the original's file in place)."""
-    from deepretrieval.testing.tiny_model import tiny_model_path
-
-    model = str(tiny_model_path(tmp_path_factory.getbasetemp() / "tiny-models"))
     out = tmp_path / "run"
-    code = main(["eval", "--model", model, "--rows", str(original_files["scifact"]), "--prompt-format", "original",
+    code = main(["eval", "--model", tiny, "--rows", str(original_files["scifact"]), "--prompt-format", "original",
                  "--max-new-tokens", "4", "--no-baseline", "--no-plot", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     run = json.loads((out / "run.json").read_text())
@@ -202,6 +195,6 @@ def test_cli_eval_with_original_prompts(original_files, tmp_path, tmp_path_facto
     records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert len(records) == 3 and all(r["prefill"] == "<think>\n" for r in records)
     # the same folder with the other prompt format is another run: refused, not mixed
-    assert main(["eval", "--model", model, "--rows", str(original_files["scifact"]), "--prompt-format", "ours",
+    assert main(["eval", "--model", tiny, "--rows", str(original_files["scifact"]), "--prompt-format", "ours",
                  "--max-new-tokens", "4", "--no-baseline", "--no-plot", "--out", str(out)]) == 2
     assert "prompt_format" in capsys.readouterr().err

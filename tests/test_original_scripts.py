@@ -39,6 +39,7 @@ def test_every_original_script_name_exists():
             assert os.access(path, os.X_OK), f"{path} is not executable"
 
 
+@pytest.mark.slow
 def test_every_script_parses():
     scripts = sorted(SCRIPTS.rglob("*.sh"))
     assert len(scripts) >= len(ORIGINAL_TRAIN) + len(ORIGINAL_EVAL)
@@ -126,6 +127,7 @@ def _real(tmp_path):
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, args, expect", [
     ("train/fever.sh", ["--dry-run"], ["index 'fever'", "deepretrieval prepare beir", "download_datasets.py"]),
     ("train/dense/nfcorpus.sh", ["--dry-run"], ["index 'nfcorpus_dense'", "--name nfcorpus --dense MODEL"]),
@@ -149,6 +151,7 @@ def test_tasks_without_data_fail_with_the_command_to_get_it(script, args, expect
     assert "Traceback" not in proc.stderr and "starting the retrieval service" not in proc.stdout
 
 
+@pytest.mark.slow
 def test_api_baseline_script_end_to_end(tmp_path, scifact_index):
     """scripts/eval/BM25/gpt.sh against a loopback OpenAI-compatible server, on bundled SciFact."""
     from deepretrieval.testing.openai_server import LoopbackChatServer
@@ -172,6 +175,7 @@ def test_api_baseline_script_end_to_end(tmp_path, scifact_index):
     assert json.loads((tmp_path / "run" / "run.json").read_text())["extract"] == "lenient"
 
 
+@pytest.mark.slow
 def test_download_datasets_keeps_the_original_flags():
     """The original's download_datasets.py flags and defaults (code/download_datasets.py)."""
     import argparse

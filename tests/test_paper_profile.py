@@ -363,6 +363,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_paper_sql_writes_no_file_and_is_bounded(tmp_path):
     """`VACUUM INTO` / `ATTACH` created files anywhere the process could write; runaway statements
     ran 30 s and took 1-2 GB. Now the default profile's bounds apply (sandbox in

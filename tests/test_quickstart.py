@@ -9,6 +9,8 @@ import pytest
 
 pytest.importorskip("trl")
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

@@ -23,7 +23,6 @@ from deepretrieval.search.live.pubmed import PubMedBackend
 from deepretrieval.search.live.governor import Backoff
 from deepretrieval.service.app import ServerThread, create_app
 from deepretrieval.service.client import ServiceClient, ServiceSearcher
-from deepretrieval.testing.fake_engines import FakePubMed
 
 SURROGATE = '<think>x</think>\n<answer>{"query": "x \\ud800"}</answer>'   # plain ASCII
 
@@ -39,12 +38,6 @@ def item(row, completion):
 @pytest.fixture(scope="module")
 def scifact_rows():
     return bundled_rows("scifact", "test")[:11]
-
-
-@pytest.fixture(scope="module")
-def pubmed_fake():
-    with FakePubMed() as fake:
-        yield fake
 
 
 def _pubmed(fake):

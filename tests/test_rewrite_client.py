@@ -12,7 +12,6 @@ from deepretrieval.generation.api import LLMAPIError
 from deepretrieval.rewrite import QueryRewriter
 from deepretrieval.catalog import get_task
 from deepretrieval.testing.openai_server import LoopbackChatServer
-from deepretrieval.testing.tiny_model import tiny_model_path
 
 ROOT = Path(__file__).resolve().parent.parent
 CLAIM = "Vitamin D supplementation lowers the risk of hip fracture."
@@ -122,6 +121,7 @@ def test_cli_rewrite_prints_original_and_rewritten(capsys):
     assert main(["rewrite", CLAIM]) == 2  # neither --model nor --api-url
 
 
+@pytest.mark.slow
 def test_query_rewrite_script(tmp_path):
     env = {**os.environ, "DEEPRETRIEVAL_PROGRESS": "0"}
     with LoopbackChatServer(expand) as server:
@@ -132,8 +132,7 @@ def test_query_rewrite_script(tmp_path):
     assert proc.stdout.splitlines() == [f"original:  {CLAIM}", f"rewritten: {CLAIM} vitamin D hip fracture"]
 
 
-def test_local_tiny_model_rewriter(tmp_path_factory):
-    tiny = str(tiny_model_path(tmp_path_factory.getbasetemp() / "tiny-models"))
+def test_local_tiny_model_rewriter(tiny):
     rw = QueryRewriter(tiny, task="scifact_no_reason", max_new_tokens=12, batch_size=2)
     claims = ["bone density falls with age", "statins lower cholesterol", "p53 regulates apoptosis"]
     first, again = rw.rewrite_batch(claims), rw.rewrite_batch(claims)

@@ -45,18 +45,8 @@ def passages_to_string(hits: list[dict]) -> str:
 # ---- fixtures ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def corpus():
-    from deepretrieval.core.beir_files import load_corpus
-    from deepretrieval.core.bundled import collection_dir
-    return {d["_id"]: d for d in load_corpus(collection_dir("scifact"))}
-
-
-@pytest.fixture(scope="module")
-def queries():
-    from deepretrieval.core.beir_files import load_queries
-    from deepretrieval.core.bundled import collection_dir
-    q = load_queries(collection_dir("scifact"))
-    return [q[k] for k in sorted(q)[:12]]
+def queries(scifact_queries):
+    return [scifact_queries[k] for k in sorted(scifact_queries)[:12]]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +69,7 @@ def expected_contents(doc: dict, cap: int) -> str:
 
 # ---- tests ------------------------------------------------------------------------------------
 
-def test_return_scores_true_is_search_r1_shape(server, scifact_index, corpus, queries):
+def test_return_scores_true_is_search_r1_shape(server, scifact_index, scifact_corpus, queries):
     result = search_r1_retrieve(server.url, queries, 5, return_scores=True)
     local = scifact_index.search(queries, 5)
     assert len(result) == len(queries)
@@ -92,27 +82,27 @@ def test_return_scores_true_is_search_r1_shape(server, scifact_index, corpus, qu
         assert [h["document"]["url"] for h in hits] == res.ids
         assert [h["score"] for h in hits] == res.scores
         for h in hits:
-            doc = corpus[h["document"]["id"]]
+            doc = scifact_corpus[h["document"]["id"]]
             assert h["document"]["contents"] == expected_contents(doc, 4096)
         shown = passages_to_string(hits)
-        first = corpus[res.ids[0]]
+        first = scifact_corpus[res.ids[0]]
         assert shown.startswith(f'Doc 1(Title: "{first["title"].strip()}") '
                                 f'{first["text"].strip()[:40]}')
         assert shown.count("\nDoc ") == 4
 
 
-def test_return_scores_false_is_a_list_of_documents(server, scifact_index, corpus, queries):
+def test_return_scores_false_is_a_list_of_documents(server, scifact_index, scifact_corpus, queries):
     result = search_r1_retrieve(server.url, queries[:3], 4, return_scores=False)
     local = scifact_index.search(queries[:3], 4)
     for docs, res in zip(result, local):
         assert [set(d) for d in docs] == [{"id", "contents", "url"}] * 4
         assert [d["id"] for d in docs] == [d["url"] for d in docs] == res.ids
-        assert [d["contents"] for d in docs] == [expected_contents(corpus[i], 4096)
+        assert [d["contents"] for d in docs] == [expected_contents(scifact_corpus[i], 4096)
                                                  for i in res.ids]
 
 
-def test_passage_cap(server, small_cap_server, corpus, queries):
-    long_docs = [d for d in corpus.values() if len(d["text"]) > 3000]
+def test_passage_cap(server, small_cap_server, scifact_corpus, queries):
+    long_docs = [d for d in scifact_corpus.values() if len(d["text"]) > 3000]
     long_doc = long_docs[0]
     query = long_doc["title"]  # its own title retrieves it
     # the server's setting cuts every passage (the title is kept whole)
@@ -122,8 +112,8 @@ def test_passage_cap(server, small_cap_server, corpus, queries):
     assert by_id[long_doc["_id"]] == expected_contents(long_doc, 300)
     for doc_id, contents in by_id.items():
         title, _, text = contents.partition("\n")
-        assert title == f'"{corpus[doc_id]["title"].strip()}"'
-        assert len(text) <= 300 and corpus[doc_id]["text"].strip().startswith(text)
+        assert title == f'"{scifact_corpus[doc_id]["title"].strip()}"'
+        assert len(text) <= 300 and scifact_corpus[doc_id]["text"].strip().startswith(text)
     # a request may ask for less, never for more than the server's maximum
     r = requests.post(small_cap_server.url + "/retrieve", timeout=30,
                       json={"queries": [query], "topk": 3, "max_passage_chars": 50})

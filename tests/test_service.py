@@ -62,15 +62,6 @@ LIMITS = dict(max_queries=400, max_query_chars=1000, max_k=2000)
 
 
 @pytest.fixture(scope="module")
-def scifact_queries():
-    from deepretrieval.core.beir_files import load_qrels, load_queries
-    from deepretrieval.core.bundled import collection_dir
-    folder = collection_dir("scifact")
-    queries = load_queries(folder)
-    return [queries[qid] for qid in load_qrels(folder, "test")]
-
-
-@pytest.fixture(scope="module")
 def server(scifact_index):
     """Two indexes, no token."""
     app = create_app({"scifact": scifact_index, "wrapped": Wrapped(scifact_index)},
@@ -105,19 +96,19 @@ def post(srv, body, token=None, raw=False):
 
 # ---- results ---------------------------------------------------------------------------------
 
-def test_all_scifact_test_queries_equal_in_process(server, scifact_index, scifact_queries):
-    assert len(scifact_queries) == 300
+def test_all_scifact_test_queries_equal_in_process(server, scifact_index, scifact_test_claims):
+    assert len(scifact_test_claims) == 300
     client = ServiceSearcher(server.url, timeout=60)
     for k in (10, 1000):
-        same(client.search("scifact", scifact_queries, k), scifact_index.search(scifact_queries, k))
-    sub = scifact_queries[:20]
+        same(client.search("scifact", scifact_test_claims, k), scifact_index.search(scifact_test_claims, k))
+    sub = scifact_test_claims[:20]
     same(client.search("scifact", sub, 5, return_text=True),
          scifact_index.search(sub, 5, return_text=True))
 
 
-def test_hits_format(server, scifact_index, scifact_queries):
+def test_hits_format(server, scifact_index, scifact_test_claims):
     # Search-R1's own format is tested in test_search_r1_wire.py
-    qs = scifact_queries[:5]
+    qs = scifact_test_claims[:5]
     r = post(server, {"queries": qs, "topk": 7, "return_scores": True, "index": "scifact",
                       "format": "hits"})
     assert r.status_code == 200
@@ -131,8 +122,8 @@ def test_hits_format(server, scifact_index, scifact_queries):
                                   .to_hits(False)]
 
 
-def test_async_client_and_duplicates(server, scifact_index, scifact_queries):
-    qs = scifact_queries[:30]
+def test_async_client_and_duplicates(server, scifact_index, scifact_test_claims):
+    qs = scifact_test_claims[:30]
     queries = qs + qs[:10]  # duplicates are searched once but answered in place
 
     async def go():
@@ -145,8 +136,8 @@ def test_async_client_and_duplicates(server, scifact_index, scifact_queries):
     same(asyncio.run(searcher.asearch("scifact", qs[:3], 4)), scifact_index.search(qs[:3], 4))
 
 
-def test_many_simultaneous_callers_get_their_own_results(server, scifact_index, scifact_queries):
-    jobs = [(scifact_queries[i % 300], 1 + (i % 3) * 25) for i in range(240)]
+def test_many_simultaneous_callers_get_their_own_results(server, scifact_index, scifact_test_claims):
+    jobs = [(scifact_test_claims[i % 300], 1 + (i % 3) * 25) for i in range(240)]
     expected = {(q, k): scifact_index.search([q], k)[0] for q, k in set(jobs)}
     # /health reports an index's stats once it has been searched (its batcher exists): one search
     # first, so that this test also runs alone (it failed with KeyError: 'queries' then)
@@ -179,10 +170,10 @@ def test_many_simultaneous_callers_get_their_own_results(server, scifact_index, 
     assert after["queries"] - before["queries"] == 240 + 64
 
 
-def test_concurrent_requests_are_coalesced(scifact_index, scifact_queries):
+def test_concurrent_requests_are_coalesced(scifact_index, scifact_test_claims):
     slow = Wrapped(scifact_index, delay=0.05)
     app = create_app({"slow": slow}, ServiceConfig(workers=1, batch_wait_ms=5))
-    qs = scifact_queries[:40]
+    qs = scifact_test_claims[:40]
     with ServerThread(app) as srv:
         async def go():
             async with AsyncServiceClient(srv.url, timeout=60) as client:
@@ -423,8 +414,8 @@ def test_async_transport_chunked_and_stale_connections():
     assert _ChunkedHandler.requests == 2  # no retry was spent on the stale connection
 
 
-def test_httpx_transport_equals_asyncio_transport(server, scifact_index, scifact_queries):
-    qs = scifact_queries[:25]
+def test_httpx_transport_equals_asyncio_transport(server, scifact_index, scifact_test_claims):
+    qs = scifact_test_claims[:25]
 
     async def go(transport):
         async with AsyncServiceClient(server.url, transport=transport) as client:
@@ -523,6 +514,7 @@ def test_parse_index_specs():
             parse_index_specs(bad)
 
 
+@pytest.mark.slow
 def test_serve_command(scifact_index, tmp_path):
     """``deepretrieval serve`` as the training scripts start it: poll /health, search, stop."""
     with socket.socket() as s:
@@ -584,10 +576,10 @@ def test_packed_ids_and_scores_round_trip():
     check()
 
 
-def test_works_without_orjson(server, scifact_index, scifact_queries, monkeypatch):
+def test_works_without_orjson(server, scifact_index, scifact_test_claims, monkeypatch):
     import deepretrieval.service.wire as wire
     monkeypatch.setattr(wire, "_orjson", None)  # the stdlib json fallback, both sides
-    qs = scifact_queries[:10]
+    qs = scifact_test_claims[:10]
     same(ServiceSearcher(server.url).search("scifact", qs, 100), scifact_index.search(qs, 100))
     r = post(server, {"queries": qs[:2], "topk": 3, "index": "scifact", "format": "hits"})
     assert r.json()["result"] == [res.to_hits() for res in scifact_index.search(qs[:2], 3)]

@@ -123,6 +123,7 @@ def _raise_fd_limit(need: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_connections", [256, 1024])
 def test_1000_stalled_connections_do_not_stop_an_authenticated_client(scifact_index, max_connections):
     _raise_fd_limit(2 * 1000 + 512)
@@ -158,6 +159,7 @@ sys.stdin.read()
 """
 
 
+@pytest.mark.slow
 def test_stalled_connections_under_a_1024_descriptor_server(scifact_index):
     """The server process has 1,024 descriptors, the attackers 1,000 stalled connections plus more:
     the connection cap (descriptors minus a reserve) and eviction keep the real client served."""

@@ -6,13 +6,10 @@ those clients send and read. Answers are checked against the in-process SciFact 
 """
 from __future__ import annotations
 
-import gzip
-import json
 
 import httpx
 import pytest
 
-from deepretrieval.core.bundled import collection_dir
 from deepretrieval.service.app import ServerThread, ServiceConfig, create_app
 from deepretrieval.service.client import ServiceSearcher, base_url
 
@@ -20,17 +17,8 @@ TOKEN = "peer-token"
 
 
 @pytest.fixture(scope="module")
-def corpus():
-    with gzip.open(collection_dir("scifact") / "corpus.jsonl.gz", "rt") as f:
-        return {d["_id"]: d for d in map(json.loads, f)}
-
-
-@pytest.fixture(scope="module")
-def queries():
-    from deepretrieval.core.beir_files import load_qrels, load_queries
-    folder = collection_dir("scifact")
-    qs = load_queries(folder)
-    return [qs[qid] for qid in load_qrels(folder, "test")][:6]
+def queries(scifact_test_claims):
+    return scifact_test_claims[:6]
 
 
 @pytest.fixture(scope="module")
@@ -86,23 +74,23 @@ def flashrag_batch_search(base: str, queries: list[str], top_n: int, return_scor
 
 # ---- each shape ---------------------------------------------------------------------------------
 
-def test_asearcher_search_then_access(server, scifact_index, corpus, queries):
+def test_asearcher_search_then_access(server, scifact_index, scifact_corpus, queries):
     for q in queries[:3]:
         local = scifact_index.search([q], 5)[0]
         hits = asearcher_query(server.url, q, 5)
         assert [h["url"] for h in hits] == local.ids  # url = the document id
         for h, doc_id in zip(hits, local.ids):
-            title, text = stored(corpus, doc_id)
+            title, text = stored(scifact_corpus, doc_id)
             assert h["contents"] == f'"{title}"\n{text}'
         pages = asearcher_access(server.url, [h["url"] for h in hits])
         for page, doc_id in zip(pages, local.ids):
-            title, text = stored(corpus, doc_id, cap=10 ** 9)  # the whole document
+            title, text = stored(scifact_corpus, doc_id, cap=10 ** 9)  # the whole document
             assert page["contents"] == f'"{title}"\n{text}'
             assert page["url"] == page["id"] == doc_id
 
 
-def test_access_unknown_urls_are_null_with_their_error(server, corpus):
-    known = next(iter(corpus))
+def test_access_unknown_urls_are_null_with_their_error(server, scifact_corpus):
+    known = next(iter(scifact_corpus))
     r = httpx.post(server.url + "/access", json={"urls": ["no-such-doc", known]}, timeout=30)
     assert r.status_code == 200
     body = r.json()
@@ -130,33 +118,33 @@ def test_access_needs_a_document_store(scifact_index):
     assert r.status_code == 422 and "keeps no documents" in r.json()["error"]
 
 
-def test_zerosearch_query_top_k_gets_a_list_of_texts(server, scifact_index, corpus, queries):
+def test_zerosearch_query_top_k_gets_a_list_of_texts(server, scifact_index, scifact_corpus, queries):
     for q in queries[:3]:
         local = scifact_index.search([q], 4)[0]
         texts = zerosearch_retrieve(server.url + "/retrieve", q, 4)
-        assert texts == ['"%s"\n%s' % stored(corpus, i) for i in local.ids]
+        assert texts == ['"%s"\n%s' % stored(scifact_corpus, i) for i in local.ids]
     r = httpx.post(server.url + "/retrieve", json={"query": ["a list"], "top_k": 3}, timeout=30)
     assert r.status_code == 422 and "'query' must be a string" in r.json()["error"]
     r = httpx.post(server.url + "/retrieve", json={"query": "x", "top_k": 0}, timeout=30)
     assert r.status_code == 422 and "top_k" in r.json()["error"]
 
 
-def test_r1_searcher_queries(server, scifact_index, corpus, queries):
+def test_r1_searcher_queries(server, scifact_index, scifact_corpus, queries):
     answers = r1_searcher(server.url, queries, 3)
     local = scifact_index.search(queries, 3)
     assert len(answers) == len(queries)
     for texts, res in zip(answers, local):
-        assert texts == ['"%s"\n%s' % stored(corpus, i) for i in res.ids]
+        assert texts == ['"%s"\n%s' % stored(scifact_corpus, i) for i in res.ids]
 
 
 @pytest.mark.parametrize("return_score", [False, True])
-def test_flashrag_search_and_batch_search(server, scifact_index, corpus, queries, return_score):
+def test_flashrag_search_and_batch_search(server, scifact_index, scifact_corpus, queries, return_score):
     local = scifact_index.search(queries, 5)
 
     def check_docs(docs, res):
         assert [d["id"] for d in docs] == res.ids
         for d in docs:
-            title, text = stored(corpus, d["id"])
+            title, text = stored(scifact_corpus, d["id"])
             assert (d["title"], d["text"], d["contents"]) == (title, text, f'"{title}"\n{text}')
 
     single = flashrag_search(server.url, queries[0], 5, return_score)
@@ -226,10 +214,10 @@ def test_client_takes_the_base_or_the_retrieve_url(server, scifact_index, querie
         assert [r.ids for r in got] == [r.ids for r in expected]
 
 
-def test_access_on_a_sharded_index(corpus):
+def test_access_on_a_sharded_index(scifact_corpus):
     from deepretrieval.search.bm25 import BM25Index
     from deepretrieval.search.shards import ShardedBackend
-    docs = list(corpus.values())[:40]
+    docs = list(scifact_corpus.values())[:40]
     shards = [BM25Index.build(docs[:20], name="s0"), BM25Index.build(docs[20:], name="s1")]
     with ServerThread(create_app({"sh": ShardedBackend(shards, name="sh")})) as srv:
         urls = [docs[3]["_id"], docs[33]["_id"], "missing"]

@@ -18,8 +18,9 @@ from deepretrieval.core.results import SearchError
 from deepretrieval.search.sql import (BUNDLED_DIR, SqliteBackend, execute_readonly, file_sha256,
                                       has_top_level_order_by, split_statements, write_sqlite_index)
 from deepretrieval.catalog import get_task, register_task
-from deepretrieval.catalog import bundled_rows
 from deepretrieval.tasks.sql import exec_match, exec_match_ordered, exec_match_set, normalize_value
+
+pytestmark = pytest.mark.rows("spider", "test")
 
 LIMIT = 0.5   # wall-clock limit for hostile SQL (seconds)
 SLACK = 1.5   # allowed overshoot (interpreter, connection set-up, a loaded CI machine)
@@ -27,11 +28,6 @@ SLACK = 1.5   # allowed overshoot (interpreter, connection set-up, a loaded CI m
 
 def answer(sql: str) -> str:
     return f"<think>I look at the schema.</think>\n<answer>{json.dumps({'sql': sql})}</answer>"
-
-
-@pytest.fixture(scope="module")
-def rows():
-    return bundled_rows("spider", "test")
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ from deepretrieval.search.sql import (
     SqliteBackend,
 )
 
+pytestmark = pytest.mark.slow
+
 DB = BUNDLED_DIR / "database" / "flight_2" / "flight_2.sqlite"
 LIMIT_S = 1.0
 AS_LIMIT = 3 << 30     # address space of the child (bytes)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 # the scripts whose task has its data here (bundled rows, built-in indexes); the others (the
 # original's script names for tasks without bundled data) are tests/test_original_scripts.py's

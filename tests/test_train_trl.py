@@ -14,59 +14,14 @@ from deepretrieval.train.trl_engine import (  # noqa: E402
     METRIC_PREFIX, TRLSettings, is_copy, last_checkpoint, read_metrics, render_prompt, train_trl)
 
 TASK = "scifact_no_reason"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """A 100k-parameter model gains nothing from threads; on a shared CPU they only contend."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.rows(TASK, "train", limit=8)]
 
 
 @pytest.fixture(scope="module")
-def rows():
-    from deepretrieval.catalog import bundled_rows
-    return bundled_rows(TASK, "train")[:8]
-
-
-@pytest.fixture(scope="module")
-def warm_model(tmp_path_factory, rows):
-    """The tiny random model, taught the answer format for a few dozen supervised steps so its
-    samples are sometimes well-formed: GRPO then sees rewards that differ within a group (a random
-    model is always wrong, every advantage is zero and nothing would move)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from deepretrieval.testing.tiny_model import build_tiny_model
-
-    path = build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    torch.manual_seed(0)
-    seqs = []
-    for row in rows:  # target: the claim's first words, then the closing of the prefilled answer
-        target = " ".join(row["extra_info"]["query"].split()[:4]) + '"}</answer>' + tok.eos_token
-        seqs.append((tok(render_prompt(tok, row), add_special_tokens=False)["input_ids"],
-                     tok(target, add_special_tokens=False)["input_ids"]))
-    width = max(len(p) + len(t) for p, t in seqs)
-    ids = torch.full((len(seqs), width), tok.pad_token_id)
-    labels = torch.full((len(seqs), width), -100)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, (p, t) in enumerate(seqs):
-        ids[i, :len(p) + len(t)] = torch.tensor(p + t)
-        labels[i, len(p):len(p) + len(t)] = torch.tensor(t)
-        mask[i, :len(p) + len(t)] = 1
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(60):
-        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    out = tmp_path_factory.mktemp("warm")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+def warm_model(warm_tiny, rows, tmp_path_factory):
+    """The tiny model taught the answer format (conftest ``warm_tiny``): GRPO sees reward spread."""
+    return warm_tiny(rows, tmp_path_factory.mktemp("warm"))
 
 
 def _settings(model, out, **kw):

@@ -35,32 +35,9 @@ from deepretrieval.train.trl_engine import (
 )
 
 TASK = "agent_closedworld"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from deepretrieval.testing.tiny_model import tiny_model_path
-    return str(tiny_model_path(tmp_path_factory.getbasetemp() / "tiny-models"))
-
-
-@pytest.fixture(scope="module")
-def tok(tiny):
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(tiny)
-
-
-@pytest.fixture(scope="module")
-def rows():
-    # two-hop questions: the oracle searches twice, so there are two injected result blocks
-    return [r for r in bundled_rows(TASK, "train") if r["extra_info"]["hops"] == 2][:4]
+# two-hop questions: the oracle searches twice, so there are two injected result blocks
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.rows(TASK, "train", where=lambda r: r["extra_info"]["hops"] == 2, limit=4)]
 
 
 def _settings(tiny, tmp_path, **kw):

@@ -19,7 +19,7 @@ pytest.importorskip("verl")
 pytest.importorskip("hydra")
 
 from deepretrieval.agent.runner import EpisodeRunner, episodes_from_rows
-from deepretrieval.catalog import bundled_rows, local_searcher
+from deepretrieval.catalog import local_searcher
 from deepretrieval.core import agent_protocol as P
 from deepretrieval.data.closed_world import OraclePolicy
 from deepretrieval.data.rows import write_parquet
@@ -27,24 +27,8 @@ from deepretrieval.generation.decoding import Decoding, Prompt
 from deepretrieval.train import verl as launcher
 
 N_ROWS = 4
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from deepretrieval.testing.tiny_model import build_tiny_model
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def tok(tiny):
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(tiny)
-
-
-@pytest.fixture(scope="module")
-def rows():
-    # test split of the closed world: 1-, 2- and 3-hop questions over the built-in index
-    return bundled_rows("agent_closedworld", "test")[:N_ROWS]
+# test split of the closed world: 1-, 2- and 3-hop questions over the built-in index
+pytestmark = [pytest.mark.slow, pytest.mark.rows("agent_closedworld", "test", limit=N_ROWS)]
 
 
 @pytest.fixture(scope="module")

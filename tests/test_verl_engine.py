@@ -18,12 +18,6 @@ from deepretrieval.train import verl as launcher  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from deepretrieval.testing.tiny_model import build_tiny_model
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
-
-
-@pytest.fixture(scope="module")
 def scifact_parquet(tmp_path_factory):
     from deepretrieval.catalog import bundled_rows
     from deepretrieval.data.rows import write_parquet
@@ -134,6 +128,7 @@ def test_invalid_batch_is_rejected_by_verl_validation(tiny, scifact_parquet):
         launcher.validate(cfg)
 
 
+@pytest.mark.slow
 def test_reward_is_wired_where_main_ppo_reads_it(tiny, scifact_parquet):
     """main_ppo (0.9.1) loads the reward from reward.custom_reward_function; the legacy top-level
     custom_reward_function.* keys validate but are ignored. This fails if our configs wire the
@@ -184,6 +179,7 @@ def test_verl_dataset_reads_our_rows(tiny, scifact_parquet):
     assert len(tokenizer(text)["input_ids"]) <= cfg.data.max_prompt_length
 
 
+@pytest.mark.slow
 def test_reward_loop_manager_scores_batch_on_ray_cpu_workers(tiny, scifact_parquet, scifact_index):
     """Our compute_score_async through verl's RewardLoopManager / RewardLoopWorker (Ray actor) and
     the naive reward manager, searching through the retrieval service like a real run."""
@@ -258,6 +254,7 @@ def test_reward_loop_manager_scores_batch_on_ray_cpu_workers(tiny, scifact_parqu
     assert scores[2] == scores[3] == pytest.approx(-2.0)  # BEIR table: bad format
 
 
+@pytest.mark.slow
 def test_export_verl_fsdp_checkpoint_round_trip(tiny, tmp_path):
     """A verl actor checkpoint (FSDP layout, one rank) → `deepretrieval export` (verl's own model
     merger) → a Hugging Face folder that generates exactly what the original weights generate."""

@@ -31,6 +31,7 @@ def _ray_init_env(cfg):
     return env
 
 
+@pytest.mark.slow
 def test_token_reaches_the_ray_workers_runtime_env(monkeypatch, tmp_path):
     _, cfg = _cfg(monkeypatch, tmp_path, "s3cr3t-token")
     env = _ray_init_env(cfg)
@@ -49,6 +50,7 @@ def test_a_token_hydra_cannot_carry_is_refused(monkeypatch, tmp_path):
         _cfg(monkeypatch, tmp_path, "a,b")
 
 
+@pytest.mark.slow
 def test_a_ray_serve_url_reaches_the_workers_as_written(monkeypatch, tmp_path):
     """``ray://APP`` (the Ray Serve application's handles, docs/scale_out.md) passes Hydra."""
     monkeypatch.delenv(launcher.TOKEN_ENV, raising=False)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 def tag_contents(text: str, open_tag: str, close_tag: str) -> list[str]:
     """Every ``open_tag…close_tag`` content, in order: ``re.findall(open(.*?)close, DOTALL)``."""
-    out = []
+    out: list[str] = []
     pos = 0
     while True:
         i = text.find(open_tag, pos)
@@ -84,7 +84,7 @@ def fenced_objects(text: str) -> list[str]:
             closes_e.append(e - 1)
             closes_q.append(q)
         q = text.find(fence, q + 1)
-    out = []
+    out: list[str] = []
     s = text.find(fence)
     while s >= 0:
         p = s + len(fence)

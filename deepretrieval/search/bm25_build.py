@@ -8,7 +8,7 @@ df + 0.5) / (df + 0.5))`` rounded to float32, ``impact = float32(idf * tf / (tf 
 it, ``avgdl`` the mean token count per document. The analysis is bm25s's ``Tokenizer`` with the
 PyStemmer English stemmer: lower-case, words ``(?u)\\b\\w\\w+\\b``, English stopwords dropped,
 each word stemmed; a document without any remaining token counts as one empty-string token (as in
-bm25s). ``tests/test_bm25_scale.py`` checks all of this against bm25s itself.
+bm25s). ``tests/test_bm25_streaming_build.py`` checks all of this against bm25s itself.
 
 Phases:
 

@@ -4,7 +4,7 @@ Both kernels return, per query, the top ``k`` documents by **score descending, t
 index ascending** (ties in document order everywhere, including which of several documents tied
 at the k-th score are kept), with the score of a document the float32 sum of its impacts **in the
 query's term order** (a repeated query term counts each time). So the two kernels return
-identical ids and scores (``tests/test_bm25_scale.py``).
+identical ids and scores (``tests/test_bm25_streaming_build.py``).
 
 * :func:`exhaustive_kernel`: term at a time; every posting of every query term is added into a
   dense accumulator, the touched documents are partitioned at the k-th score. Cost: all postings.

@@ -69,7 +69,7 @@ BEIR = BeirFamily()
 def beir_rows(task: Task, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
               split: str, search_index: str | None = None) -> list[dict[str, Any]]:
     """One row per query that has at least one relevant document, in qrels order."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for qid, judged in qrels.items():
         relevant = [(doc, grade) for doc, grade in judged.items() if grade > 0]
         if not relevant or qid not in queries:
@@ -114,9 +114,9 @@ TASKS = [
 # Dense retrieval over the same collection (index ``scifact_dense``: the shipped all-MiniLM-L6-v2;
 # see deepretrieval/search/dense.py). ``collection`` names the bundled queries/qrels.
 _SCIFACT_DENSE = _SCIFACT.replace("a BM25 search engine", "a dense (semantic) retrieval engine")
-for _name, _extra in (("scifact_dense", {}),
-                      ("scifact_dense_no_reason", {"reasoning": False,
-                                                   "prefill": ANSWER_PREFILL})):
+_DENSE_VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("scifact_dense", {}), ("scifact_dense_no_reason", {"reasoning": False, "prefill": ANSWER_PREFILL}))
+for _name, _extra in _DENSE_VARIANTS:
     TASKS.append(Task(name=_name, family=BEIR, index="scifact_dense", instruction=_SCIFACT_DENSE,
                       reward=TABLE, train_depth=1000, val_depth=10,
                       options={"collection": "scifact"},

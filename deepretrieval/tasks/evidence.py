@@ -149,6 +149,9 @@ _DATASETS = {
     "squad": ("SQuAD (open)", "Wikipedia"),
 }
 
+_VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("", {}), ("_no_reason", {"reasoning": False, "prefill": "<answer>{\"query\": \""}))
+
 TASKS = [
     Task(name=_name + _suffix, family=EVIDENCE, index="wikipedia", system=_SYSTEM,
          instruction=_INSTRUCTION.format(corpus=_corpus), reward=TABLE,
@@ -156,8 +159,7 @@ TASKS = [
          description=f"{_title}: rank of the first answer-bearing passage in the top 3000"
                      + (", answer-only" if _suffix else ""), **_extra)
     for _name, (_title, _corpus) in _DATASETS.items()
-    for _suffix, _extra in (("", {}), ("_no_reason", {"reasoning": False,
-                                                      "prefill": "<answer>{\"query\": \""}))]
+    for _suffix, _extra in _VARIANTS]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -280,10 +280,11 @@ class OriginalFamily(Family):
                                 normalize_extra_info(extra_info, self.original), mode)
 
     def reference_queries(self, task, rows):
-        normalized = [{**row, "extra_info": normalize_extra_info(row.get("extra_info"), self.original),
-                       "reward_model": {**(row.get("reward_model") or {}), "ground_truth": normalize_ground_truth(
-                           (row.get("reward_model") or {}).get("ground_truth"), self.family_key)}}
-                      for row in rows]
+        normalized: list[Mapping[str, Any]] = [
+            {**row, "extra_info": normalize_extra_info(row.get("extra_info"), self.original),
+             "reward_model": {**(row.get("reward_model") or {}), "ground_truth": normalize_ground_truth(
+                 (row.get("reward_model") or {}).get("ground_truth"), self.family_key)}}
+            for row in rows]
         return self.inner.reference_queries(task, normalized)
 
 

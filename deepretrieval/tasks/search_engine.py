@@ -130,7 +130,7 @@ def trialmind_rows(task: Task, split: str = "test", engine: str = "pubmed") -> l
     """One row per TrialMind-SLR review with at least one included study id for ``engine``
     (``pubmed``: PMIDs, ``ctgov``: NCT ids)."""
     key = "pmid" if engine == "pubmed" else "nctid"
-    rows = []
+    rows: list[dict[str, Any]] = []
     for review in load_trialmind():
         target = list(dict.fromkeys(t[key] for t in review["trials"] if t.get(key)))
         if not target:
@@ -143,7 +143,7 @@ def trialmind_rows(task: Task, split: str = "test", engine: str = "pubmed") -> l
 
 def clef_rows(task: Task, split: str = "train") -> list[dict[str, Any]]:
     """One row per CLEF TAR 2018 Task 2 test topic with relevant PMIDs."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for topic in load_clef():
         if not topic["relevant"]:
             continue

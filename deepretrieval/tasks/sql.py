@@ -201,10 +201,11 @@ class SqlFamily(Family):
             if gold_sql in ran:
                 gold = gold_from_result(model_plan.index, gold_sql, model_plan.k, ran[gold_sql])
             else:
-                gold = cached_gold(model_plan.index, gold_sql, model_plan.k)
-                if gold is None:
+                cached = cached_gold(model_plan.index, gold_sql, model_plan.k)
+                if cached is None:
                     raise SearchError(f"the gold SQL result on {model_plan.index} is not known "
                                       f"(neither run nor cached): {gold_sql[:200]}")
+                gold = cached
             if gold[1]:
                 raise SearchError(f"the gold result on {model_plan.index} has more than "
                                   f"{model_plan.k} rows; raise the task's max_rows option")

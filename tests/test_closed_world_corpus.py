@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from deepretrieval.agent.runner import run_rows
 from deepretrieval.catalog import bundled_rows, get_task
 from deepretrieval.core.agent_protocol import RETRIEVED_KEY, AgentSettings
@@ -18,6 +20,7 @@ def _score(rows, episodes):
                         for r, e in zip(rows, episodes)])
 
 
+@pytest.mark.slow
 def test_deterministic_across_processes():
     code = "from deepretrieval.data.closed_world import generate_world; print(generate_world(0).digest())"
     env = {**os.environ, "PYTHONHASHSEED": "123"}

@@ -325,6 +325,7 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
 def test_memory_is_given_back_after_a_large_answer(tmp_path):
     from deepretrieval.core.memory import can_release

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepretrieval.core.beir_files import load_corpus, load_queries
+from deepretrieval.core.beir_files import load_corpus
 from deepretrieval.core.bundled import collection_dir
 from deepretrieval.search import load_index_dir
 from deepretrieval.search.bm25 import BM25Index
@@ -33,11 +33,6 @@ MATRIX = ("data", "indices", "indptr", "term_max", "block_max", "block_ptr")
 @pytest.fixture(scope="module")
 def scifact_docs():
     return list(load_corpus(collection_dir("scifact")))
-
-
-@pytest.fixture(scope="module")
-def claims():
-    return list(load_queries(collection_dir("scifact")).values())
 
 
 def generated_docs(n: int, vocab: int = 300, seed: int = 0) -> list[dict]:
@@ -71,6 +66,7 @@ def same_index(a: Path, b: Path) -> None:
 
 # ---- exactness against bm25s -----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_impacts_equal_bm25s_lucene_bit_for_bit(scifact_docs, tmp_path):
     import bm25s
     import Stemmer
@@ -117,6 +113,7 @@ def test_tokenizer_equals_bm25s_on_hard_text():
 
 # ---- chunks, workers, resume, memory ----------------------------------------------------------
 
+@pytest.mark.slow
 def test_chunked_build_in_workers_equals_one_chunk(scifact_docs, tmp_path):
     build_index(scifact_docs, tmp_path / "one", name="s", workers=0, show_progress=False,
                 chunk_bytes=1 << 40)
@@ -132,6 +129,7 @@ def test_chunked_build_in_workers_equals_one_chunk(scifact_docs, tmp_path):
     assert index.texts[0].startswith("Title 0 ") and index.doc_ids[2999] == "d2999"
 
 
+@pytest.mark.slow
 def test_interrupted_build_resumes_from_its_chunks(tmp_path):
     docs = generated_docs(3000, seed=3)
     build_index(docs, tmp_path / "whole", name="g", workers=0, show_progress=False,
@@ -175,6 +173,7 @@ def test_build_errors(tmp_path):
                     show_progress=False)
 
 
+@pytest.mark.slow
 def test_peak_memory_is_bounded_by_the_setting_not_the_corpus(tmp_path):
     """Two builds with the same 400 MB budget, of 20k and 100k documents of 100 words (5x the
     text; ~2 vs ~10 chunks of ~5.5 MB): the main process's and the workers' peaks stay under the
@@ -218,9 +217,9 @@ def test_peak_memory_is_bounded_by_the_setting_not_the_corpus(tmp_path):
 
 # ---- kernels ---------------------------------------------------------------------------------
 
-def test_pruned_kernel_equals_exhaustive_on_scifact(scifact_index, claims):
+def test_pruned_kernel_equals_exhaustive_on_scifact(scifact_index, scifact_claims):
     index = scifact_index
-    queries = claims + ["cancer cancer cell cell cell", "protein " * 50, "the of zzzqqq"]
+    queries = scifact_claims + ["cancer cancer cell cell cell", "protein " * 50, "the of zzzqqq"]
     for k in (1, 3, 10, 100):
         ex = index.search(queries, k, kernel="exhaustive")
         pr = index.search(queries, k, kernel="pruned")
@@ -269,7 +268,8 @@ def test_kernel_choice_is_automatic_and_overridable(scifact_index, monkeypatch):
 
 # ---- shards ------------------------------------------------------------------------------------
 
-def test_shards_merge_into_exactly_one_index(scifact_docs, claims, tmp_path):
+@pytest.mark.slow
+def test_shards_merge_into_exactly_one_index(scifact_docs, scifact_claims, tmp_path):
     build_index(scifact_docs, tmp_path / "one", name="one", show_progress=False)
     build_index(scifact_docs, tmp_path / "three", name="three", shards=3, workers=2,
                 show_progress=False, chunk_bytes=2_000_000, merge_postings=20_000)
@@ -278,26 +278,26 @@ def test_shards_merge_into_exactly_one_index(scifact_docs, claims, tmp_path):
     assert meta["type"] == "sharded" and len(meta["shards"]) == 3
     assert three.info()["shards"] == 3
     for k in (3, 10, 1000):
-        a = one.search(claims, k, return_text=(k == 3))
-        b = three.search(claims, k, return_text=(k == 3))
+        a = one.search(scifact_claims, k, return_text=(k == 3))
+        b = three.search(scifact_claims, k, return_text=(k == 3))
         assert [(r.ids, r.scores) for r in a] == [(r.ids, r.scores) for r in b], k
         if k == 3:
             assert [r.texts for r in a] == [r.texts for r in b]
-    ranks = [one.search(claims[:50], 500, options={"answers": ["cell", "protein"]}),
-             three.search(claims[:50], 500, options={"answers": ["cell", "protein"]})]
+    ranks = [one.search(scifact_claims[:50], 500, options={"answers": ["cell", "protein"]}),
+             three.search(scifact_claims[:50], 500, options={"answers": ["cell", "protein"]})]
     assert [r.info for r in ranks[0]] == [r.info for r in ranks[1]]
     assert {r.info["first_answer_rank"] for r in ranks[0]} - {None}
 
 
 # ---- the evidence option -----------------------------------------------------------------------
 
-def test_answers_option_gives_the_evidence_rank(scifact_index, claims):
+def test_answers_option_gives_the_evidence_rank(scifact_index, scifact_claims):
     from deepretrieval.tasks.evidence import first_answer_rank
 
     answers = [["cancer"], ["vitamin D", "bone"], ["The"], [""], ["zzzz qqqq"], ["T cells"]]
     for ans in answers:
-        with_text = scifact_index.search(claims[:40], 300, return_text=True)
-        ranked = scifact_index.search(claims[:40], 300, options={"answers": ans})
+        with_text = scifact_index.search(scifact_claims[:40], 300, return_text=True)
+        ranked = scifact_index.search(scifact_claims[:40], 300, options={"answers": ans})
         for a, b in zip(with_text, ranked):
             assert b.texts is None and a.ids == b.ids
             assert b.info["first_answer_rank"] == first_answer_rank(a.texts, ans, 300)
@@ -309,7 +309,8 @@ def test_answers_option_gives_the_evidence_rank(scifact_index, claims):
 
 # ---- format 1, DPR TSV -------------------------------------------------------------------------
 
-def test_format_1_index_still_loads(scifact_docs, claims, tmp_path):
+@pytest.mark.slow
+def test_format_1_index_still_loads(scifact_docs, scifact_claims, tmp_path):
     """An index as the previous version wrote it (bm25s's files, doc_ids.json, texts.jsonl.gz)."""
     import bm25s
     import Stemmer
@@ -335,7 +336,8 @@ def test_format_1_index_still_loads(scifact_docs, claims, tmp_path):
     build_index(docs, tmp_path / "v2", name="v2", show_progress=False)
     v1, v2 = load_index_dir(old), load_index_dir(tmp_path / "v2")
     for k in (10, 1000):
-        a, b = v1.search(claims, k, return_text=True), v2.search(claims, k, return_text=True)
+        a = v1.search(scifact_claims, k, return_text=True)
+        b = v2.search(scifact_claims, k, return_text=True)
         assert [(r.ids, r.scores, r.texts) for r in a] == [(r.ids, r.scores, r.texts) for r in b]
 
 

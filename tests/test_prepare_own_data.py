@@ -113,6 +113,7 @@ def test_byo_rows_score_through_compute_score(trialmind):
     assert main(["baseline", "--task", "trialmind_byo", "--rows", str(out / "test.parquet"), "--json"]) == 0
 
 
+@pytest.mark.slow
 def test_prepare_beir_dense(tmp_path, _index_dir):
     pytest.importorskip("sentence_transformers")
     files = write_collection(tmp_path / "src")
@@ -128,46 +129,8 @@ def test_prepare_beir_dense(tmp_path, _index_dir):
     assert got["format_ok"] and not got["search_error"] and got["ndcg"] > 0
 
 
-def _warm_tiny_model(rows, folder):
-    """The tiny random model taught, for a few supervised steps, the answer-only recipe of
-    ``scifact_no_reason``: after the prompt (with the row's prefill) it writes a few query words
-    and closes the prefilled answer (``…"}</answer>``). Its samples then parse sometimes — but
-    only when the prompt really carries the answer prefill."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from deepretrieval.testing.tiny_model import build_tiny_model
-    from deepretrieval.train.trl_engine import render_prompt
-
-    path = build_tiny_model(folder / "tiny", seed=0)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    torch.manual_seed(0)
-    seqs = []
-    for row in rows:
-        target = " ".join(row["extra_info"]["query"].split()[:4]) + '"}</answer>' + tok.eos_token
-        seqs.append((tok(render_prompt(tok, row), add_special_tokens=False)["input_ids"],
-                     tok(target, add_special_tokens=False)["input_ids"]))
-    width = max(len(p) + len(t) for p, t in seqs)
-    ids = torch.full((len(seqs), width), tok.pad_token_id)
-    labels = torch.full((len(seqs), width), -100)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, (p, t) in enumerate(seqs):
-        ids[i, :len(p) + len(t)] = torch.tensor(p + t)
-        labels[i, len(p):len(p) + len(t)] = torch.tensor(t)
-        mask[i, :len(p) + len(t)] = 1
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(60):
-        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.save_pretrained(folder / "warm")
-    tok.save_pretrained(folder / "warm")
-    return folder / "warm"
-
-
-def test_no_reason_collection_trains_two_trl_steps_with_reward_spread(tmp_path, _index_dir):
+@pytest.mark.slow
+def test_no_reason_collection_trains_two_trl_steps_with_reward_spread(tmp_path, _index_dir, warm_tiny):
     """`prepare beir --no_reason` rows carry the answer prefill, so a 2-step TRL run of the
     small-model recipe sees well-formed answers among its samples: reward std > 0 (without the
     prefill every sample is a format error, the rewards are all -2 and GRPO learns nothing)."""
@@ -181,7 +144,7 @@ def test_no_reason_collection_trains_two_trl_steps_with_reward_spread(tmp_path, 
     rows = read_rows(out / "train.parquet")[:8]
     assert rows[0]["data_source"] == "trialmind_nr_no_reason"
     assert rows[0]["extra_info"]["prefill"] == '<answer>{"query": "'
-    model = _warm_tiny_model(rows, tmp_path)
+    model = warm_tiny(rows, tmp_path / "warm")  # taught the answer-only recipe
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -319,6 +319,7 @@ def test_prepare_from_user_file(tmp_path):
                      str(tmp_path / "o2")]) == 2
 
 
+@pytest.mark.slow
 def test_evidence_over_a_dense_index(corpus, examples, tmp_path):
     """The same family on a dense index (texts come back from the dense backend)."""
     from deepretrieval.catalog import register_index

@@ -8,6 +8,10 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 STARTER = """
 import sys, time
 from deepretrieval.train.service import ManagedService

@@ -74,6 +74,7 @@ with atomic_dir(sys.argv[1]) as tmp:
 """
 
 
+@pytest.mark.slow
 def test_temp_folder_of_a_killed_build_is_cleaned(tmp_path):
     target = tmp_path / "idx"
     proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(target)], stdout=subprocess.PIPE,

@@ -39,6 +39,7 @@ def _one_error_line(proc) -> str:
     return errors[0]
 
 
+@pytest.mark.slow
 def test_dense_baseline_without_the_dense_extra(tmp_path):
     """Printed a table of zeros and '300 of 300 searches failed'."""
     env = _blocking(tmp_path, ("sentence_transformers", "faiss"))
@@ -48,6 +49,7 @@ def test_dense_baseline_without_the_dense_extra(tmp_path):
     assert "| scifact_dense |" not in proc.stdout
 
 
+@pytest.mark.slow
 def test_verl_dry_run_and_script_without_the_verl_extra(tmp_path):
     """Ended in `ModuleNotFoundError: No module named 'omegaconf'` (a traceback)."""
     env = _blocking(tmp_path, ("omegaconf", "hydra", "verl", "ray"))
@@ -63,6 +65,7 @@ def test_verl_dry_run_and_script_without_the_verl_extra(tmp_path):
     assert 'pip install -e ".[verl-cpu]"' in _one_error_line(script)
 
 
+@pytest.mark.slow
 def test_baseline_finds_the_rows_prepare_just_wrote(tmp_path):
     """`prepare beir … --name mybeir` then `baseline --task mybeir --split test` said "no bundled
     rows" although the rows were just written."""

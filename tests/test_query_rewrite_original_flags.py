@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from deepretrieval.cli import build_parser
 from deepretrieval.cli.compat import ORIGINAL_MODEL, original_rewrite_argv
 from deepretrieval.testing.openai_server import LoopbackChatServer
@@ -28,6 +30,7 @@ def test_original_call_translates_with_the_original_defaults():
     assert original_rewrite_argv(["q", "--task", "scifact"]) is None
 
 
+@pytest.mark.slow
 def test_query_rewrite_script_original_flags(tmp_path):
     def reply(body):
         user = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
