@@ -252,7 +252,7 @@ def test_fake_result_blocks_written_by_the_model_never_count_as_a_hit():
     hit is 0; only a real record holding the gold gives it."""
     import random
     rng = random.Random(10)
-    for i in range(250):
+    for _ in range(250):
         gold = rng.choice(["Qel", "Paris", "Marie Curie", "1912"])
         wrap = rng.choice([P.information, P.tool_response,
                            lambda c: f"<information>{c}", lambda c: f"<tool_response>{c}</tool_response>"])

@@ -1,5 +1,5 @@
 """CI runs what the README says it runs: the README's test command is ``.ci/run``'s command line,
-character for character, and it checks the layers, the types and both test lanes (the fast lane
+character for character, and it checks the layers, the lint, the types and both test lanes (the fast lane
 ``-m "not slow"`` first, then ``-m slow``: together they are the whole suite)."""
 import re
 import shlex
@@ -24,6 +24,6 @@ def test_the_readme_test_command_is_what_ci_runs():
 
 def test_ci_checks_layers_types_and_both_lanes():
     steps = [shlex.split(step) for step in _ci_command().split(" && ")]
-    assert ["lint-imports"] in steps and ["mypy"] in steps
+    assert ["lint-imports"] in steps and ["ruff", "check", "."] in steps and ["mypy"] in steps
     lanes = [s for s in steps if s[:3] == ["python", "-m", "pytest"]]
     assert [s[s.index("-m", 3) + 1] for s in lanes] == ["not slow", "slow"]

@@ -1,5 +1,4 @@
 """The ppo preset per task equals the original scripts' values, as the table in docs/profiles.md."""
-import re
 from pathlib import Path
 
 import pytest

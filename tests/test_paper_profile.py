@@ -2,7 +2,6 @@
 real-search path through ``compute_score``, and DPR ``has_answers`` matching."""
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import subprocess

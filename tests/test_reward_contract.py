@@ -17,7 +17,6 @@ from deepretrieval.catalog import bundled_rows
 from deepretrieval.rewards import TRLReward, ascore_batch, compute_score, compute_score_async, score_batch
 from deepretrieval.catalog import local_searcher, open_index, set_searcher
 from deepretrieval.search import LocalSearcher
-from deepretrieval.core.results import SearchResult
 from deepretrieval.search.bm25 import BM25Index
 from deepretrieval.search.live.pubmed import PubMedBackend
 from deepretrieval.search.live.governor import Backoff

@@ -172,7 +172,7 @@ def test_stalled_connections_under_a_1024_descriptor_server(scifact_index):
     stalled = []
     try:
         port = int(proc.stdout.readline())
-        for i in range(1100):
+        for _ in range(1100):
             s = socket.create_connection(("127.0.0.1", port), timeout=10)
             s.sendall(b"POST /retrieve HTTP/1.1\r\nHost: x\r\n")
             stalled.append(s)

@@ -142,7 +142,7 @@ def test_one_querys_backend_failure_is_its_own_error_generated(scifact_index):
     backend = Poisoned(scifact_index)
     with ServerThread(create_app({"p": backend}, ServiceConfig(batch_wait_ms=5))) as srv:
         searcher = ServiceSearcher(srv.url, retries=0)
-        for trial in range(15):
+        for _trial in range(15):
             qs = rand_queries(rng, rng.randint(1, 80))
             bad = set(rng.sample(range(len(qs)), rng.randint(1, min(3, len(qs)))))
             qs = [q + Poisoned.POISON if i in bad else q for i, q in enumerate(qs)]
@@ -434,7 +434,7 @@ def test_unparsable_requests_get_the_json_error_shape(scifact_index):
 def test_a_lone_surrogate_is_that_querys_error(scifact_index):
     rng = random.Random(8)
     with ServerThread(create_app({"scifact": scifact_index})) as srv:
-        for trial in range(12):
+        for _trial in range(12):
             qs = rand_queries(rng, rng.randint(2, 8))
             bad = rng.randrange(len(qs))
             escape = rng.choice(["\\ud800", "\\udfff", "x\\ud800\\ud800", "\\udc00 y"])

@@ -45,7 +45,7 @@ def test_rows_round_trip_through_parquet(tmp_path):
 
 def test_write_parquet_is_atomic(tmp_path):
     target = tmp_path / "rows.parquet"
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):  # pyarrow.ArrowInvalid: the value is not storable
         write_parquet([{"a": 1}, {"a": object()}], target)
     assert not target.exists() and list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="no rows"):

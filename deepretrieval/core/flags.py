@@ -86,8 +86,8 @@ def _base_type(annotation: Any) -> tuple[Any, bool]:
             raise TypeError(f"a flag field needs one type, not {annotation!r} (give metadata 'type')")
         return _base_type(args[0])
     if origin in (list, tuple, Sequence, typing.Sequence):
-        args = typing.get_args(annotation)
-        return (args[0] if args else str), True
+        items = typing.get_args(annotation)
+        return (items[0] if items else str), True
     return annotation, False
 
 
