@@ -113,7 +113,7 @@ def test_eval_scripts_map_to_their_task(echo, tmp_path):
     assert _opt(argv, "--model") == "openai:gpt-3.5-turbo" and _opt(argv, "--task") == "fever"
     argv = echo("eval/Dense/claude_no_reason.sh", "nfcorpus", ANTHROPIC_API_KEY="k")
     assert _opt(argv, "--model") == "openai:claude-3-5-sonnet-20240620"
-    assert _opt(argv, "--task") == "nfcorpus_dense_no_reason" and "anthropic.com" in _opt(argv, "--base-url")
+    assert _opt(argv, "--task") == "nfcorpus_dense_no_reason" and "anthropic.com" in _opt(argv, "--api-url")
     assert _opt(echo("eval/Dense/msmarco_subset/gpt.sh", "msmarco_health"), "--task") == "msmarco_dense_test"
     assert _opt(echo("eval/evi_gpt_claude.sh"), "--task") == "nq"
 
