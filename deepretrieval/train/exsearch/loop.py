@@ -410,16 +410,10 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
                     if hook:
                         hook(name, "estep", 0)
                     share = _shard(train_rows, accelerator)
-                    mine, report = _seed_episodes(settings, share, searcher)
+                    samples, report, skipped = seed_examples(tokenizer, share, settings, searcher,
+                                                             weight=1.0)
                     info["seeds"] = report      # (distributed: the main process's share)
                     questions = {question_key(r) for r in share}
-                    samples, skipped = make_examples(tokenizer, mine, replace_answer=False,
-                                                     max_length=settings.max_length)
-                    sizes: dict[str, int] = {}
-                    for e in samples:
-                        sizes[e.group] = sizes.get(e.group, 0) + 1
-                    for e in samples:
-                        e.weight = 1.0 / sizes[e.group]
                     epochs = settings.warmup_epochs
                 else:
                     iteration = int(name.split("-")[1])
@@ -622,6 +616,16 @@ def replay_examples(tokenizer, rows, settings: ExSearchSettings, searcher
     """The warm-up's seed trajectories of ``rows``, weighted ``settings.replay / n`` per question
     (``n`` = its seeds), replayed in an M-step beside the sampled ones: the seeds anchor the
     behaviour the warm-up taught (one search per hop) while the policy learns from its samples."""
+    examples, report, skipped = seed_examples(tokenizer, rows, settings, searcher,
+                                              weight=settings.replay)
+    return examples, {"seeds": report, "skipped_too_long": skipped}
+
+
+def seed_examples(tokenizer, rows, settings: ExSearchSettings, searcher, *, weight: float
+                  ) -> tuple[list[Example], dict[str, Any], int]:
+    """The seed trajectories of ``rows`` as training examples (their own answers kept), weighted
+    ``weight / n`` per question (``n`` = its seeds): the warm-up's data (weight 1) and the M-steps'
+    replay (``settings.replay``). Returns the examples, the seeds' report and how many were too long."""
     episodes, report = _seed_episodes(settings, rows, searcher)
     examples, skipped = make_examples(tokenizer, episodes, replace_answer=False,
                                       max_length=settings.max_length)
@@ -629,8 +633,8 @@ def replay_examples(tokenizer, rows, settings: ExSearchSettings, searcher
     for e in examples:
         sizes[e.group] = sizes.get(e.group, 0) + 1
     for e in examples:
-        e.weight = settings.replay / sizes[e.group]
-    return examples, {"seeds": report, "skipped_too_long": skipped}
+        e.weight = weight / sizes[e.group]
+    return examples, report, skipped
 
 
 def _mean_max_weight(examples: Sequence[Example]) -> float | None:
