@@ -118,10 +118,13 @@ def test_ctrl_c_while_the_command_line_starts(command, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
            "DEEPRETRIEVAL_INDEX_DIR": str(tmp_path / "indexes")}
     # (from 20 ms: the child's own lines after `started` — finding the module — are not ours)
-    started = time.monotonic()
-    reference = subprocess.run([sys.executable, "-c", EARLY_CHILD, *command], capture_output=True,
-                               text=True, cwd=tmp_path, env=env, timeout=300)
-    assert reference.returncode == 0, reference.stderr[-2000:]
+    # The first run also builds what later runs find ready (the index, bytecode): the span is
+    # taken from a second, warm run, as fast as the interrupted runs below
+    for _ in range(2):
+        started = time.monotonic()
+        reference = subprocess.run([sys.executable, "-c", EARLY_CHILD, *command], capture_output=True,
+                                   text=True, cwd=tmp_path, env=env, timeout=300)
+        assert reference.returncode == 0, reference.stderr[-2000:]
     # moments inside the command's own run time (a fast machine finishes `tasks` in well under a
     # second; later signals would only test the teardown)
     span = min(2.5, max(0.1, 0.8 * (time.monotonic() - started)))
