@@ -101,7 +101,7 @@ def register_quickstart(sub) -> None:
                         "reward; EM gain over the warm start with a paired bootstrap interval")
     p.add_argument("--eval-max-new-tokens", type=int,
                    help="longest completion when evaluating (default: Boolean 40, scifact 64)")
-    p.add_argument("--batch-size", "--eval-batch-size", dest="eval_batch_size", type=int, default=16)
+    p.add_argument("--batch-size", "--eval-batch-size", type=int, default=16)
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (r=16, lr 1e-4 advised)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", default="auto",

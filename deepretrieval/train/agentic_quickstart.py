@@ -137,7 +137,7 @@ def run_agentic_quickstart(args) -> int:
           f"questions, {len(test_rows)} held-out test questions (1–3 hops)")
 
     model = resolve_model(args.model)
-    eval_kw = {"max_new_tokens": args.turn_tokens, "batch_size": args.eval_batch_size, "greedy": True,
+    eval_kw = {"max_new_tokens": args.turn_tokens, "batch_size": args.batch_size, "greedy": True,
                "seed": args.seed, "resume": False, "plot": False, "progress": settings.progress_enabled()}
     frame.step(f"Closed-book, naive RAG and the zero-shot agent ({args.model}) on the test "
                "questions …")
@@ -149,7 +149,7 @@ def run_agentic_quickstart(args) -> int:
         frame.step("Warm start: fine-tuning on the closed world's oracle trajectories …")
         warm_dir, warm_summary, warm_records = recipe.warm_start(
             model, train_rows, test_rows, out / "warm_start", turn_tokens=args.turn_tokens,
-            batch_size=args.eval_batch_size, seed=args.seed, progress=settings.progress_enabled())
+            batch_size=args.batch_size, seed=args.seed, progress=settings.progress_enabled())
         start, table_for_grpo, warm = str(warm_dir), recipe.WARM_TABLE, (warm_summary, warm_records)
 
     frame.step(f"Agentic GRPO (TRL rollout_func, injected tokens masked): {args.steps} steps × "
@@ -162,7 +162,7 @@ def run_agentic_quickstart(args) -> int:
         seed=args.seed, bf16=False, save_steps=0, progress=settings.progress_enabled(),
         extra={"gradient_checkpointing": False})
     rollout = AgentRollout(turn_tokens=args.turn_tokens, table=table_for_grpo,
-                           batch_size=args.eval_batch_size, seed=args.seed)
+                           batch_size=args.batch_size, seed=args.seed)
     result = train_trl(train_rows, trl_settings, rollout=rollout)
     train_seconds = time.time() - t
     print(f"    trained in {train_seconds:.0f}s → {result.model_dir}")

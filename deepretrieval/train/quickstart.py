@@ -62,7 +62,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 #: Options spelled out in the reproducing command.
 OPTIONS = ("task", "model", "out", "engine", "steps", "lr", "temperature", "prompts_per_step",
-           "num_generations", "max_new_tokens", "eval_max_new_tokens", "eval_batch_size", "limit",
+           "num_generations", "max_new_tokens", "eval_max_new_tokens", "batch_size", "limit",
            "eval_split", "seed", "threads")
 FLAGS = ("lora", "no_plot")
 
@@ -169,7 +169,7 @@ def paper_rows(rows: list[dict]) -> list[dict]:
 
 def _evaluate(model: str, rows, out_dir: Path, args) -> dict[str, Any]:
     return evaluate_model(model, rows, out_dir=out_dir, max_new_tokens=args.eval_max_new_tokens,
-                          batch_size=args.eval_batch_size, greedy=True, seed=args.seed,
+                          batch_size=args.batch_size, greedy=True, seed=args.seed,
                           extract="strict", resume=False, progress=settings.progress_enabled(),
                           baseline=False, plot=False)
 
