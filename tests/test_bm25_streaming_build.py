@@ -24,6 +24,7 @@ import pytest
 from deepretrieval.core.beir_files import load_corpus
 from deepretrieval.core.bundled import collection_dir
 from deepretrieval.search import load_index_dir
+from deepretrieval.search.answer_ranks import ANSWERS_HITS
 from deepretrieval.search.bm25 import BM25Index
 from deepretrieval.search.bm25_build import build_index, tokenize_chunk
 
@@ -299,7 +300,9 @@ def test_answers_option_gives_the_evidence_rank(scifact_index, scifact_claims):
         with_text = scifact_index.search(scifact_claims[:40], 300, return_text=True)
         ranked = scifact_index.search(scifact_claims[:40], 300, options={"answers": ans})
         for a, b in zip(with_text, ranked):
-            assert b.texts is None and a.ids == b.ids
+            # only the top ANSWERS_HITS hits come back with the rank (no texts)
+            assert b.texts is None and b.ids == a.ids[:ANSWERS_HITS]
+            assert b.scores == a.scores[:ANSWERS_HITS]
             assert b.info["first_answer_rank"] == first_answer_rank(a.texts, ans, 300)
     with pytest.raises(ValueError, match="only the search option"):
         scifact_index.search(["x"], 3, options={"answer": ["x"]})

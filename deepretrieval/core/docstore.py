@@ -54,6 +54,12 @@ class StringColumn(Sequence[str]):
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    def raw(self) -> tuple[np.ndarray, np.ndarray]:
+        """(bytes, offsets): the column's UTF-8 bytes as a uint8 array (memory-mapped) and its
+        ``n + 1`` offsets as int64; string ``i`` is ``bytes[offsets[i]:offsets[i + 1]]``."""
+        data = self._bytes if self._bytes is not None else np.zeros(0, dtype=np.uint8)
+        return data, np.asarray(self.offsets).view(np.int64)
+
     def _one(self, i: int) -> str:
         a, b = self.offsets[i:i + 2].tolist()
         return self.blob[a:b].decode("utf-8")

@@ -18,6 +18,8 @@ This is the definition the evidence-seeking reward uses in every profile.
 """
 from __future__ import annotations
 
+import re
+import sys
 import unicodedata
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -162,3 +164,69 @@ def answer_keys(answers: Iterable[object]) -> list[str]:
     """The answers the evidence reward matches: as strings, each once, in order, without those
     that have no token (an empty answer would match every passage)."""
     return [a for a in dict.fromkeys(str(a) for a in answers) if tokens(a)]
+
+
+# ---- where a passage's ASCII tokens are visible in its bytes -----------------------------------
+
+#: :func:`ascii_token_hazards` as computed for Unicode 14.0.0 (Python 3.11's ``unicodedata``):
+#: LOW LINE and KELVIN SIGN. Another Unicode version computes the set afresh (once, ~2 s).
+_HAZARDS = {"14.0.0": "_\u212a"}
+_WORD = re.compile(r"\w")
+
+
+def is_ascii_alnum(s: str) -> bool:
+    """Whether ``s`` is made of ASCII letters and digits only (and not empty)."""
+    return s.isascii() and s.isalnum()
+
+
+def _hazard(ch: str) -> bool:
+    """Whether ``ch`` can break the statement of :func:`ascii_token_hazards` (see there)."""
+    nfd = unicodedata.normalize("NFD", ch)
+    low = ch.lower()
+    if not ch.isascii():
+        run = ""
+        for c in nfd + "\x00":  # the runs of letters/digits/marks inside the decomposition
+            if _kind(c) == 2:
+                run += c
+            elif run:
+                if is_ascii_alnum(run.lower()):
+                    return True
+                run = ""
+    if _kind(nfd[-1]) != 2 and _WORD.match(low[-1]):
+        return True
+    return _kind(nfd[0]) != 2 and _WORD.match(low[0]) is not None
+
+
+@lru_cache(maxsize=1)
+def ascii_token_hazards() -> frozenset[str]:
+    """The characters whose absence makes a passage's ASCII tokens plain in its text.
+
+    For a passage ``P`` without any of these characters, every token of ``P`` (:func:`tokens`)
+    made only of ASCII letters and digits, ``t``,
+
+    * is an ASCII substring of ``P`` (case aside): ``P`` has a run of ASCII letters and digits
+      equal to ``t`` when lower-cased, and the characters just before and after that run (if
+      any) are not ASCII letters or digits — so in ``P``'s UTF-8 bytes, ``t`` occurs (ASCII
+      case-insensitively) between two bytes that are not ASCII letters or digits;
+    * is one of the words bm25s's analyzer finds in ``P`` (``(?u)\\b\\w\\w+\\b`` over
+      ``P.lower()``) when it has two or more characters.
+
+    A character is a hazard when it is not ASCII and a run of letters/digits/marks in its NFD
+    decomposition lower-cases to ASCII letters and digits (KELVIN SIGN: "k" — it would make an
+    ASCII token out of non-ASCII text), or when its decomposition starts or ends with a character
+    that separates tokens while its lower-case form starts or ends with a regex word character
+    (LOW LINE: a token boundary for DPR, part of a word for the analyzer). The proof that no
+    other character can break the statement rests on NFD keeping ASCII letters and digits (and
+    every character of combining class 0) in place. Computed over all of Unicode with
+    ``unicodedata`` (the rule's own database) and ``re``; stored for the known Unicode version
+    (``tests/test_dpr_match.py`` recomputes it)."""
+    known = _HAZARDS.get(unicodedata.unidata_version)
+    if known is not None:
+        return frozenset(known)
+    return compute_ascii_token_hazards()
+
+
+def compute_ascii_token_hazards() -> frozenset[str]:
+    """:func:`ascii_token_hazards` computed over every code point (~2 s)."""
+    return frozenset(chr(cp) for cp in range(sys.maxunicode + 1)
+                     if not 0xD800 <= cp <= 0xDFFF and _hazard(chr(cp)))

@@ -1,7 +1,8 @@
 """The evidence search option ``answers`` for backends that return passage texts but rank nothing
 themselves (dense, Boolean): search with texts, put the DPR first answer-bearing rank in
-``info["first_answer_rank"]``, drop the texts again unless they were asked for. BM25 and sharded
-indexes take the option natively (:mod:`deepretrieval.search.bm25`, :mod:`.shards`)."""
+``info["first_answer_rank"]``, drop the texts again unless they were asked for, and keep only the
+top :data:`ANSWERS_HITS` hits then. BM25 and sharded indexes take the option natively
+(:mod:`deepretrieval.search.bm25`, :mod:`.shards`), with the same result shape."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -11,6 +12,17 @@ from deepretrieval.core import dpr_match
 from deepretrieval.core.results import SearchResult
 
 Search = Callable[..., list[SearchResult]]
+
+#: hits a result keeps under the ``answers`` option without ``return_text`` (every backend): the
+#: evidence reward reads only the rank, evaluation runs record the top 10 ids
+ANSWERS_HITS = 10
+
+
+def keep_top_hits(result: SearchResult) -> None:
+    """Cut ``result`` to the hits the ``answers`` option returns without texts."""
+    result.ids = result.ids[:ANSWERS_HITS]
+    result.scores = result.scores[:ANSWERS_HITS]
+    result.texts = result.titles = None
 
 
 def search_ranking_answers(search: Search, name: str, queries: list[str], k: int,
@@ -31,5 +43,5 @@ def search_ranking_answers(search: Search, name: str, queries: list[str], k: int
             r.info["first_answer_rank"] = (dpr_match.first_answer_rank(r.texts or [], keys)
                                            if keys else None)
             if not return_text:
-                r.texts = r.titles = None
+                keep_top_hits(r)
     return results

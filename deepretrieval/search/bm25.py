@@ -12,9 +12,12 @@ chosen per call (``DEEPRETRIEVAL_BM25_TOPK``: ``auto`` | ``exhaustive`` | ``prun
 the same ids and scores, ties in document order.
 
 Search option ``answers`` (list of strings; the evidence reward): each result also carries
-``info["first_answer_rank"]``, the 1-based rank of the first returned passage that contains an
+``info["first_answer_rank"]``, the 1-based rank of the first of its k passages that contains an
 answer under DPR's ``has_answer`` rule (None when none does), computed here next to the texts so
-that no passage text has to be returned.
+that no passage text has to be returned (:mod:`deepretrieval.search.answer_filter` rules most
+passages out without reading them). The result's ids and scores are then only the top
+:data:`~deepretrieval.search.answer_ranks.ANSWERS_HITS` (the rank is what the reward reads; the top ids are what evaluation runs
+record) — unless ``return_text`` asks for all k with their texts.
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ from deepretrieval.core import dpr_match, settings
 from deepretrieval.core.docstore import StringColumn
 from deepretrieval.core.io import atomic_dir, read_json_lines_gz
 from deepretrieval.core.results import SearchResult, StoredDocs
+from deepretrieval.search.answer_filter import AnswerFilter
+from deepretrieval.search.answer_ranks import ANSWERS_HITS
 from deepretrieval.search.bm25_kernels import exhaustive_kernel, maxscore_kernel
 from deepretrieval.search.bm25_build import (
     FORMAT_VERSION,
@@ -97,6 +102,13 @@ class QueryAnalyzer:
     def get_vocab_dict(self) -> dict[str, int]:
         return self.vocab
 
+    def term(self, word: str) -> int | None:
+        """The term id of one lower-case word as the index analysed it: None for a stopword,
+        -1 when the vocabulary lacks its stem."""
+        if word in self._stopset:
+            return None
+        return self.vocab.get(self.stemmer(word) if self.stemmer else word, -1)
+
     def ids(self, text: str) -> list[int]:
         """Known term ids of ``text`` in order (unknown words and stopwords dropped)."""
         out = []
@@ -149,6 +161,7 @@ class BM25Index(StoredDocs):
         self._pool_threads = 0
         self._local = threading.local()  # per-thread kernel scratch buffers
         self.threads = settings.get_int("DEEPRETRIEVAL_BM25_THREADS", os.cpu_count() or 1)
+        self._answer_filter: AnswerFilter | None = None
 
     # ---- building -------------------------------------------------------------------------
     @classmethod
@@ -313,6 +326,25 @@ class BM25Index(StoredDocs):
             local.touched = np.empty(self.num_docs, dtype=np.int32)
         return local.acc, local.touched
 
+    def answer_filter(self) -> AnswerFilter | None:
+        """The kernel-side answer check (:mod:`deepretrieval.search.answer_filter`) for a
+        format-2 index analysed with the splitter it assumes; None for other indexes."""
+        if self._answer_filter is None and isinstance(self._texts, StringColumn) \
+                and self.params.get("splitter") == SPLITTER:
+            self._answer_filter = AnswerFilter(self._texts, self.indptr, self.indices,
+                                               self.tokenizer.term)
+        return self._answer_filter
+
+    def _first_answer_rank(self, docs: np.ndarray, answers: list[str],
+                           ranker: AnswerFilter | None, texts: list[str] | None) -> int | None:
+        if not answers:
+            return None
+        if ranker is not None:
+            return ranker.first_rank(docs, answers)
+        if texts is None:
+            texts = _lazy(self.texts, docs[docs >= 0].tolist())
+        return dpr_match.first_answer_rank(texts, answers)
+
     def search(self, queries: list[str], k: int, *, return_text: bool = False,
                options: dict[str, Any] | None = None, kernel: str | None = None
                ) -> list[SearchResult]:
@@ -332,11 +364,13 @@ class BM25Index(StoredDocs):
         if todo:
             docs, scores = self._search_kernel([token_ids[i] for i in todo], k_eff, kernel)
             ids = self.doc_ids
+            ranker = self.answer_filter() if answers else None
             for row, i in enumerate(todo):
                 keep = docs[row] >= 0
-                idx = docs[row][keep].tolist()
+                shown = keep if answers is None or return_text else keep[:ANSWERS_HITS]
+                idx = docs[row][:len(shown)][shown].tolist()
                 result = SearchResult(ids=_take(ids, idx),
-                                      scores=scores[row][keep].astype(float).tolist())
+                                      scores=scores[row][:len(shown)][shown].astype(float).tolist())
                 if return_text:
                     result.texts = _take(self.texts, idx)
                     titles = self.titles
@@ -344,9 +378,8 @@ class BM25Index(StoredDocs):
                         result.titles = _take(titles, idx)
                 out[i] = result
                 if answers is not None:
-                    result.info["first_answer_rank"] = dpr_match.first_answer_rank(
-                        result.texts if return_text else _lazy(self.texts, idx),
-                        answers) if answers else None
+                    result.info["first_answer_rank"] = self._first_answer_rank(
+                        docs[row], answers, ranker, result.texts if return_text else None)
         if answers is not None:
             for i in set(range(len(queries))) - set(todo):
                 out[i].info["first_answer_rank"] = None

@@ -23,6 +23,7 @@ from typing import Any
 
 from deepretrieval.core import deadline, dpr_match
 from deepretrieval.core.results import Backend, DocumentStore, SearchError, SearchResult
+from deepretrieval.search.answer_ranks import keep_top_hits
 
 INDEX_TYPE = "sharded"
 
@@ -126,7 +127,7 @@ class ShardedBackend:
                     r.info["first_answer_rank"] = (dpr_match.first_answer_rank(r.texts or [], keys)
                                                    if keys else None)
                     if not return_text:
-                        r.texts = r.titles = None
+                        keep_top_hits(r)
         return merged
 
     def documents(self, ids: list[str]) -> list[dict[str, str] | None]:
