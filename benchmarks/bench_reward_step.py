@@ -166,6 +166,34 @@ async def _callers(url, token, index, queries, k, concurrency, return_text):
         return time.perf_counter() - t0
 
 
+async def _answer_callers(url, token, index, queries, answers, concurrency):
+    """(seconds, first answer-bearing ranks): each query searched alone with its own answers, as
+    the evidence reward sends them (one request per sample), ``concurrency`` callers."""
+    from deepretrieval.service.client import AsyncServiceClient
+
+    it = iter(range(len(queries)))
+    ranks: list = [None] * len(queries)
+    async with AsyncServiceClient(url, token=token, timeout=600) as client:
+        await client.search(index, queries[:1], 3000, options={"answers": answers[0]})
+
+        async def caller():
+            for i in it:
+                got = await client.search(index, [queries[i]], 3000,
+                                          options={"answers": answers[i]})
+                ranks[i] = got[0].info["first_answer_rank"]
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        return time.perf_counter() - t0, ranks
+
+
+def check_ranks(label: str, ranked: list, shipped: list) -> None:
+    if ranked != shipped:
+        bad = [i for i, (a, b) in enumerate(zip(ranked, shipped)) if a != b]
+        raise RuntimeError(f"evidence ranks differ ({label}) at {len(bad)} queries, e.g. query "
+                           f"{bad[0]}: {ranked[bad[0]]} vs {shipped[bad[0]]}")
+
+
 class CPU:
     """CPU seconds of this process plus the service's process over a block (the figure a
     loaded shared machine distorts least; the search runs in the service, the reward here)."""
@@ -197,6 +225,11 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--gpu-step-s", type=float, default=36.0)
     ap.add_argument("--no-verl", action="store_true")
+    ap.add_argument("--evidence-only", action="store_true",
+                    help="only the evidence rows (no TRL, verl or agentic turn)")
+    ap.add_argument("--index-dir", default=None,
+                    help="where the service finds (or builds) SciFact's index (default: a fresh "
+                         "temporary folder, so the index is this version's format)")
     ap.add_argument("--tiny", action="store_true", help="smoke size: 8 prompts x 2, no verl")
     args = ap.parse_args(argv)
     if args.tiny:
@@ -204,6 +237,7 @@ def main(argv=None) -> int:
         args.no_verl = True
 
     from deepretrieval.catalog import bundled_rows
+    from deepretrieval.core import dpr_match
     from deepretrieval.service.client import ServiceSearcher
     from deepretrieval.train.service import ManagedService, free_port
 
@@ -215,6 +249,13 @@ def main(argv=None) -> int:
     print(f"# bench_reward_step: cpus={os.cpu_count()} step={args.prompts}x{args.samples}={n} "
           f"completions, ray workers={args.ray_workers}, GPU step {args.gpu_step_s:g}s", flush=True)
     results = []
+    index_tmp = None
+    if args.index_dir is None:
+        index_tmp = tempfile.TemporaryDirectory(prefix="bench-indexes-")
+        args.index_dir = index_tmp.name
+    os.environ["DEEPRETRIEVAL_INDEX_DIR"] = str(args.index_dir)  # the service inherits it
+    if args.evidence_only:
+        args.no_verl = True
     service = ManagedService(["scifact"], port=free_port(), token=secrets.token_urlsafe(16),
                              startup_timeout=300)
     ray_up = False
@@ -227,14 +268,16 @@ def main(argv=None) -> int:
     with service, tempfile.TemporaryDirectory() as tmp:
         searcher = ServiceSearcher(service.url, token=service.token, timeout=600)
         try:
-            trl_step(items[:16], searcher)  # warm-up
-            best, cpu = float("inf"), float("inf")
-            for _ in range(args.repeats):
-                with CPU(service.proc.pid) as c:
-                    sec = trl_step(items, searcher)[0]
-                best, cpu = min(best, sec), min(cpu, c.seconds)
-            results.append(("TRL reward callable (score_batch, service), BEIR k=1000", best, cpu))
-            print(f"  TRL: {best:.2f}s per step ({cpu:.2f} CPU s)", flush=True)
+            if not args.evidence_only:
+                trl_step(items[:16], searcher)  # warm-up
+                best, cpu = float("inf"), float("inf")
+                for _ in range(args.repeats):
+                    with CPU(service.proc.pid) as c:
+                        sec = trl_step(items, searcher)[0]
+                    best, cpu = min(best, sec), min(cpu, c.seconds)
+                results.append(("TRL reward callable (score_batch, service), BEIR k=1000", best,
+                                cpu))
+                print(f"  TRL: {best:.2f}s per step ({cpu:.2f} CPU s)", flush=True)
             if ray_up:
                 try:
                     sec, _ = verl_step(items, service, args.ray_workers, Path(tmp), args.repeats)
@@ -253,53 +296,80 @@ def main(argv=None) -> int:
             results.append((f"evidence-sized search k=3000 + text (measured on {m}, scaled "
                             f"x{n / m:.0f})", ev, c.seconds * n / m))
             print(f"  evidence k=3000: {ev:.2f}s per step (scaled)", flush=True)
+            searcher.search("scifact", queries[:2], 3000, options={"answers": ["x"]})  # warm-up
+            with CPU(service.proc.pid) as c:
+                t0 = time.perf_counter()
+                searcher.search("scifact", queries[:m], 3000)
+                alone = (time.perf_counter() - t0) * n / m
+            results.append((f"the search alone: k=3000, ids and scores, no text, {m} queries in "
+                            f"one call (scaled)", alone, c.seconds * n / m))
             # the evidence reward, both ways: texts shipped and ranked in the reward process
             # (the previous path), and the answers sent with the search (option `answers`: the
             # index ranks its own passages). "none": no passage has the answer, all 3,000 are
-            # checked (the worst case); "early": a common word, found in the first ranks.
-            from deepretrieval.tasks.evidence import first_answer_rank
-            for label, answers in (("none", ["zzqx never found"]), ("early", ["cell"])):
+            # checked (the worst case for the texts path; its words are not in the vocabulary);
+            # "early": a common word, found in the first ranks; "NQ": each query with the
+            # answers of its own NQ-open dev question (mostly words of the vocabulary that no
+            # SciFact passage holds together), sent as the reward sends them — one request per
+            # sample, --concurrency callers — and, for the texts path, one batched search.
+            from deepretrieval.tasks.evidence import first_answer_rank, nq_examples
+            nq = [dpr_match.answer_keys(ex["answers"]) for ex in nq_examples("dev")[:m]]
+            for label, answers in (("none", ["zzqx never found"]), ("early", ["cell"]),
+                                   ("NQ", None)):
+                per_query = nq if answers is None else [answers] * m
                 with CPU(service.proc.pid) as c:
                     t0 = time.perf_counter()
                     got = searcher.search("scifact", queries[:m], 3000, return_text=True)
-                    shipped = [first_answer_rank(r.texts, answers, 3000) for r in got]
+                    shipped = [first_answer_rank(r.texts, a, 3000) for r, a in zip(got, per_query)]
                     t_text = (time.perf_counter() - t0) * n / m
                 cpu_text = c.seconds * n / m
-                with CPU(service.proc.pid) as c:
-                    t0 = time.perf_counter()
-                    got = searcher.search("scifact", queries[:m], 3000,
-                                          options={"answers": answers})
-                    ranked = [r.info["first_answer_rank"] for r in got]
-                    t_opt = (time.perf_counter() - t0) * n / m
-                if ranked != shipped:
-                    raise RuntimeError(f"evidence ranks differ ({label}): {ranked[:5]} vs "
-                                       f"{shipped[:5]}")
                 results.append((f"evidence reward ({label}): k=3000 texts to the reward, ranked "
                                 f"there (measured on {m}, scaled)", t_text, cpu_text))
-                results.append((f"evidence reward ({label}): answers sent with the search, "
-                                f"ranked next to the index (same ranks)", t_opt, c.seconds * n / m))
-                print(f"  evidence ({label}): texts {t_text:.2f}s, answers option {t_opt:.2f}s "
-                      f"per step (scaled; ranks identical)", flush=True)
-            with CPU(service.proc.pid) as cb:
-                t0 = time.perf_counter()
-                searcher.search("scifact", queries, 3, return_text=True)
-                batched = time.perf_counter() - t0
-            conc = min(args.concurrency, n)
-            with CPU(service.proc.pid) as cc:
-                callers = asyncio.run(_callers(service.url, service.token, "scifact", queries, 3,
-                                               conc, True))
-            results.append((f"agentic turn: {n} searches top-3 + text, {conc} single-search "
-                            f"callers", callers, cc.seconds))
-            results.append((f"agentic turn: {n} searches top-3 + text, one batched call", batched,
-                            cb.seconds))
-            print(f"  agentic turn: {callers:.2f}s ({conc} callers), {batched:.2f}s (batched)",
-                  flush=True)
+                if answers is not None:
+                    with CPU(service.proc.pid) as c:
+                        t0 = time.perf_counter()
+                        got = searcher.search("scifact", queries[:m], 3000,
+                                              options={"answers": answers})
+                        ranked = [r.info["first_answer_rank"] for r in got]
+                        t_opt = (time.perf_counter() - t0) * n / m
+                    check_ranks(label, ranked, shipped)
+                    results.append((f"evidence reward ({label}): answers sent with the search, "
+                                    f"{m} queries in one call (same ranks)", t_opt,
+                                    c.seconds * n / m))
+                conc = min(args.concurrency, m)
+                with CPU(service.proc.pid) as c:
+                    t_one, ranked = asyncio.run(_answer_callers(
+                        service.url, service.token, "scifact", queries[:m], per_query, conc))
+                check_ranks(label, ranked, shipped)
+                results.append((f"evidence reward ({label}): answers sent with the search, one "
+                                f"request per sample, {conc} callers (same ranks)",
+                                t_one * n / m, c.seconds * n / m))
+                hits = sum(r is not None for r in shipped)
+                print(f"  evidence ({label}): texts {t_text:.2f}s, answers option "
+                      f"{t_one * n / m:.2f}s per step (scaled; ranks identical; {hits}/{m} "
+                      f"queries find an answer)", flush=True)
+            if not args.evidence_only:
+                with CPU(service.proc.pid) as cb:
+                    t0 = time.perf_counter()
+                    searcher.search("scifact", queries, 3, return_text=True)
+                    batched = time.perf_counter() - t0
+                conc = min(args.concurrency, n)
+                with CPU(service.proc.pid) as cc:
+                    callers = asyncio.run(_callers(service.url, service.token, "scifact", queries, 3,
+                                                   conc, True))
+                results.append((f"agentic turn: {n} searches top-3 + text, {conc} single-search "
+                                f"callers", callers, cc.seconds))
+                results.append((f"agentic turn: {n} searches top-3 + text, one batched call", batched,
+                                cb.seconds))
+                print(f"  agentic turn: {callers:.2f}s ({conc} callers), {batched:.2f}s (batched)",
+                      flush=True)
         finally:
             searcher.close()
             if ray_up:
                 import ray
                 ray.shutdown()
 
+    if index_tmp is not None:
+        index_tmp.cleanup()
     g = args.gpu_step_s
     print()
     print(f"| reward path ({n} completions per step) | seconds per step (wall) | CPU seconds "

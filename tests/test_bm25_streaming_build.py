@@ -304,10 +304,92 @@ def test_answers_option_gives_the_evidence_rank(scifact_index, scifact_claims):
             assert b.texts is None and b.ids == a.ids[:ANSWERS_HITS]
             assert b.scores == a.scores[:ANSWERS_HITS]
             assert b.info["first_answer_rank"] == first_answer_rank(a.texts, ans, 300)
+    assert scifact_index.answer_filter() is not None  # the kernel path was the one tested
     with pytest.raises(ValueError, match="only the search option"):
         scifact_index.search(["x"], 3, options={"answer": ["x"]})
     with pytest.raises(ValueError, match="list of answer strings"):
         scifact_index.search(["x"], 3, options={"answers": "x"})
+
+
+def _plain_first_rank(texts, answers):
+    """The reference: DPR's rule on tokens_by_char, no pre-check, every passage read."""
+    from deepretrieval.core import dpr_match
+
+    keys = dpr_match.answer_keys(answers)
+    needles = [dpr_match.tokens_by_char(a) for a in keys]
+    for rank, text in enumerate(texts, start=1):
+        hay = dpr_match.tokens_by_char(text)
+        for n in needles:
+            if any(hay[i:i + len(n)] == n for i in range(len(hay) - len(n) + 1)):
+                return rank
+    return None
+
+
+#: every branch of the kernel's conditions (deepretrieval.search.answer_filter): index words,
+#: short words and stopwords (bytes), non-ASCII tokens (their ASCII pieces), tokens that rule
+#: nothing out, words the vocabulary lacks, and passages holding a hazard (LOW LINE, KELVIN SIGN)
+CRAFTED = [
+    "alpha the U.S. Army marched", "alpha the US army marched", "alpha T cells and t_cells",
+    "alpha t_cells only", "alpha 5 \u212a cold, \u212aelvin scale", "alpha 5 K cold",
+    "alpha ΟΔΟΣ and σοφίας", "alpha cafe\u0301 and naïve", "alpha café", "alpha Beyoncé Knowles",
+    "alpha BEYONCE\u0301 live", "alpha İstanbul", "alpha 54\xa0Mbit/s link", "alpha 2 or 3 a",
+    "alpha β-cell mass", "alpha --- dashes", "alpha AT&T and at & t", "alpha x\u00b2 ½",
+    "alpha alpha cells", "alpha Müller and Muller", "alpha cells_", "alpha the the the",
+]
+CRAFTED_ANSWERS = [
+    ["U.S."], ["US"], ["cells"], ["T cells"], ["t"], ["K"], ["kelvin"], ["οδος"], ["ΣΟΦΊΑΣ"],
+    ["café"], ["cafe"], ["naïve"], ["beyoncé"], ["İstanbul"], ["istanbul"], ["54 Mbit/s"], ["2"],
+    ["a"], ["the"], ["β-cell"], ["β"], ["---"], ["AT&T"], ["x²"], ["Müller"], ["muller"],
+    ["zzqx"], ["zzqx", "cold"], ["mass", "nothing here"], ["Knowles"], ["marched"], [""],
+]
+
+
+def test_answers_option_equals_the_plain_rule_on_crafted_passages(tmp_path):
+    docs = [{"_id": str(i), "title": "", "text": t} for i, t in enumerate(CRAFTED)]
+    build_index(docs, tmp_path / "c", name="c", show_progress=False)
+    index = BM25Index.load(tmp_path / "c")
+    assert index.answer_filter() is not None
+    queries = ["alpha", "alpha cells", "cold alpha", "the", "zzzz"]
+    with_text = index.search(queries, len(docs), return_text=True)
+    for ans in CRAFTED_ANSWERS:
+        ranked = index.search(queries, len(docs), options={"answers": ans})
+        for q, a, b in zip(queries, with_text, ranked):
+            want = _plain_first_rank(a.texts, ans) if a.texts else None
+            assert b.info["first_answer_rank"] == want, (ans, q)
+    # the hazard branches were taken: these passages hold their answer only for DPR
+    state = index.answer_filter().state
+    assert {int(d) for d in np.flatnonzero(state == 2)} == {2, 3, 4, 20}
+
+
+@pytest.mark.slow
+def test_answers_option_equals_the_plain_rule_on_scifact_at_depth_3000(scifact_index,
+                                                                       scifact_claims):
+    """The kernel's ranks against the plain rule at the reward's depth, on real passages."""
+    from deepretrieval.core import dpr_match
+    from deepretrieval.tasks.evidence import nq_examples
+
+    claims = scifact_claims[:16]
+    with_text = scifact_index.search(claims, 3000, return_text=True)
+    by_text = {}
+    for r in with_text:
+        for t in r.texts:
+            if t not in by_text:
+                toks = tuple(dpr_match.tokens_by_char(t))
+                by_text[t] = (toks, frozenset(toks))
+    tokens = [[by_text[t] for t in r.texts] for r in with_text]
+    answers = ([["cell"], ["T cells"], ["2"], ["the"], ["β-cell"], ["p53"], ["U.S."],
+                ["Alzheimer's disease"], ["cell line"], ["in vivo"], ["95%"], ["Beyoncé"],
+                ["naïve T cells"], ["zzqx never found"], ["IL-6"], ["μg"], ["in"]]
+               + [ex["answers"] for ex in nq_examples("dev")[:40]])
+    for ans in answers:
+        keys = dpr_match.answer_keys(ans)
+        needles = [tuple(dpr_match.tokens_by_char(a)) for a in keys]
+        ranked = scifact_index.search(claims, 3000, options={"answers": ans})
+        for hays, b in zip(tokens, ranked):
+            want = next((rank for rank, (hay, words) in enumerate(hays, start=1)
+                         if any(words.issuperset(n) and dpr_match.contains(hay, n)
+                                for n in needles)), None)
+            assert b.info["first_answer_rank"] == want, ans
 
 
 # ---- format 1, DPR TSV -------------------------------------------------------------------------
@@ -342,6 +424,12 @@ def test_format_1_index_still_loads(scifact_docs, scifact_claims, tmp_path):
         a = v1.search(scifact_claims, k, return_text=True)
         b = v2.search(scifact_claims, k, return_text=True)
         assert [(r.ids, r.scores, r.texts) for r in a] == [(r.ids, r.scores, r.texts) for r in b]
+    # the evidence option: format 1 reads every passage with the rule, format 2 uses the kernel
+    assert v1.answer_filter() is None and v2.answer_filter() is not None
+    for ans in (["cell"], ["T cells"], ["zzqx"]):
+        a = v1.search(scifact_claims[:30], 800, options={"answers": ans})
+        b = v2.search(scifact_claims[:30], 800, options={"answers": ans})
+        assert [r.info for r in a] == [r.info for r in b]
 
 
 def test_dpr_tsv_corpus(tmp_path):

@@ -230,3 +230,25 @@ def compute_ascii_token_hazards() -> frozenset[str]:
     """:func:`ascii_token_hazards` computed over every code point (~2 s)."""
     return frozenset(chr(cp) for cp in range(sys.maxunicode + 1)
                      if not 0xD800 <= cp <= 0xDFFF and _hazard(chr(cp)))
+
+
+def ascii_pieces(token: str) -> list[str]:
+    """The runs of ASCII letters and digits of a token (as :func:`tokens` gives it) that a
+    passage without :func:`ascii_token_hazards` holding the token holds as such in its text,
+    ASCII case aside: each run, less its last character where a combining mark follows it (that
+    character may be part of a precomposed one, "é" for "e" + U+0301). In such a passage an
+    ASCII letter or digit of a token not followed by a mark is the passage's own ASCII character
+    (or its upper case): NFD decomposes no other character into an ASCII letter or digit alone
+    (KELVIN SIGN, the one that does, is a hazard), and lower-casing gives one only from ASCII
+    (or KELVIN SIGN; "İ" gives "i" + a mark)."""
+    out, run = [], ""
+    for i, ch in enumerate(token + " "):
+        if ch.isascii() and ch.isalnum():
+            run += ch
+            continue
+        if run and i < len(token) and unicodedata.category(ch)[0] == "M":
+            run = run[:-1]
+        if run:
+            out.append(run)
+        run = ""
+    return out

@@ -17,7 +17,10 @@ an answer token ``t`` made of ASCII letters and digits can only be there when
 * otherwise (``"2"``, ``"a"``, ``"the"``): the passage's UTF-8 bytes hold ``t``, ASCII
   case-insensitively, between two bytes that are not ASCII letters or digits.
 
-Other answer tokens (non-ASCII, punctuation) rule nothing out. Whether a passage holds a hazard
+An answer token with other characters (``"beyoncé"``, NFD ``beyonce`` + U+0301) can only be there
+when the passage's bytes hold each of its :func:`~deepretrieval.core.dpr_match.ascii_pieces`
+(``"beyonc"``), ASCII case-insensitively. Tokens without such pieces (``"β"``, punctuation) rule
+nothing out. Whether a passage holds a hazard
 is found from its bytes the first time it is a hit and kept (one byte per passage); a passage
 that holds one is always checked with the rule.
 
@@ -72,9 +75,9 @@ def _kernel() -> Callable:
         return (48 <= c <= 57) or (97 <= c <= 122) or (65 <= c <= 90)
 
     @numba.njit(nogil=True, cache=True)
-    def holds_token(blob, a, b, tok, ta, tb):  # pragma: no cover - compiled
-        # tok[ta:tb]: an ASCII token, lower-case; found case-insensitively in blob[a:b] with no
-        # ASCII letter or digit just before or after
+    def holds_token(blob, a, b, tok, ta, tb, bounded):  # pragma: no cover - compiled
+        # tok[ta:tb]: ASCII letters and digits, lower-case; found case-insensitively in
+        # blob[a:b] (bounded: with no ASCII letter or digit just before or after)
         n = tb - ta
         first = tok[ta]
         for i in range(a, b - n + 1):
@@ -83,9 +86,9 @@ def _kernel() -> Callable:
                 c += 32
             if c != first:
                 continue
-            if i > a and is_alnum(blob[i - 1]):
+            if bounded and i > a and is_alnum(blob[i - 1]):
                 continue
-            if i + n < b and is_alnum(blob[i + n]):
+            if bounded and i + n < b and is_alnum(blob[i + n]):
                 continue
             same = True
             for m in range(1, n):
@@ -115,12 +118,12 @@ def _kernel() -> Callable:
 
     @numba.njit(nogil=True, cache=True)
     def first_candidate(start, docs, state, blob, offsets, hazards, indptr, indices,
-                        ans_term_ptr, terms, ans_tok_ptr, tok_ptr, tok_bytes,
+                        ans_term_ptr, terms, ans_tok_ptr, tok_ptr, tok_bytes, tok_bounded,
                         impossible):  # pragma: no cover - compiled
         # the first position >= start in docs whose passage the conditions cannot rule out
         # (-1: none). Answer j: index terms terms[ans_term_ptr[j]:ans_term_ptr[j + 1]] (rarest
-        # first), byte tokens ans_tok_ptr[j]..ans_tok_ptr[j + 1] (each tok_bytes[tok_ptr[t]:
-        # tok_ptr[t + 1]]), impossible[j]: a term the vocabulary lacks
+        # first), byte strings ans_tok_ptr[j]..ans_tok_ptr[j + 1] (each tok_bytes[tok_ptr[t]:
+        # tok_ptr[t + 1]], bounded or not), impossible[j]: a term the vocabulary lacks
         n_ans = len(impossible)
         for pos in range(start, len(docs)):
             d = docs[pos]
@@ -145,7 +148,8 @@ def _kernel() -> Callable:
                         break
                 if ok:
                     for x in range(ans_tok_ptr[j], ans_tok_ptr[j + 1]):
-                        if not holds_token(blob, a, b, tok_bytes, tok_ptr[x], tok_ptr[x + 1]):
+                        if not holds_token(blob, a, b, tok_bytes, tok_ptr[x], tok_ptr[x + 1],
+                                           tok_bounded[x]):
                             ok = False
                             break
                 if ok:
@@ -165,6 +169,7 @@ class AnswerPlan:
     tok_ptr_by_answer: np.ndarray
     tok_ptr: np.ndarray
     tok_bytes: np.ndarray
+    tok_bounded: np.ndarray
     impossible: np.ndarray
 
 
@@ -197,16 +202,23 @@ class AnswerFilter:
         if found is not None:
             return found
         term_ptr, terms, tok_ptr_by_answer, tok_ptr, tok_bytes = [0], [], [0], [0], []
-        impossible = []
+        tok_bounded, impossible = [], []
+
+        def byte_string(text: str, bounded: bool) -> None:
+            tok_bytes.extend(text.encode("ascii"))
+            tok_ptr.append(len(tok_bytes))
+            tok_bounded.append(bounded)
+
         for answer in answers:
-            toks = dict.fromkeys(t for t in dpr_match.tokens(answer) if dpr_match.is_ascii_alnum(t))
             mine, bad = [], False
-            for t in toks:
+            for t in dict.fromkeys(dpr_match.tokens(answer)):
+                if not dpr_match.is_ascii_alnum(t):
+                    for piece in dpr_match.ascii_pieces(t):
+                        byte_string(piece, False)
+                    continue
                 term = self.term_of(t) if len(t) >= 2 else None
                 if term is None:
-                    data = t.encode("ascii")
-                    tok_bytes.extend(data)
-                    tok_ptr.append(tok_ptr[-1] + len(data))
+                    byte_string(t, True)
                 elif term < 0:
                     bad = True
                 else:
@@ -219,7 +231,7 @@ class AnswerFilter:
         plan = AnswerPlan(list(answers), np.asarray(term_ptr, np.int64),
                           np.asarray(terms, np.int64), np.asarray(tok_ptr_by_answer, np.int64),
                           np.asarray(tok_ptr, np.int64), np.asarray(tok_bytes, np.uint8),
-                          np.asarray(impossible, np.bool_))
+                          np.asarray(tok_bounded, np.bool_), np.asarray(impossible, np.bool_))
         with self._lock:
             if len(self._plans) > 4096:
                 self._plans.clear()
@@ -239,9 +251,12 @@ class AnswerFilter:
         while True:
             pos = kernel(pos, docs, self.state, self.blob, self.offsets, self.hazards,
                          self.indptr, self.indices, plan.term_ptr, plan.terms,
-                         plan.tok_ptr_by_answer, plan.tok_ptr, plan.tok_bytes, plan.impossible)
+                         plan.tok_ptr_by_answer, plan.tok_ptr, plan.tok_bytes, plan.tok_bounded,
+                         plan.impossible)
             if pos < 0:
                 return None
-            if dpr_match.has_answer(self.texts[int(docs[pos])], plan.answers):
+            d = int(docs[pos])
+            text = self.texts.blob[int(self.offsets[d]):int(self.offsets[d + 1])].decode("utf-8")
+            if dpr_match.has_answer(text, plan.answers):
                 return pos + 1
             pos += 1

@@ -1,0 +1,123 @@
+"""What the evidence option's kernel relies on (``deepretrieval.search.answer_filter``): in a passage
+without ``dpr_match.ascii_token_hazards()``, every DPR token of ASCII letters and digits is plain in
+the passage's bytes (case aside, with no ASCII letter or digit beside it) and is one of the words
+the BM25 analyzer finds; every token's ``ascii_pieces`` are in the bytes. Checked on every SciFact
+passage, on crafted text for each branch (Kelvin sign, Greek final sigma, combining marks, 'U.S.',
+underscores, non-ASCII letters) and on random strings of such characters; the hazard set itself
+is recomputed over all of Unicode.
+"""
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from deepretrieval.core import dpr_match
+from deepretrieval.search.bm25_build import SPLITTER
+
+_WORDS = re.compile(SPLITTER).findall
+_ASCII_LOWER = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
+
+
+def _bytes_hold(text: str, token: str, bounded: bool) -> bool:
+    """The kernel's byte test, written plainly: ``token`` (ASCII, lower-case) in the text's UTF-8
+    bytes ASCII-case-insensitively (bounded: no ASCII letter or digit just before or after)."""
+    low = text.encode("utf-8").translate(_ASCII_LOWER)
+    needle = token.encode("ascii")
+    start = low.find(needle)
+    while start >= 0:
+        end = start + len(needle)
+        before = low[start - 1:start]
+        after = low[end:end + 1]
+        if not bounded or not ((before and before.isalnum() and before.isascii())
+                               or (after and after.isalnum() and after.isascii())):
+            return True
+        start = low.find(needle, start + 1)
+    return False
+
+
+def _statement_holds(text: str, tokens=dpr_match.tokens_by_char) -> bool:
+    words = set(_WORDS(text.lower()))
+    for tok in dict.fromkeys(tokens(text)):
+        if dpr_match.is_ascii_alnum(tok):
+            if not _bytes_hold(text, tok, bounded=True):
+                return False
+            if len(tok) >= 2 and tok not in words:
+                return False
+        for piece in dpr_match.ascii_pieces(tok):
+            if not _bytes_hold(text, piece, bounded=False):
+                return False
+    return True
+
+
+def _has_hazard(text: str) -> bool:
+    return any(ch in text for ch in dpr_match.ascii_token_hazards())
+
+
+def test_the_stored_hazards_are_what_unicode_gives():
+    assert dpr_match.compute_ascii_token_hazards() == dpr_match.ascii_token_hazards() \
+        == frozenset({"_", "\u212a"})
+
+
+def test_every_scifact_passage_shows_its_ascii_tokens(scifact_corpus):
+    texts = [f"{(d.get('title') or '').strip()} {(d.get('text') or '').strip()}".strip()
+             for d in scifact_corpus.values()]
+    checked = 0
+    for text in texts:
+        if _has_hazard(text):
+            continue
+        # dpr_match.tokens equals tokens_by_char (test_bm25_streaming_build.py), and is faster
+        assert _statement_holds(text, dpr_match.tokens), text[:80]
+        checked += 1
+    assert checked > 5000
+
+
+@pytest.mark.parametrize("text", [
+    "the U.S. Army and the US army",                    # punctuation tokens, one-letter tokens
+    "ΟΔΟΣ ὁδός σοφίας ς Σ",                             # Greek, final sigma
+    "cafe\u0301 café CAFÉ naïve nai\u0308ve Beyoncé BEYONCÉ",  # combining marks, precomposed
+    "İstanbul ISTANBUL i\u0307stanbul",                  # dotted capital I (lower: i + mark)
+    "54\xa0Mbit/s at 5\u2009km — x\u00b2 ½ ① Ⅻ",         # separators, super/sub, numerals
+    "e\u0301\u0302x x\u0301y AT&T p53-mediated α-helix",
+    "ﬁnal ﬀ Ǆemal Ǆ",                                    # ligatures: no canonical decomposition
+    "異世界はスマートフォンとともに 123",
+    "",
+])
+def test_crafted_text_shows_its_ascii_tokens(text):
+    assert not _has_hazard(text)
+    assert _statement_holds(text)
+
+
+@pytest.mark.parametrize("text, why", [
+    ("t_cells in vivo", "DPR splits at LOW LINE; the analyzer keeps 't_cells' as one word"),
+    ("5 \u212a and \u212aelvin", "KELVIN SIGN is 'k' to DPR, not an ASCII byte"),
+])
+def test_hazards_are_real(text, why):
+    assert _has_hazard(text)
+    assert not _statement_holds(text), why
+
+
+def test_random_strings_of_tricky_characters():
+    rng = random.Random(0)
+    pool = list("aAbBzZ09 _.-'&\u212a\u0301\u0307\u0308éÉİıΣσςβ\xa0\u2009ﬁ½²Ǆ異Kk")
+    hazards = 0
+    for _ in range(20000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(0, 14)))
+        if _has_hazard(text):
+            hazards += 1
+            continue
+        assert _statement_holds(text), repr(text)
+    assert 0 < hazards < 20000
+
+
+@pytest.mark.parametrize("token, pieces", [
+    ("beyonce\u0301", ["beyonc"]),
+    ("mu\u0308ller", ["m", "ller"]),
+    ("i\u0307stanbul", ["stanbul"]),
+    ("β", []),
+    ("cells", ["cells"]),
+    ("ab\u0301\u0302cd", ["a", "cd"]),
+])
+def test_ascii_pieces(token, pieces):
+    assert dpr_match.ascii_pieces(token) == pieces
