@@ -230,6 +230,38 @@ def test_compute_score_end_to_end_matches_oracle(corpus, examples):
     assert 6.0 in seen_tiers and -2.5 in seen_tiers and len(seen_tiers) >= 4
 
 
+def test_the_reward_ranks_equal_the_plain_rule_for_many_nq_questions(corpus):
+    """The evidence reward's rank (answers sent with the search; the index's kernel rules most
+    passages out) equals DPR's rule read plainly (tokens_by_char) over the searched texts, for
+    80 real NQ-open questions with all their answers (dates, numbers, names with accents)."""
+    from deepretrieval.core import dpr_match
+
+    index = corpus["index"]
+    assert index.answer_filter() is not None
+    exs = nq_examples("dev")[:80]
+    questions = [ex["question"] for ex in exs]
+    results = index.search(questions, DEFAULT_DEPTH, return_text=True)
+    seen: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {}
+
+    def plain(text):
+        if text not in seen:
+            toks = tuple(dpr_match.tokens_by_char(text))
+            seen[text] = toks, frozenset(toks)
+        return seen[text]
+
+    hits = 0
+    for ex, res in zip(exs, results):
+        needles = [tuple(dpr_match.tokens_by_char(a)) for a in dpr_match.answer_keys(ex["answers"])]
+        want = next((rank for rank, text in enumerate(res.texts, start=1)
+                     if any(plain(text)[1].issuperset(n) and dpr_match.contains(plain(text)[0], n)
+                            for n in needles)), None)
+        out = compute_score("nq", _completion(ex["question"]), {"target": ex["answers"]},
+                            {"split": "dev", "search_index": "sf_passages"})
+        assert out["first_hit_rank"] == (want if want is not None else DEFAULT_DEPTH + 1), ex
+        hits += want is not None
+    assert 0 < hits < len(exs)
+
+
 def test_a_better_query_earns_more(corpus, examples):
     ex = next(e for e in examples if e["question"].startswith("what are the 3 layers"))
     gt, extra = {"target": ex["answers"]}, {"split": "dev", "search_index": "sf_passages"}

@@ -163,7 +163,7 @@ def first_answer_rank(passages: Iterable[str], answers: Sequence[str],
 def answer_keys(answers: Iterable[object]) -> list[str]:
     """The answers the evidence reward matches: as strings, each once, in order, without those
     that have no token (an empty answer would match every passage)."""
-    return [a for a in dict.fromkeys(str(a) for a in answers) if tokens(a)]
+    return [a for a in dict.fromkeys(str(a) for a in answers) if _answer_tokens(a)[0]]
 
 
 # ---- where a passage's ASCII tokens are visible in its bytes -----------------------------------

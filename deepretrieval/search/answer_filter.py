@@ -50,72 +50,8 @@ def _kernel() -> Callable:
         return _KERNELS["first"]
     import numba
 
-    @numba.njit(nogil=True, cache=True)
-    def has_hazard(blob, a, b, hazards):  # pragma: no cover - compiled
-        # hazards: the hazard characters' UTF-8 encodings, one per row, zero-padded to 4 bytes
-        for i in range(a, b):
-            c = blob[i]
-            for h in range(hazards.shape[0]):
-                if c == hazards[h, 0]:
-                    n = 1
-                    while n < 4 and hazards[h, n] != 0:
-                        n += 1
-                    if i + n <= b:
-                        same = True
-                        for m in range(1, n):
-                            if blob[i + m] != hazards[h, m]:
-                                same = False
-                                break
-                        if same:
-                            return True
-        return False
-
-    @numba.njit(nogil=True, cache=True, inline="always")
-    def is_alnum(c):  # pragma: no cover - compiled
-        return (48 <= c <= 57) or (97 <= c <= 122) or (65 <= c <= 90)
-
-    @numba.njit(nogil=True, cache=True)
-    def holds_token(blob, a, b, tok, ta, tb, bounded):  # pragma: no cover - compiled
-        # tok[ta:tb]: ASCII letters and digits, lower-case; found case-insensitively in
-        # blob[a:b] (bounded: with no ASCII letter or digit just before or after)
-        n = tb - ta
-        first = tok[ta]
-        for i in range(a, b - n + 1):
-            c = blob[i]
-            if 65 <= c <= 90:
-                c += 32
-            if c != first:
-                continue
-            if bounded and i > a and is_alnum(blob[i - 1]):
-                continue
-            if bounded and i + n < b and is_alnum(blob[i + n]):
-                continue
-            same = True
-            for m in range(1, n):
-                c = blob[i + m]
-                if 65 <= c <= 90:
-                    c += 32
-                if c != tok[ta + m]:
-                    same = False
-                    break
-            if same:
-                return True
-        return False
-
-    @numba.njit(nogil=True, cache=True)
-    def in_postings(indices, lo, hi, d):  # pragma: no cover - compiled
-        # binary search: postings are in document order
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            v = indices[mid]
-            if v < d:
-                lo = mid + 1
-            elif v > d:
-                hi = mid
-            else:
-                return True
-        return False
-
+    # one function, calling no other jitted function: numba's disk cache then finds it again in
+    # the next process (a jitted closure calling jitted closures compiles anew in every process)
     @numba.njit(nogil=True, cache=True)
     def first_candidate(start, docs, state, blob, offsets, hazards, indptr, indices,
                         ans_term_ptr, terms, ans_tok_ptr, tok_ptr, tok_bytes, tok_bounded,
@@ -123,7 +59,8 @@ def _kernel() -> Callable:
         # the first position >= start in docs whose passage the conditions cannot rule out
         # (-1: none). Answer j: index terms terms[ans_term_ptr[j]:ans_term_ptr[j + 1]] (rarest
         # first), byte strings ans_tok_ptr[j]..ans_tok_ptr[j + 1] (each tok_bytes[tok_ptr[t]:
-        # tok_ptr[t + 1]], bounded or not), impossible[j]: a term the vocabulary lacks
+        # tok_ptr[t + 1]], bounded or not), impossible[j]: a term the vocabulary lacks.
+        # hazards: the hazard characters' UTF-8 encodings, one per row, zero-padded to 4 bytes
         n_ans = len(impossible)
         for pos in range(start, len(docs)):
             d = docs[pos]
@@ -132,8 +69,26 @@ def _kernel() -> Callable:
             a = offsets[d]
             b = offsets[d + 1]
             s = state[d]
-            if s == 0:
-                s = 2 if has_hazard(blob, a, b, hazards) else 1
+            if s == 0:  # first time a hit: does the passage hold a hazard?
+                s = 1
+                for i in range(a, b):
+                    c = blob[i]
+                    for h in range(hazards.shape[0]):
+                        if c != hazards[h, 0]:
+                            continue
+                        n = 1
+                        while n < 4 and hazards[h, n] != 0:
+                            n += 1
+                        if i + n <= b:
+                            same = True
+                            for m in range(1, n):
+                                if blob[i + m] != hazards[h, m]:
+                                    same = False
+                                    break
+                            if same:
+                                s = 2
+                    if s == 2:
+                        break
                 state[d] = s
             if s == 2:
                 return pos
@@ -142,16 +97,63 @@ def _kernel() -> Callable:
                     continue
                 ok = True
                 for x in range(ans_term_ptr[j], ans_term_ptr[j + 1]):
+                    # binary search in the term's postings (in document order)
                     t = terms[x]
-                    if not in_postings(indices, indptr[t], indptr[t + 1], d):
+                    lo = indptr[t]
+                    hi = indptr[t + 1]
+                    found = False
+                    while lo < hi:
+                        mid = (lo + hi) >> 1
+                        v = indices[mid]
+                        if v < d:
+                            lo = mid + 1
+                        elif v > d:
+                            hi = mid
+                        else:
+                            found = True
+                            break
+                    if not found:
                         ok = False
                         break
-                if ok:
-                    for x in range(ans_tok_ptr[j], ans_tok_ptr[j + 1]):
-                        if not holds_token(blob, a, b, tok_bytes, tok_ptr[x], tok_ptr[x + 1],
-                                           tok_bounded[x]):
-                            ok = False
+                if not ok:
+                    continue
+                for x in range(ans_tok_ptr[j], ans_tok_ptr[j + 1]):
+                    # tok_bytes[ta:tb]: ASCII letters and digits, lower-case, found
+                    # case-insensitively in blob[a:b] (bounded: no ASCII letter or digit just
+                    # before or after)
+                    ta = tok_ptr[x]
+                    n = tok_ptr[x + 1] - ta
+                    bounded = tok_bounded[x]
+                    first = tok_bytes[ta]
+                    found = False
+                    for i in range(a, b - n + 1):
+                        c = blob[i]
+                        if 65 <= c <= 90:
+                            c += 32
+                        if c != first:
+                            continue
+                        if bounded and i > a:
+                            c = blob[i - 1]
+                            if (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122):
+                                continue
+                        if bounded and i + n < b:
+                            c = blob[i + n]
+                            if (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122):
+                                continue
+                        same = True
+                        for m in range(1, n):
+                            c = blob[i + m]
+                            if 65 <= c <= 90:
+                                c += 32
+                            if c != tok_bytes[ta + m]:
+                                same = False
+                                break
+                        if same:
+                            found = True
                             break
+                    if not found:
+                        ok = False
+                        break
                 if ok:
                     return pos
         return -1
