@@ -284,10 +284,20 @@ def test_shards_merge_into_exactly_one_index(scifact_docs, scifact_claims, tmp_p
         assert [(r.ids, r.scores) for r in a] == [(r.ids, r.scores) for r in b], k
         if k == 3:
             assert [r.texts for r in a] == [r.texts for r in b]
-    ranks = [one.search(scifact_claims[:50], 500, options={"answers": ["cell", "protein"]}),
-             three.search(scifact_claims[:50], 500, options={"answers": ["cell", "protein"]})]
-    assert [r.info for r in ranks[0]] == [r.info for r in ranks[1]]
-    assert {r.info["first_answer_rank"] for r in ranks[0]} - {None}
+    # the evidence option: each shard ranks its own hits, the merged rank is one index's
+    claims = scifact_claims[:50]
+    for k in (20, 500, 3000):
+        for ans in (["cell", "protein"], ["T cells"], ["2"], ["β-cell"], ["zzqx"], ["in vivo"]):
+            a = one.search(claims, k, options={"answers": ans})
+            b = three.search(claims, k, options={"answers": ans})
+            assert [(r.info, r.ids, r.scores) for r in a] == [(r.info, r.ids, r.scores) for r in b]
+            assert all(len(r.ids) <= ANSWERS_HITS for r in b)
+            if ans == ["cell", "protein"]:
+                assert {r.info["first_answer_rank"] for r in a} - {None}
+    every = three.search(claims, 500, options={"answers": ["cell"], "answer_hits": 0})
+    assert [r.ids for r in every] == [r.ids for r in one.search(claims, 500)]
+    with pytest.raises(ValueError, match="answer_hits"):
+        three.search(claims, 5, options={"answer_hits": 3})
 
 
 # ---- the evidence option -----------------------------------------------------------------------

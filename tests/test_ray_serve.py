@@ -29,6 +29,7 @@ from deepretrieval.core.beir_files import load_corpus  # noqa: E402
 from deepretrieval.core.bundled import collection_dir  # noqa: E402
 from deepretrieval.core.results import SearchError  # noqa: E402
 from deepretrieval.search import load_index_dir  # noqa: E402
+from deepretrieval.search.answer_ranks import ANSWERS_HITS  # noqa: E402
 from deepretrieval.search.bm25 import BM25Index  # noqa: E402
 from deepretrieval.service.app import ServerThread, ServiceConfig, create_app  # noqa: E402
 from deepretrieval.service.client import ServiceClient, ServiceSearcher  # noqa: E402
@@ -167,6 +168,26 @@ def test_sharded_answers_are_the_merge_of_both_halves(cluster, indexes):
     assert all(set(row) <= ids for row in got)
     assert any(set(row) & set(one.doc_ids) for row in got)
     assert any(set(row) & set(two.doc_ids) for row in got)
+
+
+def test_evidence_ranks_through_the_shard_router_equal_the_rule_on_the_merged_texts(cluster):
+    """The answers option on Ray shard deployments: each shard ranks its own hits, the router
+    merges the ranks (answer_ranks.merge_answer_ranks) — DPR's rule over the merged list's
+    texts, and the merged list's top hits."""
+    from deepretrieval.tasks.evidence import first_answer_rank
+
+    status, body = _post(cluster, {"queries": QUERIES, "topk": 200, "index": "sf2",
+                                   "format": "columns", "return_text": True})
+    assert status == 200, body
+    merged = json.loads(body)
+    for answers in (["cell"], ["T cells"], ["zzqx"], ["2"], ["p53"]):  # max_k here: 200
+        status, body = _post(cluster, {"queries": QUERIES, "topk": 200, "index": "sf2",
+                                       "format": "columns", "options": {"answers": answers}})
+        assert status == 200, body
+        got = json.loads(body)
+        assert [i["first_answer_rank"] for i in got["info"]] == [
+            first_answer_rank(texts, answers) for texts in merged["contents"]]
+        assert got["ids"] == [ids[:ANSWERS_HITS] for ids in merged["ids"]]
 
 
 def test_health_names_every_index_and_the_shards(cluster):

@@ -16,8 +16,9 @@ Search option ``answers`` (list of strings; the evidence reward): each result al
 answer under DPR's ``has_answer`` rule (None when none does), computed here next to the texts so
 that no passage text has to be returned (:mod:`deepretrieval.search.answer_filter` rules most
 passages out without reading them). The result's ids and scores are then only the top
-:data:`~deepretrieval.search.answer_ranks.ANSWERS_HITS` (the rank is what the reward reads; the top ids are what evaluation runs
-record) — unless ``return_text`` asks for all k with their texts.
+``answer_hits`` (option; default 10, 0: all k) — the rank is what the reward reads, the top ids
+what evaluation runs record —, unless ``return_text`` asks for all k with their texts
+(:mod:`deepretrieval.search.answer_ranks`).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from deepretrieval.core.docstore import StringColumn
 from deepretrieval.core.io import atomic_dir, read_json_lines_gz
 from deepretrieval.core.results import SearchResult, StoredDocs
 from deepretrieval.search.answer_filter import AnswerFilter
-from deepretrieval.search.answer_ranks import ANSWERS_HITS
+from deepretrieval.search.answer_ranks import answer_hits
 from deepretrieval.search.bm25_kernels import exhaustive_kernel, maxscore_kernel
 from deepretrieval.search.bm25_build import (
     FORMAT_VERSION,
@@ -57,7 +58,7 @@ TOPK_MODES = ("auto", "exhaustive", "pruned")
 #: k=100, ~1.2x at k=1000; exhaustive ~1.1x ahead at k=3000, the evidence depth)
 PRUNE_MAX_K = 1000
 PRUNE_MIN_DOCS = 50_000
-OPTIONS = ("answers",)
+OPTIONS = ("answers", "answer_hits")
 
 __all__ = ["BM25Index", "FORMAT_VERSION", "INDEX_TYPE", "QueryAnalyzer", "collect_docs",
            "collect_titled_docs", "doc_text"]
@@ -349,6 +350,7 @@ class BM25Index(StoredDocs):
                options: dict[str, Any] | None = None, kernel: str | None = None
                ) -> list[SearchResult]:
         answers = answers_option(options, "BM25")
+        hits = answer_hits(dict(options or {}))
         if k < 1:
             raise ValueError("k must be >= 1")
         if kernel is not None and kernel not in ("pruned", "exhaustive"):
@@ -367,7 +369,7 @@ class BM25Index(StoredDocs):
             ranker = self.answer_filter() if answers else None
             for row, i in enumerate(todo):
                 keep = docs[row] >= 0
-                shown = keep if answers is None or return_text else keep[:ANSWERS_HITS]
+                shown = keep if answers is None or return_text or not hits else keep[:hits]
                 idx = docs[row][:len(shown)][shown].tolist()
                 result = SearchResult(ids=_take(ids, idx),
                                       scores=scores[row][:len(shown)][shown].astype(float).tolist())

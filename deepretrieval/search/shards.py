@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from deepretrieval.core import deadline, dpr_match
+from deepretrieval.core import deadline
 from deepretrieval.core.results import Backend, DocumentStore, SearchError, SearchResult
-from deepretrieval.search.answer_ranks import keep_top_hits
+from deepretrieval.search.answer_ranks import answer_hits, keep_top_hits, merge_answer_ranks
 
 INDEX_TYPE = "sharded"
 
@@ -99,18 +99,17 @@ class ShardedBackend:
                options: dict[str, Any] | None = None) -> list[SearchResult]:
         at = deadline.current()  # the caller's compute deadline holds in the shard threads too
         options = dict(options or {})
-        # the evidence option ranks the merged list: the shards return texts, the rank is taken
-        # here (a shard's own first answer-bearing rank says nothing about the merged order)
-        answers = options.pop("answers", None)
-        if answers is not None and (not isinstance(answers, list)
-                                    or not all(isinstance(a, str) for a in answers)):
-            raise ValueError("'answers' must be a list of answer strings")
-        shard_text = return_text or answers is not None
+        # the evidence option: every shard ranks its own top k and sends all k scores; the merged
+        # rank comes from those (answer_ranks.merge_answer_ranks), no passage text travels
+        answers = options.get("answers")
+        hits = answer_hits(options)
+        if answers is not None:
+            options["answer_hits"] = 0
 
         def one(s: int) -> list[SearchResult]:
             try:
                 with deadline.deadline_scope(at):
-                    return self.shards[s].search(queries, k, return_text=shard_text,
+                    return self.shards[s].search(queries, k, return_text=return_text,
                                                  options=options or None)
             except (ValueError, deadline.DeadlineExceeded):
                 raise  # bad arguments: the same for every shard, reported as such
@@ -121,13 +120,10 @@ class ShardedBackend:
         per_shard = list(self._pool.map(one, range(len(self.shards))))
         merged = merge_results(per_shard, k, self.shard_names)
         if answers is not None:
-            keys = dpr_match.answer_keys(answers)
-            for r in merged:
-                if r.error is None:
-                    r.info["first_answer_rank"] = (dpr_match.first_answer_rank(r.texts or [], keys)
-                                                   if keys else None)
-                    if not return_text:
-                        keep_top_hits(r)
+            merge_answer_ranks(per_shard, merged, k)
+            if not return_text:
+                for r in merged:
+                    keep_top_hits(r, hits)
         return merged
 
     def documents(self, ids: list[str]) -> list[dict[str, str] | None]:

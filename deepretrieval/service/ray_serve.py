@@ -45,6 +45,7 @@ from ray import serve
 
 from deepretrieval.core.results import Backend, SearchError, SearchResult
 from deepretrieval.search import load_index_dir
+from deepretrieval.search.answer_ranks import answer_hits, keep_top_hits, merge_answer_ranks
 from deepretrieval.search.shards import INDEX_TYPE as SHARDED, merge_results
 from deepretrieval.service.app import ServiceConfig, create_app
 from deepretrieval.service.limits import apply_backend_limits
@@ -181,20 +182,32 @@ class ShardRouter:
 
     async def search(self, queries: list[str], k: int, return_text: bool = False,
                      options: dict[str, Any] | None = None) -> list[SearchResult]:
+        options = dict(options or {}) or None
+        answers = options is not None and "answers" in options
+        hits = answer_hits(options) if options is not None else 0
+        if answers:  # every shard ranks its own top k and sends all k scores (answer_ranks)
+            options["answer_hits"] = 0
+
         async def one(s: int) -> list[SearchResult]:
             return await call_with_failover(
                 lambda: self.shards[s].search.remote(queries, k, return_text, options),
                 f"{self.name}: {self.shard_names[s]}", self.timeout_s, self.retries)
 
-        answers = await asyncio.gather(*(one(s) for s in range(len(self.shards))),
-                                       return_exceptions=True)
-        for s, answer in enumerate(answers):  # the first failed shard, in shard order
+        per_shard = await asyncio.gather(*(one(s) for s in range(len(self.shards))),
+                                         return_exceptions=True)
+        for s, answer in enumerate(per_shard):  # the first failed shard, in shard order
             if isinstance(answer, ValueError):
                 raise answer  # bad arguments: the same for every shard, reported as such
             if isinstance(answer, BaseException):
                 raise SearchError(f"{self.name}: {self.shard_names[s]} failed: "
                                   f"{type(answer).__name__}: {answer}")
-        return merge_results(answers, k, self.shard_names)
+        merged = merge_results(per_shard, k, self.shard_names)
+        if answers:
+            merge_answer_ranks(per_shard, merged, k)
+            if not return_text:
+                for r in merged:
+                    keep_top_hits(r, hits)
+        return merged
 
     async def info(self) -> dict[str, Any]:
         infos = await asyncio.gather(*(shard.info.remote() for shard in self.shards))
