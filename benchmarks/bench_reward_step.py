@@ -307,15 +307,24 @@ def main(argv=None) -> int:
             # (the previous path), and the answers sent with the search (option `answers`: the
             # index ranks its own passages). "none": no passage has the answer, all 3,000 are
             # checked (the worst case for the texts path; its words are not in the vocabulary);
-            # "early": a common word, found in the first ranks; "NQ": each query with the
-            # answers of its own NQ-open dev question (mostly words of the vocabulary that no
-            # SciFact passage holds together), sent as the reward sends them — one request per
-            # sample, --concurrency callers — and, for the texts path, one batched search.
+            # "early": a common word, found in the first ranks; "NQ": the answers of NQ-open dev
+            # questions (mostly words of the vocabulary that no SciFact passage holds together),
+            # one question per prompt — its --samples samples share the answers, as in a step —
+            # or one per sample (no two requests alike: nothing for the service to coalesce).
+            # The answers are sent as the reward sends them — one request per sample,
+            # --concurrency callers — and, for the texts path, with one batched search.
+            from deepretrieval.catalog import open_index
             from deepretrieval.tasks.evidence import first_answer_rank, nq_examples
+            local = open_index("scifact")  # the service built it in --index-dir
+            local.threads = 1
             nq = [dpr_match.answer_keys(ex["answers"]) for ex in nq_examples("dev")[:m]]
-            for label, answers in (("none", ["zzqx never found"]), ("early", ["cell"]),
-                                   ("NQ", None)):
-                per_query = nq if answers is None else [answers] * m
+            cases = (("none", [["zzqx never found"]] * m, True),
+                     ("early", [["cell"]] * m, True),
+                     (f"NQ, one question per prompt of {args.samples} samples",
+                      [nq[i // args.samples] for i in range(m)], False),
+                     ("NQ, one question per sample", nq, False))
+            for label, per_query, one_call in cases:
+                answers = per_query[0]
                 with CPU(service.proc.pid) as c:
                     t0 = time.perf_counter()
                     got = searcher.search("scifact", queries[:m], 3000, return_text=True)
@@ -324,7 +333,7 @@ def main(argv=None) -> int:
                 cpu_text = c.seconds * n / m
                 results.append((f"evidence reward ({label}): k=3000 texts to the reward, ranked "
                                 f"there (measured on {m}, scaled)", t_text, cpu_text))
-                if answers is not None:
+                if one_call:
                     with CPU(service.proc.pid) as c:
                         t0 = time.perf_counter()
                         got = searcher.search("scifact", queries[:m], 3000,
@@ -343,10 +352,21 @@ def main(argv=None) -> int:
                 results.append((f"evidence reward ({label}): answers sent with the search, one "
                                 f"request per sample, {conc} callers (same ranks)",
                                 t_one * n / m, c.seconds * n / m))
+                # the same searches in this process, on the index the service serves: what the
+                # index itself spends (no HTTP, no JSON, no service machinery)
+                local.search(queries[:1], 3000, options={"answers": per_query[0]})
+                c0, t0 = time.process_time(), time.perf_counter()
+                ranked = [local.search([q], 3000, options={"answers": a})[0]
+                          .info["first_answer_rank"] for q, a in zip(queries[:m], per_query)]
+                t_local = (time.perf_counter() - t0) * n / m
+                cpu_local = (time.process_time() - c0) * n / m
+                check_ranks(label, ranked, shipped)
+                results.append((f"evidence reward ({label}): the same, in process (the index "
+                                f"alone: no HTTP, one search per sample)", t_local, cpu_local))
                 hits = sum(r is not None for r in shipped)
                 print(f"  evidence ({label}): texts {t_text:.2f}s, answers option "
-                      f"{t_one * n / m:.2f}s per step (scaled; ranks identical; {hits}/{m} "
-                      f"queries find an answer)", flush=True)
+                      f"{t_one * n / m:.2f}s per step, in process {t_local:.2f}s (scaled; ranks "
+                      f"identical; {hits}/{m} queries find an answer)", flush=True)
             if not args.evidence_only:
                 with CPU(service.proc.pid) as cb:
                     t0 = time.perf_counter()
