@@ -278,7 +278,8 @@ def bm25s_build(coll: str, out: str) -> int:
     return 0
 
 
-def _serve(search, queries) -> int:
+def _serve(search, queries, describe=None) -> int:
+    """Answer the driver's commands on stdin; ``describe(k)`` adds fields to each answer."""
     print(json.dumps({"ready": True, "peak_rss_mb": peak_rss_mb()}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -289,7 +290,8 @@ def _serve(search, queries) -> int:
         ids = search(queries, k, mode, threads, cmd.get("kernel"))
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_rss_mb": peak_rss_mb(),
-                          "ids": ids if cmd.get("ids") else None}), flush=True)
+                          "ids": ids if cmd.get("ids") else None,
+                          **(describe(k) if describe else {})}), flush=True)
     return 0
 
 
@@ -309,7 +311,8 @@ def ours_search(index_dir: str, queries_file: str) -> int:
             res = index.search(qs, k, kernel=kernel)
         return [r.ids[:10] for r in res]
 
-    return _serve(search, queries)
+    # which kernel our automatic choice takes at this k (the driver reports it as "ours")
+    return _serve(search, queries, lambda k: {"auto_kernel": index.kernel_for(k)})
 
 
 def bm25s_search(index_dir: str, queries_file: str) -> int:
@@ -398,7 +401,8 @@ def bench_size(n, coll, queries, args, lucene, work: Path) -> dict:
     try:
         for k in args.ks:
             for mode, threads in (("single", 1), ("batch", args.threads)):
-                plan = [("ours", "ours", {}),
+                # both kernels, forced; "ours" is the one the automatic choice takes at this k
+                plan = [("ours-pruned", "ours", {"kernel": "pruned"}),
                         ("ours-exhaustive", "ours", {"kernel": "exhaustive"})]
                 plan += [(e, e, {}) for e in ("bm25s", "lucene") if e in workers]
                 best: dict[str, dict] = {}
@@ -407,7 +411,9 @@ def bench_size(n, coll, queries, args, lucene, work: Path) -> dict:
                         r = workers[wname].run(k=k, mode=mode, threads=threads, **extra)
                         if engine not in best or r["seconds"] < best[engine]["seconds"]:
                             best[engine] = r
-                row = dict(docs=n, k=k, mode=mode, threads=threads, load=load())
+                auto = best["ours-pruned"]["auto_kernel"]
+                best = {"ours": best[f"ours-{auto}"], **best}
+                row = dict(docs=n, k=k, mode=mode, threads=threads, load=load(), ours_kernel=auto)
                 for engine, r in best.items():
                     row[f"{engine}_qps"] = len(queries) / r["seconds"]
                     row[f"{engine}_cpu_us"] = r["cpu"] / len(queries) * 1e6
@@ -451,17 +457,18 @@ def report(results, args) -> None:
     print(f"\nQueries/second (CPU µs per query) — best of {args.rounds} interleaved rounds; single:"
           f" one query per call on 1 thread; batch: all {args.queries} queries in one call over "
           f"{args.threads} threads:\n")
-    print("| docs | k | mode | ours | ours, exhaustive kernel | bm25s | Lucene | ours / Lucene | "
-          "ours / bm25s | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| docs | k | mode | ours (kernel chosen) | ours, pruned kernel | ours, exhaustive kernel | "
+          "bm25s | Lucene | ours / Lucene | ours / bm25s | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for res in results:
         for r in res["rows"]:
             def cell(e, r=r):
                 q = r.get(f"{e}_qps")
                 return "-" if q is None else f"{q:,.0f} ({r[f'{e}_cpu_us']:,.0f} µs)"
             luc, bm = r.get("lucene_qps"), r.get("bm25s_qps")
-            print(f"| {r['docs']:,} | {r['k']} | {r['mode']} | {cell('ours')} | "
-                  f"{cell('ours-exhaustive')} | {cell('bm25s')} | {cell('lucene')} | "
+            print(f"| {r['docs']:,} | {r['k']} | {r['mode']} | {cell('ours')} {r['ours_kernel']} | "
+                  f"{cell('ours-pruned')} | {cell('ours-exhaustive')} | {cell('bm25s')} | "
+                  f"{cell('lucene')} | "
                   f"{format(r['ours_qps'] / luc, '.2f') + 'x' if luc else '-'} | "
                   f"{format(r['ours_qps'] / bm, '.2f') + 'x' if bm else '-'} | {r['load']} |")
 
@@ -474,7 +481,8 @@ def plot(results, path: str) -> None:
 
     results = sorted(results, key=lambda r: r["docs"])
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    styles = {"ours": "-o", "ours-exhaustive": ":o", "bm25s": ":^", "lucene": "--s"}
+    styles = {"ours": "-o", "ours-pruned": "-.o", "ours-exhaustive": ":o", "bm25s": ":^",
+              "lucene": "--s"}
     for k in (10, 1000):
         for engine, style in styles.items():
             pts = [(r["docs"], row[f"{engine}_qps"]) for r in results for row in r["rows"]
