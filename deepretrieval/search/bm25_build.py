@@ -90,11 +90,13 @@ def english_stemmer():
     return Stemmer.Stemmer("english").stemWord
 
 
-def doc_text(doc: dict[str, Any]) -> str:
-    """BEIR convention: title and text joined by a space."""
-    title = (doc.get("title") or "").strip()
+def doc_text(doc: dict[str, Any], title: str | None = None) -> str:
+    """BEIR convention: title and text joined by a space (``title``: the doc's stripped title,
+    when the caller has it already)."""
+    if title is None:
+        title = (doc.get("title") or "").strip()
     text = (doc.get("text") or "").strip()
-    return f"{title} {text}".strip()
+    return f"{title} {text}".strip() if title else text
 
 
 # ---- worker side: a chunk of texts → postings ------------------------------------------------
@@ -331,16 +333,19 @@ def build_chunks(docs: Iterable[dict[str, Any]], work: Path, *, stopwords: str |
     try:
         texts: list[str] = []
         ids: list[str] = []
+        titles: list[str] = []
         size = 0
         start = n_done
 
         held: list[tuple[list[str], list[str], int]] = []  # the first chunk, until a second
 
         def submit(final: bool = False) -> None:
-            nonlocal pool, texts, ids, size, start
+            nonlocal pool, texts, ids, titles, size, start
+            for name, column in (("ids", ids), ("texts", texts), ("titles", titles)):
+                writers[name].extend(column)   # a chunk's strings at once
             job = (texts, ids, start)
             start += len(texts)
-            texts, ids, size = [], [], 0
+            texts, ids, titles, size = [], [], [], 0
             if plan.workers == 0 or (final and pool is None and not held):
                 # no workers, or the whole collection is one chunk: tokenize here
                 pending.append((tokenize_chunk(job[0], stops), job[1], job[2]))
@@ -363,12 +368,11 @@ def build_chunks(docs: Iterable[dict[str, Any]], work: Path, *, stopwords: str |
             if n_seen <= n_done:
                 continue
             doc_id = str(doc["_id"])
-            text = doc_text(doc)
-            writers["ids"].append(doc_id)
-            writers["texts"].append(text)
-            writers["titles"].append((doc.get("title") or "").strip())
+            title = (doc.get("title") or "").strip()
+            text = doc_text(doc, title)
             texts.append(text)
             ids.append(doc_id)
+            titles.append(title)
             size += len(text) + 64
             if size >= plan.chunk_bytes:
                 submit()
