@@ -10,11 +10,13 @@ identical ids and scores (``tests/test_bm25_streaming_build.py``).
   dense accumulator, then one pass over the touched documents keeps the best k in a bounded heap
   (and resets the accumulator). Cost: all postings.
   Best for large k (the reward's k=1000-3000) and small collections.
-* :func:`maxscore_kernel`: document at a time with MaxScore (Turtle & Flood 1995) and block-max
-  bounds: terms sorted by their largest impact; the terms whose bounds together cannot lift a
-  document above the current k-th score are *non-essential* — only documents in the essential
-  terms' lists are candidates, and a candidate stops being scored as soon as its partial score
-  plus the remaining terms' block maxima cannot beat the k-th score. Bounds are computed in
+* :func:`maxscore_kernel`: document at a time with MaxScore (Turtle & Flood 1995): terms sorted
+  by their largest impact; the terms whose bounds together cannot lift a document above the
+  current k-th score are *non-essential* — only documents in the essential terms' lists are
+  candidates, and a candidate stops being scored as soon as its partial score plus the remaining
+  terms' largest impacts cannot beat the k-th score. (Block maxima per 128 postings are stored
+  with the index; bounding candidates by them instead measured no faster on the generated 1M
+  corpus, where the median block maximum is 0.88 of its term's, so the kernel does not use them.) Bounds are computed in
   float64 and widened by the float32 rounding a sum of the query's length can make, so pruning
   never drops a document that the exhaustive kernel would return (rank-safe). Best for small k
   on large collections.
