@@ -278,7 +278,8 @@ def bm25s_build(coll: str, out: str) -> int:
     return 0
 
 
-def _serve(search, queries) -> int:
+def _serve(search, queries, describe=None) -> int:
+    """Answer the driver's commands on stdin; ``describe(k)`` adds fields to each answer."""
     print(json.dumps({"ready": True, "peak_rss_mb": peak_rss_mb()}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -289,7 +290,8 @@ def _serve(search, queries) -> int:
         ids = search(queries, k, mode, threads, cmd.get("kernel"))
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_rss_mb": peak_rss_mb(),
-                          "ids": ids if cmd.get("ids") else None}), flush=True)
+                          "ids": ids if cmd.get("ids") else None,
+                          **(describe(k) if describe else {})}), flush=True)
     return 0
 
 
@@ -309,7 +311,8 @@ def ours_search(index_dir: str, queries_file: str) -> int:
             res = index.search(qs, k, kernel=kernel)
         return [r.ids[:10] for r in res]
 
-    return _serve(search, queries)
+    # which kernel our automatic choice takes at this k (the driver reports it as "ours")
+    return _serve(search, queries, lambda k: {"auto_kernel": index.kernel_for(k)})
 
 
 def bm25s_search(index_dir: str, queries_file: str) -> int:
@@ -398,8 +401,8 @@ def bench_size(n, coll, queries, args, lucene, work: Path) -> dict:
     try:
         for k in args.ks:
             for mode, threads in (("single", 1), ("batch", args.threads)):
-                plan = [("ours", "ours", {}),
-                        ("ours-exhaustive", "ours", {"kernel": "exhaustive"})]
+                # our kernels, forced; "ours" is the one the automatic choice takes at this k
+                plan = [(f"ours-{kern}", "ours", {"kernel": kern}) for kern in args.kernels]
                 plan += [(e, e, {}) for e in ("bm25s", "lucene") if e in workers]
                 best: dict[str, dict] = {}
                 for _ in range(args.rounds):
@@ -407,7 +410,12 @@ def bench_size(n, coll, queries, args, lucene, work: Path) -> dict:
                         r = workers[wname].run(k=k, mode=mode, threads=threads, **extra)
                         if engine not in best or r["seconds"] < best[engine]["seconds"]:
                             best[engine] = r
-                row = dict(docs=n, k=k, mode=mode, threads=threads, load=load())
+                auto = best[f"ours-{args.kernels[0]}"]["auto_kernel"]
+                if auto not in args.kernels:
+                    raise SystemExit(f"k={k} at {n:,} passages: the automatic choice is the {auto}"
+                                     f" kernel, which --kernels {','.join(args.kernels)} leaves out")
+                best = {"ours": best[f"ours-{auto}"], **best}
+                row = dict(docs=n, k=k, mode=mode, threads=threads, load=load(), ours_kernel=auto)
                 for engine, r in best.items():
                     row[f"{engine}_qps"] = len(queries) / r["seconds"]
                     row[f"{engine}_cpu_us"] = r["cpu"] / len(queries) * 1e6
@@ -451,17 +459,18 @@ def report(results, args) -> None:
     print(f"\nQueries/second (CPU µs per query) — best of {args.rounds} interleaved rounds; single:"
           f" one query per call on 1 thread; batch: all {args.queries} queries in one call over "
           f"{args.threads} threads:\n")
-    print("| docs | k | mode | ours | ours, exhaustive kernel | bm25s | Lucene | ours / Lucene | "
-          "ours / bm25s | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| docs | k | mode | ours (kernel chosen) | ours, pruned kernel | ours, exhaustive kernel | "
+          "bm25s | Lucene | ours / Lucene | ours / bm25s | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for res in results:
         for r in res["rows"]:
             def cell(e, r=r):
                 q = r.get(f"{e}_qps")
                 return "-" if q is None else f"{q:,.0f} ({r[f'{e}_cpu_us']:,.0f} µs)"
             luc, bm = r.get("lucene_qps"), r.get("bm25s_qps")
-            print(f"| {r['docs']:,} | {r['k']} | {r['mode']} | {cell('ours')} | "
-                  f"{cell('ours-exhaustive')} | {cell('bm25s')} | {cell('lucene')} | "
+            print(f"| {r['docs']:,} | {r['k']} | {r['mode']} | {cell('ours')} {r['ours_kernel']} | "
+                  f"{cell('ours-pruned')} | {cell('ours-exhaustive')} | {cell('bm25s')} | "
+                  f"{cell('lucene')} | "
                   f"{format(r['ours_qps'] / luc, '.2f') + 'x' if luc else '-'} | "
                   f"{format(r['ours_qps'] / bm, '.2f') + 'x' if bm else '-'} | {r['load']} |")
 
@@ -474,7 +483,8 @@ def plot(results, path: str) -> None:
 
     results = sorted(results, key=lambda r: r["docs"])
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    styles = {"ours": "-o", "ours-exhaustive": ":o", "bm25s": ":^", "lucene": "--s"}
+    styles = {"ours": "-o", "ours-pruned": "-.o", "ours-exhaustive": ":o", "bm25s": ":^",
+              "lucene": "--s"}
     for k in (10, 1000):
         for engine, style in styles.items():
             pts = [(r["docs"], row[f"{engine}_qps"]) for r in results for row in r["rows"]
@@ -514,6 +524,8 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--ks", default="3,10,1000")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--kernels", default="pruned,exhaustive",
+                    help="our top-k kernels to time, forced (the automatic choice must be one)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--pyserini-python", default=DEFAULT_PYSERINI_PYTHON)
     ap.add_argument("--no-lucene", action="store_true")
@@ -544,6 +556,9 @@ def main(argv=None) -> int:
         args.sizes, args.part_docs, args.queries, args.rounds = "2000,3000", 1000, 50, 1
         args.vocab = 5000
     args.ks = [int(k) for k in args.ks.split(",")]
+    args.kernels = args.kernels.split(",")
+    if not args.kernels or set(args.kernels) - {"pruned", "exhaustive"}:
+        ap.error(f"--kernels: a comma-separated list of pruned, exhaustive (got {args.kernels})")
     sizes = [int(x) for x in args.sizes.split(",")]
     lucene = None if args.no_lucene else lucene_env(args.pyserini_python)
     print(f"# bench_scale: sizes={sizes} cpus={os.cpu_count()} threads={args.threads} "

@@ -256,7 +256,9 @@ def test_pruned_kernel_equals_exhaustive_with_ties_and_document_order(tmp_path):
 def test_kernel_choice_is_automatic_and_overridable(scifact_index, monkeypatch):
     assert scifact_index.kernel_for(10) == "exhaustive"        # 5,183 docs: small collection
     monkeypatch.setattr("deepretrieval.search.bm25.PRUNE_MIN_DOCS", 1000)
-    assert scifact_index.kernel_for(10) == "pruned" and scifact_index.kernel_for(1000) == "pruned"
+    monkeypatch.setattr("deepretrieval.search.bm25.PRUNE_DOCS_PER_K", 10)
+    assert scifact_index.kernel_for(10) == "pruned" and scifact_index.kernel_for(518) == "pruned"
+    assert scifact_index.kernel_for(519) == "exhaustive"       # k above num_docs / 10
     assert scifact_index.kernel_for(3000) == "exhaustive"
     monkeypatch.setenv("DEEPRETRIEVAL_BM25_TOPK", "exhaustive")
     assert scifact_index.kernel_for(10) == "exhaustive"

@@ -53,10 +53,12 @@ from deepretrieval.search.bm25_build import (
 )
 
 TOPK_MODES = ("auto", "exhaustive", "pruned")
-#: ``auto`` uses the pruned kernel up to this k on collections of at least PRUNE_MIN_DOCS
-#: (measured on the 1M generated corpus: pruned 4-6x less CPU than exhaustive at k=3-10, 2.5x at
-#: k=100, ~1.2x at k=1000; exhaustive ~1.1x ahead at k=3000, the evidence depth)
-PRUNE_MAX_K = 1000
+#: ``auto`` uses the pruned kernel on collections of at least PRUNE_MIN_DOCS documents when
+#: k <= num_docs / PRUNE_DOCS_PER_K: pruning pays while the k-th score is a high bar, i.e. while k
+#: is a small share of the collection (measured on the generated 1M corpus, CPU per query: pruned
+#: 0.52 vs 0.94 ms at k=10, even at k=100, exhaustive ahead from k=200 — 1.34 vs 1.98 ms at k=1000;
+#: at 21M pruned is 12-14x ahead at k=3-10 and still ahead at k=1000, see benchmarks/README.md)
+PRUNE_DOCS_PER_K = 10_000
 PRUNE_MIN_DOCS = 50_000
 OPTIONS = ("answers", "answer_hits")
 
@@ -279,7 +281,8 @@ class BM25Index(StoredDocs):
         mode = self.topk_mode()
         if mode != "auto":
             return mode
-        return "pruned" if k <= PRUNE_MAX_K and self.num_docs >= PRUNE_MIN_DOCS else "exhaustive"
+        pruned = self.num_docs >= PRUNE_MIN_DOCS and k * PRUNE_DOCS_PER_K <= self.num_docs
+        return "pruned" if pruned else "exhaustive"
 
     def _search_kernel(self, batch: list[list[int]], k: int, kernel: str | None = None):
         ptr = np.cumsum([0] + [len(t) for t in batch], dtype=np.int64)

@@ -57,7 +57,10 @@ INDEX_TYPE = "bm25"
 #: the on-disk format this module writes (format 1: bm25s's files, still read by BM25Index)
 FORMAT_VERSION = 2
 SPLITTER = r"(?u)\b\w\w+\b"
-_SPLIT = re.compile(SPLITTER).findall
+#: the same matches as SPLITTER (maximal runs of >= 2 word characters), found faster: without
+#: the \b checks (a greedy run of \w that starts a match can only end at a word boundary, and a
+#: match can only start where a run starts; tests/test_bm25_streaming_build.py checks it)
+_SPLIT = re.compile(r"(?u)\w\w+").findall
 #: between two documents' lower-cased texts when a batch is split at once: upper-case letters
 #: cannot occur in lower-cased text, so this word marks the boundary and nothing else
 _SEP_WORD = "ZZ"
@@ -87,11 +90,13 @@ def english_stemmer():
     return Stemmer.Stemmer("english").stemWord
 
 
-def doc_text(doc: dict[str, Any]) -> str:
-    """BEIR convention: title and text joined by a space."""
-    title = (doc.get("title") or "").strip()
+def doc_text(doc: dict[str, Any], title: str | None = None) -> str:
+    """BEIR convention: title and text joined by a space (``title``: the doc's stripped title,
+    when the caller has it already)."""
+    if title is None:
+        title = (doc.get("title") or "").strip()
     text = (doc.get("text") or "").strip()
-    return f"{title} {text}".strip()
+    return f"{title} {text}".strip() if title else text
 
 
 # ---- worker side: a chunk of texts → postings ------------------------------------------------
@@ -119,6 +124,14 @@ class ChunkPostings:
     lengths: np.ndarray  # int32 per document (bm25s's token count; 1 for an empty document)
 
 
+class _Numbering(dict):
+    """word → id, a new word numbered on first lookup (``__getitem__`` at C speed for the rest)."""
+
+    def __missing__(self, word: str) -> int:
+        value = self[word] = len(self)
+        return value
+
+
 def tokenize_chunk(texts: list[str], stopwords: frozenset[str] | list[str], stem: bool = True,
                    batch: int = 4096) -> ChunkPostings:
     """Tokenize ``texts`` as bm25s's Tokenizer does and count term frequencies per document.
@@ -129,13 +142,10 @@ def tokenize_chunk(texts: list[str], stopwords: frozenset[str] | list[str], stem
     stopwords = frozenset(stopwords)
     stemmer = _stem_fn(stem)
     n = len(texts)
-    words: dict[str, int] = {_SEP_WORD: 0}
+    words = _Numbering({_SEP_WORD: 0})
     tok_words, tok_docs = [], []
     for s in range(0, n, batch):
         found = _SPLIT(_SEP.join([t.lower() for t in texts[s:s + batch]]))
-        for w in dict.fromkeys(found):   # the batch's distinct words, new ones numbered
-            if w not in words:
-                words[w] = len(words)
         ids = np.fromiter(map(words.__getitem__, found), dtype=np.int32, count=len(found))
         sep = ids == 0
         doc = np.cumsum(sep, dtype=np.int32) + s
@@ -323,16 +333,19 @@ def build_chunks(docs: Iterable[dict[str, Any]], work: Path, *, stopwords: str |
     try:
         texts: list[str] = []
         ids: list[str] = []
+        titles: list[str] = []
         size = 0
         start = n_done
 
         held: list[tuple[list[str], list[str], int]] = []  # the first chunk, until a second
 
         def submit(final: bool = False) -> None:
-            nonlocal pool, texts, ids, size, start
+            nonlocal pool, texts, ids, titles, size, start
+            for name, column in (("ids", ids), ("texts", texts), ("titles", titles)):
+                writers[name].extend(column)   # a chunk's strings at once
             job = (texts, ids, start)
             start += len(texts)
-            texts, ids, size = [], [], 0
+            texts, ids, titles, size = [], [], [], 0
             if plan.workers == 0 or (final and pool is None and not held):
                 # no workers, or the whole collection is one chunk: tokenize here
                 pending.append((tokenize_chunk(job[0], stops), job[1], job[2]))
@@ -355,12 +368,11 @@ def build_chunks(docs: Iterable[dict[str, Any]], work: Path, *, stopwords: str |
             if n_seen <= n_done:
                 continue
             doc_id = str(doc["_id"])
-            text = doc_text(doc)
-            writers["ids"].append(doc_id)
-            writers["texts"].append(text)
-            writers["titles"].append((doc.get("title") or "").strip())
+            title = (doc.get("title") or "").strip()
+            text = doc_text(doc, title)
             texts.append(text)
             ids.append(doc_id)
+            titles.append(title)
             size += len(text) + 64
             if size >= plan.chunk_bytes:
                 submit()
