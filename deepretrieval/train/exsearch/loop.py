@@ -23,7 +23,11 @@ The agent's trajectory ``z`` (think, search, record, …) is a latent variable b
   (``evidence_filter="clean"``) only trajectories whose searches retrieved a passage holding the
   gold answer, that answered by themselves and made no invalid turn are weighted and trained on:
   with a weak policy, "the gold answer after passages that do not contain it" teaches guessing,
-  and broken turns teach broken turns (see docs/experiments/exsearch.md).
+  and broken turns teach broken turns (see docs/experiments/exsearch.md). ``stop_guard``
+  keeps the stop decision of samples that answered before their last allowed turn out of the
+  M-step (``late``: not trained on; ``mask``: no loss on their answer turn): what an M-step
+  otherwise teaches a small model is to answer after one search
+  (docs/experiments/agentic_quickstart.md).
 
 A **warm-up** (the same loss, every seed trajectory of a question weighted equally) on seed
 trajectories — the closed-world oracle, an OpenAI-compatible teacher, or a user JSONL
