@@ -31,7 +31,8 @@ class Example:
 
 def answered_early(episode: Episode) -> bool:
     """Did the episode stop on its own — answer before its last allowed turn, i.e. without the
-    environment's last-turn note? That is the policy's stop decision (docs/exsearch.md, stop guard)."""
+    environment's last-turn note? That is the policy's stop decision (docs/agentic.md, ExSearch,
+    ``--stop-guard``)."""
     return episode.finish == "answer" and episode.turns < episode.settings.max_turns
 
 
