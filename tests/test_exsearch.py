@@ -239,6 +239,14 @@ def test_one_iteration_changes_weights_and_lowers_the_weighted_loss(tiny, rows, 
     assert calls == []
     with pytest.raises(ValueError, match="other settings"):
         X.train_exsearch(rows[:3], rows[4:5], _settings(tiny, tmp_path / "b", samples=2))
+    with pytest.raises(ValueError, match="stop_guard"):   # an iteration has finished
+        X.train_exsearch(rows[:3], rows[4:5], _settings(tiny, tmp_path / "b", stop_guard="mask"))
+    # a run written before a setting existed ran with its default: it resumes
+    saved = tmp_path / "b" / "exsearch_settings.json"
+    old = json.loads(saved.read_text())
+    del old["stop_guard"]
+    saved.write_text(json.dumps(old))
+    X.train_exsearch(rows[:3], rows[4:5], _settings(tiny, tmp_path / "b"))
     # ... and so is any change to what the run trains or evaluates on (issue 29 item 9)
     for train, test, kw, named in [(rows[:2], rows[4:5], {}, "training rows"),
                                    (rows[1:4], rows[4:5], {}, "training rows"),
@@ -298,6 +306,16 @@ def test_cli_resume_refuses_changed_rows_task_hops_and_geometry(tiny, tmp_path, 
         err = capsys.readouterr().err
         assert err.startswith("error:") and named in err and "Traceback" not in err, (change, err)
     assert main(base + first) == 0
+    # no iteration has finished: the iterations' settings may change (a new guard tried from the
+    # finished warm-up), the warm-up's may not; the settings file then holds the new ones
+    iteration_only = ["--stop-guard", "late", "--replay", "0.5", "--mstep-lr", "1e-4",
+                      "--evidence-filter", "correct", "--num-generations", "2"]
+    assert main(base + first + iteration_only) == 0
+    saved = json.loads((out / "exsearch_settings.json").read_text())
+    assert saved["stop_guard"] == "late" and saved["replay"] == 0.5
+    capsys.readouterr()
+    assert main([*base[:-1], "2e-3"] + first + iteration_only) == 2
+    assert "learning_rate" in capsys.readouterr().err
 
 
 def test_settings_are_checked():
@@ -341,3 +359,97 @@ def test_replay_trains_an_iteration_on_the_seeds_when_its_samples_are_filtered_o
         X.ExSearchSettings(model="m", output_dir="o", seeds="none", replay=1.0)
     with pytest.raises(ValueError, match="mstep_learning_rate"):
         X.ExSearchSettings(model="m", output_dir="o", mstep_learning_rate=0)
+
+
+# ---- the stop guard (issue 28 item 3) ---------------------------------------------------------
+
+def _early_and_late(rows):
+    """Real closed-world oracle episodes of the same 1-hop questions: with the rows' 4 turns the
+    oracle answers on turn 2 on its own (early); with 2 turns its answer turn is the last one and
+    follows the environment's last-turn note (late)."""
+    from deepretrieval.agent.runner import episodes_from_rows
+    one_hop = [r for r in rows if r["extra_info"]["hops"] == 1][:2]
+    early = run_rows(OraclePolicy(), one_hop)
+    base = episodes_from_rows(one_hop[:1])[0].settings
+    late = run_rows(OraclePolicy(), one_hop, settings=P.AgentSettings(**{**base.to_dict(), "max_turns": 2}))
+    return early, late
+
+
+def test_answered_early_is_the_stop_decision_before_the_last_turn(rows):
+    early, late = _early_and_late(rows)
+    for ep in early:
+        assert ep.finish == "answer" and ep.turns == 2 and ep.settings.max_turns == 4
+        assert XE.answered_early(ep)
+        assert ep.settings.last_turn_note not in ep.text
+    for ep in late:
+        assert ep.finish == "answer" and ep.turns == 2 == ep.settings.max_turns
+        assert not XE.answered_early(ep)
+        assert ep.settings.last_turn_note in ep.text      # told to answer, not its own decision
+    from dataclasses import replace
+    assert not XE.answered_early(replace(early[0], finish="max_turns"))
+
+
+def test_mask_final_turn_leaves_the_turns_before_the_answer(tiny, rows):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    early, _ = _early_and_late(rows)
+    ep = early[0]
+    gold = ep.row["reward_model"]["ground_truth"]["target"][0]
+    (ex,), _ = XE.make_examples(tok, [ep], replace_answer=True, max_length=4096)
+    assert ex.record["answered_early"] and ex.record["turns"] == 2
+    # final_turn is where the last model turn's tokens begin: that turn, the gold answer, the end
+    last = XE.gold_pieces(ep, gold)[-3:]
+    assert tok.decode(ex.input_ids[ex.final_turn:]) == "".join(t for t, _ in last) + tok.eos_token
+    labels = list(ex.labels)
+    XE.mask_final_turn(ex)
+    assert ex.labels[:ex.final_turn] == labels[:ex.final_turn]
+    assert all(lab == XE.IGNORE for lab in ex.labels[ex.final_turn:])
+    # the first turn (the search) is still trained on; the answer turn is not
+    first = ex.labels[:ex.final_turn]
+    assert any(lab != XE.IGNORE for lab in first)
+    assert sum(ex.answer_mask[ex.final_turn:]) == sum(ex.answer_mask) > 0
+    seed_ex, _ = XE.make_examples(tok, [ep], replace_answer=False, max_length=4096)
+    with pytest.raises(ValueError, match="last turn"):
+        XE.mask_final_turn(seed_ex[0])
+
+
+@pytest.mark.parametrize("guard", ["none", "late", "mask"])
+def test_stop_guard_selects_and_masks_sampled_trajectories(tiny, rows, guard, tmp_path):
+    """The M-step data of real episodes under each guard: ``late`` keeps only the trajectories
+    that answered on their last turn, ``mask`` keeps all and removes the loss of the early ones'
+    answer turn (their weights from ``log p(y|x,z)`` read before masking, as with ``none``)."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    early, late = _early_and_late(rows)
+    settings = _settings(tiny, tmp_path, evidence_filter="correct", stop_guard=guard)
+    examples, skipped, stats = X.weighted_examples(model, tok, early + late, settings, Accelerator(cpu=True))
+    assert skipped == 0 and stats["episodes"] == 4 and stats["episodes_filtered"] == 4
+    assert stats["answered_early"] == 0.5 and stats["stop_guard"] == guard
+    if guard == "late":
+        assert [e.record["answered_early"] for e in examples] == [False, False]
+        assert stats["episodes_kept"] == 2 and stats["stop_masked"] == 0
+    else:
+        assert [e.record["answered_early"] for e in examples] == [True, True, False, False]
+        assert stats["episodes_kept"] == 4
+    reference, _, _ = X.weighted_examples(model, tok, early + late,
+                                          _settings(tiny, tmp_path, evidence_filter="correct"),
+                                          Accelerator(cpu=True))
+    by_traj = {e.record["trajectory"]: e for e in reference}
+    for e in examples:
+        ref = by_traj[e.record["trajectory"]]
+        assert e.loglik == ref.loglik                     # scored before any masking
+        masked = guard == "mask" and e.record["answered_early"]
+        assert e.record.get("stop_masked", False) == masked
+        if masked:
+            assert all(lab == XE.IGNORE for lab in e.labels[e.final_turn:])
+            assert e.labels[:e.final_turn] == ref.labels[:e.final_turn]
+        else:
+            assert e.labels == ref.labels
+    if guard == "mask":
+        assert stats["stop_masked"] == 2
+    with pytest.raises(ValueError, match="stop_guard"):
+        X.ExSearchSettings(model="m", output_dir="o", stop_guard="never")

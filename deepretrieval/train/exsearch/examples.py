@@ -26,6 +26,23 @@ class Example:
     weight: float = 1.0
     loglik: float | None = None
     record: dict[str, Any] = field(default_factory=dict)
+    final_turn: int | None = None   # index in ``input_ids`` where the last model turn begins
+
+
+def answered_early(episode: Episode) -> bool:
+    """Did the episode stop on its own — answer before its last allowed turn, i.e. without the
+    environment's last-turn note? That is the policy's stop decision (docs/agentic.md, ExSearch,
+    ``--stop-guard``)."""
+    return episode.finish == "answer" and episode.turns < episode.settings.max_turns
+
+
+def mask_final_turn(example: Example) -> None:
+    """No loss on the example's last model turn (its think, the ``<answer>`` tag, the answer and
+    the end of the sequence): the M-step then learns the turns before the stop decision only.
+    ``log p(y|x,z)`` reads ``answer_mask`` through the labels, so compute it before masking."""
+    if example.final_turn is None:
+        raise ValueError("the example does not know where its last turn begins (a seed example?)")
+    example.labels[example.final_turn:] = [IGNORE] * (len(example.labels) - example.final_turn)
 
 
 def _cut_final_action(text: str) -> str:
@@ -67,15 +84,18 @@ def prompt_text(tokenizer, episode: Episode) -> str:
                                          add_generation_prompt=True) + episode.prefill
 
 
-def encode(tokenizer, prompt: str, pieces: Sequence[tuple[str, str]], *, eos: bool = True
-           ) -> tuple[list[int], list[int], list[int]]:
+def encode(tokenizer, prompt: str, pieces: Sequence[tuple[str, str]], *, eos: bool = True,
+           starts: list[int] | None = None) -> tuple[list[int], list[int], list[int]]:
     """``(input_ids, labels, answer_mask)``: the prompt and every piece tokenised on their own
     (as :meth:`Episode.token_ids` does), labels -100 on prompt and ``injected`` tokens, the
-    tokenizer's end-of-sequence token (the end of the assistant turn) appended as a label."""
+    tokenizer's end-of-sequence token (the end of the assistant turn) appended as a label.
+    ``starts``: a list that receives the index in ``input_ids`` where each piece begins."""
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     labels = [IGNORE] * len(ids)
     answer = [0] * len(ids)
     for text, kind in pieces:
+        if starts is not None:
+            starts.append(len(ids))
         if kind not in ("model", "injected", "answer"):
             raise ValueError(f"unknown piece kind {kind!r}")
         seg = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -102,12 +122,16 @@ def make_examples(tokenizer, episodes: Sequence[Episode], *, replace_answer: boo
     for ep in episodes:
         gold = gold_answers(ep.row)[0]
         pieces = gold_pieces(ep, gold) if replace_answer else trajectory_pieces(ep)
-        ids, labels, answer = encode(tokenizer, prompt_text(tokenizer, ep), pieces)
+        starts: list[int] = []
+        ids, labels, answer = encode(tokenizer, prompt_text(tokenizer, ep), pieces, starts=starts)
         if len(ids) > max_length:
             skipped += 1
             continue
-        out.append(Example(ids, labels, answer, question_key(ep.row), record={
+        # the last turn: gold_pieces ends with (turn + <answer>, gold, </answer>)
+        final = starts[-3] if replace_answer else None
+        out.append(Example(ids, labels, answer, question_key(ep.row), final_turn=final, record={
             "question": ((ep.row or {}).get("extra_info") or {}).get("query"), "gold": gold,
             "trajectory": ep.text, "answer": ep.answer, "finish": ep.finish,
-            "n_search": ep.n_search, "queries": [s["query"] for s in ep.searches]}))
+            "n_search": ep.n_search, "queries": [s["query"] for s in ep.searches],
+            "turns": ep.turns, "answered_early": answered_early(ep)}))
     return out, skipped

@@ -23,7 +23,11 @@ The agent's trajectory ``z`` (think, search, record, …) is a latent variable b
   (``evidence_filter="clean"``) only trajectories whose searches retrieved a passage holding the
   gold answer, that answered by themselves and made no invalid turn are weighted and trained on:
   with a weak policy, "the gold answer after passages that do not contain it" teaches guessing,
-  and broken turns teach broken turns (see docs/experiments/exsearch.md).
+  and broken turns teach broken turns (see docs/experiments/exsearch.md). ``stop_guard``
+  keeps the stop decision of samples that answered before their last allowed turn out of the
+  M-step (``late``: not trained on; ``mask``: no loss on their answer turn): what an M-step
+  otherwise teaches a small model is to answer after one search
+  (docs/experiments/agentic_quickstart.md).
 
 A **warm-up** (the same loss, every seed trajectory of a question weighted equally) on seed
 trajectories — the closed-world oracle, an OpenAI-compatible teacher, or a user JSONL
@@ -47,7 +51,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +76,13 @@ from deepretrieval.generation.decoding import Decoding
 from deepretrieval.generation.local import TransformersGenerator
 from deepretrieval.tasks.agentic import blocks_hold_answer
 from deepretrieval.train.export import save_hf
-from deepretrieval.train.exsearch.examples import Example, make_examples, question_key
+from deepretrieval.train.exsearch.examples import (
+    Example,
+    answered_early,
+    make_examples,
+    mask_final_turn,
+    question_key,
+)
 from deepretrieval.train.exsearch.objective import (
     answer_logliks,
     fit,
@@ -89,13 +99,23 @@ STAGES_DIR = "stages"
 RESUME_KEYS = ("model", "samples", "temperature", "top_p", "max_new_tokens", "weight_temperature",
                "learning_rate", "warmup_epochs", "epochs", "questions_per_step", "lora", "seeds",
                "seed", "questions_per_iteration", "max_turns", "top_k", "min_weight", "max_length",
-               "evidence_filter", "micro_batch", "replay", "mstep_learning_rate")
+               "evidence_filter", "micro_batch", "replay", "mstep_learning_rate", "stop_guard")
+#: Of :data:`RESUME_KEYS`, those only the EM iterations read: a run none of whose iterations has
+#: finished may change them (a new guard tried from a finished warm-up, say).
+ITERATION_KEYS = ("samples", "temperature", "top_p", "weight_temperature", "epochs",
+                  "evidence_filter", "replay", "mstep_learning_rate", "stop_guard",
+                  "questions_per_iteration")
 #: What a resumed run must train and evaluate on: the rows as given (after ``--task``,
 #: ``--data``, ``--limit``, ``--max-hops``), fingerprinted. Key → what the message names.
 RESUME_DATA = {"train_rows": "the training rows (--task, --data, --limit, --max-hops)",
                "eval_rows": "the evaluation rows (--task, --data, --eval-limit, --max-hops)"}
 #: ``evidence_filter`` values: which sampled trajectories the M-step may train on.
 EVIDENCE_FILTERS = ("correct", "clean", "trajectory", "question", "none")
+#: ``stop_guard`` values: what the M-step learns of a sampled trajectory that answered on its own
+#: before its last allowed turn (:func:`~.examples.answered_early`): everything (``none``), nothing
+#: (``late``: only trajectories that answered on their last turn are trained on) or its turns
+#: before the answer turn (``mask``).
+STOP_GUARDS = ("none", "late", "mask")
 
 
 @dataclass
@@ -125,6 +145,11 @@ class ExSearchSettings:
                 "trajectories that retrieved a passage holding the gold answer, answered and made no "
                 "invalid turn), trajectory (retrieved such a passage), question (every sample of a "
                 "question with such a trajectory) or none (every sample)"})
+    stop_guard: str = field(default="none", metadata={  # (e_step)
+        "choices": STOP_GUARDS,
+        "help": "M-step and the stop decision of samples that answered before their last allowed "
+                "turn: none (trained as they are), late (left out: train only on samples that "
+                "answered on their last turn) or mask (no loss on their answer turn)"})
     learning_rate: float = field(default=1e-5, metadata={"help": "learning rate", "flag": "--lr"})
     mstep_learning_rate: float | None = field(default=None, metadata={
         "help": "learning rate of the M-steps (unset: --lr, which the warm-up uses)",
@@ -186,6 +211,8 @@ class ExSearchSettings:
             raise ValueError("replay needs seed trajectories (seeds must not be none)")
         if self.questions_per_step < 1 or self.micro_batch < 1:
             raise ValueError("questions_per_step and micro_batch must be >= 1")
+        if self.stop_guard not in STOP_GUARDS:
+            raise ValueError(f"unknown stop_guard {self.stop_guard!r}; known: {', '.join(STOP_GUARDS)}")
         if self.evidence_filter not in EVIDENCE_FILTERS:
             raise ValueError(f"unknown evidence_filter {self.evidence_filter!r}; known: "
                              f"{', '.join(EVIDENCE_FILTERS)}")
@@ -366,7 +393,11 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
               "eval_rows": rows_fingerprint(eval_rows)}
     if saved.exists() and settings.resume and read_curve(out):
         old = json.loads(saved.read_text())
-        diff = [k for k in RESUME_KEYS if old.get(k) != record[k]]
+        iterated = any(s["stage"].startswith("iter-") for s in read_curve(out))
+        keys = [k for k in RESUME_KEYS if iterated or k not in ITERATION_KEYS]
+        # a key missing from an older run's file: that run had the setting's default
+        defaults = {f.name: f.default for f in fields(ExSearchSettings)}
+        diff = [k for k in keys if old.get(k, defaults[k]) != record[k]]
         diff += [RESUME_DATA[k] for k in RESUME_DATA if old.get(k) != record[k]]
         if diff:
             raise ValueError(f"{out} holds a run with other settings ({', '.join(diff)}); use "
@@ -578,18 +609,42 @@ def evidence_kept(episodes: Sequence[Episode], how: str,
 def e_step(model, tokenizer, rows, settings: ExSearchSettings, searcher,
            agent_settings: P.AgentSettings | None, accelerator, *, seed: int
            ) -> tuple[list[Example], int, dict[str, Any]]:
-    """Sample K trajectories per row with the current policy, keep those the evidence filter
-    allows, score ``log p(y|x,z)`` with the gold answer in place, and weight them per question.
-    Episodes whose search failed are left out (the environment's failure, not the policy's)."""
+    """Sample K trajectories per row with the current policy (:func:`sample_episodes`), keep
+    those the evidence filter and the stop guard allow, score ``log p(y|x,z)`` with the gold
+    answer in place, and weight them per question (:func:`weighted_examples`)."""
+    episodes = sample_episodes(model, tokenizer, rows, settings, searcher, agent_settings,
+                               accelerator, seed=seed)
+    examples, skipped, stats = weighted_examples(model, tokenizer, episodes, settings, accelerator)
+    return examples, skipped, {"questions": len(rows), **stats}
+
+
+def sample_episodes(model, tokenizer, rows, settings: ExSearchSettings, searcher,
+                    agent_settings: P.AgentSettings | None, accelerator, *, seed: int
+                    ) -> list[Episode]:
+    """The E-step's samples: K episodes per row from the current policy (T, top-p, seeded)."""
     generator = TransformersGenerator(accelerator.unwrap_model(model), tokenizer)
     decoding = Decoding(max_new_tokens=settings.max_new_tokens, greedy=False,
                         temperature=settings.temperature, top_p=settings.top_p, seed=seed)
     episodes = episodes_from_rows(rows, repeat=settings.samples, settings=agent_settings)
     EpisodeRunner(generator, searcher, decoding=decoding, batch_size=settings.gen_batch_size,
                   progress=settings.progress).run(episodes)
+    return episodes
+
+
+def weighted_examples(model, tokenizer, episodes: Sequence[Episode], settings: ExSearchSettings,
+                      accelerator) -> tuple[list[Example], int, dict[str, Any]]:
+    """The M-step's data of sampled ``episodes``: those the evidence filter keeps (episodes whose
+    search failed are left out: the environment's failure, not the policy's), then the stop guard
+    (``late``: only those that answered on their last allowed turn; ``mask``: the others lose the
+    loss of their answer turn), as examples with the gold answer in place, weighted per question
+    by ``log p(y|x,z)`` (computed before any masking). Returns the examples, how many were too
+    long, and the E-step's statistics."""
     usable = [ep for ep in episodes if not ep.search_error]
     hits = [retrieved_answer(ep) for ep in usable]
     kept = evidence_kept(usable, settings.evidence_filter, hits)
+    filtered = len(kept)
+    if settings.stop_guard == "late":
+        kept = [ep for ep in kept if not answered_early(ep)]
     examples, skipped = make_examples(tokenizer, kept, replace_answer=True,
                                       max_length=settings.max_length)
     logliks = answer_logliks(accelerator.unwrap_model(model), examples, tokenizer.pad_token_id,
@@ -597,13 +652,27 @@ def e_step(model, tokenizer, rows, settings: ExSearchSettings, searcher,
     weights = importance_weights(logliks, [e.group for e in examples], settings.weight_temperature)
     for e, ll, w in zip(examples, logliks, weights):
         e.loglik, e.weight = ll, w
+    masked = 0
+    if settings.stop_guard == "mask":  # after log p(y|x,z): it is read through the labels
+        for e in examples:
+            if e.record["answered_early"]:
+                mask_final_turn(e)
+                e.record["stop_masked"] = True
+                masked += 1
     em = [exact_match(ep.answer, gold_answers(ep.row)) for ep in episodes]
-    stats = {"questions": len(rows), "episodes": len(episodes),
+    early = [answered_early(ep) for ep in episodes]
+    stats = {"episodes": len(episodes),
              "search_errors": len(episodes) - len(usable),
              "sample_em": sum(em) / max(len(em), 1),
              "sample_hit": sum(hits) / max(len(hits), 1),
              "mean_searches": sum(ep.n_search for ep in episodes) / max(len(episodes), 1),
+             "answered_early": sum(early) / max(len(early), 1),
+             "sample_em_early": _share(em, early),
+             "sample_em_late": _share(em, [not e for e in early]),
              "evidence_filter": settings.evidence_filter,
+             "episodes_filtered": filtered,
+             "stop_guard": settings.stop_guard,
+             "stop_masked": masked,
              "episodes_kept": len(kept),
              "questions_kept": len({question_key(ep.row) for ep in kept}),
              "mean_loglik": sum(logliks) / max(len(logliks), 1) if logliks else None,
@@ -635,6 +704,11 @@ def seed_examples(tokenizer, rows, settings: ExSearchSettings, searcher, *, weig
     for e in examples:
         e.weight = weight / sizes[e.group]
     return examples, report, skipped
+
+
+def _share(values: Sequence[float], where: Sequence[bool]) -> float | None:
+    picked = [v for v, w in zip(values, where) if w]
+    return sum(picked) / len(picked) if picked else None
 
 
 def _mean_max_weight(examples: Sequence[Example]) -> float | None:
