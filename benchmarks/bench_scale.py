@@ -404,7 +404,7 @@ def bench_size(n, coll, queries, args, lucene, work: Path) -> dict:
         # start from a warm page cache for every engine (in round 3's 21M run, the first timed
         # searches of ours ran on cold pages of the 10 GB matrix: 11 ms of CPU per query at k=3
         # single against 6.7 ms for the same queries batched right after)
-        for name, w in workers.items():
+        for w in workers.values():
             w.run(k=10, mode="batch", threads=args.threads)
         for k in args.ks:
             for mode, threads in (("single", 1), ("batch", args.threads)):
