@@ -148,14 +148,7 @@ class StringColumnWriter:
         self._limit = buffer_bytes
 
     def append(self, text: str) -> None:
-        data = text.encode("utf-8")
-        self._parts.append(data)
-        self.end += len(data)
-        self._offs.append(self.end)
-        self.count += 1
-        self._buffered += len(data)
-        if self._buffered >= self._limit:
-            self._write()
+        self.extend((text,))
 
     def extend(self, texts: Iterable[str]) -> None:
         """Append many strings: encoded, joined and their offsets computed a batch at a time."""
