@@ -57,7 +57,8 @@ TOPK_MODES = ("auto", "exhaustive", "pruned")
 #: k <= num_docs / PRUNE_DOCS_PER_K: pruning pays while the k-th score is a high bar, i.e. while k
 #: is a small share of the collection (measured on the generated 1M corpus, CPU per query: pruned
 #: 0.52 vs 0.94 ms at k=10, even at k=100, exhaustive ahead from k=200 — 1.34 vs 1.98 ms at k=1000;
-#: at 21M pruned is 12-14x ahead at k=3-10 and still ahead at k=1000, see benchmarks/README.md)
+#: at 5M exhaustive still ahead at k=1000, 6.98 vs 7.44 ms; at 21M pruned 12-14x ahead at k=3-10,
+#: k=1000 there not timed with both kernels; see benchmarks/README.md)
 PRUNE_DOCS_PER_K = 10_000
 PRUNE_MIN_DOCS = 50_000
 OPTIONS = ("answers", "answer_hits")

@@ -16,9 +16,10 @@ identical ids and scores (``tests/test_bm25_streaming_build.py``).
   candidates, and a candidate stops being scored as soon as its partial score plus the remaining
   terms' largest impacts cannot beat the k-th score. (Block maxima per 128 postings are stored
   with the index; bounding candidates by them instead measured no faster on the generated 1M
-  corpus, where the median block maximum is 0.88 of its term's, so the kernel does not use them.) Bounds are computed in
-  float64 and widened by the float32 rounding a sum of the query's length can make, so pruning
-  never drops a document that the exhaustive kernel would return (rank-safe). Best for small k
+  corpus, where the median block maximum is 0.88 of its term's, so the kernel does not use
+  them.) Bounds are computed in float64 and widened by the float32 rounding a sum of the query's
+  length can make, so pruning never drops a document that the exhaustive kernel would return
+  (rank-safe). Best for small k
   on large collections.
 """
 from __future__ import annotations
