@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from deepretrieval.catalog import TABLES, family_entry, get_searcher, get_table, get_task
+from deepretrieval.core import per_query
 from deepretrieval.core.results import SearchError
 from deepretrieval.core.tables import RewardTable, with_overrides
 from deepretrieval.paper.engine import score_sample
@@ -142,7 +143,9 @@ def _finish(p: _Pending) -> dict:
 
 class _Batch:
     """Completions of one scoring call, grouped into one search per (index, k, return_text,
-    options); the sync and async entry points differ only in how they run the searches."""
+    options) — the evidence option ``answers`` goes per query
+    (:mod:`deepretrieval.core.per_query`), so a step's evidence searches share one call; the
+    sync and async entry points differ only in how they run the searches."""
 
     def __init__(self, items, values, kw, searcher=None):
         items = _items(items)
@@ -161,16 +164,21 @@ class _Batch:
                 continue
             self._waiting[i] = len(p.plans)
             for slot, plan in enumerate(p.plans):
+                shared, answers = per_query.split(plan.options, 1)
                 key = (plan.index, plan.k, plan.return_text,
-                       json.dumps(plan.options or {}, sort_keys=True))
+                       json.dumps(shared or {}, sort_keys=True), answers is not None)
                 self.groups.setdefault(key, []).append((i, slot))
 
     def request(self, key, members: list[tuple[int, int]] | None = None) -> tuple[tuple, dict]:
         """(args, kwargs) of the search call for a group (or for some of its ``members``)."""
-        index, k, return_text, options = key
+        index, k, return_text, shared, with_answers = key
         members = self.groups[key] if members is None else members
-        queries = [cast(_Pending, self.out[i]).plans[slot].query for i, slot in members]
-        return (index, queries, k), {"return_text": return_text, "options": json.loads(options) or None}
+        plans = [cast(_Pending, self.out[i]).plans[slot] for i, slot in members]
+        answers = ([a for plan in plans for a in per_query.split(plan.options, 1)[1] or []]
+                   if with_answers else None)
+        return ((index, [plan.query for plan in plans], k),
+                {"return_text": return_text,
+                 "options": per_query.join(json.loads(shared) or None, answers)})
 
     def finish(self, key, results=None, error: BaseException | None = None,
                members: list[tuple[int, int]] | None = None) -> None:

@@ -188,6 +188,14 @@ def test_evidence_ranks_through_the_shard_router_equal_the_rule_on_the_merged_te
         assert [i["first_answer_rank"] for i in got["info"]] == [
             first_answer_rank(texts, answers) for texts in merged["contents"]]
         assert got["ids"] == [ids[:ANSWERS_HITS] for ids in merged["ids"]]
+    # one answer list per query (core.per_query): through the router, the replicas' batching
+    # and the shards, each query keeps its own answers
+    per = [[["cell"], ["T cells"], ["zzqx"], ["2"], ["p53"]][i % 5] for i in range(len(QUERIES))]
+    status, body = _post(cluster, {"queries": QUERIES, "topk": 200, "index": "sf2",
+                                   "format": "columns", "options": {"answers": per}})
+    assert status == 200, body
+    assert [i["first_answer_rank"] for i in json.loads(body)["info"]] == [
+        first_answer_rank(texts, answers) for texts, answers in zip(merged["contents"], per)]
 
 
 def test_health_names_every_index_and_the_shards(cluster):

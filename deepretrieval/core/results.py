@@ -157,16 +157,3 @@ class DamagedIndex(SearchError):
         super().__init__(f"the index at {path} is damaged or incomplete ({why}); rebuild it "
                          f"(`deepretrieval index ... --name {path.name}`, or delete the folder and "
                          f"rerun for a built-in index)")
-
-
-def search_sendable(search, queries: list[str], k: int, **kw: Any) -> list[SearchResult]:
-    """``search(unique, k, **kw)`` over the distinct queries that can be sent (see
-    :func:`unencodable`); each other query gets its own ``SearchResult(error=...)``. One result
-    per query, in order."""
-    why = [unencodable(q) for q in queries]
-    sendable = list(dict.fromkeys(q for q, w in zip(queries, why) if w is None))
-    results = search(sendable, k, **kw) if sendable else []
-    if len(results) != len(sendable):
-        raise SearchError(f"the backend returned {len(results)} results for {len(sendable)} queries")
-    by_query = dict(zip(sendable, results))
-    return [SearchResult(error=w) if w is not None else by_query[q] for q, w in zip(queries, why)]

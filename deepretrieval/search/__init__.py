@@ -23,8 +23,8 @@ from deepretrieval.core.results import (
     DamagedIndex,
     SearchError,
     SearchResult,
-    search_sendable,
 )
+from deepretrieval.core.per_query import search_sendable
 from deepretrieval.search.bm25 import BM25Index
 from deepretrieval.search.boolean import BooleanIndex
 from deepretrieval.search.dense import DenseIndex

@@ -1,6 +1,8 @@
 """The evidence search option ``answers`` (the gold answers: each result carries
 ``info["first_answer_rank"]``, DPR's first answer-bearing rank within k) — what every backend
-shares: the result's shape, the option ``answer_hits``, and the rank over merged shards.
+shares: the result's shape, the option ``answer_hits``, and the rank over merged shards. The
+answers are one list for every query of the call or one list per query
+(:mod:`deepretrieval.core.per_query`).
 
 * Without ``return_text``, a result under ``answers`` keeps only its top ``answer_hits`` hits
   (default :data:`ANSWERS_HITS`; ``0``: all k) — the reward reads only the rank.
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from deepretrieval.core import dpr_match
+from deepretrieval.core import dpr_match, per_query
 from deepretrieval.core.results import SearchResult
 
 Search = Callable[..., list[SearchResult]]
@@ -83,19 +85,20 @@ def search_ranking_answers(search: Search, name: str, queries: list[str], k: int
     """``search(queries, k, return_text=..., options=...)`` with the ``answers`` option taken
     out and applied to its results (see the module docstring)."""
     options = dict(options or {})
-    if "answers" not in options:
+    try:
+        keys = per_query.answer_keys_per_query(options, len(queries))
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    if keys is None:
         return search(queries, k, return_text=return_text, options=options or None)
     hits = answer_hits(options)
+    del options["answers"]
     options.pop("answer_hits", None)
-    answers = options.pop("answers")
-    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-        raise ValueError(f"{name}: 'answers' must be a list of answer strings")
-    keys = dpr_match.answer_keys(answers)
     results = search(queries, k, return_text=True, options=options or None)
-    for r in results:
+    for r, answers in zip(results, keys):
         if r.error is None:
-            r.info["first_answer_rank"] = (dpr_match.first_answer_rank(r.texts or [], keys)
-                                           if keys else None)
+            r.info["first_answer_rank"] = (dpr_match.first_answer_rank(r.texts or [], answers)
+                                           if answers else None)
             if not return_text:
                 keep_top_hits(r, hits)
     return results

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from deepretrieval.core import dpr_match, settings
+from deepretrieval.core import dpr_match, per_query, settings
 from deepretrieval.core.docstore import StringColumn
 from deepretrieval.core.io import atomic_dir, read_json_lines_gz
 from deepretrieval.core.results import SearchResult, StoredDocs
@@ -353,7 +353,7 @@ class BM25Index(StoredDocs):
     def search(self, queries: list[str], k: int, *, return_text: bool = False,
                options: dict[str, Any] | None = None, kernel: str | None = None
                ) -> list[SearchResult]:
-        answers = answers_option(options, "BM25")
+        answers = answers_option(options, "BM25", len(queries))
         hits = answer_hits(dict(options or {}))
         if k < 1:
             raise ValueError("k must be >= 1")
@@ -385,7 +385,7 @@ class BM25Index(StoredDocs):
                 out[i] = result
                 if answers is not None:
                     result.info["first_answer_rank"] = self._first_answer_rank(
-                        docs[row], answers, ranker, result.texts if return_text else None)
+                        docs[row], answers[i], ranker, result.texts if return_text else None)
         if answers is not None:
             for i in set(range(len(queries))) - set(todo):
                 out[i].info["first_answer_rank"] = None
@@ -403,20 +403,16 @@ def _lazy(column: Sequence[str], idx: list[int]):
     return (column[j] for j in idx)
 
 
-def answers_option(options: dict[str, Any] | None, who: str) -> list[str] | None:
-    """The ``answers`` search option (the gold answers, for every query of the call), or None
-    when it is absent. Unknown options are a ValueError naming the known ones."""
-    options = dict(options or {})
-    unknown = set(options) - set(OPTIONS)
+def answers_option(options: dict[str, Any] | None, who: str, n: int) -> list[list[str]] | None:
+    """The ``answers`` search option as each of the ``n`` queries' answer keys
+    (:func:`~deepretrieval.core.dpr_match.answer_keys`; the option is one list for every query
+    or one list per query: :mod:`deepretrieval.core.per_query`), or None when it is absent.
+    Unknown options are a ValueError naming the known ones."""
+    unknown = set(options or {}) - set(OPTIONS)
     if unknown:
         raise ValueError(f"{who} takes only the search option(s) {list(OPTIONS)} "
                          f"(got {sorted(unknown)})")
-    if "answers" not in options:
-        return None
-    answers = options["answers"]
-    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-        raise ValueError("'answers' must be a list of answer strings")
-    return dpr_match.answer_keys(answers)
+    return per_query.answer_keys_per_query(options, n)
 
 
 def _bounds(data: np.ndarray, indptr: np.ndarray) -> dict[str, np.ndarray]:

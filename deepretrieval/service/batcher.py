@@ -2,7 +2,10 @@
 
 Requests for the same (k, return_text, options) that arrive within ``wait_s`` of each other, or
 while every worker is busy, go to the backend as one batched call with identical queries searched
-once. The call runs in a worker thread (:meth:`Batcher._search_all`):
+once. The evidence option ``answers`` is not part of "the same options": requests with different
+answers share a call, each query with its own answers (:mod:`deepretrieval.core.per_query`; a
+query searched with two different answer lists is two searches). The call runs in a worker thread
+(:meth:`Batcher._search_all`):
 
 * **in chunks** sized from the measured time per query (a running mean over the backend's
   calls; ``FIRST_CHUNK`` queries before any was measured) so one chunk takes about
@@ -27,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from deepretrieval.core import per_query
 from deepretrieval.core.deadline import DeadlineExceeded, deadline_scope
 from deepretrieval.core.results import Backend, SearchError, SearchResult, unencodable
 
@@ -49,13 +53,15 @@ class Rejected(Exception):
 @dataclass
 class _Job:
     queries: list[str]
+    answers: list[list[str]] | None  # per query (the evidence option), or None
     future: asyncio.Future
     arrived: float
     deadline: float
 
 
 class _Group:
-    """Pending jobs that can share one backend call (same index, k, return_text, options)."""
+    """Pending jobs that can share one backend call (same index, k, return_text, options but
+    the per-query ``answers``)."""
 
     __slots__ = ("jobs", "n", "dispatcher")
 
@@ -96,38 +102,35 @@ class Batcher:
         """One result per query; a query the backend could not answer has its ``error``.
         Raises :class:`Rejected` when the backend refused the request itself. ``arrived``
         (``time.monotonic()``) starts the compute deadline; default now."""
+        try:
+            shared, answers = per_query.split(options, len(queries))
+        except ValueError as exc:
+            raise Rejected(exc) from None
         why = [unencodable(q) for q in queries]
         if any(why):  # never handed to the backend: each gets its own error, the rest is searched
-            good = [q for q, w in zip(queries, why) if w is None]
-            found = iter(await self.search(good, k, return_text, options, arrived) if good else [])
+            good = [i for i, w in enumerate(why) if w is None]
+            found = iter(await self.search(
+                [queries[i] for i in good], k, return_text,
+                per_query.join(shared, None if answers is None else [answers[i] for i in good]),
+                arrived) if good else [])
             return [SearchResult(error=w) if w else next(found) for w in why]
-        key = (k, return_text, json.dumps(options, sort_keys=True) if options else "")
+        key = (k, return_text, json.dumps(shared or {}, sort_keys=True), answers is not None)
+        loop = asyncio.get_running_loop()
+        start = time.monotonic() if arrived is None else arrived
+        job = _Job(list(queries), answers, loop.create_future(), loop.time(),
+                   start + self.deadline_s if self.deadline_s else float("inf"))
+        self.stats["queries"] += len(job.queries)
         if not self.coalesce:
-            return await self._alone(key, list(queries), arrived)
+            await self.slots.acquire()
+            await self._run(key, [job])  # releases the slot
+            return await job.future
         group = self.groups.get(key)
         if group is None:
             group = self.groups[key] = _Group()
-        loop = asyncio.get_running_loop()
-        now = time.monotonic()
-        start = now if arrived is None else arrived
-        job = _Job(list(queries), loop.create_future(), loop.time(),
-                   start + self.deadline_s if self.deadline_s else float("inf"))
         group.jobs.append(job)
         group.n += len(job.queries)
-        self.stats["queries"] += len(job.queries)
         if group.dispatcher is None:
             group.dispatcher = loop.create_task(self._dispatch(key, group))
-        return await job.future
-
-    async def _alone(self, key: tuple, queries: list[str],
-                     arrived: float | None) -> list[SearchResult]:
-        loop = asyncio.get_running_loop()
-        job = _Job(queries, loop.create_future(), loop.time(),
-                   (time.monotonic() if arrived is None else arrived) + self.deadline_s
-                   if self.deadline_s else float("inf"))
-        self.stats["queries"] += len(queries)
-        await self.slots.acquire()
-        await self._run(key, [job])  # releases the slot
         return await job.future
 
     async def _dispatch(self, key: tuple, group: _Group) -> None:
@@ -167,29 +170,37 @@ class Batcher:
 
     async def _run(self, key: tuple, jobs: list[_Job]) -> None:
         try:
-            k, return_text, options = key
-            opts = json.loads(options) if options else None
-            unique = list(dict.fromkeys(q for job in jobs for q in job.queries))
+            k, return_text, shared, with_answers = key
+            opts = json.loads(shared) or None
+            queries = [q for job in jobs for q in job.queries]
+            answers = ([a for job in jobs for a in (job.answers or [])] if with_answers
+                       else None)
+            unique, unique_answers, keys = per_query.unique_items(queries, answers)
             deadline = max(job.deadline for job in jobs)
             loop = asyncio.get_running_loop()
             try:
                 results = await loop.run_in_executor(
-                    self.executor, self._search_all, unique, k, return_text, opts, deadline)
+                    self.executor, self._search_all, unique, unique_answers, k, return_text,
+                    opts, deadline)
             except Exception as exc:  # noqa: BLE001 - Rejected, or a bug: every job learns it
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(exc)
                 return
-            by_query = dict(zip(unique, results))
+            by_item = dict(zip(dict.fromkeys(keys), results))
+            at = 0
             for job in jobs:
+                mine = keys[at:at + len(job.queries)]
+                at += len(job.queries)
                 if not job.future.done():
-                    job.future.set_result([by_query[q] for q in job.queries])
+                    job.future.set_result([by_item[key] for key in mine])
         finally:
             self.slots.release()
 
     # ---- in the worker thread ------------------------------------------------------------
-    def _search_all(self, queries: list[str], k: int, return_text: bool,
-                    options: dict[str, Any] | None, deadline: float) -> list[SearchResult]:
+    def _search_all(self, queries: list[str], answers: list[list[str]] | None, k: int,
+                    return_text: bool, options: dict[str, Any] | None,
+                    deadline: float) -> list[SearchResult]:
         out: list[SearchResult] = []
         rejected: list[ValueError] = []
         failed = False
@@ -202,9 +213,11 @@ class Batcher:
                     out.extend(self._late(len(queries) - i))
                     break
                 chunk = queries[i:i + size]
+                chunk_answers = None if answers is None else answers[i:i + size]
                 t0 = time.monotonic()
                 try:
-                    part, bad = self._isolated(chunk, k, return_text, options, rejected)
+                    part, bad = self._isolated(chunk, chunk_answers, k, return_text, options,
+                                               rejected)
                 except DeadlineExceeded:
                     out.extend(self._late(len(queries) - i))
                     break
@@ -236,13 +249,15 @@ class Batcher:
                                    f"(request_deadline_s={self.deadline_s:g}) passed")
                 for _ in range(n)]
 
-    def _isolated(self, queries: list[str], k: int, return_text: bool,
-                  options: dict[str, Any] | None,
+    def _isolated(self, queries: list[str], answers: list[list[str]] | None, k: int,
+                  return_text: bool, options: dict[str, Any] | None,
                   rejected: list[ValueError]) -> tuple[list[SearchResult], bool]:
         """(results, whether some call failed): a failing call is split in halves down to the
-        query that fails, which gets its own error (``rejected`` collects ValueErrors)."""
+        query that fails, which gets its own error (``rejected`` collects ValueErrors).
+        ``options`` are the shared ones, ``answers`` each query's (or None)."""
         try:
-            results = self.backend.search(queries, k, return_text=return_text, options=options)
+            results = self.backend.search(queries, k, return_text=return_text,
+                                          options=per_query.join(options, answers))
             if len(results) != len(queries):
                 raise SearchError(f"backend {self.backend.name!r} returned {len(results)} "
                                   f"results for {len(queries)} queries")
@@ -252,8 +267,11 @@ class Batcher:
         except Exception as exc:  # noqa: BLE001 - isolated below
             if len(queries) > 1:
                 mid = len(queries) // 2
-                left, _ = self._isolated(queries[:mid], k, return_text, options, rejected)
-                right, _ = self._isolated(queries[mid:], k, return_text, options, rejected)
+                halves = (None, None) if answers is None else (answers[:mid], answers[mid:])
+                left, _ = self._isolated(queries[:mid], halves[0], k, return_text, options,
+                                         rejected)
+                right, _ = self._isolated(queries[mid:], halves[1], k, return_text, options,
+                                          rejected)
                 return left + right, True
             if isinstance(exc, ValueError):
                 rejected.append(exc)

@@ -27,8 +27,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from deepretrieval.core import settings
-from deepretrieval.core.results import SearchError, SearchResult, unencodable
+from deepretrieval.core import per_query, settings
+from deepretrieval.core.results import SearchError, SearchResult
 from deepretrieval.service._http import AsyncHTTP, TransportError
 from deepretrieval.service.wire import dumps, loads
 
@@ -116,6 +116,18 @@ def base_url(url: str) -> str:
     return url
 
 
+#: one request's queries and their per-query answers (None: no answers, or the same for all)
+_Chunk = tuple[list[str], list[list[str]] | None]
+
+
+def _halves(chunk: _Chunk) -> tuple[_Chunk, _Chunk]:
+    queries, answers = chunk
+    mid = len(queries) // 2
+    if answers is None:
+        return (queries[:mid], None), (queries[mid:], None)
+    return (queries[:mid], answers[:mid]), (queries[mid:], answers[mid:])
+
+
 class _AnswerTooLarge(SearchError):
     """The service refused a chunk because its answer would pass ``max_answer_bytes``: the
     client searches the chunk again in halves."""
@@ -190,21 +202,13 @@ class _Base:
         return SearchError(f"search service at {self.url} failed after {attempts} attempt(s) "
                            f"(timeout {self.timeout:g}s, retries {self.retries}): {last}")
 
-    def _plan(self, queries: list[str]) -> tuple[list[str], list[list[str]]]:
-        # a query that cannot be encoded (lone surrogate) is never sent: it gets its own error
-        unique = list(dict.fromkeys(q for q in queries if unencodable(q) is None))
-        chunks = [unique[i:i + self.chunk_size] for i in range(0, len(unique), self.chunk_size)]
-        return unique, chunks
-
-    @staticmethod
-    def _assemble(queries: list[str], unique: list[str],
-                  parts: list[list[SearchResult]]) -> list[SearchResult]:
-        by_query = dict(zip(unique, (r for part in parts for r in part)))
-        out = []
-        for q in queries:
-            why = unencodable(q)
-            out.append(SearchResult(error=why) if why is not None else by_query[q])
-        return out
+    def _plan(self, queries: list[str], options: dict[str, Any] | None
+              ) -> tuple[per_query.Sendable, list[_Chunk]]:
+        """The distinct searches (:func:`~deepretrieval.core.per_query.sendable`) in chunks."""
+        plan = per_query.sendable(queries, options)
+        size, unique, answers = self.chunk_size, plan.queries, plan.answers
+        return plan, [(unique[i:i + size], None if answers is None else answers[i:i + size])
+                      for i in range(0, len(unique), size)]
 
     def _retry_status(self, response: httpx.Response) -> bool:
         return response.status_code >= 500
@@ -285,23 +289,24 @@ class AsyncServiceClient(_Base):
         queries = list(queries)
         if not queries:
             return []
-        unique, chunks = self._plan(queries)
-        parts = await asyncio.gather(*(self._chunk(index, chunk, k, return_text, options)
+        plan, chunks = self._plan(queries, options)
+        parts = await asyncio.gather(*(self._chunk(index, chunk, k, return_text, plan.shared)
                                        for chunk in chunks))
-        return self._assemble(queries, unique, list(parts))
+        return plan.assemble([r for part in parts for r in part])
 
-    async def _chunk(self, index, chunk: list[str], k: int, return_text: bool,
-                     options) -> list[SearchResult]:
+    async def _chunk(self, index, chunk: _Chunk, k: int, return_text: bool,
+                     shared: dict[str, Any] | None) -> list[SearchResult]:
         """One chunk's results; an answer over the service's size limit is asked in halves."""
+        queries, answers = chunk
         try:
-            return await self._post(self._payload(index, chunk, k, return_text, options),
-                                    len(chunk))
+            return await self._post(self._payload(index, queries, k, return_text,
+                                                  per_query.join(shared, answers)), len(queries))
         except _AnswerTooLarge as exc:
-            if len(chunk) == 1:  # this query's answer alone is over the limit: its own error
+            if len(queries) == 1:  # this query's answer alone is over the limit: its own error
                 return [SearchResult(error=str(exc))]
-            mid = len(chunk) // 2
-            left = await self._chunk(index, chunk[:mid], k, return_text, options)
-            return left + await self._chunk(index, chunk[mid:], k, return_text, options)
+            left, right = _halves(chunk)
+            return (await self._chunk(index, left, k, return_text, shared)
+                    + await self._chunk(index, right, k, return_text, shared))
 
     async def health(self) -> dict[str, Any]:
         response, failure = await self._request("GET", "/health", b"", self.timeout)
@@ -361,21 +366,23 @@ class ServiceClient(_Base):
         queries = list(queries)
         if not queries:
             return []
-        unique, chunks = self._plan(queries)
-        parts = [self._chunk(index, chunk, k, return_text, options) for chunk in chunks]
-        return self._assemble(queries, unique, parts)
+        plan, chunks = self._plan(queries, options)
+        parts = [self._chunk(index, chunk, k, return_text, plan.shared) for chunk in chunks]
+        return plan.assemble([r for part in parts for r in part])
 
-    def _chunk(self, index, chunk: list[str], k: int, return_text: bool,
-               options) -> list[SearchResult]:
+    def _chunk(self, index, chunk: _Chunk, k: int, return_text: bool,
+               shared: dict[str, Any] | None) -> list[SearchResult]:
         """One chunk's results; an answer over the service's size limit is asked in halves."""
+        queries, answers = chunk
         try:
-            return self._post(self._payload(index, chunk, k, return_text, options), len(chunk))
+            return self._post(self._payload(index, queries, k, return_text,
+                                            per_query.join(shared, answers)), len(queries))
         except _AnswerTooLarge as exc:
-            if len(chunk) == 1:  # this query's answer alone is over the limit: its own error
+            if len(queries) == 1:  # this query's answer alone is over the limit: its own error
                 return [SearchResult(error=str(exc))]
-            mid = len(chunk) // 2
-            return (self._chunk(index, chunk[:mid], k, return_text, options)
-                    + self._chunk(index, chunk[mid:], k, return_text, options))
+            left, right = _halves(chunk)
+            return (self._chunk(index, left, k, return_text, shared)
+                    + self._chunk(index, right, k, return_text, shared))
 
     def health(self) -> dict[str, Any]:
         try:

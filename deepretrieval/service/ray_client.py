@@ -22,7 +22,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from deepretrieval.core import settings
-from deepretrieval.core.results import SearchError, SearchResult, search_sendable, unencodable
+from deepretrieval.core import per_query
+from deepretrieval.core.per_query import search_sendable
+from deepretrieval.core.results import SearchError, SearchResult
 
 __all__ = ["RAY_SCHEME", "RaySearcher", "transient_errors", "unwrap"]
 
@@ -203,18 +205,16 @@ class RaySearcher:
 
     async def asearch(self, index: str, queries: list[str], k: int, *, return_text: bool = False,
                       options: dict[str, Any] | None = None) -> list[SearchResult]:
-        queries = list(queries)
-        why = [unencodable(q) for q in queries]
-        unique = list(dict.fromkeys(q for q, w in zip(queries, why) if w is None))
-        if unique and self._routes is None:
+        plan = per_query.sendable(list(queries), options)
+        if plan.queries and self._routes is None:
             await asyncio.to_thread(self.routes)  # the first call asks the application (blocking)
-        found = dict(zip(unique, await self._search(index, unique, k, return_text, options)
-                         if unique else []))
-        return [SearchResult(error=w) if w is not None else found[q] for q, w in zip(queries, why)]
+        return plan.assemble(await self._search(index, plan.queries, k, return_text,
+                                                plan.options()) if plan.queries else [])
 
     def search(self, index: str, queries: list[str], k: int, *, return_text: bool = False,
                options: dict[str, Any] | None = None) -> list[SearchResult]:
-        def run(unique: list[str], k: int, **kw: Any) -> list[SearchResult]:
+        def run(unique: list[str], k: int, *, options: dict[str, Any] | None,
+                **_: Any) -> list[SearchResult]:
             handle = self._handle(index)
             return call_with_failover_sync(
                 lambda timeout_s: handle.search.remote(unique, k, return_text, options).result(

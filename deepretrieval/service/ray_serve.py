@@ -43,6 +43,7 @@ from typing import Any
 
 from ray import serve
 
+from deepretrieval.core import per_query
 from deepretrieval.core.results import Backend, SearchError, SearchResult
 from deepretrieval.search import load_index_dir
 from deepretrieval.search.answer_ranks import answer_hits, keep_top_hits, merge_answer_ranks
@@ -86,10 +87,6 @@ class RayOptions:
 
 # ---- deployments -----------------------------------------------------------------------------
 
-def _group_key(k: int, return_text: bool, options: dict[str, Any] | None) -> tuple:
-    return k, return_text, json.dumps(options, sort_keys=True) if options else ""
-
-
 class IndexReplica:
     """One replica of an index (or shard) deployment: the loaded backend behind ``@serve.batch``."""
 
@@ -123,40 +120,60 @@ class IndexReplica:
         """This replica's process id (fault tests kill it)."""
         return os.getpid()
 
-    async def _call(self, queries: list[str], key: tuple) -> list[SearchResult]:
-        k, return_text, options = key
-        opts = json.loads(options) if options else None
-        unique = list(dict.fromkeys(queries))
+    async def _call(self, queries: list[str], answers: list[list[str]] | None, k: int,
+                    return_text: bool, shared: dict[str, Any] | None) -> list[SearchResult]:
+        """Each search once (a query with per-query answers once per answer list), in backend
+        calls of at most ``max_batch`` queries."""
+        unique, unique_answers, keys = per_query.unique_items(queries, answers)
         results: list[SearchResult] = []
         for start in range(0, len(unique), self.max_batch):
             chunk = unique[start:start + self.max_batch]
+            opts = per_query.join(shared, None if unique_answers is None
+                                  else unique_answers[start:start + self.max_batch])
             part = await asyncio.to_thread(self.backend.search, chunk, k,
                                            return_text=return_text, options=opts)
             if len(part) != len(chunk):
                 raise SearchError(f"backend {self.label!r} returned {len(part)} results for "
                                   f"{len(chunk)} queries")
             results += part
-        by_query = dict(zip(unique, results))
-        return [by_query[q] for q in queries]
+        found = dict(zip(dict.fromkeys(keys), results))
+        return [found[key] for key in keys]
 
     async def _run_batch(self, calls: list[tuple]) -> list:
         """One result list (or the exception) per call; calls that can share a backend call
-        (same k, return_text, options) share it, and one failing call never fails another."""
+        (same k, return_text, options but the per-query ``answers``) share it, and one failing
+        call never fails another."""
         out: list[Any] = [None] * len(calls)
         groups: dict[tuple, list[int]] = {}
-        for i, (_, k, return_text, options) in enumerate(calls):
-            groups.setdefault(_group_key(k, return_text, options), []).append(i)
-        for key, members in groups.items():
+        split: dict[int, tuple] = {}
+        for i, (queries, k, return_text, options) in enumerate(calls):
+            try:
+                shared, answers = per_query.split(options, len(queries))
+            except ValueError as exc:
+                out[i] = exc
+                continue
+            split[i] = (shared, answers)
+            groups.setdefault((k, return_text, per_query.shared_key(shared, answers)),
+                              []).append(i)
+        for (k, return_text, _), members in groups.items():
+            shared = split[members[0]][0]
+
+            def answers_of(ids: list[int]) -> list[list[str]] | None:
+                if split[ids[0]][1] is None:
+                    return None
+                return [a for i in ids for a in split[i][1]]
+
             queries = [q for i in members for q in calls[i][0]]
             try:
-                results = await self._call(queries, key)
+                results = await self._call(queries, answers_of(members), k, return_text, shared)
             except Exception as exc:  # noqa: BLE001 - sorted out per call below
                 if len(members) == 1:
                     out[members[0]] = exc
                     continue
                 for i in members:  # one call must not fail the others: each on its own
                     try:
-                        out[i] = await self._call(calls[i][0], key)
+                        out[i] = await self._call(calls[i][0], answers_of([i]), k, return_text,
+                                                  shared)
                     except Exception as exc2:  # noqa: BLE001
                         out[i] = exc2
                 continue
