@@ -333,17 +333,19 @@ def main(argv=None) -> int:
                 cpu_text = c.seconds * n / m
                 results.append((f"evidence reward ({label}): k=3000 texts to the reward, ranked "
                                 f"there (measured on {m}, scaled)", t_text, cpu_text))
-                if one_call:
-                    with CPU(service.proc.pid) as c:
-                        t0 = time.perf_counter()
-                        got = searcher.search("scifact", queries[:m], 3000,
-                                              options={"answers": answers})
-                        ranked = [r.info["first_answer_rank"] for r in got]
-                        t_opt = (time.perf_counter() - t0) * n / m
-                    check_ranks(label, ranked, shipped)
-                    results.append((f"evidence reward ({label}): answers sent with the search, "
-                                    f"{m} queries in one call (same ranks)", t_opt,
-                                    c.seconds * n / m))
+                # one call for the step's samples: the answers common to all, or one list per
+                # query (core.per_query: what score_batch sends, TRL's reward path)
+                with CPU(service.proc.pid) as c:
+                    t0 = time.perf_counter()
+                    got = searcher.search("scifact", queries[:m], 3000,
+                                          options={"answers": answers if one_call else per_query})
+                    ranked = [r.info["first_answer_rank"] for r in got]
+                    t_opt = (time.perf_counter() - t0) * n / m
+                check_ranks(label, ranked, shipped)
+                form = "" if one_call else ", one answer list per query"
+                results.append((f"evidence reward ({label}): answers sent with the search, "
+                                f"{m} queries in one call{form} (same ranks)", t_opt,
+                                c.seconds * n / m))
                 conc = min(args.concurrency, m)
                 with CPU(service.proc.pid) as c:
                     t_one, ranked = asyncio.run(_answer_callers(
