@@ -93,6 +93,12 @@ def _passage_tokens(text: str) -> tuple[str, ...]:
     return tuple(tokens(text))
 
 
+def clear_passage_cache() -> None:
+    """Forget the tokens of the passages seen so far (:func:`has_answer` keeps the last 65,536):
+    what a benchmark does to time the cold path, where few passages repeat (wiki-18)."""
+    _passage_tokens.cache_clear()
+
+
 def contains(hay: Sequence[str], needle: Sequence[str]) -> bool:
     """Whether ``needle`` occurs as a contiguous run of ``hay`` (an empty needle always does)."""
     m = len(needle)
