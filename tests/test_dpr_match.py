@@ -121,3 +121,29 @@ def test_random_strings_of_tricky_characters():
 ])
 def test_ascii_pieces(token, pieces):
     assert dpr_match.ascii_pieces(token) == pieces
+
+
+def test_ascii_passages_match_by_pattern_exactly_as_by_tokens():
+    """has_answer matches an ASCII passage with one regular expression per answer instead of
+    tokenizing it: the same verdict as the rule read plainly (tokens_by_char), on random text
+    with separators, control characters, punctuation, digits and both cases — answers cut from
+    the passage (so that many match, across token edges) and random ones."""
+    rng = random.Random(1)
+    pool = list("aAbBcZ09 \t\n\x01\x7f.-'&,$_") + ["ab", "Ab", "b c", "a-b", "9.5"]
+    matched = 0
+    for _ in range(20000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(0, 12)))
+        if rng.random() < 0.7 and text:
+            i = rng.randrange(len(text))
+            answer = text[i:i + rng.randint(1, 6)]
+        else:
+            answer = "".join(rng.choice(pool) for _ in range(rng.randint(1, 4)))
+        if rng.random() < 0.3:
+            answer = answer.swapcase()
+        want = dpr_match.contains(dpr_match.tokens_by_char(text), dpr_match.tokens_by_char(answer))
+        assert dpr_match.has_answer(text, [answer]) is want, (text, answer)
+        matched += want
+    assert 3000 < matched < 17000
+    # a non-ASCII answer never matches an ASCII passage; an answer without tokens matches all
+    assert not dpr_match.has_answer("cafe au lait", ["café"])
+    assert dpr_match.has_answer("cafe au lait", ["  "]) and dpr_match.has_answer("", [""])
