@@ -123,9 +123,8 @@ def test_ascii_pieces(token, pieces):
     assert dpr_match.ascii_pieces(token) == pieces
 
 
-def test_ascii_passages_match_by_pattern_exactly_as_by_tokens():
-    """has_answer matches an ASCII passage with one regular expression per answer instead of
-    tokenizing it: the same verdict as the rule read plainly (tokens_by_char), on random text
+def test_has_answer_equals_the_plain_rule_on_random_ascii_text():
+    """has_answer gives the rule's verdict read plainly (tokens_by_char) on random ASCII text
     with separators, control characters, punctuation, digits and both cases — answers cut from
     the passage (so that many match, across token edges) and random ones."""
     rng = random.Random(1)

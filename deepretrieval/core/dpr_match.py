@@ -141,8 +141,6 @@ def has_answer(passage: str, answers: Iterable[str]) -> bool:
     (as in pyserini) — callers that accept loose input convert answers to ``str`` first."""
     if not isinstance(passage, str):
         raise TypeError(f"passage must be a string, not {type(passage).__name__}")
-    if passage.isascii():
-        return _ascii_has_answer(passage, answers)
     folded = None
     for answer in answers:
         if not isinstance(answer, str):
@@ -151,57 +149,6 @@ def has_answer(passage: str, answers: Iterable[str]) -> bool:
         if folded is None:
             folded = _folded(passage)
         if all(t in folded for t in folded_toks) and contains(_passage_tokens(passage), toks):
-            return True
-    return False
-
-
-# ---- ASCII passages: the rule as one regular expression per answer ------------------------------
-#
-# In ASCII text NFD changes nothing, ``str.lower`` lower-cases character by character, and the
-# kinds are plain: letters and digits run together, space and the control characters (0-31, 127)
-# separate, every other character is a token on its own. An answer's tokens occur as a
-# contiguous run of the passage's tokens exactly when, in the lower-cased passage, they stand in
-# order with separators between them — at least one between two alphanumeric tokens (else they
-# would be one run), any number next to a one-character token — and an alphanumeric token at
-# either end is not glued to more letters or digits. So an ASCII passage is matched without
-# being tokenized (``tests/test_dpr_match.py`` checks this against the rule on random text).
-
-_ASCII_SEP = r"[ \x00-\x1f\x7f]"
-_ASCII_ALNUM = re.compile(r"[a-z0-9]+")
-
-
-@lru_cache(maxsize=4096)
-def _ascii_pattern(answer: str) -> re.Pattern | None | bool:
-    """The answer as a pattern over a lower-cased ASCII passage; None when one of its tokens is
-    not ASCII (no ASCII passage holds it); True for an answer without tokens (matches all)."""
-    toks = _answer_tokens(answer)[0]
-    if not toks:
-        return True
-    if not all(t.isascii() for t in toks):
-        return None
-    alnum = [bool(_ASCII_ALNUM.fullmatch(t)) for t in toks]
-    parts = ["(?<![a-z0-9])" if alnum[0] else ""]
-    for i, tok in enumerate(toks):
-        if i:
-            parts.append(f"{_ASCII_SEP}+" if alnum[i - 1] and alnum[i] else f"{_ASCII_SEP}*")
-        parts.append(re.escape(tok))
-    parts.append("(?![a-z0-9])" if alnum[-1] else "")
-    return re.compile("".join(parts))
-
-
-def _ascii_has_answer(passage: str, answers: Iterable[str]) -> bool:
-    lowered = None
-    for answer in answers:
-        if not isinstance(answer, str):
-            raise TypeError(f"answer must be a string, not {type(answer).__name__}")
-        pattern = _ascii_pattern(answer)
-        if pattern is None:
-            continue
-        if pattern is True:
-            return True
-        if lowered is None:
-            lowered = passage.lower()
-        if pattern.search(lowered):
             return True
     return False
 
