@@ -27,7 +27,9 @@ The agent's trajectory ``z`` (think, search, record, …) is a latent variable b
   keeps the stop decision of samples that answered before their last allowed turn out of the
   M-step (``late``: not trained on; ``mask``: no loss on their answer turn): what an M-step
   otherwise teaches a small model is to answer after one search
-  (docs/experiments/agentic_quickstart.md).
+  (docs/experiments/agentic_quickstart.md). ``mstep_optimizer="sgd"`` makes the M-step plain SGD,
+  whose step is ``lr * gradient``: AdamW's first steps move every weight by about ``lr`` however
+  small the weighted loss of samples the policy already writes.
 
 A **warm-up** (the same loss, every seed trajectory of a question weighted equally) on seed
 trajectories — the closed-world oracle, an OpenAI-compatible teacher, or a user JSONL
