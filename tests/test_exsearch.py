@@ -309,10 +309,12 @@ def test_cli_resume_refuses_changed_rows_task_hops_and_geometry(tiny, tmp_path, 
     # no iteration has finished: the iterations' settings may change (a new guard tried from the
     # finished warm-up), the warm-up's may not; the settings file then holds the new ones
     iteration_only = ["--stop-guard", "late", "--replay", "0.5", "--mstep-lr", "1e-4",
-                      "--evidence-filter", "correct", "--num-generations", "2"]
+                      "--evidence-filter", "correct", "--num-generations", "2",
+                      "--mstep-optimizer", "sgd"]
     assert main(base + first + iteration_only) == 0
     saved = json.loads((out / "exsearch_settings.json").read_text())
     assert saved["stop_guard"] == "late" and saved["replay"] == 0.5
+    assert saved["mstep_optimizer"] == "sgd"
     capsys.readouterr()
     assert main([*base[:-1], "2e-3"] + first + iteration_only) == 2
     assert "learning_rate" in capsys.readouterr().err
@@ -453,3 +455,83 @@ def test_stop_guard_selects_and_masks_sampled_trajectories(tiny, rows, guard, tm
         assert stats["stop_masked"] == 2
     with pytest.raises(ValueError, match="stop_guard"):
         X.ExSearchSettings(model="m", output_dir="o", stop_guard="never")
+
+
+# ---- the M-step optimizer (issue 28 item 3, round 5) --------------------------------------------
+
+def _weighted_oracle_examples(tok, rows, n=2):
+    """Real oracle trajectories of ``n`` questions as M-step examples, gold answer in place,
+    weight 1 each (one per question)."""
+    examples, skipped = XE.make_examples(tok, _oracle_episodes(rows, n), replace_answer=True,
+                                         max_length=4096)
+    assert skipped == 0 and len(examples) == n
+    for e in examples:
+        e.weight = 1.0
+    return examples
+
+
+@pytest.mark.parametrize("name, kind", [("sgd", "SGD"), ("adamw", "AdamW")])
+def test_mstep_optimizer_step(tiny, rows, name, kind, tmp_path):
+    """``mstep_optimizer``: ``sgd`` is plain SGD (no momentum, no decay): one M-step moves every
+    weight by exactly ``-lr * gradient`` of the weighted loss, so a small loss moves the model a
+    little; ``adamw``'s first step moves every weight with a gradient by about ``lr``, whatever
+    the gradient's size (the measured failure: docs/experiments/agentic_quickstart.md)."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    # float64: the update is compared with lr * gradient far below float32's rounding of weights
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float64)
+    examples = _weighted_oracle_examples(tok, rows)
+    # the gradient of the M-step's loss at the starting weights (the same loss fit() steps on)
+    model.zero_grad(set_to_none=True)
+    XO.weighted_loss(model, examples, tok.pad_token_id, n_questions=2, micro_batch=4,
+                     backward=lambda v: v.backward())
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    start = {k: p.detach().clone() for k, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    assert len(grads) > 0 and any(float(g.abs().max()) > 0 for g in grads.values())
+
+    lr = 1e-2
+    settings = _settings(tiny, tmp_path, mstep_optimizer=name, mstep_learning_rate=lr)
+    acc = Accelerator(cpu=True)
+    prepared, optimizer = X._prepare(model, settings, acc, lr=lr, optimizer=settings.mstep_optimizer)
+    inner = optimizer.optimizer                                  # Accelerate's wrapper
+    assert type(inner).__name__ == kind and inner.param_groups[0]["lr"] == lr
+    steps = XO.fit(prepared, examples, tok.pad_token_id, accelerator=acc, optimizer=optimizer,
+                   epochs=1, questions_per_step=2, micro_batch=4, seed=0)
+    assert len(steps) == 1
+    trained = dict(X._finish(prepared, acc, settings).named_parameters())
+    for k, g in grads.items():
+        delta = trained[k].detach() - start[k]
+        if name == "sgd":
+            torch.testing.assert_close(delta, -lr * g, rtol=1e-6, atol=1e-15)
+        else:  # AdamW's first step: lr * g / (|g| + eps) — the gradient's sign, not its size
+            moved = delta[g.abs() > 1e-4].abs()
+            torch.testing.assert_close(moved, torch.full_like(moved, lr), rtol=1e-2, atol=0)
+    if name == "sgd":   # the two differ: SGD's largest move is far below AdamW's lr per weight
+        assert max(float((trained[k].detach() - start[k]).abs().max()) for k in grads) < lr
+
+
+def test_mstep_optimizer_is_checked_and_reaches_the_mstep(tiny, rows, tmp_path, monkeypatch):
+    """An unknown optimizer name is refused with the known ones; the setting reaches the
+    M-steps' optimizer (the warm-up keeps AdamW)."""
+    with pytest.raises(ValueError, match="known: adamw, sgd"):
+        X.ExSearchSettings(model="m", output_dir="o", mstep_optimizer="adam")
+    settings = _settings(tiny, tmp_path / "o", seeds="oracle", warmup_epochs=1,
+                         mstep_optimizer="sgd", mstep_learning_rate=1e-3)
+    with pytest.raises(ValueError, match="known: adamw, sgd"):
+        X._prepare(None, settings, None, lr=1e-3, optimizer="adam")
+    used = []
+    prepare = X._prepare
+
+    def spy(model, settings, accelerator, *, lr, optimizer="adamw"):
+        model, opt = prepare(model, settings, accelerator, lr=lr, optimizer=optimizer)
+        used.append((type(opt.optimizer).__name__, lr))
+        return model, opt
+
+    monkeypatch.setattr(X, "_prepare", spy)
+    X.train_exsearch(rows[:2], rows[4:5], settings)
+    assert used == [("AdamW", 5e-3), ("SGD", 1e-3)]
+    saved = json.loads((tmp_path / "o" / "exsearch_settings.json").read_text())
+    assert saved["mstep_optimizer"] == "sgd"

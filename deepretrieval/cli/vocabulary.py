@@ -123,6 +123,7 @@ VOCABULARY: tuple[Concept, ...] = (
     _c("--warm-start", "start from a supervised warm-up on oracle trajectories (agentic quickstart)"),
     _c("--replay", "weight of the warm-up's seed trajectories replayed in each M-step (ExSearch)"),
     _c("--mstep-lr", "learning rate of the M-steps (ExSearch)"),
+    _c("--mstep-optimizer", "optimizer of the M-steps: adamw or plain sgd (ExSearch)"),
     _c("--stop-guard", "what the M-steps learn of samples that stopped before their last turn (ExSearch)"),
     _c("--eval-split", "held-out rows to evaluate on: the test split or a validation split held out of train (quickstart)"),
     _c("--turn-tokens", "new tokens per agent turn"),

@@ -27,7 +27,9 @@ The agent's trajectory ``z`` (think, search, record, …) is a latent variable b
   keeps the stop decision of samples that answered before their last allowed turn out of the
   M-step (``late``: not trained on; ``mask``: no loss on their answer turn): what an M-step
   otherwise teaches a small model is to answer after one search
-  (docs/experiments/agentic_quickstart.md).
+  (docs/experiments/agentic_quickstart.md). ``mstep_optimizer="sgd"`` makes the M-step plain SGD,
+  whose step is ``lr * gradient``: AdamW's first steps move every weight by about ``lr`` however
+  small the weighted loss of samples the policy already writes.
 
 A **warm-up** (the same loss, every seed trajectory of a question weighted equally) on seed
 trajectories — the closed-world oracle, an OpenAI-compatible teacher, or a user JSONL
@@ -99,12 +101,13 @@ STAGES_DIR = "stages"
 RESUME_KEYS = ("model", "samples", "temperature", "top_p", "max_new_tokens", "weight_temperature",
                "learning_rate", "warmup_epochs", "epochs", "questions_per_step", "lora", "seeds",
                "seed", "questions_per_iteration", "max_turns", "top_k", "min_weight", "max_length",
-               "evidence_filter", "micro_batch", "replay", "mstep_learning_rate", "stop_guard")
+               "evidence_filter", "micro_batch", "replay", "mstep_learning_rate", "stop_guard",
+               "mstep_optimizer")
 #: Of :data:`RESUME_KEYS`, those only the EM iterations read: a run none of whose iterations has
 #: finished may change them (a new guard tried from a finished warm-up, say).
 ITERATION_KEYS = ("samples", "temperature", "top_p", "weight_temperature", "epochs",
                   "evidence_filter", "replay", "mstep_learning_rate", "stop_guard",
-                  "questions_per_iteration")
+                  "questions_per_iteration", "mstep_optimizer")
 #: What a resumed run must train and evaluate on: the rows as given (after ``--task``,
 #: ``--data``, ``--limit``, ``--max-hops``), fingerprinted. Key → what the message names.
 RESUME_DATA = {"train_rows": "the training rows (--task, --data, --limit, --max-hops)",
@@ -116,6 +119,11 @@ EVIDENCE_FILTERS = ("correct", "clean", "trajectory", "question", "none")
 #: (``late``: only trajectories that answered on their last turn are trained on) or its turns
 #: before the answer turn (``mask``).
 STOP_GUARDS = ("none", "late", "mask")
+#: ``mstep_optimizer`` values (the warm-up always uses AdamW): ``adamw`` (no weight decay; its
+#: first steps move every weight by about the learning rate, whatever the gradient's size) or
+#: ``sgd`` (plain, no momentum: a step is ``lr * gradient``, so a tiny weighted loss moves the
+#: model a little).
+MSTEP_OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass
@@ -154,6 +162,10 @@ class ExSearchSettings:
     mstep_learning_rate: float | None = field(default=None, metadata={
         "help": "learning rate of the M-steps (unset: --lr, which the warm-up uses)",
         "flag": "--mstep-lr"})
+    mstep_optimizer: str = field(default="adamw", metadata={
+        "choices": MSTEP_OPTIMIZERS,
+        "help": "optimizer of the M-steps (the warm-up uses adamw): adamw, or sgd (plain, no "
+                "momentum: each step moves the weights by lr * gradient)"})
     replay: float = field(default=0.0, metadata={
         "help": "replay the seed trajectories of each iteration's questions in its M-step with this "
                 "total weight per question (0: off)"})
@@ -213,6 +225,9 @@ class ExSearchSettings:
             raise ValueError("questions_per_step and micro_batch must be >= 1")
         if self.stop_guard not in STOP_GUARDS:
             raise ValueError(f"unknown stop_guard {self.stop_guard!r}; known: {', '.join(STOP_GUARDS)}")
+        if self.mstep_optimizer not in MSTEP_OPTIMIZERS:
+            raise ValueError(f"unknown mstep_optimizer {self.mstep_optimizer!r}; known: "
+                             f"{', '.join(MSTEP_OPTIMIZERS)}")
         if self.evidence_filter not in EVIDENCE_FILTERS:
             raise ValueError(f"unknown evidence_filter {self.evidence_filter!r}; known: "
                              f"{', '.join(EVIDENCE_FILTERS)}")
@@ -471,9 +486,11 @@ def train_exsearch(train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[
                 train_on = [e for e in samples if e.weight >= settings.min_weight] + replayed
                 info["examples"] = len(samples)
                 info["examples_trained"] = len(train_on)
+                warmup = name == "warmup"
                 model, optimizer = _prepare(model, settings, accelerator,
-                                            lr=settings.learning_rate if name == "warmup"
-                                            else settings.mstep_learning_rate or settings.learning_rate)
+                                            lr=settings.learning_rate if warmup
+                                            else settings.mstep_learning_rate or settings.learning_rate,
+                                            optimizer="adamw" if warmup else settings.mstep_optimizer)
                 info["loss_before"] = mean_weighted_loss(model, samples, pad_id, settings.micro_batch) \
                     if samples else None
                 steps = fit(model, train_on, pad_id, accelerator=accelerator, optimizer=optimizer,
@@ -544,17 +561,24 @@ def _iteration_rows(rows, settings: ExSearchSettings, iteration: int, n: int):
     return [rows[(start + i) % n] for i in range(per)]
 
 
-def _prepare(model, settings: ExSearchSettings, accelerator, *, lr: float):
+def _prepare(model, settings: ExSearchSettings, accelerator, *, lr: float, optimizer: str = "adamw"):
+    """The model (LoRA-wrapped if set) and a fresh ``optimizer`` (one of :data:`MSTEP_OPTIMIZERS`)
+    for one stage, prepared by Accelerate."""
     import torch
 
+    if optimizer not in MSTEP_OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(MSTEP_OPTIMIZERS)}")
     if settings.lora:
         from peft import LoraConfig, get_peft_model
         model = get_peft_model(model, LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=lr, weight_decay=0.0)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    return model, optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "sgd":
+        optim = torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=0.0)
+    else:
+        optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    model, optim = accelerator.prepare(model, optim)
+    return model, optim
 
 
 def _finish(model, accelerator, settings: ExSearchSettings):
