@@ -90,3 +90,25 @@ def test_warm_start_then_grpo_reports_the_em_gain_with_a_paired_interval(tmp_pat
     assert gain["mean"] == pytest.approx(sum(t["metrics"]["em"] - w["metrics"]["em"]
                                              for t, w in zip(trained, warm)) / 3)
     assert results["warm_start"]["seeds"] == "oracle"
+
+
+def test_validation_split_is_held_out_of_training():
+    """--eval-split validation (settings are chosen there, never on the test questions): the
+    last train questions, which neither GRPO nor the warm start then sees."""
+    from deepretrieval.train.agentic_quickstart import (VALIDATION_QUESTIONS, quickstart_rows,
+                                                        split_rows)
+
+    kw = {"prefill": "", "max_turns": 3, "limit": None, "train_limit": None}
+    train, held = split_rows(eval_split="validation", **kw)
+    everything = quickstart_rows("train", prefill="", max_turns=3)
+    qs = [r["extra_info"]["query"] for r in train]
+    assert len(held) == VALIDATION_QUESTIONS and len(train) == len(everything) - VALIDATION_QUESTIONS
+    assert not set(qs) & {r["extra_info"]["query"] for r in held}
+    assert [r["extra_info"]["query"] for r in held] == [
+        r["extra_info"]["query"] for r in everything[-VALIDATION_QUESTIONS:]]
+    test_train, test = split_rows(eval_split="test", **kw)
+    assert len(test_train) == len(everything) and test[0]["extra_info"]["split"] == "test"
+    with pytest.raises(ValueError, match="--train-limit"):
+        split_rows(eval_split="validation", **{**kw, "train_limit": len(everything)})
+    with pytest.raises(ValueError, match="test or validation"):
+        split_rows(eval_split="dev", **kw)

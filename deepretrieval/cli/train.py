@@ -82,7 +82,9 @@ def register_quickstart(sub) -> None:
     p.add_argument("--eval-split", choices=("test", "validation"), default="test",
                    help=f"held-out claims: the test split (default) or the last "
                         f"{quickstart_mod.VALIDATION_CLAIMS} train claims, kept out of training "
-                        "(choose settings there, never on test)")
+                        "(choose settings there, never on test) [the last "
+                        f"{quickstart_mod.agentic_quickstart.VALIDATION_QUESTIONS} train "
+                        "questions]")
     p.add_argument("--lr", type=float, help="learning rate (default: Boolean 2e-5, scifact 1e-5) [3e-5]")
     p.add_argument("--temperature", type=float, help="sampling temperature (default: Boolean 0.8, "
                                                       "scifact 0.7) [0.7]")

@@ -66,6 +66,29 @@ def quickstart_rows(split: str, *, prefill: str = P.SEARCH_OPEN, max_turns: int 
     return rows[:limit] if limit else rows
 
 
+#: Train questions at the end of the train split held out for choosing settings
+#: (``--eval-split validation``): training (GRPO and the warm start) never sees them.
+VALIDATION_QUESTIONS = 40
+
+
+def split_rows(*, prefill: str, max_turns: int, limit: int | None, train_limit: int | None,
+               eval_split: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training rows, held-out rows): the test questions, or with ``eval_split="validation"``
+    the last :data:`VALIDATION_QUESTIONS` train questions, taken out of training. ``limit`` cuts
+    the held-out rows, ``train_limit`` the training rows."""
+    train = quickstart_rows("train", prefill=prefill, max_turns=max_turns)
+    if eval_split == "test":
+        held = quickstart_rows("test", prefill=prefill, max_turns=max_turns)
+    elif eval_split == "validation":
+        held, train = train[-VALIDATION_QUESTIONS:], train[:-VALIDATION_QUESTIONS]
+        if train_limit and train_limit > len(train):
+            raise ValueError(f"--eval-split validation holds out the last {VALIDATION_QUESTIONS} "
+                             f"train questions: use --train-limit ≤ {len(train)}")
+    else:
+        raise ValueError(f"--eval-split must be test or validation, not {eval_split!r}")
+    return train[:train_limit] if train_limit else train, held[:limit] if limit else held
+
+
 def first_queries(records: list[dict]) -> list[str | None]:
     out = []
     for rec in records:
@@ -117,7 +140,8 @@ def command_line(args) -> str:
 
 
 OPTIONS = ("model", "out", "steps", "lr", "temperature", "prompts_per_step", "num_generations",
-           "max_new_tokens", "turn_tokens", "max_turns", "seed", "threads", "limit", "train_limit")
+           "max_new_tokens", "turn_tokens", "max_turns", "seed", "threads", "limit", "train_limit",
+           "eval_split")
 FLAGS = ("lora", "warm_start", "no_plot")
 
 
@@ -131,10 +155,11 @@ def run_agentic_quickstart(args) -> int:
     t = time.time()
     index = open_index(get_task(TASK).index)
     prefill = "" if args.warm_start else P.SEARCH_OPEN
-    train_rows = quickstart_rows("train", prefill=prefill, max_turns=args.max_turns, limit=args.train_limit)
-    test_rows = quickstart_rows("test", prefill=prefill, max_turns=args.max_turns, limit=args.limit)
+    train_rows, test_rows = split_rows(prefill=prefill, max_turns=args.max_turns, limit=args.limit,
+                                       train_limit=args.train_limit, eval_split=args.eval_split)
+    held = "test" if args.eval_split == "test" else "validation (held out of train)"
     print(f"    {len(index.doc_ids)} passages in {time.time() - t:.1f}s; {len(train_rows)} train "
-          f"questions, {len(test_rows)} held-out test questions (1–3 hops)")
+          f"questions, {len(test_rows)} held-out {held} questions (1–3 hops)")
 
     model = resolve_model(args.model)
     eval_kw = {"max_new_tokens": args.turn_tokens, "batch_size": args.batch_size, "greedy": True,
@@ -199,7 +224,7 @@ def run_agentic_quickstart(args) -> int:
         print("  trained:   " + " ".join(ex["trained"].split())[:300])
     plot = frame.curve(result.history, metric="f1", title="agentic GRPO on the closed world")
     results = {"task": TASK, "model": args.model, "model_path": model,
-               "steps": args.steps, "train_rows": len(train_rows),
+               "steps": args.steps, "train_rows": len(train_rows), "eval_split": args.eval_split,
                "test_rows": len(test_rows), "reward_table": table_for_grpo.__dict__,
                "warm_start": recipe.WARM_START if warm else None,
                "em_gain_over_warm_start": gain.to_dict() if gain else None,
