@@ -2,7 +2,8 @@
 
 1. index the generated closed-world corpus (BM25; fictional countries, people, organisations —
    nothing in it can be recalled from pre-training);
-2. evaluate on the held-out test questions, with the same model and greedy decoding:
+2. evaluate on the held-out test questions (``--eval-split validation``: the last train
+   questions, held out of training), with the same model and greedy decoding:
    closed-book (the question alone), naive RAG (one search with the question, passages in the
    prompt) and the zero-shot agent (it decides what to search, up to ``max_turns - 1`` times);
 3. train the agent with agentic GRPO on TRL (:mod:`deepretrieval.train.trl_agent`: the episode
@@ -164,8 +165,8 @@ def run_agentic_quickstart(args) -> int:
     model = resolve_model(args.model)
     eval_kw = {"max_new_tokens": args.turn_tokens, "batch_size": args.batch_size, "greedy": True,
                "seed": args.seed, "resume": False, "plot": False, "progress": settings.progress_enabled()}
-    frame.step(f"Closed-book, naive RAG and the zero-shot agent ({args.model}) on the test "
-               "questions …")
+    frame.step(f"Closed-book, naive RAG and the zero-shot agent ({args.model}) on the "
+               f"{args.eval_split} questions …")
     t = time.time()
     zero = evaluate_agent(model, test_rows, out_dir=out / "eval_zero_shot", name=ZERO_SHOT, **eval_kw)
     print(f"    done in {time.time() - t:.0f}s")
@@ -192,7 +193,7 @@ def run_agentic_quickstart(args) -> int:
     train_seconds = time.time() - t
     print(f"    trained in {train_seconds:.0f}s → {result.model_dir}")
 
-    frame.step("The trained agent on the test questions …")
+    frame.step(f"The trained agent on the {args.eval_split} questions …")
     trained = evaluate_agent(str(result.model_dir), test_rows, out_dir=out / "eval_trained",
                              name=TRAINED, references=False, **eval_kw)
 
