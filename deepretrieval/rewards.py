@@ -166,7 +166,7 @@ class _Batch:
             for slot, plan in enumerate(p.plans):
                 shared, answers = per_query.split(plan.options, 1)
                 key = (plan.index, plan.k, plan.return_text,
-                       json.dumps(shared or {}, sort_keys=True), answers is not None)
+                       *per_query.shared_key(shared, answers))
                 self.groups.setdefault(key, []).append((i, slot))
 
     def request(self, key, members: list[tuple[int, int]] | None = None) -> tuple[tuple, dict]:

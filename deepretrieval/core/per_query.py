@@ -92,10 +92,12 @@ def join(shared: dict[str, Any] | None, per: Sequence[list[str]] | None) -> dict
     return {**(shared or {}), PER_QUERY: list(per[0]) if common else [list(a) for a in per]}
 
 
-def shared_key(shared: dict[str, Any] | None, per: Sequence[list[str]] | None) -> str:
-    """A string that is equal for two calls whose queries can share one backend call: the same
-    shared options and both with (or both without) answers."""
-    return json.dumps([shared or {}, per is not None], sort_keys=True)
+def shared_key(shared: dict[str, Any] | None, per: Sequence[list[str]] | None
+               ) -> tuple[str, bool]:
+    """What two calls must share to share one backend call: the same shared options (as sorted
+    JSON, which :func:`json.loads` turns back into them) and both with (or both without)
+    answers."""
+    return json.dumps(shared or {}, sort_keys=True), per is not None
 
 
 def item_key(query: str, answers: list[str] | None) -> Hashable:

@@ -114,7 +114,7 @@ class Batcher:
                 per_query.join(shared, None if answers is None else [answers[i] for i in good]),
                 arrived) if good else [])
             return [SearchResult(error=w) if w else next(found) for w in why]
-        key = (k, return_text, json.dumps(shared or {}, sort_keys=True), answers is not None)
+        key = (k, return_text, *per_query.shared_key(shared, answers))
         loop = asyncio.get_running_loop()
         start = time.monotonic() if arrived is None else arrived
         job = _Job(list(queries), answers, loop.create_future(), loop.time(),

@@ -153,9 +153,9 @@ class IndexReplica:
                 out[i] = exc
                 continue
             split[i] = (shared, answers)
-            groups.setdefault((k, return_text, per_query.shared_key(shared, answers)),
+            groups.setdefault((k, return_text, *per_query.shared_key(shared, answers)),
                               []).append(i)
-        for (k, return_text, _), members in groups.items():
+        for (k, return_text, _, _), members in groups.items():
             shared = split[members[0]][0]
 
             def answers_of(ids: list[int]) -> list[list[str]] | None:
