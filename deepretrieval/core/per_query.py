@@ -127,9 +127,9 @@ class Sendable:
     keys: list[Hashable]                 #: each sendable input query's search (:func:`item_key`)
     why: list[str | None]                #: per input query: why it cannot be sent, or None
 
-    def options(self, start: int = 0, stop: int | None = None) -> dict[str, Any] | None:
-        """The options of a request for ``queries[start:stop]``."""
-        return join(self.shared, None if self.answers is None else self.answers[start:stop])
+    def options(self) -> dict[str, Any] | None:
+        """The options of a request for all of :attr:`queries`."""
+        return join(self.shared, self.answers)
 
     def assemble(self, results: Sequence[SearchResult]) -> list[SearchResult]:
         """One result per input query, in order, from one result per distinct search."""
