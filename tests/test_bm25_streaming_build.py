@@ -323,6 +323,76 @@ def test_answers_option_gives_the_evidence_rank(scifact_index, scifact_claims):
         scifact_index.search(["x"], 3, options={"answers": "x"})
 
 
+def _ranked_calls(monkeypatch) -> list:
+    """Records each call of AnswerFilter.rank (the evidence search that never orders k hits)."""
+    from deepretrieval.search.answer_filter import AnswerFilter
+
+    calls: list = []
+    real = AnswerFilter.rank
+
+    def spy(self, *args, **kwargs):
+        calls.append(args[-1])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(AnswerFilter, "rank", spy)
+    return calls
+
+
+@pytest.mark.parametrize("corpus", ["scifact", "generated"])
+def test_ranked_evidence_search_equals_all_k_hits_ranked(corpus, scifact_index, scifact_claims,
+                                                         tmp_path, monkeypatch):
+    """Under ``answers`` with a few hits kept, the exhaustive search ranks only the candidate
+    passages (AnswerFilter.rank); its top hits, scores and first answer-bearing rank equal those of
+    the same search keeping all k hits (every hit ordered, then checked in rank order) —
+    ties in document order included (the generated corpus has many tied scores)."""
+    if corpus == "scifact":
+        index, queries, k = scifact_index, scifact_claims[:70], 3000
+        answers = [["cancer"], ["vitamin D", "bone"], ["T cells"], ["zzqx never found"],
+                   ["p53", "cell line"], ["8"], ["---"], []]
+    else:
+        docs = generated_docs(3000, vocab=40)
+        build_index(docs, tmp_path / "g", name="g", show_progress=False)
+        index, k = BM25Index.load(tmp_path / "g"), 2000
+        queries = ["w1x w2x", "w3x", "the w5x w1x", "w0x w0x w7x", "naïve w2x"] * 14
+        answers = [["w2x"], ["w5x w1x"], ["w9x", "w11x"], ["café"], ["title 3"], ["nothing"],
+                   ["w1x w1x w1x"]]
+    calls = _ranked_calls(monkeypatch)
+    index.threads = 2  # 70 queries: the ranked searches are split over two threads
+    seen = set()
+    for ans in answers:
+        every = index.search(queries, k, options={"answers": ans, "answer_hits": 0})
+        seen |= {r.info["first_answer_rank"] for r in every}
+        for hits in (1, ANSWERS_HITS, 64):
+            n_calls = len(calls)
+            got = index.search(queries, k, options={"answers": ans, "answer_hits": hits})
+            for a, b in zip(every, got):
+                assert b.ids == a.ids[:hits] and b.scores == a.scores[:hits], (ans, hits)
+                assert b.info == a.info, (ans, hits)
+            # the ranked path ran unless an answer needs its passages' bytes read (no index term:
+            # ["8"], ["café"] — "cafe" + U+0301 —, ["---"]) — then every hit is ordered as before
+            ranked = len(calls) - n_calls
+            assert ranked == (0 if ans in (["8"], ["---"], ["café"]) else len(queries)), (ans, hits)
+    assert None in seen and len(seen) > 10  # answers found deep, and not at all
+    # more hits kept than RANK_MAX_HITS, or all of them: the k hits are ordered
+    n_calls = len(calls)
+    index.search(queries[:3], k, options={"answers": ["cancer"], "answer_hits": 65})
+    index.search(queries[:3], 5, options={"answers": ["cancer"], "answer_hits": 5})
+    assert len(calls) == n_calls
+
+
+def test_hazard_scan_finds_the_passages_the_lazy_check_marks(tmp_path):
+    """AnswerFilter.hazard_docs (one scan of every passage's bytes) marks exactly the passages
+    that the first-candidate kernel marks one by one as it meets them."""
+    docs = [{"_id": str(i), "title": "", "text": t} for i, t in enumerate(CRAFTED * 3)]
+    build_index(docs, tmp_path / "c", name="c", show_progress=False)
+    lazy = BM25Index.load(tmp_path / "c")
+    lazy.search(["alpha"], len(docs), options={"answers": ["zzzz", "q"], "answer_hits": 0})
+    assert not (lazy.answer_filter().state == 0).any()  # every passage was met
+    scan = BM25Index.load(tmp_path / "c").answer_filter()
+    assert scan.hazard_docs().tolist() == np.flatnonzero(lazy.answer_filter().state == 2).tolist()
+    assert len(scan.hazard_docs()) == 12 and (scan.state == lazy.answer_filter().state).all()
+
+
 def _plain_first_rank(texts, answers):
     """The reference: DPR's rule on tokens_by_char, no pre-check, every passage read."""
     from deepretrieval.core import dpr_match
@@ -361,7 +431,7 @@ def test_answers_option_equals_the_plain_rule_on_crafted_passages(tmp_path):
     build_index(docs, tmp_path / "c", name="c", show_progress=False)
     index = BM25Index.load(tmp_path / "c")
     assert index.answer_filter() is not None
-    queries = ["alpha", "alpha cells", "cold alpha", "the", "zzzz"]
+    queries = ["alpha", "alpha cells", "cold alpha", "the", "zzzz", "only", "scale"]
     with_text = index.search(queries, len(docs), return_text=True)
     for ans in CRAFTED_ANSWERS:
         ranked = index.search(queries, len(docs), options={"answers": ans})

@@ -8,6 +8,7 @@ engine — is :func:`deepretrieval.train.trainers.run`.
 from __future__ import annotations
 
 from deepretrieval.core.flags import add_flags, flags_of, values_for
+from deepretrieval.train import agentic_recipe
 from deepretrieval.train import quickstart as quickstart_mod
 from deepretrieval.train import trainers
 from deepretrieval.train.export import checkpoint_kind, export_checkpoint
@@ -101,6 +102,10 @@ def register_quickstart(sub) -> None:
     p.add_argument("--warm-start", action="store_true",
                    help="[agentic] fine-tune on the oracle trajectories first, then GRPO with an EM "
                         "reward; EM gain over the warm start with a paired bootstrap interval")
+    p.add_argument("--warm-start-epochs", type=int, default=agentic_recipe.WARM_START["warmup_epochs"],
+                   help="[agentic] epochs over the oracle trajectories (default "
+                        f"{agentic_recipe.WARM_START['warmup_epochs']}; fewer leaves GRPO a less "
+                        "peaked policy to sample from)")
     p.add_argument("--eval-max-new-tokens", type=int,
                    help="longest completion when evaluating (default: Boolean 40, scifact 64)")
     p.add_argument("--batch-size", "--eval-batch-size", type=int, default=16)

@@ -61,6 +61,10 @@ TOPK_MODES = ("auto", "exhaustive", "pruned")
 #: k=1000 there not timed with both kernels; see benchmarks/README.md)
 PRUNE_DOCS_PER_K = 10_000
 PRUNE_MIN_DOCS = 50_000
+#: under the ``answers`` option, a search that keeps at most this many hits (``answer_hits``; the
+#: default 10) and runs the exhaustive kernel is ranked by :meth:`AnswerFilter.rank` (its k hits
+#: never ordered) when the answers allow it (:attr:`AnswerPlan.by_postings`)
+RANK_MAX_HITS = 64
 OPTIONS = ("answers", "answer_hits")
 
 __all__ = ["BM25Index", "FORMAT_VERSION", "INDEX_TYPE", "QueryAnalyzer", "collect_docs",
@@ -309,18 +313,21 @@ class BM25Index(StoredDocs):
         if self.threads > 1 and n >= 64 and self._parallel.acquire(blocking=False):
             try:
                 bounds = np.linspace(0, n, self.threads + 1).astype(int)
-                # one pool per index, kept: starting threads for every batch cost the service
-                # ~5 % of its CPU at 64 single-query callers (py-spy)
-                if self._pool is None or self._pool_threads != self.threads:
-                    if self._pool is not None:
-                        self._pool.shutdown(wait=False)
-                    self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bm25")
-                    self._pool_threads = self.threads
-                parts = list(self._pool.map(run, bounds[:-1], bounds[1:]))
+                parts = list(self._pool_for_threads().map(run, bounds[:-1], bounds[1:]))
             finally:
                 self._parallel.release()
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         return run(0, n)
+
+    def _pool_for_threads(self) -> ThreadPoolExecutor:
+        """The index's pool of ``threads`` threads. One pool per index, kept: starting threads
+        for every batch cost the service ~5 % of its CPU at 64 single-query callers (py-spy)."""
+        if self._pool is None or self._pool_threads != self.threads:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bm25")
+            self._pool_threads = self.threads
+        return self._pool
 
     def _scratch(self) -> tuple[np.ndarray, np.ndarray]:
         """This thread's accumulator (float32 zeros) and touched-list buffers for the exhaustive
@@ -339,6 +346,32 @@ class BM25Index(StoredDocs):
             self._answer_filter = AnswerFilter(self._texts, self.indptr, self.indices,
                                                self.tokenizer.term)
         return self._answer_filter
+
+    def _search_ranked(self, ranker: AnswerFilter, todo: list[int], token_ids: list[list[int]],
+                       answers: list[list[str]], k: int, hits: int,
+                       out: list[SearchResult]) -> None:
+        """The searches ``todo`` under the ``answers`` option with :meth:`AnswerFilter.rank`:
+        each result's top ``hits`` and its first answer-bearing rank in the top ``k``, the same
+        as the exhaustive kernel's top k ranked by the filter (split over the cores like a
+        batch: the kernel releases the GIL)."""
+        def run(part: list[int]) -> None:
+            acc, touched = self._scratch()
+            for i in part:
+                flat = np.asarray(token_ids[i], dtype=np.int64)
+                docs, scores, rank = ranker.rank(flat, k, hits, self.data, acc, touched,
+                                                 answers[i])
+                out[i] = SearchResult(ids=_take(self.doc_ids, docs.tolist()),
+                                      scores=scores.astype(float).tolist(),
+                                      info={"first_answer_rank": rank})
+
+        if self.threads > 1 and len(todo) >= 64 and self._parallel.acquire(blocking=False):
+            try:
+                parts = [todo[j::self.threads] for j in range(self.threads)]
+                list(self._pool_for_threads().map(run, parts))
+            finally:
+                self._parallel.release()
+        else:
+            run(todo)
 
     def _first_answer_rank(self, docs: np.ndarray, answers: list[str],
                            ranker: AnswerFilter | None, texts: list[str] | None) -> int | None:
@@ -364,13 +397,24 @@ class BM25Index(StoredDocs):
             return []
         k_eff = min(int(k), self.num_docs)
         token_ids = [self.tokenizer.ids(q) for q in queries]
-        out: list[SearchResult] = [SearchResult(texts=[] if return_text else None)
-                                   for _ in queries]
+        # a query without index terms has no hits (and no answer rank)
+        out: list[SearchResult] = [
+            SearchResult(texts=[] if return_text else None,
+                         info={} if answers is None else {"first_answer_rank": None})
+            for _ in queries]
         todo = [i for i, toks in enumerate(token_ids) if toks]
+        ranker = self.answer_filter() if answers is not None else None
+        if ranker is not None and kernel == "exhaustive" and not return_text \
+                and 0 < hits <= RANK_MAX_HITS and hits < k_eff:
+            # the evidence reward's search: only the top hits and the rank, no k-hit ordering
+            assert answers is not None
+            ranked = [i for i in todo if ranker.plan(answers[i]).by_postings]
+            self._search_ranked(ranker, ranked, token_ids, answers, k_eff, hits, out)
+            done = set(ranked)
+            todo = [i for i in todo if i not in done]
         if todo:
             docs, scores = self._search_kernel([token_ids[i] for i in todo], k_eff, kernel)
             ids = self.doc_ids
-            ranker = self.answer_filter() if answers else None
             for row, i in enumerate(todo):
                 keep = docs[row] >= 0
                 shown = keep if answers is None or return_text or not hits else keep[:hits]
@@ -386,9 +430,6 @@ class BM25Index(StoredDocs):
                 if answers is not None:
                     result.info["first_answer_rank"] = self._first_answer_rank(
                         docs[row], answers[i], ranker, result.texts if return_text else None)
-        if answers is not None:
-            for i in set(range(len(queries))) - set(todo):
-                out[i].info["first_answer_rank"] = None
         return out
 
 

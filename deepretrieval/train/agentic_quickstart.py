@@ -142,7 +142,7 @@ def command_line(args) -> str:
 
 OPTIONS = ("model", "out", "steps", "lr", "temperature", "prompts_per_step", "num_generations",
            "max_new_tokens", "turn_tokens", "max_turns", "seed", "threads", "limit", "train_limit",
-           "eval_split")
+           "eval_split", "warm_start_epochs")
 FLAGS = ("lora", "warm_start", "no_plot")
 
 
@@ -175,7 +175,8 @@ def run_agentic_quickstart(args) -> int:
         frame.step("Warm start: fine-tuning on the closed world's oracle trajectories …")
         warm_dir, warm_summary, warm_records = recipe.warm_start(
             model, train_rows, test_rows, out / "warm_start", turn_tokens=args.turn_tokens,
-            batch_size=args.batch_size, seed=args.seed, progress=settings.progress_enabled())
+            batch_size=args.batch_size, seed=args.seed, progress=settings.progress_enabled(),
+            epochs=args.warm_start_epochs)
         start, table_for_grpo, warm = str(warm_dir), recipe.WARM_TABLE, (warm_summary, warm_records)
 
     frame.step(f"Agentic GRPO (TRL rollout_func, injected tokens masked): {args.steps} steps × "
@@ -227,7 +228,8 @@ def run_agentic_quickstart(args) -> int:
     results = {"task": TASK, "model": args.model, "model_path": model,
                "steps": args.steps, "train_rows": len(train_rows), "eval_split": args.eval_split,
                "test_rows": len(test_rows), "reward_table": table_for_grpo.__dict__,
-               "warm_start": recipe.WARM_START if warm else None,
+               "warm_start": ({**recipe.WARM_START, "warmup_epochs": args.warm_start_epochs}
+                              if warm else None),
                "em_gain_over_warm_start": gain.to_dict() if gain else None,
                "agent": quickstart_settings(args.max_turns).to_dict(), "prefill": prefill,
                "turn_tokens": args.turn_tokens, "completion_budget": args.max_new_tokens,

@@ -27,15 +27,15 @@ WARM_START = {"seeds": "oracle", "warmup_epochs": 2, "learning_rate": 1e-4, "que
 
 def warm_start(model: str, train_rows: Sequence[Mapping[str, Any]],
                eval_rows: Sequence[Mapping[str, Any]], out_dir: str | Path, *, turn_tokens: int,
-               batch_size: int, seed: int, progress: bool, searcher=None
-               ) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
-    """Fine-tune ``model`` on the oracle trajectories of ``train_rows`` and evaluate it (greedy) on
-    ``eval_rows``. Returns the model folder, the evaluation summary and its per-question records
+               batch_size: int, seed: int, progress: bool, epochs: int = WARM_START["warmup_epochs"],
+               searcher=None) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
+    """Fine-tune ``model`` on the oracle trajectories of ``train_rows`` for ``epochs`` epochs and
+    evaluate it (greedy) on ``eval_rows``. Returns the model folder, the evaluation summary and its per-question records
     (resumes a finished warm start in ``out_dir``)."""
     settings = ExSearchSettings(model=model, output_dir=str(out_dir), iterations=0,
                                 max_new_tokens=turn_tokens, eval_zero_shot=False,
                                 gen_batch_size=batch_size, seed=seed, progress=progress,
-                                **WARM_START)
+                                **{**WARM_START, "warmup_epochs": epochs})
     result = train_exsearch(train_rows, eval_rows, settings, searcher=searcher)
     stage = Path(out_dir) / "stages" / "warmup"
     summary = json.loads((stage / "stage.json").read_text())["eval"]
