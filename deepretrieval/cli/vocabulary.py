@@ -121,6 +121,7 @@ VOCABULARY: tuple[Concept, ...] = (
     _c("--max-new-tokens", "longest completion in tokens"),
     _c("--eval-max-new-tokens", "longest completion while evaluating (quickstart)"),
     _c("--warm-start", "start from a supervised warm-up on oracle trajectories (agentic quickstart)"),
+    _c("--warm-start-epochs", "epochs of that warm-up over the oracle trajectories (agentic quickstart)"),
     _c("--replay", "weight of the warm-up's seed trajectories replayed in each M-step (ExSearch)"),
     _c("--mstep-lr", "learning rate of the M-steps (ExSearch)"),
     _c("--mstep-optimizer", "optimizer of the M-steps: adamw or plain sgd (ExSearch)"),
