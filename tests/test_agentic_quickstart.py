@@ -72,8 +72,8 @@ def test_warm_start_then_grpo_reports_the_em_gain_with_a_paired_interval(tmp_pat
 
     model = tiny_model_path(tmp_path / "tiny")
     out = tmp_path / "w"
-    text = _run(main, ["quickstart", "--agentic", "--warm-start", "--model", str(model),
-                       "--steps", "1", "--limit", "3", "--train-limit", "4", "--prompts-per-step", "2",
+    text = _run(main, ["quickstart", "--agentic", "--warm-start", "--warm-start-epochs", "1",
+                       "--model", str(model), "--steps", "1", "--limit", "3", "--train-limit", "4", "--prompts-per-step", "2",
                        "--num-generations", "2", "--turn-tokens", "8", "--max-new-tokens", "160",
                        "--max-turns", "4", "--batch-size", "8", "--threads", "1", "--no-plot",
                        "--out", str(out)], capsys)
@@ -90,6 +90,10 @@ def test_warm_start_then_grpo_reports_the_em_gain_with_a_paired_interval(tmp_pat
     assert gain["mean"] == pytest.approx(sum(t["metrics"]["em"] - w["metrics"]["em"]
                                              for t, w in zip(trained, warm)) / 3)
     assert results["warm_start"]["seeds"] == "oracle"
+    # one epoch over the 4 train questions (4 per optimizer step): one step, not the default 2
+    assert results["warm_start"]["warmup_epochs"] == 1
+    stage = json.loads((out / "warm_start" / "stages" / "warmup" / "stage.json").read_text())
+    assert len(stage["step_losses"]) == 1
 
 
 def test_validation_split_is_held_out_of_training():
