@@ -112,6 +112,38 @@ def test_tokenizer_equals_bm25s_on_hard_text():
         assert post.lengths[d] == len(ids)
 
 
+def test_chunk_postings_are_the_counts_sorted_by_term_then_document(monkeypatch):
+    """tokenize_chunk's postings (counting sort by term, runs of a document counted): every
+    (term, document) pair once with its count, sorted by term then document — also for the ""
+    term of documents without tokens when words are stemmed to "" as well (a stemmer that
+    does so for one word here)."""
+    import re
+
+    from bm25s.stopwords import STOPWORDS_EN
+
+    from deepretrieval.search import bm25_build
+
+    texts = [bm25_build.doc_text(d) for d in generated_docs(700)]
+    assert sum(t.lower().split() and all(w in STOPWORDS_EN for w in t.lower().split())
+               for t in texts) >= 5  # documents of stopwords only: the "" token
+    monkeypatch.setattr(bm25_build, "_STEM_CACHE", {})
+    monkeypatch.setattr(bm25_build, "_stem_fn", lambda stem: lambda w: "" if w == "w3x" else w)
+    post = tokenize_chunk(texts, STOPWORDS_EN, batch=64)
+    term = {stem: i for i, stem in enumerate(post.stems)}
+    want = []
+    for d, text in enumerate(texts):
+        words = [w for w in re.findall(r"(?u)\b\w\w+\b", text.lower()) if w not in STOPWORDS_EN]
+        counts: dict[int, int] = {}
+        for w in words or [""]:
+            t = term["" if w == "w3x" else w]
+            counts[t] = counts.get(t, 0) + 1
+        want += [(t, d, c) for t, c in counts.items()]
+    want.sort()
+    assert want == list(zip(post.terms.tolist(), post.docs.tolist(), post.tfs.tolist()))
+    empty = term[""]
+    assert len({d for t, d, _ in want if t == empty}) > 5 + 10  # both kinds under one term
+
+
 # ---- chunks, workers, resume, memory ----------------------------------------------------------
 
 @pytest.mark.slow
@@ -324,17 +356,18 @@ def test_answers_option_gives_the_evidence_rank(scifact_index, scifact_claims):
 
 
 def _ranked_calls(monkeypatch) -> list:
-    """Records each call of AnswerFilter.rank (the evidence search that never orders k hits)."""
+    """Records each call of AnswerFilter.candidates (the evidence search that never orders k
+    hits)."""
     from deepretrieval.search.answer_filter import AnswerFilter
 
     calls: list = []
-    real = AnswerFilter.rank
+    real = AnswerFilter.candidates
 
     def spy(self, *args, **kwargs):
         calls.append(args[-1])
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(AnswerFilter, "rank", spy)
+    monkeypatch.setattr(AnswerFilter, "candidates", spy)
     return calls
 
 
@@ -342,7 +375,7 @@ def _ranked_calls(monkeypatch) -> list:
 def test_ranked_evidence_search_equals_all_k_hits_ranked(corpus, scifact_index, scifact_claims,
                                                          tmp_path, monkeypatch):
     """Under ``answers`` with a few hits kept, the exhaustive search ranks only the candidate
-    passages (AnswerFilter.rank); its top hits, scores and first answer-bearing rank equal those of
+    passages (AnswerFilter.candidates); its top hits, scores and first answer-bearing rank equal those of
     the same search keeping all k hits (every hit ordered, then checked in rank order) —
     ties in document order included (the generated corpus has many tied scores)."""
     if corpus == "scifact":

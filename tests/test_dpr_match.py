@@ -146,3 +146,46 @@ def test_has_answer_equals_the_plain_rule_on_random_ascii_text():
     # a non-ASCII answer never matches an ASCII passage; an answer without tokens matches all
     assert not dpr_match.has_answer("cafe au lait", ["café"])
     assert dpr_match.has_answer("cafe au lait", ["  "]) and dpr_match.has_answer("", [""])
+
+
+def test_separators_fold_to_themselves_and_are_not_word_characters():
+    """What has_answer's pre-check of a multi-token answer rests on (dpr_match._folded): every
+    separator or control character (Unicode Z*, C* — what may stand between two tokens) is its
+    own lower case and a regex non-word character, so the answer's folded tokens occur in the
+    folded passage with only ``\\W`` characters between them."""
+    import re
+    import sys
+    import unicodedata
+
+    bad = [hex(cp) for cp in range(sys.maxunicode + 1)
+           if not 0xD800 <= cp <= 0xDFFF and unicodedata.category(chr(cp))[0] in "ZC"
+           and (chr(cp).lower() != chr(cp) or not re.fullmatch(r"\W", chr(cp)))]
+    assert bad == []
+
+
+def test_has_answer_equals_the_plain_rule_on_random_unicode_text():
+    """The same as for ASCII, with the characters the pre-check must survive: accents
+    (precomposed and combining), İ (two characters when lower-cased), Greek sigmas, a Kelvin
+    sign, non-breaking and zero-width spaces, punctuation tokens — answers of several tokens,
+    cut from the passage (so that many match) or with their separators changed."""
+    rng = random.Random(2)
+    pool = (list("aAéE\u0301İiΣσς\u212akK0 9\xa0\u200b\t.-%&") +
+            ["ab", "Ab c", "é-é", "ΟΔΟΣ", "3 to 6%", "x\u00b2"])
+    matched = multi = 0
+    for _ in range(20000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(0, 14)))
+        if rng.random() < 0.7 and text:
+            i = rng.randrange(len(text))
+            answer = text[i:i + rng.randint(1, 8)]
+            if rng.random() < 0.3:
+                answer = answer.replace(" ", rng.choice(["\xa0", "  ", "\t", ""]))
+        else:
+            answer = "".join(rng.choice(pool) for _ in range(rng.randint(1, 4)))
+        if rng.random() < 0.3:
+            answer = answer.upper()
+        needle = dpr_match.tokens_by_char(answer)
+        want = dpr_match.contains(dpr_match.tokens_by_char(text), needle)
+        assert dpr_match.has_answer(text, [answer]) is want, (text, answer)
+        matched += want
+        multi += want and len(needle) > 1
+    assert 3000 < matched < 17000 and multi > 1000

@@ -32,7 +32,7 @@ Two ways to get the rank (:class:`AnswerFilter`):
 
 * :meth:`~AnswerFilter.first_rank` walks a search's k hits in rank order (the top-k kernel
   ordered all of them);
-* :meth:`~AnswerFilter.rank` (what the index uses when it runs the exhaustive kernel and keeps only
+* :meth:`~AnswerFilter.candidates` then :meth:`~AnswerFilter.first_of` (what the index uses when it runs the exhaustive kernel and keeps only
   a few hits, the evidence reward's call) never orders the k hits: when every answer the vocabulary
   allows has an index term (:attr:`AnswerPlan.by_postings`), only the passages in the postings of
   all of one answer's terms, and the hazard passages (:meth:`~AnswerFilter.hazard_docs`, found
@@ -319,7 +319,7 @@ class AnswerPlan:
     def by_postings(self) -> bool:
         """Whether the index's postings alone give every passage that may hold an answer (each
         answer the vocabulary does not rule out has an index term) besides the hazard passages:
-        what :meth:`AnswerFilter.rank` needs."""
+        what :meth:`AnswerFilter.candidates` needs."""
         return bool(np.all(self.impossible | (np.diff(self.term_ptr) > 0)))
 
 
@@ -371,23 +371,28 @@ class AnswerFilter:
                 self._hazard_docs = docs.astype(np.int64)
             return self._hazard_docs
 
-    def rank(self, flat: np.ndarray, k: int, hits: int, data: np.ndarray, acc: np.ndarray,
-             touched: np.ndarray, answers: Sequence[str]
-             ) -> tuple[np.ndarray, np.ndarray, int | None]:
-        """One query's best ``hits`` (documents, scores) and the first answer-bearing rank in its
-        ``k`` best, scored exhaustively (``flat``: its index terms in order; ``data``: the
-        impacts; ``acc``/``touched``: the exhaustive kernel's scratch) without ordering the
-        ``k`` hits: the candidates (passages in the postings of every index term of an answer,
-        and the hazard passages) are ranked by counting the documents scored above them, then
-        checked in rank order as :meth:`first_rank` checks hits. The plan of ``answers`` must
-        be :attr:`AnswerPlan.by_postings`."""
+    def candidates(self, flat: np.ndarray, k: int, hits: int, data: np.ndarray,
+                   acc: np.ndarray, touched: np.ndarray, answers: Sequence[str]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One query scored exhaustively (``flat``: its index terms in order; ``data``: the
+        impacts; ``acc``/``touched``: the exhaustive kernel's scratch) without ordering its ``k``
+        best: its best ``hits`` (documents, scores) and, in rank order with their 1-based ranks,
+        the candidates among its ``k`` best — the passages in the postings of every index term of
+        one answer, and the hazard passages (:meth:`first_of` then checks them). The plan of
+        ``answers`` must be :attr:`AnswerPlan.by_postings`. Numba, without the GIL."""
         plan = self.plan(answers)
         extra = self.hazard_docs() if answers else np.zeros(0, np.int64)
-        top_docs, top_scores, cand, ranks = _rank_kernel()(
-            flat, k, hits, data, self.indices, self.indptr, acc, touched, extra, plan.term_ptr,
-            plan.terms, plan.impossible)
-        pos = self._first(cand, plan) if answers else None
-        return top_docs, top_scores, None if pos is None else int(ranks[pos])
+        return _rank_kernel()(flat, k, hits, data, self.indices, self.indptr, acc, touched,
+                              extra, plan.term_ptr, plan.terms, plan.impossible)
+
+    def first_of(self, cand: np.ndarray, ranks: np.ndarray, answers: Sequence[str]
+                 ) -> int | None:
+        """The rank of the first of :meth:`candidates`' passages that has one of ``answers``
+        (checked in rank order as :meth:`first_rank` checks hits); None when none does."""
+        if not answers:
+            return None
+        pos = self._first(cand, self.plan(answers))
+        return None if pos is None else int(ranks[pos])
 
     def plan(self, answers: Sequence[str]) -> AnswerPlan:
         key = tuple(answers)

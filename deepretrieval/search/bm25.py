@@ -62,7 +62,7 @@ TOPK_MODES = ("auto", "exhaustive", "pruned")
 PRUNE_DOCS_PER_K = 10_000
 PRUNE_MIN_DOCS = 50_000
 #: under the ``answers`` option, a search that keeps at most this many hits (``answer_hits``; the
-#: default 10) and runs the exhaustive kernel is ranked by :meth:`AnswerFilter.rank` (its k hits
+#: default 10) and runs the exhaustive kernel is ranked by :meth:`AnswerFilter.candidates` (its k hits
 #: never ordered) when the answers allow it (:attr:`AnswerPlan.by_postings`)
 RANK_MAX_HITS = 64
 OPTIONS = ("answers", "answer_hits")
@@ -350,28 +350,33 @@ class BM25Index(StoredDocs):
     def _search_ranked(self, ranker: AnswerFilter, todo: list[int], token_ids: list[list[int]],
                        answers: list[list[str]], k: int, hits: int,
                        out: list[SearchResult]) -> None:
-        """The searches ``todo`` under the ``answers`` option with :meth:`AnswerFilter.rank`:
-        each result's top ``hits`` and its first answer-bearing rank in the top ``k``, the same
-        as the exhaustive kernel's top k ranked by the filter (split over the cores like a
-        batch: the kernel releases the GIL)."""
+        """The searches ``todo`` under the ``answers`` option without ordering their k hits
+        (:meth:`AnswerFilter.candidates`, split over the cores like a batch: the kernel releases
+        the GIL), then each first answer-bearing rank (:meth:`AnswerFilter.first_of`, DPR's rule:
+        Python, one thread): the same top ``hits`` and rank as the exhaustive kernel's top k
+        ranked by the filter."""
+        found: dict[int, tuple] = {}
+
         def run(part: list[int]) -> None:
             acc, touched = self._scratch()
             for i in part:
-                flat = np.asarray(token_ids[i], dtype=np.int64)
-                docs, scores, rank = ranker.rank(flat, k, hits, self.data, acc, touched,
-                                                 answers[i])
-                out[i] = SearchResult(ids=_take(self.doc_ids, docs.tolist()),
-                                      scores=scores.astype(float).tolist(),
-                                      info={"first_answer_rank": rank})
+                found[i] = ranker.candidates(np.asarray(token_ids[i], dtype=np.int64), k, hits,
+                                             self.data, acc, touched, answers[i])
 
         if self.threads > 1 and len(todo) >= 64 and self._parallel.acquire(blocking=False):
             try:
-                parts = [todo[j::self.threads] for j in range(self.threads)]
-                list(self._pool_for_threads().map(run, parts))
+                list(self._pool_for_threads().map(run, [todo[j::self.threads]
+                                                        for j in range(self.threads)]))
             finally:
                 self._parallel.release()
         else:
             run(todo)
+        for i in todo:
+            docs, scores, cand, ranks = found[i]
+            out[i] = SearchResult(ids=_take(self.doc_ids, docs.tolist()),
+                                  scores=scores.astype(float).tolist(),
+                                  info={"first_answer_rank": ranker.first_of(cand, ranks,
+                                                                             answers[i])})
 
     def _first_answer_rank(self, docs: np.ndarray, answers: list[str],
                            ranker: AnswerFilter | None, texts: list[str] | None) -> int | None:
