@@ -178,71 +178,18 @@ def tokenize_chunk(texts: list[str], stopwords: frozenset[str] | list[str], stem
     terms, doc_ids = terms[keep], doc_ids[keep]
     del word_ids, keep
     lengths = np.bincount(doc_ids, minlength=n).astype(np.int32)
-    out_terms, out_docs, tfs = _count_kernel()(terms, doc_ids, len(stems))
-    del terms, doc_ids
-    empty = np.flatnonzero(lengths == 0).astype(np.int32)
+    empty = np.flatnonzero(lengths == 0)
     if len(empty):  # bm25s: a document without tokens holds one "" token
         e = stems.setdefault("", len(stems))
-        # term e's postings (those of words stemmed to "", if any) with the empty documents,
-        # in document order
-        lo, hi = np.searchsorted(out_terms, [e, e + 1]).tolist()
-        docs_e = np.concatenate([out_docs[lo:hi], empty])
-        tfs_e = np.concatenate([tfs[lo:hi], np.ones(len(empty), dtype=np.int32)])
-        order = np.argsort(docs_e, kind="stable")
-        out_terms = np.concatenate([out_terms[:lo], np.full(len(docs_e), e, np.int32),
-                                    out_terms[hi:]])
-        out_docs = np.concatenate([out_docs[:lo], docs_e[order], out_docs[hi:]])
-        tfs = np.concatenate([tfs[:lo], tfs_e[order], tfs[hi:]])
+        terms = np.concatenate([terms, np.full(len(empty), e, dtype=np.int32)])
+        doc_ids = np.concatenate([doc_ids, empty.astype(np.int32)])
         lengths[empty] = 1
-    return ChunkPostings(stems=list(stems), terms=out_terms, docs=out_docs, tfs=tfs,
+    keys = terms.astype(np.int64) * max(n, 1) + doc_ids
+    del terms, doc_ids
+    keys, tfs = np.unique(keys, return_counts=True)
+    return ChunkPostings(stems=list(stems), terms=(keys // max(n, 1)).astype(np.int32),
+                         docs=(keys % max(n, 1)).astype(np.int32), tfs=tfs.astype(np.int32),
                          lengths=lengths)
-
-
-_KERNELS: dict[str, Any] = {}
-
-
-def _count_kernel():
-    """numba: a chunk's tokens (term, document; documents in order) → its postings (term,
-    document, tf) sorted by term then document, in linear time: a counting sort by term, which
-    keeps each term's tokens in document order, then runs of one document counted (what
-    ``np.unique`` of term × n + document gives, without sorting ~100 tokens per document)."""
-    if "count" not in _KERNELS:
-        import numba
-
-        @numba.njit(nogil=True, cache=True)
-        def count_postings(terms, docs, n_terms):  # pragma: no cover - compiled
-            start = np.zeros(n_terms + 1, dtype=np.int64)
-            for t in terms:
-                start[t + 1] += 1
-            for t in range(n_terms):
-                start[t + 1] += start[t]
-            fill = start[:-1].copy()
-            by_term = np.empty(len(docs), dtype=np.int32)
-            for i in range(len(terms)):
-                t = terms[i]
-                by_term[fill[t]] = docs[i]
-                fill[t] += 1
-            out_terms = np.empty(len(docs), dtype=np.int32)
-            out_docs = np.empty(len(docs), dtype=np.int32)
-            tfs = np.empty(len(docs), dtype=np.int32)
-            m = 0
-            for t in range(n_terms):
-                i = start[t]
-                end = start[t + 1]
-                while i < end:
-                    d = by_term[i]
-                    j = i + 1
-                    while j < end and by_term[j] == d:
-                        j += 1
-                    out_terms[m] = t
-                    out_docs[m] = d
-                    tfs[m] = j - i
-                    m += 1
-                    i = j
-            return out_terms[:m].copy(), out_docs[:m].copy(), tfs[:m].copy()
-
-        _KERNELS["count"] = count_postings
-    return _KERNELS["count"]
 
 
 # ---- main side --------------------------------------------------------------------------------
