@@ -390,7 +390,7 @@ def test_ranked_evidence_search_equals_all_k_hits_ranked(corpus, scifact_index, 
         answers = [["w2x"], ["w5x w1x"], ["w9x", "w11x"], ["café"], ["title 3"], ["nothing"],
                    ["w1x w1x w1x"]]
     calls = _ranked_calls(monkeypatch)
-    index.threads = 2  # 70 queries: the ranked searches are split over two threads
+    monkeypatch.setattr(index, "threads", 2)  # 70 queries: the ranked searches use two threads
     seen = set()
     for ans in answers:
         every = index.search(queries, k, options={"answers": ans, "answer_hits": 0})
