@@ -22,7 +22,8 @@ def test_append_and_extend_read_back_the_same_strings(tmp_path):
     assert [col[i] for i in range(len(STRINGS))] == STRINGS and col[-1] == "last"
     order = [6, 0, 3, 3, 2, 1]
     assert col.take(order) == [STRINGS[i] for i in order]   # holds a NUL: the general path
-    assert col.take([0, 1, 6]) == ["g0", "", "last"]         # short strings: the gathered path
+    assert col.take([0, 1, 6]) == ["g0", "", "last"]         # a few strings: the general path
+    assert col.take([0, 1, 6] * 11) == ["g0", "", "last"] * 11  # many short: the gathered path
     assert col[1:3] == STRINGS[1:3] and col.take([]) == []
     with pytest.raises(IndexError):
         col.take([len(STRINGS)])

@@ -97,9 +97,11 @@ class StringColumn(Sequence[str]):
         starts, ends = self.offsets[idx], self.offsets[idx + 1]
         lens = (ends - starts).astype(np.int64)
         total = int(lens.sum())
-        if total <= 64 * len(idx) and self._bytes is not None:
-            # short strings (ids): gather all bytes at once with a NUL after each, decode once,
-            # split (C speed); strings that hold a NUL themselves take the general path
+        if len(idx) >= 32 and total <= 64 * len(idx) and self._bytes is not None:
+            # many short strings (ids): gather all bytes at once with a NUL after each, decode
+            # once, split (C speed); strings that hold a NUL themselves, and a few strings (its
+            # dozen numpy calls cost more than a few decodes: the evidence reward's top 10 ids),
+            # take the general path
             n = len(idx)
             cum = np.concatenate([[0], np.cumsum(lens)])
             data = self._bytes[np.repeat(starts.astype(np.int64) - cum[:-1], lens)

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -315,12 +315,13 @@ class AnswerPlan:
     tok_bounded: np.ndarray
     impossible: np.ndarray
 
-    @property
-    def by_postings(self) -> bool:
-        """Whether the index's postings alone give every passage that may hold an answer (each
-        answer the vocabulary does not rule out has an index term) besides the hazard passages:
-        what :meth:`AnswerFilter.candidates` needs."""
-        return bool(np.all(self.impossible | (np.diff(self.term_ptr) > 0)))
+    #: whether the index's postings alone give every passage that may hold an answer (each
+    #: answer the vocabulary does not rule out has an index term) besides the hazard passages:
+    #: what :meth:`AnswerFilter.candidates` needs
+    by_postings: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.by_postings = bool(np.all(self.impossible | (np.diff(self.term_ptr) > 0)))
 
 
 class AnswerFilter:
@@ -391,7 +392,7 @@ class AnswerFilter:
                  ) -> int | None:
         """The rank of the first of :meth:`candidates`' passages that has one of ``answers``
         (checked in rank order as :meth:`first_rank` checks hits); None when none does."""
-        if not answers:
+        if not answers or not len(cand):
             return None
         pos = self._first(cand, self.plan(answers))
         return None if pos is None else int(ranks[pos])
