@@ -391,6 +391,11 @@ def bench_size(n, coll, queries, args, lucene, work: Path) -> dict:
         print(f"[{n:,}] Lucene: {wall:.0f}s ({LAST_CHILD_CPU['cpu_s']:.0f} CPU s), peak {peak:,.0f} MB, index "
               f"{res['build']['lucene']['index_mb']:,.0f} MB, load {load()}", flush=True)
 
+    if args.build_only:
+        if not args.keep:
+            for p in (ours_dir, bm_dir, luc_dir):
+                shutil.rmtree(p, ignore_errors=True)
+        return res
     workers = {"ours": Worker([sys.executable, __file__, "--worker", "ours", str(ours_dir),
                                str(qfile)])}
     if "bm25s" in res["build"]:
@@ -544,6 +549,8 @@ def main(argv=None) -> int:
                          "for ours (no corpus files)")
     ap.add_argument("--work-dir", default=None, help="corpus and indexes (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the indexes")
+    ap.add_argument("--build-only", action="store_true",
+                    help="build and measure the indexes, no searches")
     ap.add_argument("--json", default=None, help="write the figures here after each size")
     ap.add_argument("--tiny", action="store_true", help="smoke size (2,000 + 3,000 passages)")
     ap.add_argument("--plot", default=None, help="write the growth plot (PNG) here")

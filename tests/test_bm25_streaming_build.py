@@ -146,6 +146,80 @@ def test_chunk_postings_are_the_counts_sorted_by_term_then_document(monkeypatch)
 
 # ---- chunks, workers, resume, memory ----------------------------------------------------------
 
+def test_tokenize_chunk_equals_a_plain_reference_on_mixed_texts(scifact_docs):
+    """ASCII texts go through the numba scan, the others through the regex: every document's
+    term counts and length, and the order of the stems (first occurrence over the texts in
+    order, whichever path a text took), equal a plain per-text reference — on SciFact (~1 in 4
+    texts not ASCII), shuffled, and with 20,000 distinct words (the scan's table grows)."""
+    import random
+    import re
+    from collections import Counter
+
+    import Stemmer
+    from bm25s.stopwords import STOPWORDS_EN
+
+    from deepretrieval.search import bm25_build
+
+    rng = random.Random(0)
+    sci = [bm25_build.doc_text(d, d.get("title")) for d in scifact_docs[:1500]]
+    many = [" ".join(f"Q{rng.randrange(20_000)}_{'é' if k % 50 == 0 else 'e'}"
+                     for _ in range(60)) for k in range(1000)]
+    rng.shuffle(sci)
+    texts = sci[:750] + many + sci[750:] + ["", "of the", "ZZ zz Zz __ a1 ______", "é"]
+    assert 200 < sum(not t.isascii() for t in texts) < 1000
+    stem = Stemmer.Stemmer("english").stemWord
+    order: dict[str, int] = {}
+    want = []
+    for t in texts:
+        toks = [stem(w) for w in re.findall(r"(?u)\b\w\w+\b", t.lower()) if w not in STOPWORDS_EN]
+        for st in toks:
+            order.setdefault(st, len(order))
+        want.append(Counter(toks) if toks else Counter([None]))
+    if any(None in c for c in want):
+        order.setdefault("", len(order))
+    post = tokenize_chunk(texts, STOPWORDS_EN, batch=97)
+    assert len(post.stems) > 20_000
+    assert post.stems == list(order)
+    got = [Counter() for _ in texts]
+    for t, d, f in zip(post.terms.tolist(), post.docs.tolist(), post.tfs.tolist()):
+        got[d][post.stems[t] or None] = f
+    assert got == want
+    assert post.lengths.tolist() == [sum(c.values()) for c in want]
+
+
+def test_merge_impact_kernel_equals_the_numpy_impacts():
+    """The merge's numba kernel gives :func:`impacts`'s float32 values bit for bit, each term's
+    largest impact and the maxima of its blocks of postings (terms with no posting included)."""
+    from deepretrieval.search import bm25_build
+
+    rng = np.random.default_rng(1)
+    df = rng.integers(0, 400, size=300)
+    df[::17] = 0
+    ptr = np.concatenate([[0], np.cumsum(df)]).astype(np.int64)
+    n = int(ptr[-1])
+    dl = rng.integers(1, 3000, size=5000).astype(np.int32)
+    docs = rng.integers(0, len(dl), size=n).astype(np.int32)
+    tfs = rng.integers(1, 200, size=n).astype(np.int32)
+    idf = rng.uniform(0.01, 12, size=len(df)).astype(np.float32)
+    for k1, b in ((0.9, 0.4), (1.2, 0.75), (0.5, 1.0)):
+        avgdl = float(np.float64(dl.astype(np.int64).sum()) / len(dl))
+        want = bm25_build.impacts(tfs, dl[docs], np.repeat(idf, df), k1, b, avgdl)
+        block = 7
+        nblocks = (df + block - 1) // block
+        scores = np.empty(n, np.float32)
+        term_max = np.full(len(df), -1.0, np.float32)
+        bmax = np.empty(int(nblocks.sum()), np.float32)
+        nb = bm25_build._term_impacts()(tfs, docs, dl, idf, ptr, k1, b, avgdl, block, scores,
+                                        term_max, bmax)
+        assert nb == len(bmax)
+        assert np.array_equal(scores.view(np.uint32), want.view(np.uint32))
+        full = df > 0
+        assert np.array_equal(term_max[full], np.maximum.reduceat(want, ptr[:-1][full]))
+        assert (term_max[~full] == 0).all()
+        starts = np.concatenate([np.arange(ptr[t], ptr[t + 1], block) for t in range(len(df))])
+        assert np.array_equal(bmax, np.maximum.reduceat(want, starts))
+
+
 @pytest.mark.slow
 def test_chunked_build_in_workers_equals_one_chunk(scifact_docs, tmp_path):
     build_index(scifact_docs, tmp_path / "one", name="s", workers=0, show_progress=False,

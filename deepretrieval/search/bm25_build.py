@@ -14,13 +14,15 @@ Phases:
 
 1. *Chunks* (``<out>.partial/chunks/NNNNN``): the documents are read once, in order; their ids,
    texts and titles are appended to on-disk string columns (:mod:`deepretrieval.core.docstore`);
-   every chunk of texts is tokenized by a worker process (``workers`` of them), the main process
+   every chunk of texts is tokenized by a worker process (``workers`` of them: ASCII texts by a
+   numba scan of their bytes, the others by the regex; postings counted by counting sorts, all
+   in :func:`tokenize_chunk`), the main process
    gives the chunk's stems global term ids (first seen, first numbered) and writes the chunk's
    postings (term, document, tf) and document lengths atomically. A build that is interrupted
    resumes after its last complete chunk (the columns are cut back to it).
 2. *Merge*: N, avgdl and df of the whole collection give every term's idf; the impact matrix is
    written term range by term range (each range's postings gathered from every chunk into a
-   buffer of bounded size). With ``shards`` > 1 each shard (a contiguous range of documents) gets
+   buffer of bounded size; impacts, term and block maxima by one numba pass). With ``shards`` > 1 each shard (a contiguous range of documents) gets
    its own matrix with the global statistics, written by parallel processes, so that merged shard
    results equal one index's.
 
@@ -132,38 +134,228 @@ class _Numbering(dict):
         return value
 
 
+_ASCII_KERNELS: list = []
+
+
+def _ascii_kernels():
+    """numba kernels of :func:`_ascii_words` (compiled once, cached on disk)."""
+    if _ASCII_KERNELS:
+        return _ASCII_KERNELS
+    import numba
+
+    # No array is reassigned inside the scan: numba then counts references on every pass of the
+    # loop (measured 3x slower); the table grows between calls instead.
+    @numba.njit(nogil=True, cache=True)
+    def scan(buf, ends, i, d, tok_word, tok_doc, n_tok, slot_id, slot_hash, arena, w_off,
+             w_hash, w_doc, n_words):  # pragma: no cover - jitted
+        cap = len(slot_id)
+        mask = np.uint64(cap - 1)
+        while d < len(ends):
+            end = ends[d]
+            while i < end:
+                c = buf[i]
+                if not (97 <= c <= 122 or 65 <= c <= 90 or 48 <= c <= 57 or c == 95):
+                    i += 1
+                    continue
+                j = i
+                h = np.uint64(14695981039346656037)  # FNV-1a of the lower-cased bytes
+                while j < end:
+                    c = buf[j]
+                    if 65 <= c <= 90:
+                        c += 32
+                    elif not (97 <= c <= 122 or 48 <= c <= 57 or c == 95):
+                        break
+                    h = (h ^ np.uint64(c)) * np.uint64(1099511628211)
+                    j += 1
+                length = j - i
+                if length < 2:
+                    i = j
+                    continue
+                h ^= h >> np.uint64(33)  # finalized: FNV's low bits alone fill neighbouring slots
+                h *= np.uint64(0xFF51AFD7ED558CCD)
+                h ^= h >> np.uint64(33)
+                s = np.int64(h & mask)
+                while True:
+                    w = slot_id[s]
+                    if w < 0:
+                        break
+                    if slot_hash[s] == h and w_off[w + 1] - w_off[w] == length:
+                        a = w_off[w]
+                        same = True
+                        for t in range(length):
+                            y = buf[i + t]
+                            if 65 <= y <= 90:
+                                y += 32
+                            if arena[a + t] != y:
+                                same = False
+                                break
+                        if same:
+                            break
+                    s = (s + 1) & (cap - 1)
+                if w < 0:  # a new word: its lower-cased bytes to the arena
+                    if 2 * (n_words + 1) > cap:
+                        return i, d, n_tok, n_words  # the table is half full: grow, then resume
+                    w = n_words
+                    a = w_off[w]
+                    for t in range(length):
+                        y = buf[i + t]
+                        if 65 <= y <= 90:
+                            y += 32
+                        arena[a + t] = y
+                    w_off[w + 1] = a + length
+                    w_hash[w] = h
+                    w_doc[w] = d
+                    slot_id[s] = w
+                    slot_hash[s] = h
+                    n_words += 1
+                tok_word[n_tok] = w
+                tok_doc[n_tok] = d
+                n_tok += 1
+                i = j
+            i = end
+            d += 1
+        return i, d, n_tok, n_words
+
+    @numba.njit(nogil=True, cache=True)
+    def rehash(w_hash, n_words, slot_id, slot_hash):  # pragma: no cover - jitted
+        cap = len(slot_id)
+        for w in range(n_words):
+            s = np.int64(w_hash[w] & np.uint64(cap - 1))
+            while slot_id[s] >= 0:
+                s = (s + 1) & (cap - 1)
+            slot_id[s] = w
+            slot_hash[s] = w_hash[w]
+
+    _ASCII_KERNELS.extend((scan, rehash))
+    return _ASCII_KERNELS
+
+
+def _ascii_words(buf: np.ndarray, ends: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """The words of ASCII texts as ``_SPLIT`` finds them in the lower-cased texts: ``buf`` holds
+    the texts' bytes, text ``d`` ending at ``ends[d]``.
+
+    One numba scan finds the maximal runs of ``[A-Za-z0-9_]`` of length >= 2 — for ASCII text
+    exactly ``(?u)\\w\\w+`` — and numbers each distinct lower-cased word in order of first
+    occurrence through an open-addressing table whose keys are compared byte for byte (a hash
+    collision costs a compare, never a wrong id). Returns (word of each token, text of each
+    token, the words, the text of each word's first occurrence)."""
+    scan, rehash = _ascii_kernels()
+    bound = len(buf) // 3 + len(ends) + 1  # >= 3 bytes per token but the last of a text
+    # untouched pages of np.empty cost no memory: these grow in RSS with what is written
+    tok_word = np.empty(bound, np.int32)
+    tok_doc = np.empty(bound, np.int32)
+    arena = np.empty(len(buf), np.uint8)
+    w_off = np.zeros(bound + 1, np.int64)
+    w_hash = np.empty(bound, np.uint64)
+    w_doc = np.empty(bound, np.int32)
+    cap = 1 << 14
+    slot_id = np.full(cap, -1, np.int32)
+    slot_hash = np.empty(cap, np.uint64)
+    i = d = n_tok = n_words = 0
+    while True:
+        i, d, n_tok, n_words = scan(buf, ends, i, d, tok_word, tok_doc, n_tok, slot_id,
+                                    slot_hash, arena, w_off, w_hash, w_doc, n_words)
+        if d == len(ends):
+            break
+        cap *= 2
+        slot_id = np.full(cap, -1, np.int32)
+        slot_hash = np.empty(cap, np.uint64)
+        rehash(w_hash, n_words, slot_id, slot_hash)
+    text = arena[:w_off[n_words]].tobytes().decode("ascii")
+    offs = w_off[:n_words + 1].tolist()
+    return (tok_word[:n_tok], tok_doc[:n_tok],
+            [text[offs[w]:offs[w + 1]] for w in range(n_words)], w_doc[:n_words])
+
+
+def _regex_words(texts: list[str], rows: list[int], batch: int
+                 ) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """:func:`_ascii_words` for any texts (``texts[r]`` for ``r`` in ``rows``; documents are
+    ``rows``' values): each batch lower-cased text by text, joined with a marker word and split
+    with one regex call; words numbered by one dict in order of first occurrence."""
+    numbering = _Numbering({_SEP_WORD: 0})
+    tok_words, tok_docs, first_docs = [], [], []
+    for s in range(0, len(rows), batch):
+        part = np.asarray(rows[s:s + batch], dtype=np.int32)
+        found = _SPLIT(_SEP.join([texts[r].lower() for r in part.tolist()]))
+        before = len(numbering)
+        ids = np.fromiter(map(numbering.__getitem__, found), dtype=np.int32, count=len(found))
+        sep = ids == 0
+        doc = part[np.cumsum(sep)]
+        if len(numbering) > before:
+            # new words are numbered at their first occurrence, so in increasing order there
+            at = np.flatnonzero(ids >= before)
+            vals = ids[at]
+            firsts = np.flatnonzero(vals > np.maximum.accumulate(np.concatenate([[before - 1],
+                                                                              vals[:-1]])))
+            first_docs.append(doc[at[firsts]])
+        keep = ~sep
+        tok_words.append(ids[keep] - 1)
+        tok_docs.append(doc[keep])
+        del found, ids, sep, doc, keep
+    words = list(numbering)[1:]
+    first = np.concatenate(first_docs) if first_docs else np.zeros(0, np.int32)
+    if len(first) != len(words):
+        raise AssertionError("first occurrences do not match the words")
+    return (np.concatenate(tok_words), np.concatenate(tok_docs), words, first)
+
+
 def tokenize_chunk(texts: list[str], stopwords: frozenset[str] | list[str], stem: bool = True,
                    batch: int = 4096) -> ChunkPostings:
     """Tokenize ``texts`` as bm25s's Tokenizer does and count term frequencies per document.
 
-    Each batch of texts is lower-cased one by one, joined with a marker word and split with one
-    regex call; the words get batch-local ids through one dict, and everything after that is
-    numpy."""
+    ASCII texts (``str.isascii``) go through one numba scan (:func:`_ascii_words`), the others
+    through the regex (:func:`_regex_words`); their words are numbered in order of first
+    occurrence (so stems, and the global term ids after them, are too, whatever the chunking and
+    the mix of texts), and everything after that is numpy."""
     stopwords = frozenset(stopwords)
     stemmer = _stem_fn(stem)
     n = len(texts)
-    words = _Numbering({_SEP_WORD: 0})
-    tok_words, tok_docs = [], []
-    for s in range(0, n, batch):
-        found = _SPLIT(_SEP.join([t.lower() for t in texts[s:s + batch]]))
-        ids = np.fromiter(map(words.__getitem__, found), dtype=np.int32, count=len(found))
-        sep = ids == 0
-        doc = np.cumsum(sep, dtype=np.int32) + s
-        keep = ~sep
-        tok_words.append(ids[keep])
-        tok_docs.append(doc[keep])
-        del found, ids, sep, doc, keep
-    word_ids = np.concatenate(tok_words) if tok_words else np.zeros(0, np.int32)
-    doc_ids = np.concatenate(tok_docs) if tok_docs else np.zeros(0, np.int32)
-    del tok_words, tok_docs
-    # words → local stem ids (-1: stopword or the marker)
+    plain = [i for i, t in enumerate(texts) if t.isascii()]
+    rest = [i for i, t in enumerate(texts) if not t.isascii()] if len(plain) < n else []
+    parts = []  # per path: word of each token, document of each token, words, first documents
+    if plain:
+        block = "".join([texts[i] for i in plain]).encode("ascii")
+        ends = np.cumsum(np.fromiter((len(texts[i]) for i in plain), np.int64, len(plain)))
+        tok_word, tok_doc, found, first = _ascii_words(np.frombuffer(block, np.uint8), ends)
+        del block
+        if len(plain) == n:  # the documents are the ASCII texts' numbers
+            parts.append((tok_word, tok_doc, found, first))
+        else:
+            rows = np.asarray(plain, dtype=np.int32)
+            parts.append((tok_word, rows[tok_doc], found, rows[first]))
+        del tok_word, tok_doc
+    if rest:
+        parts.append(_regex_words(texts, rest, batch))
+    if not parts:
+        word_ids, doc_ids, words = np.zeros(0, np.int32), np.zeros(0, np.int32), []
+    elif len(parts) == 1:
+        word_ids, doc_ids, words, _ = parts[0]
+    else:
+        # one numbering in order of first occurrence (document, then position: a document is
+        # in one part, whose numbering follows position), as one pass over the texts gives it
+        (aw, ad, a_words, a_first), (rw, rd, r_words, r_first) = parts
+        first = {w: (d, 0, i) for i, (w, d) in enumerate(zip(a_words, a_first.tolist()))}
+        for j, (w, d) in enumerate(zip(r_words, r_first.tolist())):
+            f = first.get(w)
+            if f is None or d < f[0]:
+                first[w] = (d, 1, j)
+        words = sorted(first, key=first.__getitem__)
+        final = {w: k for k, w in enumerate(words)}
+        word_ids = np.concatenate([
+            np.array([final[w] for w in a_words], dtype=np.int32)[aw],
+            np.array([final[w] for w in r_words], dtype=np.int32)[rw]])
+        doc_ids = np.concatenate([ad, rd])
+        del first, final, aw, ad, rw, rd
+    del parts
+    # words → local stem ids (-1: stopword), stems numbered in the words' order
     stems: dict[str, int] = {}
     word_to_term = np.full(len(words), -1, dtype=np.int32)
     cache = _STEM_CACHE
     if len(cache) > 2_000_000:
         cache.clear()
-    for w, i in words.items():
-        if i == 0 or w in stopwords:
+    for i, w in enumerate(words):
+        if w in stopwords:
             continue
         if stemmer is None:
             st = w
@@ -173,23 +365,86 @@ def tokenize_chunk(texts: list[str], stopwords: frozenset[str] | list[str], stem
                 st = cache[w] = stemmer(w)
         word_to_term[i] = stems.setdefault(st, len(stems))
     del words
-    terms = word_to_term[word_ids]
-    keep = terms >= 0
-    terms, doc_ids = terms[keep], doc_ids[keep]
-    del word_ids, keep
-    lengths = np.bincount(doc_ids, minlength=n).astype(np.int32)
-    empty = np.flatnonzero(lengths == 0)
-    if len(empty):  # bm25s: a document without tokens holds one "" token
-        e = stems.setdefault("", len(stems))
-        terms = np.concatenate([terms, np.full(len(empty), e, dtype=np.int32)])
-        doc_ids = np.concatenate([doc_ids, empty.astype(np.int32)])
-        lengths[empty] = 1
-    keys = terms.astype(np.int64) * max(n, 1) + doc_ids
-    del terms, doc_ids
-    keys, tfs = np.unique(keys, return_counts=True)
-    return ChunkPostings(stems=list(stems), terms=(keys // max(n, 1)).astype(np.int32),
-                         docs=(keys % max(n, 1)).astype(np.int32), tfs=tfs.astype(np.int32),
-                         lengths=lengths)
+    # bm25s: a document without tokens holds one "" token (the id "" gets if one is needed)
+    empty = stems.get("", len(stems))
+    terms, docs, tfs, lengths, n_empty = _postings_kernel()(
+        word_ids, doc_ids, word_to_term, n, len(stems) + 1, empty)
+    if n_empty:
+        stems.setdefault("", empty)
+    return ChunkPostings(stems=list(stems), terms=terms, docs=docs, tfs=tfs, lengths=lengths)
+
+
+_POSTINGS_KERNEL: list = []
+
+
+def _postings_kernel():
+    """numba kernel: a chunk's postings from its tokens, in O(tokens) (counting sorts, no
+    general sort). ``postings(word_ids, doc_ids, word_to_term, n_docs, n_terms, empty)`` →
+    (term, document, tf) sorted by term then document, the token count of each document, and
+    the number of documents that had no token (given one ``empty`` token each)."""
+    if _POSTINGS_KERNEL:
+        return _POSTINGS_KERNEL[0]
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def postings(word_ids, doc_ids, word_to_term, n_docs, n_terms, empty):  # pragma: no cover
+        lengths = np.zeros(n_docs, np.int32)
+        for i in range(len(word_ids)):
+            if word_to_term[word_ids[i]] >= 0:
+                lengths[doc_ids[i]] += 1
+        # the kept tokens' terms, in document order (one slot for an empty document's token)
+        start = np.zeros(n_docs + 1, np.int64)
+        for d in range(n_docs):
+            start[d + 1] = start[d] + max(lengths[d], 1)
+        by_doc = np.empty(start[n_docs], np.int32)
+        fill = start[:n_docs].copy()
+        for i in range(len(word_ids)):
+            t = word_to_term[word_ids[i]]
+            if t >= 0:
+                d = doc_ids[i]
+                by_doc[fill[d]] = t
+                fill[d] += 1
+        n_empty = 0
+        for d in range(n_docs):
+            if lengths[d] == 0:
+                by_doc[start[d]] = empty
+                lengths[d] = 1
+                n_empty += 1
+        # (term, document, tf) per document, in document order; then by term (stable)
+        seen = np.full(n_terms, -1, np.int64)
+        at = np.empty(n_terms, np.int64)
+        per_term = np.zeros(n_terms + 1, np.int64)
+        p_term = np.empty(len(by_doc), np.int32)
+        p_doc = np.empty(len(by_doc), np.int32)
+        p_tf = np.zeros(len(by_doc), np.int32)
+        n_pairs = 0
+        for d in range(n_docs):
+            for k in range(start[d], start[d + 1]):
+                t = by_doc[k]
+                if seen[t] != d:
+                    seen[t] = d
+                    at[t] = n_pairs
+                    p_term[n_pairs] = t
+                    p_doc[n_pairs] = d
+                    n_pairs += 1
+                    per_term[t + 1] += 1
+                p_tf[at[t]] += 1
+        for t in range(n_terms):
+            per_term[t + 1] += per_term[t]
+        terms = np.empty(n_pairs, np.int32)
+        docs = np.empty(n_pairs, np.int32)
+        tfs = np.empty(n_pairs, np.int32)
+        for j in range(n_pairs):
+            t = p_term[j]
+            q = per_term[t]
+            per_term[t] = q + 1
+            terms[q] = t
+            docs[q] = p_doc[j]
+            tfs[q] = p_tf[j]
+        return terms, docs, tfs, lengths, n_empty
+
+    _POSTINGS_KERNEL.append(postings)
+    return postings
 
 
 # ---- main side --------------------------------------------------------------------------------
@@ -445,6 +700,43 @@ def impacts(tf: np.ndarray, dl: np.ndarray, idf: np.ndarray, k1: float, b: float
     return (idf * tfc).astype(np.float32)
 
 
+_IMPACT_KERNEL: list = []
+
+
+def _term_impacts():
+    """numba kernel of the merge: :func:`impacts` of a term range's postings (the same float64
+    operations in the same order, so the same float32 impacts; tested against :func:`impacts`),
+    with each term's largest impact and the block maxima, in one pass."""
+    if _IMPACT_KERNEL:
+        return _IMPACT_KERNEL[0]
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def term_impacts(tfs, docs, dl, idf, ptr, k1, b, l_avg, block, scores, term_max,
+                     block_max):  # pragma: no cover - jitted
+        nb = 0
+        for t in range(len(ptr) - 1):
+            w = np.float64(idf[t])
+            best = np.float32(0.0)
+            for p in range(ptr[t], ptr[t + 1]):
+                tf = np.float64(np.float32(tfs[p]))
+                s = np.float32(w * (tf / (k1 * ((1.0 - b) + b * np.float64(dl[docs[p]]) / l_avg)
+                                          + tf)))
+                scores[p] = s
+                if p == ptr[t] or s > best:
+                    best = s
+                if (p - ptr[t]) % block == 0:
+                    block_max[nb] = s
+                    nb += 1
+                elif s > block_max[nb - 1]:
+                    block_max[nb - 1] = s
+            term_max[t] = best
+        return nb
+
+    _IMPACT_KERNEL.append(term_impacts)
+    return term_impacts
+
+
 def _npy_writer(path: Path, dtype, n: int):
     f = open(path, "wb")
     np.lib.format.write_array_header_1_0(
@@ -525,19 +817,13 @@ def write_matrix(chunks: list[Path], out: Path, stats: Stats, dl: np.ndarray, do
                 buf_docs[dest] = docs
                 buf_tf[dest] = tfs
                 fill[tt] += cc
-            term_of = np.repeat(np.arange(t0, t1), df[t0:t1])
-            scores = impacts(buf_tf, dl[buf_docs], stats.idf[term_of], k1, b, stats.avgdl)
-            del buf_tf, term_of
             local = indptr[t0:t1 + 1] - base
-            nonempty = np.flatnonzero(df[t0:t1] > 0)
-            if len(nonempty):
-                term_max[t0 + nonempty] = np.maximum.reduceat(scores, local[:-1][nonempty])
-                # block maxima: blocks of BLOCK postings inside each term's list
-                bstarts = (np.repeat(local[:-1], nblocks[t0:t1])
-                           + (np.arange(int(nblocks[t0:t1].sum()), dtype=np.int64)
-                              - np.repeat(block_ptr[t0:t1] - block_ptr[t0], nblocks[t0:t1]))
-                           * BLOCK)
-                fblock.write(np.maximum.reduceat(scores, bstarts).astype(np.float32).tobytes())
+            scores = np.empty(n, dtype=np.float32)
+            bmax = np.empty(int(nblocks[t0:t1].sum()), dtype=np.float32)
+            _term_impacts()(buf_tf, buf_docs, dl, stats.idf[t0:t1], local, float(k1), float(b),
+                            stats.avgdl, BLOCK, scores, term_max[t0:t1], bmax)
+            del buf_tf
+            fblock.write(bmax.tobytes())
             fdata.write(scores.tobytes())
             findices.write((buf_docs - doc_lo).astype(np.int32).tobytes())
             del scores, buf_docs
