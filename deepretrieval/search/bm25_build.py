@@ -798,8 +798,9 @@ def write_matrix(chunks: list[Path], out: Path, stats: Stats, dl: np.ndarray, do
                 counts = np.load(d / "counts.npy")
                 cum = np.concatenate([[0], np.cumsum(counts)])
                 a, z = int(cum[i0]), int(cum[i1])
-                docs = np.load(d / "docs.npy", mmap_mode="r")[a:z].astype(np.int32) + m["doc_start"]
-                tfs = np.load(d / "tfs.npy", mmap_mode="r")[a:z].astype(np.int32)
+                docs = np.add(np.load(d / "docs.npy", mmap_mode="r")[a:z], m["doc_start"],
+                              dtype=np.int32)
+                tfs = np.load(d / "tfs.npy", mmap_mode="r")[a:z]
                 tt = terms[i0:i1].astype(np.int64) - t0
                 cc = counts[i0:i1]
                 if not (m["doc_start"] >= doc_lo and m["doc_start"] + m["n_docs"] <= doc_hi):
@@ -823,9 +824,11 @@ def write_matrix(chunks: list[Path], out: Path, stats: Stats, dl: np.ndarray, do
             _term_impacts()(buf_tf, buf_docs, dl, stats.idf[t0:t1], local, float(k1), float(b),
                             stats.avgdl, BLOCK, scores, term_max[t0:t1], bmax)
             del buf_tf
-            fblock.write(bmax.tobytes())
-            fdata.write(scores.tobytes())
-            findices.write((buf_docs - doc_lo).astype(np.int32).tobytes())
+            bmax.tofile(fblock)  # the arrays' bytes as they are (no copies)
+            scores.tofile(fdata)
+            if doc_lo:
+                buf_docs -= doc_lo
+            buf_docs.tofile(findices)
             del scores, buf_docs
             t0 = t1
     finally:
