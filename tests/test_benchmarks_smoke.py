@@ -40,6 +40,17 @@ def test_bench_scale_tiny_without_lucene(capsys, tmp_path):
     assert "| - |" in row  # no Lucene column figure; bm25s is there at this size
 
 
+def test_bench_scale_build_only_builds_and_searches_nothing(capsys, tmp_path):
+    import bench_scale
+
+    assert bench_scale.main(["--tiny", "--no-lucene", "--no-bm25s", "--build-only",
+                             "--work-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 2,000 | ours |" in out and "| 3,000 | ours |" in out
+    assert not any(line.startswith("| 2,000 | 3 |") for line in out.splitlines())
+    assert not list(tmp_path.glob("ours-*/meta.json"))  # removed after their size (no --keep)
+
+
 def test_bench_lucene_skips_lucene_with_a_message_when_its_venv_is_absent(capsys, tmp_path):
     import bench_lucene
 
