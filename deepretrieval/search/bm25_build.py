@@ -22,9 +22,9 @@ Phases:
    resumes after its last complete chunk (the columns are cut back to it).
 2. *Merge*: N, avgdl and df of the whole collection give every term's idf; the impact matrix is
    written term range by term range (each range's postings gathered from every chunk into a
-   buffer of bounded size; impacts, term and block maxima by one numba pass). With ``shards`` > 1 each shard (a contiguous range of documents) gets
-   its own matrix with the global statistics, written by parallel processes, so that merged shard
-   results equal one index's.
+   buffer of bounded size; impacts, term and block maxima by one numba pass). With ``shards`` >
+   1 each shard (a contiguous range of documents) gets its own matrix with the global
+   statistics, written by parallel processes, so that merged shard results equal one index's.
 
 Memory is bounded by ``memory_mb`` (``DEEPRETRIEVAL_BM25_BUILD_MB``, default 1024): it sets the
 chunk size (text bytes per chunk) and the merge buffer, not the corpus size. What does grow with
@@ -307,12 +307,14 @@ def tokenize_chunk(texts: list[str], stopwords: frozenset[str] | list[str], stem
     ASCII texts (``str.isascii``) go through one numba scan (:func:`_ascii_words`), the others
     through the regex (:func:`_regex_words`); their words are numbered in order of first
     occurrence (so stems, and the global term ids after them, are too, whatever the chunking and
-    the mix of texts), and everything after that is numpy."""
+    the mix of texts); the postings are counted by :func:`_postings_kernel`."""
     stopwords = frozenset(stopwords)
     stemmer = _stem_fn(stem)
     n = len(texts)
-    plain = [i for i, t in enumerate(texts) if t.isascii()]
-    rest = [i for i, t in enumerate(texts) if not t.isascii()] if len(plain) < n else []
+    plain: list[int] = []
+    rest: list[int] = []
+    for i, t in enumerate(texts):
+        (plain if t.isascii() else rest).append(i)
     parts = []  # per path: word of each token, document of each token, words, first documents
     if plain:
         block = "".join([texts[i] for i in plain]).encode("ascii")
